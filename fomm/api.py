@@ -1,0 +1,108 @@
+"""The contract between a model family (FOMM, Monkey-Net, X2Face) and everything that
+uses it: the training loop, `reconstruct`, `animate` and `benchmark`.
+
+A model is an `nn.Module` holding its sub-networks under the names its checkpoints use
+(`kp_detector`, `generator`, `discriminator` for FOMM and Monkey-Net). "Motion" is
+whatever the model extracts from a frame to drive the generator: for FOMM the keypoints
+and jacobians (`{'value': (B, K, 2), 'jacobian': (B, K, 2, 2)}`), for Monkey-Net the
+keypoint means and covariances, for X2Face the driving frame itself.
+
+Images are float tensors (B, 3, H, W) in [0, 1]. Models never move themselves to a
+device: the caller places modules and tensors.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+Motion = dict[str, torch.Tensor]
+
+
+class MotionTransferModel(nn.Module, ABC):
+    #: The `model_params.name` that builds this family.
+    name: ClassVar[str]
+
+    # ------------------------------------------------------------------ inference
+    @abstractmethod
+    def detect(self, frames: torch.Tensor) -> Motion:
+        """Motion descriptors of `frames` (B, 3, H, W)."""
+
+    @abstractmethod
+    def generate(self, source: torch.Tensor, motion_source: Motion, motion_driving: Motion
+                 ) -> dict[str, torch.Tensor]:
+        """Render `source` moved as `motion_driving` says; must hold 'prediction' (B, 3, H, W)."""
+
+    def transfer(self, motion_source: Motion, motion_driving: Motion, motion_initial: Motion,
+                 relative: bool = True, relative_jacobian: bool = True,
+                 adapt_movement_scale: bool = False) -> Motion:
+        """Motion to give the generator when animating `source` with a driving video.
+
+        Relative transfer (the default) applies the driving frame's displacement from
+        the driving video's initial frame to the source's motion; absolute returns
+        `motion_driving` as it is. Families override this with their own rule.
+        """
+        return motion_driving
+
+    def keypoints(self, motion: Motion) -> torch.Tensor | None:
+        """(B, K, 2) keypoints in [-1, 1] (x, y) for drawing, or None if the family has none."""
+        return motion.get("value")
+
+    # ------------------------------------------------------------------ training
+    @abstractmethod
+    def generator_losses(self, source: torch.Tensor, driving: torch.Tensor, kit: Any
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Weighted scalar losses to minimise for the generator side (summed by the loop),
+        and the generated outputs (at least 'prediction'). `kit` is a `fomm.losses.LossKit`."""
+
+    def discriminator_losses(self, source: torch.Tensor, driving: torch.Tensor,
+                             generated: dict[str, torch.Tensor], kit: Any
+                             ) -> dict[str, torch.Tensor]:
+        """Weighted scalar losses for the discriminator step; {} when the family or the
+        config (generator_gan == 0) trains none."""
+        return {}
+
+    @abstractmethod
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters per optimiser. Keys `generator`, `kp_detector`, `discriminator` take
+        their learning rates from `train_params.lr_<key>`; the discriminator group is
+        stepped after `discriminator_losses`."""
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """State dicts per sub-network, in the layout the original checkpoints use."""
+        return {name: module.state_dict() for name, module in self.named_children()}
+
+    def load_checkpoint_state(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Load `checkpoint_state()`-shaped dicts (a released checkpoint for FOMM).
+
+        Raises UserError naming the first missing/unexpected tensor or shape mismatch.
+        """
+        from pipeline.errors import UserError
+        for name, module in self.named_children():
+            if name not in state:
+                if strict:
+                    raise UserError(f"checkpoint has no {name!r} state dict; it holds {sorted(state)}")
+                continue
+            expected = module.state_dict()
+            given = state[name]
+            missing = [k for k in expected if k not in given]
+            unexpected = [k for k in given if k not in expected]
+            if strict and (missing or unexpected):
+                raise UserError(
+                    f"checkpoint {name!r} does not match the config: "
+                    f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                    f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+            for key, tensor in given.items():
+                if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+                    raise UserError(
+                        f"checkpoint {name}.{key} has shape {tuple(tensor.shape)}, "
+                        f"the config builds {tuple(expected[key].shape)}")
+            module.load_state_dict(given, strict=strict)
+
+    # ------------------------------------------------------------------ convenience
+    def reconstruct(self, source: torch.Tensor, driving: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The paper's reconstruction protocol for one batch: absolute motion of `driving`."""
+        return self.generate(source, self.detect(source), self.detect(driving))

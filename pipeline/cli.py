@@ -1,0 +1,69 @@
+"""The `pipeline` command: `pipeline run <stage> [options]`.
+
+Each stage lives in its own module, which provides `add_arguments(parser)` and
+`main(args) -> int`; modules are imported only when their stage runs, so
+`pipeline run prepare` never imports torch's models and `pipeline --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pipeline.errors import UserError
+
+# stage name -> (module, one-line help)
+STAGES: dict[str, tuple[str, str]] = {
+    "prepare": ("pipeline.prepare", "download, crop and shard a dataset from its manifest"),
+    "train": ("fomm.train", "train FOMM or a baseline from prepared data"),
+    "reconstruct": ("fomm.reconstruct", "reconstruct test clips (first frame drives the rest)"),
+    "animate": ("fomm.animate", "animate a photo with the motion of a driving video"),
+    "benchmark": ("metrics.benchmark", "reconstruct with each model and score L1, AKD, MKR, AED"),
+    "report": ("metrics.report", "write the HTML and Markdown report of a run"),
+    "all": ("pipeline.run_all", "prepare, train all models, benchmark and report"),
+}
+
+
+def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run one stage")
+    stages = run.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (module_name, help_text) in STAGES.items():
+        sub = stages.add_parser(name, help=help_text, description=help_text)
+        if name == stage:  # only the chosen stage's module is imported
+            importlib.import_module(module_name).add_arguments(sub)
+    return parser
+
+
+def _chosen_stage(argv: list[str]) -> str | None:
+    words = [a for a in argv if not a.startswith("-")]
+    if len(words) >= 2 and words[0] == "run" and words[1] in STAGES:
+        return words[1]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    stage = _chosen_stage(argv)
+    args = build_parser(stage).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    module = importlib.import_module(STAGES[args.stage][0])
+    try:
+        return int(module.main(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""Typed, frozen run configuration.
+
+The tree mirrors the original first-order-model yaml files section for section
+(`dataset_params`, `model_params`, `train_params`, ...), so the files users keep beside
+their released checkpoints load unchanged, and adds the project's own options with
+defaults. Unknown keys and values of the wrong type raise `ConfigError` at load time,
+naming the key path and what was expected.
+
+    cfg = load_config("configs/vox-256.yaml", ["train_params.batch_size=8"])
+    cfg.model_params.kp_detector_params.num_blocks   # 5
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from pipeline.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class ConfigError(UserError, ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+# --------------------------------------------------------------------------- dataset
+@dataclass(frozen=True)
+class FlipParams:
+    horizontal_flip: bool = False
+    time_flip: bool = False
+
+
+@dataclass(frozen=True)
+class JitterParams:
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+
+@dataclass(frozen=True)
+class CropParams:
+    size: tuple[int, int] = (256, 256)
+
+
+@dataclass(frozen=True)
+class ResizeParams:
+    ratio: tuple[float, float] = (1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class RotationParams:
+    degrees: float = 0.0
+
+
+@dataclass(frozen=True)
+class AugmentationParams:
+    flip_param: Optional[FlipParams] = None
+    jitter_param: Optional[JitterParams] = None
+    crop_param: Optional[CropParams] = None
+    resize_param: Optional[ResizeParams] = None
+    rotation_param: Optional[RotationParams] = None
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    root_dir: str = ""
+    frame_shape: tuple[int, int, int] = (256, 256, 3)
+    id_sampling: bool = False
+    pairs_list: Optional[str] = None
+    augmentation_params: AugmentationParams = AugmentationParams()
+
+
+# --------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class CommonParams:
+    num_kp: int = 10
+    num_channels: int = 3
+    estimate_jacobian: bool = True
+
+
+@dataclass(frozen=True)
+class KpDetectorParams:
+    temperature: float = 0.1
+    block_expansion: int = 32
+    max_features: int = 1024
+    scale_factor: float = 0.25
+    num_blocks: int = 5
+    single_jacobian_map: bool = False
+    pad: int = 0
+
+
+@dataclass(frozen=True)
+class DenseMotionParams:
+    block_expansion: int = 64
+    max_features: int = 1024
+    num_blocks: int = 5
+    scale_factor: float = 0.25
+    kp_variance: float = 0.01
+
+
+@dataclass(frozen=True)
+class GeneratorParams:
+    block_expansion: int = 64
+    max_features: int = 512
+    num_down_blocks: int = 2
+    num_bottleneck_blocks: int = 6
+    estimate_occlusion_map: bool = True
+    dense_motion_params: DenseMotionParams = DenseMotionParams()
+
+
+@dataclass(frozen=True)
+class DiscriminatorParams:
+    scales: tuple[float, ...] = (1.0,)
+    block_expansion: int = 32
+    max_features: int = 512
+    num_blocks: int = 4
+    sn: bool = False
+    use_kp: bool = False
+    kp_variance: float = 0.01
+
+
+@dataclass(frozen=True)
+class MonkeyNetParams:
+    """Monkey-Net (Siarohin et al., CVPR 2019); see fomm/baselines/monkey_net.py."""
+    block_expansion: int = 32
+    max_features: int = 1024
+    num_blocks: int = 5
+    temperature: float = 0.1
+    kp_variance: float = 0.01
+    scale_factor: float = 0.25
+    dense_motion_block_expansion: int = 32
+    dense_motion_num_blocks: int = 5
+    use_residual_flow: bool = True
+    generator_block_expansion: int = 32
+    generator_max_features: int = 1024
+    generator_num_blocks: int = 5
+
+
+@dataclass(frozen=True)
+class X2FaceParams:
+    """X2Face (Wiles et al., ECCV 2018); see fomm/baselines/x2face.py."""
+    block_expansion: int = 32
+    max_features: int = 256
+    num_blocks: int = 6
+    max_offset: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    # Which model family the run builds: fomm, monkey-net or x2face.
+    name: Literal["fomm", "monkey-net", "x2face"] = "fomm"
+    # Grid-sampling convention for every grid_sample/interpolate in the models.
+    # False (the default) is torch's current default and reproduces
+    # ../shared/reference/fomm-golden-tiny.pt; the released checkpoints were trained
+    # when grid_sample behaved as align_corners=True, so set True to animate with them
+    # exactly as they were trained.
+    align_corners: bool = False
+    common_params: CommonParams = CommonParams()
+    kp_detector_params: KpDetectorParams = KpDetectorParams()
+    generator_params: GeneratorParams = GeneratorParams()
+    discriminator_params: DiscriminatorParams = DiscriminatorParams()
+    monkey_net_params: MonkeyNetParams = MonkeyNetParams()
+    x2face_params: X2FaceParams = X2FaceParams()
+
+
+# --------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TransformParams:
+    sigma_affine: float = 0.05
+    sigma_tps: float = 0.005
+    points_tps: int = 5
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    generator_gan: float = 0.0
+    discriminator_gan: float = 1.0
+    feature_matching: tuple[float, ...] = (10.0, 10.0, 10.0, 10.0)
+    perceptual: tuple[float, ...] = (10.0, 10.0, 10.0, 10.0, 10.0)
+    equivariance_value: float = 10.0
+    equivariance_jacobian: float = 10.0
+    # Plain L1 photometric loss (X2Face trains on this alone).
+    reconstruction_l1: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    num_epochs: int = 100
+    num_repeats: int = 1
+    epoch_milestones: tuple[int, ...] = ()
+    lr_generator: float = 2.0e-4
+    lr_discriminator: float = 2.0e-4
+    lr_kp_detector: float = 2.0e-4
+    batch_size: int = 40
+    scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    checkpoint_freq: int = 50
+    transform_params: TransformParams = TransformParams()
+    loss_weights: LossWeights = LossWeights()
+    # ---- the project's additions (absent from the original files) ----
+    # Stop after this many optimiser steps (None: run num_epochs).
+    max_steps: Optional[int] = None
+    # ImageNet VGG19 for the perceptual loss: "torchvision" looks in torch's hub cache
+    # (vgg19-dcbb9e9d.pth), a path loads that file, and "random" is the documented
+    # substitute for offline machines and tests (fixed-seed random VGG19 features).
+    vgg19_weights: str = "torchvision"
+    log_every: int = 50
+    image_every: int = 500
+    checkpoint_every: int = 1000
+    # Mixed precision: "auto" uses bf16 autocast on CUDA and fp32 on CPU.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: bool = True
+    dataloader_workers: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ReconstructionParams:
+    num_videos: Optional[int] = 1000
+    format: str = ".mp4"
+
+
+@dataclass(frozen=True)
+class NormalizationParams:
+    adapt_movement_scale: bool = False
+    use_relative_movement: bool = True
+    use_relative_jacobian: bool = True
+
+
+@dataclass(frozen=True)
+class AnimateParams:
+    num_pairs: int = 50
+    format: str = ".mp4"
+    normalization_params: NormalizationParams = NormalizationParams()
+
+
+@dataclass(frozen=True)
+class VisualizerParams:
+    kp_size: int = 5
+    draw_border: bool = True
+    colormap: str = "gist_rainbow"
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset_params: DatasetParams = DatasetParams()
+    model_params: ModelParams = ModelParams()
+    train_params: TrainParams = TrainParams()
+    reconstruction_params: ReconstructionParams = ReconstructionParams()
+    animate_params: AnimateParams = AnimateParams()
+    visualizer_params: VisualizerParams = VisualizerParams()
+
+
+# Older original configs spell some keys differently; map them onto one field.
+_ALIASES = {"dataset_params.image_shape": "dataset_params.frame_shape"}
+
+# --------------------------------------------------------------------------- loading
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp`; return it in the dataclass's form."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value in ("None", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(allowed)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}")
+        return _build(tp, value, path)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        # PyYAML reads "2e-4" (no dot) as a string: accept numeric strings for floats.
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported annotation {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict, path: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if full in _ALIASES:
+            full = _ALIASES[full]
+            key = full.rsplit(".", 1)[-1]
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key {full!r}; expected one of {sorted(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+    """`["train_params.lr_generator=1e-4", ...]` -> `[(key, yaml value), ...]`."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train_params.batch_size=8")
+        key, raw = item.split("=", 1)
+        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
+    return parsed
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path to a yaml file, or the name of one in configs/ (`vox-256`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    named = CONFIG_DIR / f"{name_or_path}.yaml"
+    if named.is_file():
+        return named
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor one of {known}")
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    tree = json.loads(json.dumps(data or {}))  # deep copy, plain types
+    for key, value in parse_overrides(overrides):
+        _set_path(tree, key, value)
+    return _build(Config, tree)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a yaml config (ours or the original repository's) and apply `key=value` overrides."""
+    path = resolve_config_path(path)
+    with open(path) as handle:
+        data = yaml.safe_load(handle)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return config_from_dict(data or {}, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def config_to_dict(config: Any) -> dict:
+    """Plain nested dict (lists for tuples): what is written beside outputs and in checkpoints."""
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+    return plain(config)
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def config_hash(config: Config) -> str:
+    """sha256 of the resolved config: two runs with equal hashes used the same settings."""
+    blob = json.dumps(config_to_dict(config), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def replace(config: Any, **changes: Any) -> Any:
+    """`dataclasses.replace` re-exported for frozen sub-configs."""
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,239 @@
+"""Video and image I/O shared by every stage: probing with PyAV, streaming frames,
+writing mp4/gif through ffmpeg, and files that appear only when complete.
+
+ffmpeg is the system's when there is one, else the binary bundled with imageio-ffmpeg;
+there is no ffprobe, so probing uses PyAV.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary: $FFMPEG_BINARY, the system's, or imageio-ffmpeg's."""
+    env = os.environ.get("FFMPEG_BINARY")
+    if env:
+        return env
+    system = shutil.which("ffmpeg")
+    if system:
+        return system
+    import imageio_ffmpeg
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    duration: float
+    codec: str
+    has_audio: bool
+    audio_duration: float | None
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Stream facts of a video file. Raises UserError if it is missing or not a video."""
+    import av
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"video {str(path)!r} does not exist")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UserError(f"{str(path)!r} has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            fps = float(rate)
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / 1_000_000
+            else:
+                duration = 0.0
+            num_frames = stream.frames or 0
+            if num_frames <= 0:  # some containers do not store a count: decode to count
+                num_frames = sum(1 for _ in container.decode(video=0))
+            audio = container.streams.audio[0] if container.streams.audio else None
+            audio_duration = None
+            if audio is not None and audio.duration is not None and audio.time_base is not None:
+                audio_duration = float(audio.duration * audio.time_base)
+            return VideoInfo(str(path), stream.codec_context.width, stream.codec_context.height,
+                             fps, int(num_frames), duration, stream.codec_context.name,
+                             audio is not None, audio_duration)
+    except av.error.FFmpegError as err:
+        raise UserError(f"{str(path)!r} is not a readable video: {err}") from None
+
+
+def iter_frames(path: str | Path, start: int = 0, end: int | None = None) -> Iterator[np.ndarray]:
+    """Decode frames [start, end) of a video as RGB uint8 arrays (H, W, 3), one at a time."""
+    import av
+    try:
+        with av.open(str(path)) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if end is not None and index >= end:
+                    break
+                if index >= start:
+                    yield frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as err:
+        raise UserError(f"{str(path)!r} is not a readable video: {err}") from None
+
+
+def read_frames(path: str | Path, start: int = 0, end: int | None = None) -> np.ndarray:
+    """All frames [start, end) as one (T, H, W, 3) uint8 array; for short clips only."""
+    frames = list(iter_frames(path, start, end))
+    if not frames:
+        raise UserError(f"{str(path)!r} has no frames in [{start}, {end})")
+    return np.stack(frames)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it into place only if the block succeeds.
+
+    A crash or an error leaves no file at `final` (and removes the temporary one), so a
+    file that exists is always complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    suffix = final.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{suffix}", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+class VideoWriter:
+    """Write RGB uint8 frames to mp4 (h264) or gif through an ffmpeg pipe.
+
+    The output appears at `path` only when `close()` succeeds; `audio_from` muxes the
+    audio stream of another file (the driving video), cut to the video's length.
+    """
+
+    def __init__(self, path: str | Path, fps: float, audio_from: str | Path | None = None,
+                 crf: int = 18):
+        self.path = Path(path)
+        self.fps = float(fps)
+        self.audio_from = audio_from
+        self.crf = crf
+        self._proc: subprocess.Popen | None = None
+        self._size: tuple[int, int] | None = None
+        self._count = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".part{self.path.suffix}",
+                                   dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+
+    def _command(self, width: int, height: int) -> list[str]:
+        cmd = [ffmpeg_exe(), "-y", "-loglevel", "error",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+               "-r", f"{self.fps:.6f}", "-i", "-"]
+        ext = self.path.suffix.lower()
+        if ext == ".gif":
+            return cmd + ["-filter_complex", "split[a][b];[a]palettegen[p];[b][p]paletteuse",
+                          "-f", "gif", str(self._tmp)]
+        if self.audio_from is not None:
+            cmd += ["-i", str(self.audio_from), "-map", "0:v:0", "-map", "1:a:0?",
+                    "-c:a", "aac", "-shortest"]
+        # yuv420p needs even sizes: pad by one pixel where needed.
+        cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast",
+                "-crf", str(self.crf), "-pix_fmt", "yuv420p", "-movflags", "+faststart",
+                "-f", "mp4", str(self._tmp)]
+        return cmd
+
+    def write(self, frame: np.ndarray) -> None:
+        frame = np.ascontiguousarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"expected an RGB uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
+        if self._proc is None:
+            self._size = (frame.shape[1], frame.shape[0])
+            self._proc = subprocess.Popen(self._command(*self._size), stdin=subprocess.PIPE,
+                                          stderr=subprocess.PIPE)
+        elif (frame.shape[1], frame.shape[0]) != self._size:
+            raise ValueError(f"frame size {frame.shape[1]}x{frame.shape[0]} differs from {self._size}")
+        self._proc.stdin.write(frame.tobytes())
+        self._count += 1
+
+    def write_all(self, frames: Iterable[np.ndarray]) -> "VideoWriter":
+        for frame in frames:
+            self.write(frame)
+        return self
+
+    def close(self) -> Path:
+        if self._proc is None:
+            self.abort()
+            raise UserError(f"no frames were written to {str(self.path)!r}")
+        self._proc.stdin.close()
+        stderr = self._proc.stderr.read().decode(errors="replace")
+        if self._proc.wait() != 0:
+            self.abort()
+            raise RuntimeError(f"ffmpeg failed writing {self.path}: {stderr.strip()}")
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._tmp.exists():
+            self._tmp.unlink()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    @property
+    def frames_written(self) -> int:
+        return self._count
+
+
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float,
+                audio_from: str | Path | None = None) -> Path:
+    """Write all `frames` to `path` (mp4 or gif) atomically; see VideoWriter."""
+    with VideoWriter(path, fps, audio_from) as writer:
+        writer.write_all(frames)
+    return writer.path
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Any image file as RGB uint8 (H, W, 3): EXIF orientation applied, alpha composited
+    on white, grayscale and palette images converted. UserError if it is not an image."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                image = image.convert("RGBA")
+                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, image)
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"{str(path)!r} is not a readable image ({err})") from None

@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import (Config, ConfigError, config_from_dict, config_hash, config_to_dict,
+                             load_config)
+
+
+def test_defaults_are_the_vox256_architecture():
+    cfg = Config()
+    assert cfg.model_params.common_params.num_kp == 10
+    assert cfg.model_params.generator_params.dense_motion_params.num_blocks == 5
+    assert cfg.train_params.scales == (1.0, 0.5, 0.25, 0.125)
+
+
+def test_overrides_are_typed():
+    cfg = config_from_dict({}, ["train_params.batch_size=8", "train_params.lr_generator=1e-4",
+                                "train_params.epoch_milestones=[3, 5]"])
+    assert cfg.train_params.batch_size == 8
+    assert cfg.train_params.lr_generator == pytest.approx(1e-4)
+    assert cfg.train_params.epoch_milestones == (3, 5)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train_params.batch_sise=8", "batch_sise"),
+    ("train_params.batch_size=eight", "expected an integer"),
+    ("model_params.common_params.estimate_jacobian=3", "expected true or false"),
+    ("model_params.name=stylegan", "not one of"),
+    ("train_params", "expected key=value"),
+])
+def test_bad_keys_and_types_are_rejected_with_the_path(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({}, [override])
+
+
+def test_original_spellings_load(tmp_path: Path):
+    # Older original configs say image_shape and write floats without a dot.
+    path = tmp_path / "orig.yaml"
+    path.write_text("dataset_params:\n  image_shape: [128, 128, 3]\n"
+                    "train_params:\n  lr_generator: 2e-4\n")
+    cfg = load_config(path)
+    assert cfg.dataset_params.frame_shape == (128, 128, 3)
+    assert cfg.train_params.lr_generator == pytest.approx(2e-4)
+
+
+def test_round_trip_and_hash():
+    cfg = config_from_dict({}, ["train_params.batch_size=4"])
+    again = config_from_dict(config_to_dict(cfg))
+    assert again == cfg
+    assert config_hash(again) == config_hash(cfg)
+    assert config_hash(Config()) != config_hash(cfg)
