@@ -1,0 +1,191 @@
+"""Comparison tables of a benchmark: seeded bootstrap confidence intervals over clips, the
+paper's published numbers beside ours, and Markdown / CSV / HTML writers.
+
+The point estimate of a metric is the paper's: the mean over all frames of all test clips
+(frames where a metric is undefined, e.g. no face found, are left out). Its 95 % interval
+resamples whole clips with replacement, since frames of one clip are not independent.
+"""
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metrics import paper
+
+log = logging.getLogger(__name__)
+
+# metric column -> (printed name, lower is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "l1": ("L1", True),
+    "ssim": ("SSIM", False),
+    "psnr": ("PSNR (dB)", False),
+    "akd": ("AKD (px)", True),
+    "mkr": ("MKR", True),
+    "aed": ("AED", True),
+    "lpips": ("LPIPS", True),
+    "motion_epe": ("motion EPE (px)", True),
+}
+
+
+def clip_sums(per_frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Per (model, clip): for each metric the sum and count of its defined frame values."""
+    rows = []
+    for (model, clip), group in per_frame.groupby(["model", "clip"], sort=True):
+        row = {"model": model, "clip": clip, "num_frames": len(group)}
+        for metric in metrics:
+            values = group[metric].to_numpy(dtype=float)
+            finite = np.isfinite(values)
+            row[f"{metric}_sum"] = float(values[finite].sum())
+            row[f"{metric}_count"] = int(finite.sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def bootstrap_ci(sums: np.ndarray, counts: np.ndarray, num_resamples: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of sum(sums) / sum(counts) over clips resampled with replacement.
+
+    `sums[i]`, `counts[i]`: the metric's sum and number of defined frames in clip i.
+    Resamples with no defined frame are dropped; (nan, nan) when nothing is defined.
+    """
+    sums, counts = np.asarray(sums, float), np.asarray(counts, float)
+    if len(sums) == 0 or counts.sum() == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(sums), size=(num_resamples, len(sums)))  # (R, C)
+    totals, frames = sums[picks].sum(1), counts[picks].sum(1)
+    means = totals[frames > 0] / frames[frames > 0]
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def summarise(per_frame: pd.DataFrame, metrics: list[str], num_resamples: int = 1000,
+              seed: int = 0) -> pd.DataFrame:
+    """One row per model: frame-mean of each metric with its bootstrap 95 % interval."""
+    sums = clip_sums(per_frame, metrics)
+    rows = []
+    for model, group in sums.groupby("model", sort=False):
+        row = {"model": model, "num_clips": len(group), "num_frames": int(group["num_frames"].sum())}
+        for metric in metrics:
+            total, count = group[f"{metric}_sum"].to_numpy(), group[f"{metric}_count"].to_numpy()
+            row[metric] = float(total.sum() / count.sum()) if count.sum() else float("nan")
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(total, count, num_resamples, seed)
+            row[f"{metric}_frames"] = int(count.sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Table:
+    """A printable table: header, rows of strings, machine-readable records, notes."""
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    records: list[dict]
+    notes: list[str] = field(default_factory=list)
+
+
+def _fmt(value: float, metric: str) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    return f"{value:.2f}" if metric in ("psnr",) else f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
+                     backends: dict[str, str]) -> Table:
+    """Our models (value [95 % CI]) and, below them, the paper's Table 3 rows for `dataset`.
+
+    `backends`: role -> backend description (e.g. {"pose": "dlib68 (scheme ibug-68)"});
+    printed in the title and notes, since numbers from different backends do not compare.
+    """
+    backend_text = "; ".join(f"{role}: {name}" for role, name in backends.items()) or "none"
+    columns = ["model", "source"] + [METRICS[m][0] + (" ↓" if METRICS[m][1] else " ↑") for m in metrics]
+    columns += ["clips", "frames"]
+    rows, records = [], []
+    for _, row in summary.iterrows():
+        cells = [str(row["model"]), "ours"]
+        record = {"model": row["model"], "source": "ours", "confirmed": True,
+                  "backends": backend_text, "num_clips": int(row["num_clips"]),
+                  "num_frames": int(row["num_frames"])}
+        for metric in metrics:
+            value, low, high = row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"]
+            cells.append(_fmt(value, metric) if not np.isfinite(value) else
+                         f"{_fmt(value, metric)} [{_fmt(low, metric)}, {_fmt(high, metric)}]")
+            record.update({metric: value, f"{metric}_lo": low, f"{metric}_hi": high})
+        rows.append(cells + [str(int(row["num_clips"])), str(int(row["num_frames"]))])
+        records.append(record)
+    group = paper.paper_dataset(dataset)
+    notes = [f"ours: mean over all frames of the test clips, [95 % bootstrap interval over clips, "
+             f"seeded]; backends: {backend_text}."]
+    if group is not None:
+        for method in ("x2face", "monkey-net", "fomm"):
+            cells, record = [method, "paper"], {"model": method, "source": "paper",
+                                                "backends": paper.PAPER_BACKENDS[group]}
+            for metric in metrics:
+                cell = paper.paper_value(method, dataset, metric)
+                cells.append(cell.text() if cell else "–")
+                record[metric] = cell.value if cell else float("nan")
+                record[f"{metric}_confirmed"] = cell.confirmed if cell else None
+            rows.append(cells + ["", ""])
+            records.append(record)
+        notes.append(f"paper: FOMM (NeurIPS 2019) Table 3, {group}; measured with "
+                     f"{paper.PAPER_BACKENDS[group]}, so it compares with ours only where the "
+                     "backends agree. (?) = from secondary sources, not confirmed against the paper.")
+    else:
+        notes.append(f"paper: Table 3 has no numbers for dataset {dataset!r}.")
+    title = f"Reconstruction on {dataset} (backends: {backend_text})"
+    return Table(title, columns, rows, records, notes)
+
+
+def to_markdown(table: Table) -> str:
+    lines = [f"**{table.title}**", "", "| " + " | ".join(table.columns) + " |",
+             "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table.rows]
+    lines += [""] + [f"- {note}" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: Table) -> str:
+    """An HTML <table> fragment; paper rows carry class="paper" so they read apart."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in table.columns)
+    body = []
+    for cells in table.rows:
+        css = ' class="paper"' if cells[1] == "paper" else ""
+        body.append(f"<tr{css}>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+    notes = "".join(f"<li>{esc(n)}</li>" for n in table.notes)
+    return (f"<table class=\"metrics\"><caption>{esc(table.title)}</caption><thead><tr>{head}</tr>"
+            f"</thead><tbody>{''.join(body)}</tbody></table><ul class=\"notes\">{notes}</ul>")
+
+
+def html_page(title: str, fragment: str) -> str:
+    """A standalone page around a table fragment (inline CSS, no external resources)."""
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{TABLE_CSS}</style></head><body>{fragment}</body></html>\n")
+
+
+TABLE_CSS = (
+    "table.metrics{border-collapse:collapse;margin:1em 0;font:14px system-ui,sans-serif}"
+    "table.metrics caption{font-weight:600;text-align:left;padding:.3em 0}"
+    "table.metrics th,table.metrics td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
+    "table.metrics td:first-child,table.metrics td:nth-child(2){text-align:left}"
+    "table.metrics th{background:#f0f0f0}"
+    "table.metrics tr.paper td{background:#fff8e1;font-style:italic;color:#555}"
+    "ul.notes{font:13px system-ui,sans-serif;color:#444}")
+
+
+def write_table(table: Table, out_dir: Path, stem: str) -> dict[str, Path]:
+    """`stem`.md, `stem`.csv (one record per row, numbers unrounded) and `stem`.html."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "html")}
+    paths["md"].write_text(to_markdown(table))
+    pd.DataFrame(table.records).to_csv(paths["csv"], index=False)
+    paths["html"].write_text(html_page(table.title, to_html(table)))
+    return paths
