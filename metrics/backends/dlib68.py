@@ -1,0 +1,34 @@
+"""68 facial landmarks from dlib (HOG face detector + shape predictor), offline.
+
+The paper's AKD for faces uses the face-alignment network's 68 landmarks (REFERENCE §2);
+dlib's predictor follows the same iBUG 68-point scheme but is a different model, so its
+numbers are declared under scheme "dlib-68" and do not compare with "fan-68" numbers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from metrics.backends import PoseBackend
+from pipeline import faces
+
+
+class Dlib68Pose(PoseBackend):
+    """Landmarks (68, 2) of the largest face in each frame; a frame without a face is all NaN.
+
+    `upsample`: how many times dlib's detector doubles the image before searching; 1 finds
+    faces down to about 40 px, which covers 256x256 crops.
+    """
+
+    name = "dlib68"
+    scheme = "dlib-68"
+    num_joints = 68
+
+    def __init__(self, upsample: int = 1):
+        self.upsample = int(upsample)
+        faces._predictor()  # load now: a missing model file fails at construction
+
+    def detect_one(self, frame: np.ndarray) -> np.ndarray | None:
+        box = faces.largest_face(frame, self.upsample)
+        if box is None:
+            return None
+        return faces.landmarks(frame, box)  # (68, 2)
