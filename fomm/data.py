@@ -1,0 +1,404 @@
+"""Training and reconstruction data from every layout the project meets.
+
+Layouts, detected under `root` for a split (`train` or `test`):
+- the prepared Parquet shards `<root>/shards/{split}-*.parquet` (one row per frame: clip,
+  frame_index, png), indexed once by their (clip, frame_index) columns and read one row
+  group at a time, so memory stays bounded whatever the dataset size; clips that
+  `<root>/clips.parquet` marks other than `done` are left out;
+- the prepared PNG folders `<root>/png/{split}/<clip>/<frame>.png`;
+- the original repository's layout `<root>/{split}/<clip>/<frame>.png`, `<clip>.mp4`, or
+  `<clip>.png|.jpg` frame strips (frames side by side, as MGIF and Monkey-Net's sets).
+
+Frames are sorted by the number in their name (`frame10.png` after `frame9.png`), clips
+by name: splits come from the folders or shards, never from directory listing order.
+Training items are two random frames of one clip (`FramePairs`); reconstruction reads
+whole clips in bounded batches (`ReconstructionClips`).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from fomm.augment import Augmentation, resize_frames
+from pipeline.config import DatasetParams
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".avi", ".webm", ".mkv")
+SPLITS = ("train", "test")
+
+
+def frame_sort_key(path: Path) -> tuple:
+    """Numeric order of frame files named with or without zero padding (`frame10` > `frame9`)."""
+    numbers = re.findall(r"\d+", path.stem)
+    return (int(numbers[-1]) if numbers else -1, path.name)
+
+
+def identity_of(clip: str) -> str:
+    """The identity a clip belongs to: its name before the first '#' (`id10001#vid#000010#000200`)."""
+    return clip.split("#", 1)[0]
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _load_image(path: Path) -> np.ndarray:
+    from PIL import Image
+    with Image.open(path) as image:
+        if image.mode in ("RGBA", "LA", "P"):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)
+        return np.asarray(image.convert("RGB"))
+
+
+# --------------------------------------------------------------------------- stores
+class ClipStore:
+    """A split's clips: names in a fixed order, frame counts, frames by index."""
+
+    root: Path
+    split: str
+    clips: list[str]
+
+    def num_frames(self, clip: str) -> int:
+        raise NotImplementedError
+
+    def read(self, clip: str, indices: Sequence[int]) -> np.ndarray:
+        """Frames `indices` of `clip` as (N, H, W, 3) uint8."""
+        raise NotImplementedError
+
+    def iter_batches(self, clip: str, batch_size: int) -> Iterator[np.ndarray]:
+        """All frames of `clip` in order, `batch_size` at a time, (n, H, W, 3) uint8."""
+        total = self.num_frames(clip)
+        for start in range(0, total, batch_size):
+            yield self.read(clip, range(start, min(total, start + batch_size)))
+
+    def fps(self, clip: str) -> float:
+        return 25.0
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+class FolderStore(ClipStore):
+    """`<dir>/<clip>/<frame>.png` folders, `<clip>.mp4` videos, or `<clip>.png` frame strips."""
+
+    def __init__(self, split_dir: Path, split: str):
+        self.root, self.split = split_dir, split
+        self.paths: dict[str, Path] = {}
+        for path in sorted(split_dir.iterdir()):
+            if path.name.startswith("."):
+                continue  # half-written outputs (atomic temp files) and hidden files
+            if path.is_dir():
+                self.paths[path.name] = path
+            elif path.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
+                self.paths[path.stem] = path
+        self.clips = sorted(self.paths)
+        self._frame_files: dict[str, list[Path]] = {}
+        self._decoded: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def _files(self, clip: str) -> list[Path]:
+        if clip not in self._frame_files:
+            files = [p for p in self.paths[clip].iterdir()
+                     if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+            if not files:
+                raise UserError(f"clip folder {str(self.paths[clip])!r} holds no .png/.jpg frames")
+            self._frame_files[clip] = sorted(files, key=frame_sort_key)
+        return self._frame_files[clip]
+
+    def _whole(self, clip: str) -> np.ndarray:
+        """Decoded frames of a video or strip file; the last two are kept (pairs reread them)."""
+        if clip not in self._decoded:
+            path = self.paths[clip]
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                from pipeline.media import read_frames
+                frames = read_frames(path)
+            else:
+                strip = _load_image(path)  # (H, T * W, 3), square frames side by side
+                height = strip.shape[0]
+                if strip.shape[1] % height:
+                    raise UserError(f"{str(path)!r}: a frame strip must be N square frames wide, "
+                                    f"got {strip.shape[1]}x{height}")
+                frames = np.stack(np.split(strip, strip.shape[1] // height, axis=1))
+            self._decoded[clip] = frames
+            while len(self._decoded) > 2:
+                self._decoded.popitem(last=False)
+        return self._decoded[clip]
+
+    def num_frames(self, clip: str) -> int:
+        if self.paths[clip].is_dir():
+            return len(self._files(clip))
+        return len(self._whole(clip))
+
+    def read(self, clip: str, indices: Sequence[int]) -> np.ndarray:
+        if self.paths[clip].is_dir():
+            files = self._files(clip)
+            return np.stack([_load_image(files[i]) for i in indices])
+        return self._whole(clip)[list(indices)]
+
+    def iter_batches(self, clip: str, batch_size: int) -> Iterator[np.ndarray]:
+        path = self.paths[clip]
+        if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+            yield from super().iter_batches(clip, batch_size)
+            return
+        from pipeline.media import iter_frames  # stream long videos instead of decoding whole
+        batch = []
+        for frame in iter_frames(path):
+            batch.append(frame)
+            if len(batch) == batch_size:
+                yield np.stack(batch)
+                batch = []
+        if batch:
+            yield np.stack(batch)
+
+    def fps(self, clip: str) -> float:
+        path = self.paths[clip]
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            from pipeline.media import probe
+            return float(probe(path).fps)
+        return 25.0
+
+    def __getstate__(self):  # DataLoader workers start with empty caches
+        state = dict(self.__dict__)
+        state["_decoded"] = OrderedDict()
+        return state
+
+
+class ParquetStore(ClipStore):
+    """`<root>/shards/{split}-*.parquet`: frames found through a (clip, frame) index, read a
+    row group at a time (the last few decoded groups cached)."""
+
+    CACHE_GROUPS = 4
+
+    def __init__(self, root: Path, split: str, shard_paths: list[Path]):
+        import pyarrow.parquet as pq
+        self.root, self.split, self.shard_paths = root, split, shard_paths
+        allowed = self._done_clips(root, split)
+        # clip -> list of (frame_index, shard, row_group, row) sorted by frame_index
+        index: dict[str, list[tuple[int, int, int, int]]] = {}
+        for shard_id, path in enumerate(shard_paths):
+            parquet = pq.ParquetFile(path)
+            missing = {"clip", "frame_index", "png"} - set(parquet.schema_arrow.names)
+            if missing:
+                raise UserError(f"{str(path)!r} lacks columns {sorted(missing)}; expected clip, frame_index, png")
+            for group in range(parquet.num_row_groups):
+                table = parquet.read_row_group(group, columns=["clip", "frame_index"])
+                clips = table.column("clip").to_pylist()
+                frames = table.column("frame_index").to_pylist()
+                for row, (clip, frame) in enumerate(zip(clips, frames)):
+                    if allowed is None or clip in allowed:
+                        index.setdefault(clip, []).append((int(frame), shard_id, group, row))
+        self.index = {clip: sorted(rows) for clip, rows in index.items()}
+        self.clips = sorted(self.index)
+        self._fps = self._clip_fps(root)
+        self._groups: OrderedDict[tuple[int, int], list] = OrderedDict()
+
+    @staticmethod
+    def _done_clips(root: Path, split: str) -> set[str] | None:
+        manifest = root / "clips.parquet"
+        if not manifest.is_file():
+            return None
+        import pandas as pd
+        table = pd.read_parquet(manifest, columns=["clip", "split", "status"])
+        return set(table.loc[(table["status"] == "done") & (table["split"] == split), "clip"])
+
+    @staticmethod
+    def _clip_fps(root: Path) -> dict[str, float]:
+        manifest = root / "clips.parquet"
+        if not manifest.is_file():
+            return {}
+        import pandas as pd
+        table = pd.read_parquet(manifest)
+        if "fps" not in table:
+            return {}
+        return {c: float(f) for c, f in zip(table["clip"], table["fps"]) if f == f and f}
+
+    def _group(self, shard: int, group: int) -> list:
+        key = (shard, group)
+        if key not in self._groups:
+            import pyarrow.parquet as pq
+            table = pq.ParquetFile(self.shard_paths[shard]).read_row_group(group, columns=["png"])
+            self._groups[key] = table.column("png").to_pylist()
+            while len(self._groups) > self.CACHE_GROUPS:
+                self._groups.popitem(last=False)
+        else:
+            self._groups.move_to_end(key)
+        return self._groups[key]
+
+    def num_frames(self, clip: str) -> int:
+        return len(self.index[clip])
+
+    def read(self, clip: str, indices: Sequence[int]) -> np.ndarray:
+        rows = self.index[clip]
+        out = []
+        for i in indices:
+            _, shard, group, row = rows[i]
+            out.append(_decode_png(self._group(shard, group)[row]))
+        return np.stack(out)
+
+    def fps(self, clip: str) -> float:
+        return self._fps.get(clip, 25.0)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_groups"] = OrderedDict()
+        return state
+
+
+def open_clips(root: str | Path, split: str) -> ClipStore:
+    """The clips of `split` under `root`, in whichever layout `root` holds (module docstring)."""
+    if split not in SPLITS:
+        raise UserError(f"split {split!r} is not one of {list(SPLITS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data directory {str(root)!r} does not exist")
+    shards = sorted((root / "shards").glob(f"{split}-*.parquet"))
+    if shards:
+        store: ClipStore = ParquetStore(root, split, shards)
+    elif (root / "png" / split).is_dir():
+        store = FolderStore(root / "png" / split, split)
+    elif (root / split).is_dir():
+        store = FolderStore(root / split, split)
+    else:
+        raise UserError(
+            f"{str(root)!r} holds no {split!r} data; expected shards/{split}-*.parquet, "
+            f"png/{split}/<clip>/ or {split}/<clip>/ (frames) or {split}/<clip>.mp4")
+    if not store.clips:
+        raise UserError(f"{str(root)!r}: the {split!r} split has no clips")
+    log.info("%s %s: %d clips (%s)", root, split, len(store.clips), type(store).__name__)
+    return store
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 or float in [0, 1] -> (T, 3, H, W) float32 in [0, 1]."""
+    tensor = torch.from_numpy(np.ascontiguousarray(frames))
+    if tensor.dtype == torch.uint8:
+        tensor = tensor.float() / 255.0
+    return tensor.float().permute(0, 3, 1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------- training pairs
+class FramePairs(Dataset):
+    """Two random frames of one clip, augmented together (the original FramesDataset with
+    `DatasetRepeater`).
+
+    With `id_sampling` an item is an identity (clip name before the first '#'), and the
+    clip is drawn among that identity's clips, so identities with many clips are not
+    over-represented. The dataset is `num_repeats` copies of the items. An item key is
+    `(index, seed)`: all randomness of the item comes from `seed`, so the pair does not
+    depend on which worker loads it or how many workers there are.
+    """
+
+    def __init__(self, store: ClipStore, params: DatasetParams, num_repeats: int = 1, augment: bool = True):
+        self.store = store
+        self.frame_size = tuple(params.frame_shape[:2])
+        self.augmentation = Augmentation(params.augmentation_params if augment else None)
+        if params.id_sampling:
+            groups: dict[str, list[str]] = {}
+            for clip in store.clips:
+                groups.setdefault(identity_of(clip), []).append(clip)
+            self.items = [groups[key] for key in sorted(groups)]
+        else:
+            self.items = [[clip] for clip in store.clips]
+        if num_repeats < 1:
+            raise UserError(f"num_repeats must be at least 1, got {num_repeats}")
+        self.num_repeats = num_repeats
+
+    def __len__(self) -> int:
+        return self.num_repeats * len(self.items)
+
+    def __getitem__(self, key) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, key)
+        rng = np.random.default_rng(seed)
+        group = self.items[index % len(self.items)]
+        clip = group[int(rng.integers(len(group)))]
+        num_frames = self.store.num_frames(clip)
+        # As the original: two frames drawn with replacement, in time order (time flip may swap).
+        chosen = np.sort(rng.choice(num_frames, size=2, replace=True))
+        frames = resize_frames(self.store.read(clip, chosen.tolist()), self.frame_size)
+        frames = self.augmentation(frames.astype(np.float32) / 255.0, rng)
+        frames = resize_frames(frames, self.frame_size)  # crop/resize augmentations may change size
+        tensor = to_tensor(frames)  # (2, 3, H, W)
+        return {"source": tensor[0], "driving": tensor[1], "name": clip}
+
+
+class EpochSampler(Sampler):
+    """Item keys `(index, seed)` for one epoch: a permutation and per-item seeds drawn from
+    `(seed, epoch)` alone, this rank's share `rank::world_size`, from `start` on.
+
+    Its whole state is (epoch, start): a resumed run rebuilds it exactly. The permutation
+    and the seeds do not depend on `world_size`, so N workers see the same pairs as one
+    process, split between them.
+    """
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Epoch to draw, and how many of this rank's keys to skip (resuming mid-epoch)."""
+        self.epoch, self.start = epoch, start
+
+    def keys(self) -> list[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.length) if self.shuffle else np.arange(self.length)
+        seeds = rng.integers(0, 2**63 - 1, size=self.length)
+        usable = self.length - self.length % self.world_size  # equal shares, as DistributedSampler drops
+        mine = range(self.rank, usable, self.world_size)
+        return [(int(order[i]), int(seeds[i])) for i in mine][self.start:]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return max(0, self.length // self.world_size - self.start)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "start": self.start, "seed": self.seed}
+
+
+def collate_pairs(items: list[dict]) -> dict:
+    return {"source": torch.stack([i["source"] for i in items]),
+            "driving": torch.stack([i["driving"] for i in items]),
+            "name": [i["name"] for i in items]}
+
+
+# --------------------------------------------------------------------------- reconstruction
+class ReconstructionClips:
+    """Whole clips of a split for the paper's reconstruction protocol, in name order.
+
+    Iterating yields `(clip, batches)` where `batches` streams the clip's frames as
+    (n, 3, H, W) float tensors at the config's frame size, `batch_size` at a time.
+    """
+
+    def __init__(self, store: ClipStore, frame_shape: Sequence[int], batch_size: int = 16,
+                 num_videos: int | None = None):
+        self.store = store
+        self.frame_size = tuple(frame_shape[:2])
+        self.batch_size = batch_size
+        self.clips = store.clips[:num_videos] if num_videos else list(store.clips)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def frames(self, clip: str) -> Iterator[torch.Tensor]:
+        for batch in self.store.iter_batches(clip, self.batch_size):
+            yield to_tensor(resize_frames(batch, self.frame_size))
+
+    def __iter__(self) -> Iterator[tuple[str, Iterator[torch.Tensor]]]:
+        for clip in self.clips:
+            yield clip, self.frames(clip)
