@@ -1,0 +1,392 @@
+"""Animate a photo with the motion of a driving video: the `pipeline run animate` stage.
+
+    pipeline run animate --config vox-256 --checkpoint vox-cpk.pth.tar \\
+        --source photo.jpg --driving video.mp4 --out result.mp4 [--crop auto] [--find-best-frame]
+
+From Python:
+
+    model = load_animation_model(config, "vox-cpk.pth.tar", device)
+    animate(model, config, "photo.jpg", "video.mp4", "result.mp4", AnimateOptions(crop="auto"))
+
+Frames stream from the driving video through the model in batches (`--batch-size`) and
+straight into the encoder, so memory does not grow with the video's length. The output
+has the driving video's fps and frame count and, for mp4, its audio cut to the video's
+length; it appears at `--out` only when complete (pipeline/media.VideoWriter), whatever
+fails on the way. Motion transfer is the model family's `transfer()` (FOMM Eq. 8 for
+relative motion, with the adapt-scale factor of the original demo).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from fomm import source_crop
+from fomm.api import Motion, MotionTransferModel
+from pipeline.config import Config, load_config
+from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("result", "side-by-side")
+OUTPUT_SUFFIXES = (".mp4", ".gif")
+
+
+@dataclass(frozen=True)
+class AnimateOptions:
+    relative: bool = True              # Eq. 8 relative motion (False: absolute keypoints)
+    relative_jacobian: bool = True
+    adapt_scale: bool = False          # scale motion by sqrt(source hull area / driving hull area)
+    find_best_frame: bool = False
+    landmarks: str = "auto"            # best-frame landmark backend: auto, dlib, face-alignment
+    crop: str = "none"                 # auto | center | none (see fomm/source_crop.py)
+    crop_increase: float = 0.4
+    layout: str = "result"             # result | side-by-side
+    show_keypoints: bool = False
+    audio: bool = True
+    batch_size: int = 8
+    max_frames: int | None = None
+    precision: str = "fp32"            # fp32 | bf16 (bf16 autocast, CUDA only)
+
+
+@dataclass
+class AnimationResult:
+    path: Path
+    num_frames: int
+    fps: float
+    best_frame: int
+    seconds: float
+    has_audio: bool
+    frame_size: tuple[int, int] = field(default=(0, 0))
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.num_frames / max(self.seconds, 1e-9)
+
+
+# --------------------------------------------------------------------------- devices
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without one is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"--device {name!r}: expected cpu, cuda, cuda:N or auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA for `precision == 'bf16'`; fp32 everywhere else."""
+    if precision not in ("fp32", "bf16"):
+        raise UserError(f"--precision {precision!r}: expected fp32 or bf16")
+    if precision == "bf16":
+        if device.type != "cuda":
+            raise UserError("--precision bf16 needs --device cuda; on CPU use fp32")
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- model
+def load_animation_model(config: Config, checkpoint: str | Path | None, device: torch.device,
+                         name: str | None = None) -> MotionTransferModel:
+    """The config's (or `name`'s) model in eval mode on `device`, weights from `checkpoint`.
+
+    A checkpoint is a dict of state dicts per sub-network (a released FOMM checkpoint, or
+    `model.checkpoint_state()`), optionally wrapped with its config; a mismatch with the
+    config raises UserError. `checkpoint=None` keeps the random initialisation (benchmarks).
+    """
+    from fomm.registry import build_model
+    model = build_model(config, name)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise UserError(f"checkpoint {str(path)!r} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle, zip and weights-only errors all mean "not a checkpoint"
+            raise UserError(f"{str(path)!r} is not a readable checkpoint: {err}") from None
+        if not isinstance(state, dict):
+            raise UserError(f"{str(path)!r} holds a {type(state).__name__}, expected a dict of state dicts")
+        state = state.get("model", state) if isinstance(state.get("model"), dict) else state
+        model.load_checkpoint_state(state, strict=True)
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- tensors
+def to_tensor(frames: np.ndarray | list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """(H, W, 3) or (B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1] on `device`."""
+    array = np.stack(frames) if isinstance(frames, list) else np.asarray(frames)
+    if array.ndim == 3:
+        array = array[None]
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    return tensor.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, H, W)
+
+
+def to_frames(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8."""
+    images = images.detach().float().clamp_(0, 1).mul_(255).add_(0.5).to(torch.uint8)
+    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def expand_motion(motion: Motion, batch: int) -> Motion:
+    """Repeat a batch-1 motion dict along the batch axis (views, no copies)."""
+    return {key: value.expand(batch, *value.shape[1:]) for key, value in motion.items()}
+
+
+# --------------------------------------------------------------------------- animator
+class Animator:
+    """Holds the source and the initial driving frame; turns driving batches into frames.
+
+    The output for driving frame t depends only on the source, frame t and the initial
+    frame (Eq. 8 compares frame t with the initial frame, never with t-1), so batches can
+    be any size and frames can be fed in any order.
+    """
+
+    def __init__(self, model: MotionTransferModel, source: torch.Tensor, initial: torch.Tensor,
+                 options: AnimateOptions, device: torch.device):
+        self.model, self.options, self.device = model, options, device
+        self.source = source                                     # (1, 3, H, W)
+        with torch.inference_mode(), autocast(device, options.precision):
+            self.motion_source = model.detect(source)
+            self.motion_initial = model.detect(initial)
+
+    def motion(self, driving: torch.Tensor) -> tuple[Motion, Motion]:
+        """(detected driving motion, transferred motion) for a batch (B, 3, H, W)."""
+        batch = driving.shape[0]
+        motion_driving = self.model.detect(driving)
+        transferred = self.model.transfer(
+            expand_motion(self.motion_source, batch), motion_driving,
+            expand_motion(self.motion_initial, batch), relative=self.options.relative,
+            relative_jacobian=self.options.relative_jacobian,
+            adapt_movement_scale=self.options.adapt_scale)
+        return motion_driving, transferred
+
+    def __call__(self, driving: torch.Tensor) -> dict[str, torch.Tensor | Motion]:
+        """Predictions (B, 3, H, W) and the motions behind them for a driving batch."""
+        with torch.inference_mode(), autocast(self.device, self.options.precision):
+            motion_driving, transferred = self.motion(driving)
+            batch = driving.shape[0]
+            out = self.model.generate(self.source.expand(batch, -1, -1, -1),
+                                      expand_motion(self.motion_source, batch), transferred)
+        return {"prediction": out["prediction"].float(), "motion_driving": motion_driving,
+                "motion_transferred": transferred}
+
+
+# --------------------------------------------------------------------------- layout
+def compose(results: np.ndarray, driving: np.ndarray, source: np.ndarray, outputs: dict,
+            animator: Animator, options: AnimateOptions, kp_size: int = 5,
+            colormap: str = "gist_rainbow") -> Iterator[np.ndarray]:
+    """Output frames (H, W', 3) uint8: the result alone, or source | driving | result panels
+    (each the model's input size, no borders, so panel i is columns [i*W, (i+1)*W))."""
+    from fomm.visualize import draw_keypoints
+    kp_result = kp_driving = kp_source = None
+    if options.show_keypoints:
+        kp_result = animator.model.keypoints(outputs["motion_transferred"])
+        kp_driving = animator.model.keypoints(outputs["motion_driving"])
+        kp_source = animator.model.keypoints(animator.motion_source)
+    for i, result in enumerate(results):
+        if kp_result is not None:
+            result = draw_keypoints(result, kp_result[i], kp_size, colormap)
+        if options.layout == "result":
+            yield result
+            continue
+        drive, src = driving[i], source
+        if kp_driving is not None:
+            drive = draw_keypoints(drive, kp_driving[i], kp_size, colormap)
+        if kp_source is not None:
+            src = draw_keypoints(src, kp_source[0], kp_size, colormap)
+        yield np.concatenate([src, drive, result], axis=1)
+
+
+def batched(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    batch: list[np.ndarray] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------- the run
+def check_options(options: AnimateOptions, out_path: Path) -> None:
+    if out_path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(f"--out {str(out_path)!r}: expected a .mp4 or .gif file name")
+    if options.layout not in LAYOUTS:
+        raise UserError(f"--layout {options.layout!r}: expected one of {list(LAYOUTS)}")
+    if options.crop not in source_crop.CROP_MODES:
+        raise UserError(f"--crop {options.crop!r}: expected one of {list(source_crop.CROP_MODES)}")
+    if options.batch_size < 1:
+        raise UserError(f"--batch-size {options.batch_size}: expected 1 or more")
+    if options.max_frames is not None and options.max_frames < 1:
+        raise UserError(f"--max-frames {options.max_frames}: expected 1 or more")
+    if options.precision not in ("fp32", "bf16"):
+        raise UserError(f"--precision {options.precision!r}: expected fp32 or bf16")
+
+
+def nth_frame(path: str | Path, index: int) -> np.ndarray:
+    from pipeline.media import iter_frames
+    for frame in iter_frames(path, index, index + 1):
+        return frame
+    raise UserError(f"{str(path)!r} has no frame {index}")
+
+
+def animate(model: MotionTransferModel, config: Config, source_path: str | Path,
+            driving_path: str | Path, out_path: str | Path,
+            options: AnimateOptions = AnimateOptions(),
+            progress: Callable[[int], None] | None = None) -> AnimationResult:
+    """Write `out_path` (mp4/gif): `source_path` moved like `driving_path`.
+
+    Everything that can be wrong with the inputs is checked before the writer opens; an
+    error after that aborts the writer, so no partial file is left at `out_path`.
+    `progress(n)` is called with the number of frames done after each batch.
+    """
+    from pipeline.media import VideoWriter, iter_frames, load_image, probe
+    start = time.perf_counter()
+    out_path = Path(out_path)
+    check_options(options, out_path)
+    device = next(model.parameters()).device
+    size = tuple(config.dataset_params.frame_shape[:2])
+
+    source_image = load_image(source_path)
+    info = probe(driving_path)
+    end = info.num_frames if options.max_frames is None else min(info.num_frames, options.max_frames)
+    if end <= 0:
+        raise UserError(f"driving video {str(driving_path)!r} has zero frames")
+
+    source_box = source_crop.source_box(source_image, options.crop, options.crop_increase)
+    source = source_crop.prepare(source_image, source_box, size)  # (H, W, 3) uint8
+    sampled = source_crop.sample_frames(driving_path, info.num_frames, end=end) if options.crop != "none" else []
+    driving_box = source_crop.driving_box(sampled, options.crop, options.crop_increase) \
+        if options.crop != "none" else None
+    best = 0
+    if options.find_best_frame:
+        best = _best_frame(source_image, source_box, driving_path, driving_box, end, options)
+    initial = source_crop.prepare(nth_frame(driving_path, best), driving_box, size)
+
+    animator = Animator(model, to_tensor(source, device), to_tensor(initial, device), options, device)
+    audio = driving_path if (options.audio and info.has_audio and out_path.suffix.lower() == ".mp4") else None
+    done = 0
+    with VideoWriter(out_path, info.fps, audio_from=audio) as writer:
+        frames = (source_crop.prepare(f, driving_box, size) for f in iter_frames(driving_path, 0, end))
+        for batch in batched(frames, options.batch_size):
+            outputs = animator(to_tensor(batch, device))
+            results = to_frames(outputs["prediction"])
+            for frame in compose(results, batch, source, outputs, animator, options,
+                                 config.visualizer_params.kp_size, config.visualizer_params.colormap):
+                writer.write(frame)
+            done += len(batch)
+            if progress is not None:
+                progress(len(batch))
+        if done == 0:
+            raise UserError(f"driving video {str(driving_path)!r} has zero decodable frames")
+    seconds = time.perf_counter() - start
+    logger.info("animate: %d frames at %.2f fps -> %s in %.1f s (%.1f frames/s)",
+                done, info.fps, out_path, seconds, done / max(seconds, 1e-9))
+    return AnimationResult(out_path, done, info.fps, best, seconds, audio is not None,
+                           (writer._size[1], writer._size[0]) if writer._size else (0, 0))
+
+
+def _best_frame(source_image, source_box, driving_path, driving_box, end, options) -> int:
+    """Best-frame search on crops at 256 px (dlib's detector needs faces of ~80 px)."""
+    from fomm.best_frame import find_best_frame
+    from pipeline.media import iter_frames
+    side = (256, 256)
+    source = source_crop.prepare(source_image, source_box, side) if source_box else source_image
+    frames = (source_crop.prepare(f, driving_box, side) if driving_box else f
+              for f in iter_frames(driving_path, 0, end))
+    return find_best_frame(source, frames, options.landmarks)
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config name (vox-256) or yaml path")
+    parser.add_argument("--checkpoint", help="checkpoint file (state dicts per sub-network)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="no checkpoint: random initialisation (smoke tests, benchmarks)")
+    parser.add_argument("--model", choices=["fomm", "monkey-net", "x2face"],
+                        help="model family (default: the config's model_params.name)")
+    parser.add_argument("--source", required=True, help="source image (any size, RGBA, grayscale, EXIF)")
+    parser.add_argument("--driving", required=True,
+                        help="driving video; with --stream also a camera (/dev/video0, "
+                             "avfoundation:0), a pipe (-) or a URL")
+    parser.add_argument("--out", required=True, help="output .mp4 (h264, with audio) or .gif")
+    motion = parser.add_mutually_exclusive_group()
+    motion.add_argument("--relative", dest="relative", action="store_true", default=None,
+                        help="relative motion, Eq. 8 (default: the config's animate_params)")
+    motion.add_argument("--absolute", dest="relative", action="store_false",
+                        help="absolute motion: the driving keypoints as they are")
+    parser.add_argument("--adapt-scale", action="store_true", default=None,
+                        help="scale motion by the ratio of source and driving face sizes")
+    parser.add_argument("--find-best-frame", action="store_true",
+                        help="start from the driving frame whose landmarks match the source's")
+    parser.add_argument("--landmarks", default="auto", choices=["auto", "dlib", "face-alignment"])
+    parser.add_argument("--crop", default="none", choices=list(source_crop.CROP_MODES),
+                        help="auto: square around the face (face models); center; none: resize")
+    parser.add_argument("--layout", default="result", choices=list(LAYOUTS))
+    parser.add_argument("--show-keypoints", action="store_true")
+    parser.add_argument("--no-audio", dest="audio", action="store_false")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-frames", type=int, help="animate only the first N driving frames")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16 autocast (CUDA only)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="config override, e.g. model_params.align_corners=true")
+    parser.add_argument("--stream", action="store_true",
+                        help="live mode: read driving frames as they arrive (fomm/stream.py)")
+    parser.add_argument("--stream-fps", type=float, default=None,
+                        help="--stream: output fps (default: the input's, else 25)")
+    parser.add_argument("--queue", type=int, default=2,
+                        help="--stream: frames waiting at most; older ones are dropped")
+    parser.add_argument("--no-drop", dest="drop", action="store_false",
+                        help="--stream: never drop frames (latency may grow)")
+    parser.add_argument("--realtime", action="store_true",
+                        help="--stream with a file: read it at its native rate, like a camera")
+
+
+def options_from_args(args: argparse.Namespace, config: Config) -> AnimateOptions:
+    norm = config.animate_params.normalization_params
+    return AnimateOptions(
+        relative=norm.use_relative_movement if args.relative is None else args.relative,
+        relative_jacobian=norm.use_relative_jacobian,
+        adapt_scale=norm.adapt_movement_scale if args.adapt_scale is None else args.adapt_scale,
+        find_best_frame=args.find_best_frame, landmarks=args.landmarks, crop=args.crop,
+        layout=args.layout, show_keypoints=args.show_keypoints, audio=args.audio,
+        batch_size=args.batch_size, max_frames=args.max_frames, precision=args.precision)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    if args.checkpoint is None and not args.random_weights:
+        raise UserError("--checkpoint is required (or --random-weights for a smoke test)")
+    options = options_from_args(args, config)
+    check_options(options, Path(args.out))
+    device = resolve_device(args.device)
+    model = load_animation_model(config, args.checkpoint, device, args.model)
+    if args.stream:
+        from fomm import stream
+        report = stream.run_stream(model, config, args.source, args.driving, args.out, options,
+                                   fps=args.stream_fps, queue_size=args.queue, drop=args.drop,
+                                   realtime=args.realtime)
+        print(report.summary())
+        return 0
+    from tqdm import tqdm
+    from pipeline.media import probe
+    info = probe(args.driving)
+    total = info.num_frames if args.max_frames is None else min(info.num_frames, args.max_frames)
+    with tqdm(total=total, unit="frame", desc="animate") as bar:
+        result = animate(model, config, args.source, args.driving, args.out, options, bar.update)
+    print(f"{result.path}: {result.num_frames} frames at {result.fps:.3f} fps, "
+          f"{result.frame_size[1]}x{result.frame_size[0]}, audio={'yes' if result.has_audio else 'no'}, "
+          f"{result.frames_per_second:.1f} frames/s")
+    return 0

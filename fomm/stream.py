@@ -1,0 +1,294 @@
+"""`--stream`: live animation from a camera, a pipe or a stream, with bounded latency.
+
+ffmpeg (an argument list, never a shell string) decodes the driving input as it arrives
+and writes raw RGB frames of a fixed size to a pipe; a reader thread timestamps each frame
+on arrival and keeps at most `queue_size` of them waiting, dropping the oldest when the
+model falls behind (live sources cannot wait, so latency stays bounded; `drop=False`
+keeps every frame for pipes and files). The main loop takes whatever is waiting (up to the
+batch size), animates it and writes it. The latency of a frame is the time from its arrival
+to the moment its result is handed to the encoder; the run ends with per-frame latencies
+and their p50/p95.
+
+Inputs (`--driving`):
+- `/dev/videoN` (v4l2), `v4l2:/dev/videoN`, `avfoundation:0` (macOS), `dshow:video=NAME`
+  (Windows): `FORMAT:DEVICE` passes `-f FORMAT -i DEVICE` to ffmpeg;
+- `-`: the process's stdin (e.g. `ffmpeg ... -f mpegts - | pipeline run animate --stream`);
+- a URL (`rtsp://`, `udp://`, `http://`, ...), a named pipe (FIFO) that a recorder writes
+  into, or a regular file (`--realtime` reads it at its native rate, like a camera).
+
+Relative motion starts from the first frame that arrives (no look-ahead, so no best-frame
+search); with `--crop auto` the crop box is fixed from the first frame that shows a face.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import stat
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fomm import source_crop
+from fomm.animate import AnimateOptions, Animator, batched, compose, to_frames, to_tensor
+from fomm.api import MotionTransferModel
+from pipeline.config import Config
+from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+DEVICE_FORMATS = ("v4l2", "avfoundation", "dshow", "x11grab", "gdigrab", "lavfi")
+URL_SCHEMES = ("rtsp://", "rtmp://", "udp://", "tcp://", "http://", "https://", "srt://", "rtp://")
+FACE_SEARCH_FRAMES = 50  # --crop auto gives up when this many first frames show no face
+
+
+@dataclass
+class StreamReport:
+    """What a live run did: frames in/out/dropped and each written frame's latency (s)."""
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
+
+    def summary(self) -> str:
+        return (f"stream: {self.frames_out} frames written of {self.frames_in} received "
+                f"({self.dropped} dropped) in {self.seconds:.1f} s; latency p50 "
+                f"{1000 * self.percentile(50):.0f} ms, p95 {1000 * self.percentile(95):.0f} ms, "
+                f"max {1000 * max(self.latencies, default=float('nan')):.0f} ms")
+
+
+def input_arguments(spec: str, realtime: bool = False) -> tuple[list[str], bool]:
+    """ffmpeg input arguments for `spec`, and whether ffmpeg must read our stdin."""
+    low_delay = ["-fflags", "nobuffer", "-flags", "low_delay"]
+    if spec == "-":
+        return low_delay + ["-i", "pipe:0"], True
+    if spec.startswith("/dev/video"):
+        return ["-f", "v4l2"] + low_delay + ["-i", spec], False
+    head, sep, rest = spec.partition(":")
+    if sep and head in DEVICE_FORMATS:
+        return ["-f", head] + low_delay + ["-i", rest], False
+    if spec.startswith(URL_SCHEMES):
+        return low_delay + ["-i", spec], False
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"--driving {spec!r} for --stream: expected a camera (/dev/videoN, "
+                        f"FORMAT:DEVICE with FORMAT in {list(DEVICE_FORMATS)}), '-', a URL, "
+                        "a named pipe or a video file")
+    pace = ["-re"] if realtime and stat.S_ISREG(path.stat().st_mode) else []
+    return pace + ["-i", str(path)], False
+
+
+def decoder_command(spec: str, width: int, height: int, crop: str, realtime: bool = False
+                    ) -> tuple[list[str], bool]:
+    """ffmpeg reading `spec` and writing raw rgb24 frames of width x height to stdout.
+
+    `none` squeezes the whole frame (as file mode does); `center` and `auto` keep the aspect
+    and cut the centred square (auto then crops the face inside it).
+    """
+    from pipeline.media import ffmpeg_exe
+    inputs, needs_stdin = input_arguments(spec, realtime)
+    if crop == "none":
+        scale = f"scale={width}:{height}:flags=bicubic"
+    else:
+        scale = (f"scale={width}:{height}:force_original_aspect_ratio=increase:flags=bicubic,"
+                 f"crop={width}:{height}")
+    command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin"] if not needs_stdin \
+        else [ffmpeg_exe(), "-hide_banner", "-loglevel", "error"]
+    return command + inputs + ["-an", "-vf", scale, "-pix_fmt", "rgb24", "-f", "rawvideo",
+                               "pipe:1"], needs_stdin
+
+
+class FrameReader(threading.Thread):
+    """Reads fixed-size raw frames from ffmpeg's stdout into a bounded queue of
+    (arrival time, frame); when the queue is full the oldest frame is dropped (or, with
+    drop=False, the reader waits, which backs up the pipe)."""
+
+    def __init__(self, stdout, shape: tuple[int, int, int], queue_size: int, drop: bool,
+                 max_frames: int | None):
+        super().__init__(daemon=True, name="stream-reader")
+        self.stdout, self.shape, self.drop, self.max_frames = stdout, shape, drop, max_frames
+        self.frames: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self.received = 0
+        self.dropped = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        size = int(np.prod(self.shape))
+        try:
+            while not self.stop.is_set():
+                if self.max_frames is not None and self.received >= self.max_frames:
+                    break
+                data = self._read_exactly(size)
+                if data is None:
+                    break
+                item = (time.perf_counter(), np.frombuffer(data, np.uint8).reshape(self.shape))
+                self.received += 1
+                self._put(item)
+        finally:
+            self.frames.put(None)  # end of stream, never dropped (put blocks until room)
+
+    def _read_exactly(self, size: int) -> bytes | None:
+        chunks, remaining = [], size
+        while remaining:
+            chunk = self.stdout.read(remaining)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def _put(self, item) -> None:
+        if not self.drop:
+            self.frames.put(item)
+            return
+        while True:
+            try:
+                self.frames.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    self.frames.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
+
+def _take_waiting(reader: FrameReader, limit: int) -> tuple[list, bool]:
+    """The next frame (blocking) plus whatever else is already waiting, up to `limit`."""
+    first = reader.frames.get()
+    if first is None:
+        return [], True
+    items, ended = [first], False
+    while len(items) < limit:
+        try:
+            item = reader.frames.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            ended = True
+            break
+        items.append(item)
+    return items, ended
+
+
+def stream_fps(spec: str, fps: float | None) -> float:
+    """The output rate: `fps`, else a regular file's own rate, else 25."""
+    if fps is not None:
+        if fps <= 0:
+            raise UserError(f"--stream-fps {fps}: expected a positive number")
+        return fps
+    path = Path(spec)
+    if path.is_file():
+        from pipeline.media import probe
+        return probe(path).fps
+    return 25.0
+
+
+def run_stream(model: MotionTransferModel, config: Config, source_path: str | Path, driving: str,
+               out_path: str | Path, options: AnimateOptions = AnimateOptions(),
+               fps: float | None = None, queue_size: int = 2, drop: bool = True,
+               realtime: bool = False, stdin=None) -> StreamReport:
+    """Animate `source_path` live from `driving` into `out_path` (mp4/gif, complete on return,
+    including after Ctrl-C). `options.max_frames` stops after that many received frames."""
+    from pipeline.media import VideoWriter, load_image
+    from fomm.animate import check_options
+    out_path = Path(out_path)
+    check_options(options, out_path)
+    if options.find_best_frame:
+        raise UserError("--find-best-frame needs the whole driving video; it cannot be used with --stream")
+    device = next(model.parameters()).device
+    height, width = config.dataset_params.frame_shape[:2]
+    source_image = load_image(source_path)
+    source = source_crop.prepare(source_image, source_crop.source_box(
+        source_image, options.crop, options.crop_increase), (height, width))
+    analysis = (height, width) if options.crop != "auto" else (max(2 * height, 256), max(2 * width, 256))
+    command, needs_stdin = decoder_command(driving, analysis[1], analysis[0], options.crop, realtime)
+    output_fps = stream_fps(driving, fps)
+    logger.info("stream: %s", " ".join(command))
+    proc = subprocess.Popen(command, stdin=(stdin or sys.stdin) if needs_stdin else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = FrameReader(proc.stdout, (*analysis, 3), queue_size, drop, options.max_frames)
+    report = StreamReport()
+    start = time.perf_counter()
+    reader.start()
+    try:
+        with VideoWriter(out_path, output_fps) as writer:
+            _animate_live(model, source, reader, writer, options, config, device, report)
+            if report.frames_out == 0:
+                proc.wait(timeout=10)
+                error = proc.stderr.read().decode(errors="replace").strip()
+                raise UserError(f"--driving {driving!r}: no frames could be read"
+                                + (f" (ffmpeg: {error.splitlines()[-1]})" if error else ""))
+    finally:
+        reader.stop.set()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        reader.join(timeout=5)
+    report.frames_in, report.dropped = reader.received, reader.dropped
+    report.seconds = time.perf_counter() - start
+    logger.info(report.summary())
+    return report
+
+
+def _animate_live(model, source, reader, writer, options, config, device, report) -> None:
+    """The live loop: crop box and initial frame from the first usable frame, then batches
+    of whatever is waiting. Ctrl-C ends the loop and keeps what was written."""
+    height, width = config.dataset_params.frame_shape[:2]
+    animator, box, searched = None, None, 0
+    try:
+        while True:
+            items, ended = _take_waiting(reader, options.batch_size)
+            if animator is None and items:
+                if options.crop == "auto":
+                    box, searched, items = _find_face_box(items, options, searched)
+                    if box is None:
+                        if ended:
+                            break
+                        continue
+                initial = source_crop.prepare(items[0][1], box, (height, width))
+                animator = Animator(model, to_tensor(source, device), to_tensor(initial, device),
+                                    options, device)
+            if items:
+                _write_batch(animator, items, box, source, writer, options, config, report, device)
+            if ended:
+                break
+    except KeyboardInterrupt:
+        logger.info("stream: interrupted, finishing the output")
+
+
+def _find_face_box(items, options, searched):
+    """Crop box from the first frame (of the waiting ones) with a face; frames before it
+    are skipped. UserError when none of the first FACE_SEARCH_FRAMES frames has one."""
+    from fomm.source_crop import _largest_face_any_scale, square_around
+    from pipeline import faces
+    for index, (_, frame) in enumerate(items):
+        face = _largest_face_any_scale(frame, faces)
+        searched += 1
+        if face is not None:
+            return square_around(face, frame.shape, options.crop_increase), searched, items[index:]
+        if searched >= FACE_SEARCH_FRAMES:
+            raise UserError(f"no face found in the first {searched} stream frames with --crop auto; "
+                            "use --crop center or --crop none")
+    return None, searched, []
+
+
+def _write_batch(animator, items, box, source, writer, options, config, report, device) -> None:
+    height, width = config.dataset_params.frame_shape[:2]
+    frames = [source_crop.prepare(frame, box, (height, width)) for _, frame in items]
+    outputs = animator(to_tensor(frames, device))
+    results = to_frames(outputs["prediction"])
+    for (arrival, _), frame in zip(items, compose(results, frames, source, outputs, animator, options,
+                                                  config.visualizer_params.kp_size,
+                                                  config.visualizer_params.colormap)):
+        writer.write(frame)
+        report.latencies.append(time.perf_counter() - arrival)
+        report.frames_out += 1
