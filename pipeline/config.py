@@ -132,16 +132,28 @@ class DiscriminatorParams:
 
 @dataclass(frozen=True)
 class MonkeyNetParams:
-    """Monkey-Net (Siarohin et al., CVPR 2019); see fomm/baselines/monkey_net.py."""
+    """Monkey-Net (Siarohin et al., CVPR 2019); see fomm/baselines/monkey_net.py.
+
+    The number of keypoints is common_params.num_kp; the keypoint-conditioned
+    discriminator reads discriminator_params (set use_kp: true).
+    """
+    # Keypoint detector: hourglass on the frame downscaled by scale_factor.
     block_expansion: int = 32
     max_features: int = 1024
     num_blocks: int = 5
     temperature: float = 0.1
-    kp_variance: float = 0.01
     scale_factor: float = 0.25
+    # Keypoint Gaussians: the detected 2x2 covariance (true, Monkey-Net) or the
+    # isotropic kp_variance (false); the covariance gets kp_variance_floor * I added.
+    use_covariance: bool = True
+    kp_variance: float = 0.01
+    kp_variance_floor: float = 1.0e-3
+    # Dense motion: hourglass at scale_factor of the frame -> K+1 masks and a residual flow.
     dense_motion_block_expansion: int = 32
+    dense_motion_max_features: int = 1024
     dense_motion_num_blocks: int = 5
     use_residual_flow: bool = True
+    # U-Net generator: channels min(max, expansion * 2^(i+1)) over num_blocks down/up blocks.
     generator_block_expansion: int = 32
     generator_max_features: int = 1024
     generator_num_blocks: int = 5
@@ -150,10 +162,15 @@ class MonkeyNetParams:
 @dataclass(frozen=True)
 class X2FaceParams:
     """X2Face (Wiles et al., ECCV 2018); see fomm/baselines/x2face.py."""
+    # Both networks: encoder-decoders of num_blocks down/up blocks, channels
+    # min(max_features, block_expansion * 2^(i+1)); the embedding one has skips.
     block_expansion: int = 32
     max_features: int = 256
     num_blocks: int = 6
+    # Predicted grids are identity + max_offset * tanh(offsets).
     max_offset: float = 1.0
+    # Scale of the grid heads' initial weights (bias zero): grids start near identity.
+    init_scale: float = 0.01
 
 
 @dataclass(frozen=True)
