@@ -1,0 +1,365 @@
+"""`pipeline run benchmark`: reconstruct the test split with each model and score every frame.
+
+Protocol (the paper's, REFERENCE §1): for each test clip, the source is its first frame and
+the driving frames are all of its frames, with absolute motion (`model.reconstruct`). Each
+generated frame is scored against the real one with `metrics.evaluate.score_clip` (L1, SSIM,
+PSNR, and AKD / MKR / AED / LPIPS where a backend is given). On the `sample` dataset, whose
+true motion is known, each model's 'deformation' output is also compared with the truth.
+
+Writes to `--out`:
+    per_frame.parquet   model, clip, frame, l1, ssim, psnr, akd, mkr, aed, lpips, motion_epe,
+                        pose_backend, identity_backend
+    per_clip.parquet    the same, averaged per (model, clip), with num_frames
+    comparison.{md,csv,html}   ours with bootstrap 95 % intervals over clips, beside the paper's
+    motion.{md,csv,html}       (sample only) motion error against the true backward grids
+    samples/            source, driving and each model's frames of the first clip (PNG)
+    benchmark.json      what ran: data, checkpoints, config hashes, backends, seconds per model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SCORE_COLUMNS = ["l1", "ssim", "psnr", "akd", "mkr", "aed", "lpips", "motion_epe"]
+NO_MOTION = "no motion (identity grid)"
+
+
+# --------------------------------------------------------------------------- model specs
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str          # registry name: fomm, monkey-net, x2face
+    checkpoint: Path
+    config: str | None  # a config name or yaml path for checkpoints that embed none
+
+
+def parse_models(text: str) -> list[ModelSpec]:
+    """`fomm=CKPT,monkey-net=CKPT@CONFIG,...` -> specs (registry names, files checked)."""
+    from fomm.registry import MODELS
+    specs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, rest = item.partition("=")
+        if not sep or not rest:
+            raise UserError(f"--models item {item!r}: expected NAME=CHECKPOINT[@CONFIG]")
+        if name not in MODELS:
+            raise UserError(f"--models item {item!r}: unknown model {name!r}; expected one of {sorted(MODELS)}")
+        checkpoint, _, config = rest.partition("@")
+        if not Path(checkpoint).is_file():
+            raise UserError(f"--models item {item!r}: checkpoint {checkpoint!r} does not exist")
+        specs.append(ModelSpec(name, Path(checkpoint), config or None))
+    if not specs:
+        raise UserError(f"--models {text!r}: expected at least one NAME=CHECKPOINT")
+    if len({s.name for s in specs}) != len(specs):
+        raise UserError(f"--models {text!r} names a model twice")
+    return specs
+
+
+def _checkpoint_config(checkpoint: dict, spec: ModelSpec):
+    """The config a checkpoint was trained with: `@CONFIG` if given, else the embedded one."""
+    from pipeline.config import config_from_dict, load_config
+    if spec.config:
+        return load_config(spec.config)
+    embedded = checkpoint.get("config")
+    if isinstance(embedded, str):
+        import yaml
+        embedded = yaml.safe_load(embedded)
+    if not isinstance(embedded, dict):
+        raise UserError(f"checkpoint {str(spec.checkpoint)!r} embeds no config; pass "
+                        f"{spec.name}={spec.checkpoint}@CONFIG (e.g. @vox-256)")
+    return config_from_dict(embedded)
+
+
+def load_model(spec: ModelSpec, device: str = "cpu"):
+    """(model in eval mode on `device`, its Config) from a checkpoint file."""
+    import torch
+    from fomm.registry import build_model
+    try:
+        checkpoint = torch.load(spec.checkpoint, map_location="cpu", weights_only=False)
+    except Exception as error:  # a torn or foreign file: name it
+        raise UserError(f"checkpoint {str(spec.checkpoint)!r} cannot be read: {error}") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"checkpoint {str(spec.checkpoint)!r} holds a {type(checkpoint).__name__}; "
+                        "expected a dict of state dicts")
+    config = _checkpoint_config(checkpoint, spec)
+    model = build_model(config, spec.name)
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint.get("model"), dict) else checkpoint
+    model.load_checkpoint_state(state, strict=True)
+    return model.to(device).eval(), config
+
+
+# --------------------------------------------------------------------------- test clips
+def open_test_clips(data: str | Path, split: str, max_clips: int | None):
+    """(store, clip names): the split's clips in name order, from any layout that
+    `fomm.data.open_clips` reads (shards, png folders, the original layouts)."""
+    from fomm.data import open_clips
+    store = open_clips(data, split)
+    return store, list(store.clips[:max_clips] if max_clips else store.clips)
+
+
+def read_clip(store, clip: str, max_frames: int | None = None) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of `clip`, the first `max_frames` when given."""
+    total = store.num_frames(clip)
+    return store.read(clip, range(min(total, max_frames) if max_frames else total))
+
+
+def truth_grid(data: str | Path, split: str, clip: str) -> np.ndarray | None:
+    """The sample dataset's true backward grid (T, 64, 64, 2) of `clip`, or None."""
+    path = Path(data) / "truth" / split / f"{clip}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as archive:
+        return archive["backward_grid"].astype(np.float32)
+
+
+# --------------------------------------------------------------------------- reconstruction
+def _resize(frames, size: tuple[int, int]):
+    """(T, H, W, 3) uint8 -> (T, 3, h, w) float in [0, 1] at `size` (anti-aliased)."""
+    import torch
+    import torch.nn.functional as F
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W)
+    if tuple(video.shape[-2:]) != tuple(size):
+        video = F.interpolate(video, size=size, mode="bilinear", align_corners=False,
+                              antialias=True).clamp(0, 1)
+    return video
+
+
+def reconstruct_clip(model, frames: np.ndarray, size: tuple[int, int], batch_size: int = 16,
+                     device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Paper protocol on one clip: frame 0 drives nothing, every frame drives the source.
+
+    Returns real frames (T, h, w, 3) uint8 at the model's size, predictions (T, h, w, 3)
+    uint8, and the deformation (T, g, g, 2) float32 when the family outputs one.
+    """
+    import torch
+    video = _resize(frames, size)  # (T, 3, h, w)
+    source = video[:1].to(device)  # (1, 3, h, w)
+    predictions, deformations = [], []
+    with torch.no_grad():
+        for start in range(0, len(video), batch_size):
+            driving = video[start:start + batch_size].to(device)  # (B, 3, h, w)
+            out = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)
+            predictions.append(out["prediction"].float().clamp(0, 1).cpu())
+            if out.get("deformation") is not None:
+                deformations.append(out["deformation"].float().cpu())
+    to_uint8 = lambda t: (t.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
+    deformation = torch.cat(deformations).numpy() if deformations else None
+    return to_uint8(video), to_uint8(torch.cat(predictions)), deformation
+
+
+def identity_grid(size: int) -> np.ndarray:
+    """(size, size, 2) normalised (x, y) of pixel centres (align_corners=False)."""
+    axis = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    x, y = np.meshgrid(axis, axis)
+    return np.stack([x, y], -1)
+
+
+def motion_epe(deformation: np.ndarray, truth: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
+    """Per-frame mean end-point error in pixels between a predicted backward grid and the truth.
+
+    deformation (T, h, w, 2) and truth (T, g, g, 2) hold normalised source (x, y) in [-1, 1];
+    the prediction is resized to g x g (bilinear, align_corners=False, as pixel centres), and
+    a normalised unit is W/2 (x) or H/2 (y) pixels of the scored frames `frame_size` (H, W).
+    """
+    import torch
+    import torch.nn.functional as F
+    count = min(len(deformation), len(truth))
+    grid = torch.from_numpy(np.ascontiguousarray(deformation[:count])).permute(0, 3, 1, 2)  # (T, 2, h, w)
+    grid = F.interpolate(grid, size=truth.shape[1:3], mode="bilinear", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).numpy()  # (T, g, g, 2)
+    scale = np.array([frame_size[1] / 2, frame_size[0] / 2], np.float32)
+    error = np.linalg.norm((grid - truth[:count]) * scale, axis=-1)  # (T, g, g)
+    out = np.full(len(deformation), np.nan)
+    out[:count] = error.mean(axis=(1, 2))
+    return out
+
+
+# --------------------------------------------------------------------------- scoring
+def _backends(dataset: str, pose: str | None, identity: str | None):
+    from metrics import backends
+    default_pose, default_identity = (None, None)
+    if pose is None or identity is None:
+        default_pose, default_identity = backends.default_backends(dataset)
+    pose_backend = (None if pose == "none" else backends.get_pose_backend(pose) if pose else default_pose)
+    identity_backend = (None if identity == "none" else backends.get_identity_backend(identity)
+                        if identity else default_identity)
+    return pose_backend, identity_backend
+
+
+def backend_label(backend) -> str:
+    return "none" if backend is None else f"{backend.name} (scheme {backend.scheme})"
+
+
+def _real_detections(cache: dict, clip: str, real: np.ndarray, pose, identity):
+    """The real clip's keypoints and embeddings, detected once and shared by every model
+    that scores at the same frame size."""
+    from metrics.evaluate import embeddings_at_256, keypoints_at_256
+    key = (clip, real.shape)
+    if key not in cache:
+        cache[key] = (keypoints_at_256(pose, real) if pose is not None else None,
+                      embeddings_at_256(identity, real) if identity is not None else None)
+    return cache[key]
+
+
+def score_model(spec: ModelSpec, store, clips: list[str], args, pose, identity, samples: dict,
+                cache: dict) -> pd.DataFrame:
+    """Reconstruct and score every clip with one model: its per-frame rows."""
+    from metrics.evaluate import score_clip
+    model, config = load_model(spec, args.device)
+    size = tuple(config.dataset_params.frame_shape[:2])
+    rows = []
+    for index, clip in enumerate(clips):
+        frames = read_clip(store, clip, args.max_frames)
+        real, fake, deformation = reconstruct_clip(model, frames, size, args.batch_size, args.device)
+        real_kp, real_emb = _real_detections(cache, clip, real, pose, identity)
+        scores = score_clip(real, fake, pose=pose, identity=identity, lpips=args.lpips,
+                            real_keypoints=real_kp, real_embeddings=real_emb)
+        scores = scores.reset_index(drop=True)
+        scores["motion_epe"] = np.nan
+        truth = truth_grid(args.data, args.split, clip)
+        if truth is not None and deformation is not None:
+            scores["motion_epe"] = motion_epe(deformation, truth, real.shape[1:3])
+        scores.insert(0, "clip", clip)
+        scores.insert(0, "model", spec.name)
+        rows.append(scores)
+        if index == 0:
+            samples[spec.name] = fake
+            samples.setdefault("driving", real)
+        log.info("%s: clip %d/%d %s, L1 %.4f", spec.name, index + 1, len(clips), clip,
+                 float(scores["l1"].mean()))
+    return pd.concat(rows, ignore_index=True)
+
+
+def no_motion_rows(clips: list[str], args, frame_size: tuple[int, int]) -> pd.DataFrame:
+    """Motion error of the identity grid (no motion at all): the floor a model must beat."""
+    rows = []
+    for clip in clips:
+        truth = truth_grid(args.data, args.split, clip)
+        if truth is not None:
+            still = np.broadcast_to(identity_grid(truth.shape[1]), truth.shape)
+            rows.append(pd.DataFrame({"model": NO_MOTION, "clip": clip,
+                                      "frame": np.arange(len(truth)),
+                                      "motion_epe": motion_epe(still, truth, frame_size)}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------- outputs
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    from pipeline.media import atomic_path
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_samples(samples: dict, out: Path, count: int = 4) -> dict:
+    """PNGs of `count` evenly spaced frames of the first clip: driving, source, each model."""
+    from PIL import Image
+    folder = out / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    driving = samples["driving"]
+    picks = sorted(set(np.linspace(0, len(driving) - 1, count).round().astype(int).tolist()))
+    Image.fromarray(driving[0]).save(folder / "source.png")
+    for name, frames in samples.items():
+        for frame in picks:
+            Image.fromarray(frames[frame]).save(folder / f"{name}_{frame:04d}.png")
+    return {"frames": picks, "rows": ["driving"] + [n for n in samples if n != "driving"]}
+
+
+def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict) -> dict:
+    from metrics import tables
+    models = per_frame[per_frame["model"] != NO_MOTION]
+    metrics = [m for m in SCORE_COLUMNS if m != "motion_epe" and m in models and models[m].notna().any()]
+    summary = tables.summarise(models, metrics, args.bootstrap, args.seed)
+    written = {"comparison": tables.write_table(
+        tables.comparison_table(summary, args.dataset, metrics, backends), out, "comparison")}
+    if per_frame["motion_epe"].notna().any():
+        motion = per_frame[per_frame["motion_epe"].notna()]
+        summary = tables.summarise(motion, ["motion_epe"], args.bootstrap, args.seed)
+        table = tables.comparison_table(summary, "sample", ["motion_epe"],
+                                        {"truth": "the sample dataset's backward grids (64x64)"})
+        table.title = f"Motion error against the true motion on {args.dataset}"
+        table.notes = [f"mean end-point error, in pixels of the scored frames, between each model's "
+                       f"'deformation' (resized to 64x64) and the true backward grid; "
+                       f"'{NO_MOTION}' is the error of predicting no motion at all.",
+                       table.notes[0]]
+        written["motion"] = tables.write_table(table, out, "motion")
+    return {k: {ext: str(p) for ext, p in v.items()} for k, v in written.items()}
+
+
+# --------------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="dataset name (vox, taichi, sample, ...)")
+    parser.add_argument("--data", required=True, type=Path, help="prepared dataset folder")
+    parser.add_argument("--models", required=True,
+                        help="NAME=CHECKPOINT[@CONFIG],...; names from fomm.registry")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--pose", default=None, help="pose backend (default: the dataset's; 'none')")
+    parser.add_argument("--identity", default=None, help="identity backend (default: the dataset's; 'none')")
+    parser.add_argument("--lpips", action="store_true", help="also LPIPS (needs the lpips package)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--max-clips", type=int, default=None)
+    parser.add_argument("--max-frames", type=int, default=None, help="first N frames of each clip")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The benchmark as a function; returns what benchmark.json records."""
+    import torch
+    from pipeline.config import config_hash
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    specs = parse_models(args.models)
+    store, clips = open_test_clips(args.data, args.split, args.max_clips)
+    pose, identity = _backends(args.dataset, args.pose, args.identity)
+    backends = {"pose": backend_label(pose), "identity": backend_label(identity)}
+    log.info("benchmark %s: %d %s clips, %s", args.dataset, len(clips), args.split, backends)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts, samples, cache, record = [], {}, {}, {"models": {}}
+    for spec in specs:
+        started = time.perf_counter()
+        frame_rows = score_model(spec, store, clips, args, pose, identity, samples, cache)
+        seconds = time.perf_counter() - started
+        _, config = load_model(spec, "cpu")
+        record["models"][spec.name] = {
+            "checkpoint": str(spec.checkpoint.resolve()), "config": spec.config,
+            "config_hash": config_hash(config), "seconds": round(seconds, 2),
+            "frames": len(frame_rows), "frames_per_second": round(len(frame_rows) / seconds, 2)}
+        parts.append(frame_rows)
+    size = tuple(samples["driving"].shape[1:3])
+    parts.append(no_motion_rows(clips, args, size))
+    per_frame = pd.concat(parts, ignore_index=True)
+    for column in SCORE_COLUMNS:
+        if column not in per_frame:
+            per_frame[column] = np.nan
+    per_frame["pose_backend"] = backends["pose"]
+    per_frame["identity_backend"] = backends["identity"]
+    per_clip = (per_frame.groupby(["model", "clip", "pose_backend", "identity_backend"], sort=False)
+                [SCORE_COLUMNS].mean().reset_index())
+    per_clip["num_frames"] = per_frame.groupby(["model", "clip"], sort=False).size().to_numpy()
+    _write_parquet(per_frame, out / "per_frame.parquet")
+    _write_parquet(per_clip, out / "per_clip.parquet")
+    record.update(dataset=args.dataset, data=str(Path(args.data).resolve()), split=args.split,
+                  clips=clips, backends=backends, device=args.device,
+                  bootstrap=args.bootstrap, seed=args.seed, samples=write_samples(samples, out),
+                  tables=write_tables(per_frame, out, args, backends))
+    (out / "benchmark.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def main(args: argparse.Namespace) -> int:
+    record = run(args)
+    print((Path(args.out) / "comparison.md").read_text())
+    if "motion" in record["tables"]:
+        print(Path(record["tables"]["motion"]["md"]).read_text())
+    return 0

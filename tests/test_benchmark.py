@@ -1,0 +1,192 @@
+"""`pipeline run benchmark`: model specs, the motion error against the truth, and a full run
+on real sample clips (with known motion) and on a real face clip with the dlib backends."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from metrics import benchmark
+from pipeline.config import config_from_dict, config_to_dict, load_config
+from pipeline.errors import UserError
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def sample_data(tmp_path_factory) -> Path:
+    """Two test clips of the built-in sample dataset (8 frames, 64 px) with their truth."""
+    from pipeline import sample
+    root = tmp_path_factory.mktemp("sample")
+    for clip in sample.sample_clips(num_train=0, num_test=2, num_frames=8, size=64):
+        frames, truth = sample.render_clip(clip)
+        folder = root / "png" / clip.split / clip.name
+        folder.mkdir(parents=True)
+        for index, frame in enumerate(frames):
+            Image.fromarray(frame).save(folder / f"{index:07d}.png")
+        sample.write_truth(root / "truth" / clip.split / f"{clip.name}.npz", truth, clip)
+    return root
+
+
+def _tiny_config(name: str = "fomm", size: int = 64):
+    try:
+        config = load_config({"fomm": "tiny"}.get(name, f"{name}-tiny"))
+    except UserError:  # the tiny configs are the model engineers'; the defaults build too
+        config = config_from_dict({})
+    return config_from_dict(config_to_dict(config), [f"model_params.name={name}",
+                                                     f"dataset_params.frame_shape=[{size},{size},3]"])
+
+
+def _checkpoint(tmp_path: Path, name: str, size: int = 64) -> Path:
+    """A randomly initialised model of family `name`, saved with its config embedded."""
+    from fomm.registry import build_model
+    torch.manual_seed(0)
+    config = _tiny_config(name, size)
+    model = build_model(config)
+    path = tmp_path / f"{name}.pt"
+    torch.save({**model.checkpoint_state(), "config": config_to_dict(config)}, path)
+    return path
+
+
+def _args(**given) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    benchmark.add_arguments(parser)
+    argv = []
+    for key, value in given.items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- units
+def test_motion_error_is_zero_for_the_truth_and_k_pixels_for_a_k_pixel_shift():
+    truth = np.broadcast_to(benchmark.identity_grid(64), (3, 64, 64, 2)).copy()
+    truth[..., 0] += np.linspace(0, 0.2, 3)[:, None, None]
+    assert np.allclose(benchmark.motion_epe(truth, truth, (64, 64)), 0, atol=1e-6)
+    for k in (1, 3):  # shifting x by k pixels of a 128-px frame is k / 64 normalised units
+        shifted = truth.copy()
+        shifted[..., 0] += k / 64
+        assert benchmark.motion_epe(shifted, truth, (128, 128)) == pytest.approx([k] * 3, rel=1e-4)
+
+
+def test_motion_error_resizes_a_coarser_deformation_to_the_truth_grid():
+    truth = benchmark.identity_grid(64)[None] * np.float32(0.9)  # a zoom: linear in the pixel centres
+    coarse = benchmark.identity_grid(16)[None] * np.float32(0.9)
+    error = benchmark.motion_epe(coarse, truth, (64, 64))
+    # bilinear resizing is exact inside; only the outer 2 pixels of each side clamp
+    # (at most 1.5 px of 64 there), which averages to about 0.11 px over the grid
+    assert 0 < error[0] < 0.15
+
+
+def test_model_specs_name_the_bad_item(tmp_path):
+    checkpoint = tmp_path / "a.pt"
+    checkpoint.write_bytes(b"x")
+    specs = benchmark.parse_models(f"fomm={checkpoint},x2face={checkpoint}@x2face-tiny")
+    assert [(s.name, s.config) for s in specs] == [("fomm", None), ("x2face", "x2face-tiny")]
+    for bad, words in ((f"dalle={checkpoint}", "unknown model 'dalle'"),
+                       ("fomm", "expected NAME=CHECKPOINT"),
+                       (f"fomm={tmp_path}/missing.pt", "does not exist"),
+                       (f"fomm={checkpoint},fomm={checkpoint}", "names a model twice")):
+        with pytest.raises(UserError, match=words):
+            benchmark.parse_models(bad)
+
+
+def test_checkpoint_without_config_asks_for_one(tmp_path):
+    path = tmp_path / "bare.pt"
+    torch.save({"generator": {}}, path)
+    with pytest.raises(UserError, match="embeds no config"):
+        benchmark.load_model(benchmark.ModelSpec("fomm", path, None))
+
+
+# --------------------------------------------------------------------------- runs
+def test_benchmark_of_three_models_on_sample_data(sample_data, tmp_path):
+    models = ",".join(f"{name}={_checkpoint(tmp_path, name)}" for name in ("fomm", "monkey-net", "x2face"))
+    out = tmp_path / "bench"
+    record = benchmark.run(_args(dataset="sample", data=sample_data, models=models, out=out,
+                                 bootstrap=200))
+    per_frame = pd.read_parquet(out / "per_frame.parquet")
+    per_clip = pd.read_parquet(out / "per_clip.parquet")
+    models_seen = set(per_frame["model"])
+    assert {"fomm", "monkey-net", "x2face", benchmark.NO_MOTION} == models_seen
+    clips = sorted(p.name for p in (sample_data / "png" / "test").iterdir())
+    for name in ("fomm", "monkey-net", "x2face"):
+        rows = per_frame[per_frame["model"] == name]
+        assert sorted(rows["clip"].unique()) == clips and len(rows) == 16
+        assert rows["l1"].between(0, 1).all() and rows["ssim"].le(1).all()
+        assert rows["motion_epe"].notna().all() and (rows["motion_epe"] >= 0).all()
+    # L1 is the direct mean absolute difference of the frames the benchmark scored
+    assert (per_clip["num_frames"] == 8).all()
+    assert set(per_frame["pose_backend"]) == {"none"}  # sample is not a face/body dataset
+    comparison = (out / "comparison.md").read_text()
+    assert all(f"| {n} | ours |" in comparison for n in ("fomm", "monkey-net", "x2face"))
+    assert "pose: none" in comparison and "no numbers" in comparison
+    motion = (out / "motion.md").read_text()
+    assert benchmark.NO_MOTION in motion and "| fomm | ours |" in motion
+    assert (out / "comparison.csv").is_file() and (out / "comparison.html").is_file()
+    assert record["samples"]["rows"][0] == "driving"
+    assert (out / "samples" / "source.png").is_file()
+    assert json.loads((out / "benchmark.json").read_text())["clips"] == clips
+
+
+def test_a_model_that_copies_the_source_scores_as_the_direct_computation(sample_data, tmp_path, monkeypatch):
+    """A fake 'still' model (prediction = source, deformation = identity grid) makes the
+    expected values computable by hand: L1 = mean |frame_t - frame_0|, motion error = no motion."""
+    from fomm.api import MotionTransferModel
+
+    class Still(MotionTransferModel):
+        name = "fomm"
+
+        def detect(self, frames):
+            return {"value": torch.zeros(len(frames), 1, 2)}
+
+        def generate(self, source, motion_source, motion_driving):
+            grid = torch.from_numpy(benchmark.identity_grid(64)).expand(len(source), 64, 64, 2)
+            return {"prediction": source, "deformation": grid}
+
+        def generator_losses(self, source, driving, kit):
+            raise NotImplementedError
+
+        def optimizer_groups(self):
+            return {}
+
+    monkeypatch.setattr("fomm.registry.build_model", lambda config, name=None: Still())
+    path = tmp_path / "still.pt"
+    torch.save({"config": config_to_dict(_tiny_config("fomm"))}, path)
+    out = tmp_path / "still"
+    benchmark.run(_args(dataset="sample", data=sample_data, models=f"fomm={path}", out=out, bootstrap=50))
+    per_frame = pd.read_parquet(out / "per_frame.parquet")
+    still = per_frame[per_frame["model"] == "fomm"].set_index(["clip", "frame"])
+    for clip in still.index.unique("clip"):
+        folder = sample_data / "png" / "test" / clip
+        frames = np.stack([np.asarray(Image.open(p)) for p in sorted(folder.iterdir())]) / 255.0
+        expected = np.abs(frames - frames[:1]).mean(axis=(1, 2, 3))
+        assert still.loc[clip, "l1"].to_numpy() == pytest.approx(expected, abs=1e-9)
+    floor = per_frame[per_frame["model"] == benchmark.NO_MOTION].set_index(["clip", "frame"])
+    assert still["motion_epe"].to_numpy() == pytest.approx(floor.loc[still.index, "motion_epe"].to_numpy(),
+                                                          abs=1e-5)
+    assert floor["motion_epe"].groupby("clip").first().eq(0).all()  # frame 0 is the photo itself
+    assert (floor["motion_epe"] > 0).sum() > 0
+
+
+def test_face_clip_is_scored_with_the_dlib_backends(shared_data, tmp_path):
+    """The original layout (`test/<clip>.mp4`) of a real talking-face clip, at 128 px."""
+    data = tmp_path / "faces"
+    (data / "test").mkdir(parents=True)
+    shutil.copy(shared_data / "faces" / "fomm-demo" / "04.mp4", data / "test" / "id04#04#000000#000211.mp4")
+    models = f"fomm={_checkpoint(tmp_path, 'fomm', size=128)}"
+    out = tmp_path / "bench"
+    benchmark.run(_args(dataset="vox", data=data, models=models, out=out, max_frames=6, bootstrap=50))
+    per_frame = pd.read_parquet(out / "per_frame.parquet")
+    assert len(per_frame) == 6
+    assert set(per_frame["pose_backend"]) == {"dlib68 (scheme dlib-68)"}
+    assert set(per_frame["identity_backend"]) == {"dlib-face (scheme dlib-face-128)"} or \
+        per_frame["identity_backend"].str.startswith("dlib-face").all()
+    assert per_frame["joints_real"].eq(68).mean() >= 0.8  # dlib finds the real face
+    comparison = (out / "comparison.md").read_text()
+    assert "dlib68" in comparison and "| fomm | paper |" in comparison and "1.294" in comparison
