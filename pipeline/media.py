@@ -126,17 +126,14 @@ class VideoWriter:
     """Write RGB uint8 frames to mp4 (h264) or gif through an ffmpeg pipe.
 
     The output appears at `path` only when `close()` succeeds; `audio_from` muxes the
-    audio stream of another file (the driving video), cut to the video's length;
-    `audio_offset` seconds of that audio are skipped first (a driving video whose video
-    stream starts later than its audio stream keeps its sync).
+    audio stream of another file (the driving video), cut to the video's length.
     """
 
     def __init__(self, path: str | Path, fps: float, audio_from: str | Path | None = None,
-                 crf: int = 18, audio_offset: float = 0.0):
+                 crf: int = 18):
         self.path = Path(path)
         self.fps = float(fps)
         self.audio_from = audio_from
-        self.audio_offset = max(0.0, float(audio_offset))
         self.crf = crf
         self._proc: subprocess.Popen | None = None
         self._size: tuple[int, int] | None = None
@@ -156,12 +153,8 @@ class VideoWriter:
             return cmd + ["-filter_complex", "split[a][b];[a]palettegen[p];[b][p]paletteuse",
                           "-f", "gif", str(self._tmp)]
         if self.audio_from is not None:
-            if self.audio_offset > 0:
-                cmd += ["-ss", f"{self.audio_offset:.6f}"]
-            # apad + shortest: audio shorter than the video is padded with silence instead of
-            # cutting the video's last frames; longer audio is cut at the video's end.
             cmd += ["-i", str(self.audio_from), "-map", "0:v:0", "-map", "1:a:0?",
-                    "-af", "apad", "-c:a", "aac", "-shortest"]
+                    "-c:a", "aac", "-shortest"]
         # yuv420p needs even sizes: pad by one pixel where needed.
         cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast",
                 "-crf", str(self.crf), "-pix_fmt", "yuv420p", "-movflags", "+faststart",
