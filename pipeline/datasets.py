@@ -1,0 +1,135 @@
+"""Dataset definitions: `manifests/<name>.yaml` loaded into a typed `DatasetDef`, and the
+upstream manifest fetched once into a cache and checked against its sha256.
+
+Kinds: `manifest` (vox, taichi: upstream crop csv), `url_list` (fashion: one video URL a
+line per split), `source_dir` (mgif, nemo, bair: files the user already has), `custom`
+(own videos, faces found by dlib) and `sample` (built in, see pipeline/sample.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import UserError
+from pipeline.media import atomic_path
+
+log = logging.getLogger(__name__)
+
+MANIFEST_DIR = Path(__file__).resolve().parents[1] / "manifests"
+KINDS = ("manifest", "url_list", "source_dir", "custom", "sample")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CustomPolicy:
+    iou_threshold: float = 0.25
+    enlarge: float = 0.1
+    min_frames: int = 64
+    detect_every: int = 5
+    split: str = "test"
+
+
+@dataclass(frozen=True)
+class SamplePolicy:
+    num_train: int = 8
+    num_test: int = 4
+    num_frames: int = 32
+
+
+@dataclass(frozen=True)
+class DatasetDef:
+    name: str
+    kind: str
+    description: str = ""
+    size: int = 256
+    source: str = "youtube"
+    manifest: RemoteFile | None = None
+    url_lists: dict[str, RemoteFile] = field(default_factory=dict)
+    custom: CustomPolicy = CustomPolicy()
+    sample: SamplePolicy = SamplePolicy()
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in MANIFEST_DIR.glob("*.yaml"))
+
+
+def _build(cls, data: dict | None, where: str):
+    data = data or {}
+    names = set(cls.__dataclass_fields__)
+    unknown = set(data) - names
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(names)}")
+    return cls(**data)
+
+
+def load_dataset(name_or_path: str) -> DatasetDef:
+    """The definition `manifests/<name>.yaml` (or a yaml path). UserError on unknown names/keys."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = MANIFEST_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown dataset {name_or_path!r}; expected one of {available()} "
+                        f"or a path to a definition yaml")
+    data = yaml.safe_load(path.read_text()) or {}
+    where = str(path)
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise UserError(f"{where}: kind {kind!r} is not one of {KINDS}")
+    data["manifest"] = _build(RemoteFile, data["manifest"], where) if data.get("manifest") else None
+    data["url_lists"] = {split: _build(RemoteFile, entry, where)
+                         for split, entry in (data.get("url_lists") or {}).items()}
+    data["custom"] = _build(CustomPolicy, data.get("custom"), where)
+    data["sample"] = _build(SamplePolicy, data.get("sample"), where)
+    definition = _build(DatasetDef, data, where)
+    if kind == "manifest" and definition.manifest is None:
+        raise UserError(f"{where}: a 'manifest' dataset needs manifest: {{url, sha256}}")
+    return definition
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(remote: RemoteFile, cache_dir: Path, timeout: float = 30) -> Path:
+    """The file at `remote.url`, downloaded once into `cache_dir` (named by its sha256) and
+    verified. UserError when it cannot be fetched or its checksum differs."""
+    cached = Path(cache_dir) / f"{remote.sha256[:16]}-{Path(remote.url).name}"
+    if cached.is_file() and sha256_of(cached) == remote.sha256:
+        return cached
+    log.info("downloading %s", remote.url)
+    try:
+        with atomic_path(cached) as tmp:
+            with urllib.request.urlopen(remote.url, timeout=timeout) as response:
+                tmp.write_bytes(response.read())
+            actual = sha256_of(tmp)
+            if actual != remote.sha256:
+                raise UserError(f"{remote.url} has sha256 {actual}, expected {remote.sha256}")
+    except OSError as err:
+        raise UserError(f"cannot download {remote.url} ({err}); pass a local copy with "
+                        f"--manifest PATH") from None
+    return cached
+
+
+def check_local(path: Path, remote: RemoteFile | None) -> Path:
+    """A user-given manifest: it must exist; a checksum other than upstream's is only logged
+    (users trim manifests on purpose)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"manifest {str(path)!r} does not exist")
+    if remote is not None and sha256_of(path) != remote.sha256:
+        log.warning("%s differs from the upstream manifest (sha256 %s)", path, remote.sha256)
+    return path
