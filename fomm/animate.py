@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,36 +99,26 @@ def autocast(device: torch.device, precision: str):
 # --------------------------------------------------------------------------- model
 def load_animation_model(config: Config, checkpoint: str | Path | None, device: torch.device,
                          name: str | None = None) -> MotionTransferModel:
-    """The config's (or `name`'s) model in eval mode on `device`, weights from `checkpoint`.
-
-    A checkpoint is a dict of state dicts per sub-network (a released FOMM checkpoint, or
-    `model.checkpoint_state()`), optionally wrapped with its config; a mismatch with the
-    config raises UserError. `checkpoint=None` keeps the random initialisation (benchmarks).
-    """
+    """The config's (or `name`'s) model in eval mode on `device`, weights from `checkpoint`
+    (fomm/checkpoint.load_model: released or project format; a checkpoint that does not match
+    the config raises UserError). `checkpoint=None` keeps the random initialisation."""
+    from fomm.checkpoint import load_model
     from fomm.registry import build_model
-    model = build_model(config, name)
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise UserError(f"checkpoint {str(path)!r} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle, zip and weights-only errors all mean "not a checkpoint"
-            raise UserError(f"{str(path)!r} is not a readable checkpoint: {err}") from None
-        if not isinstance(state, dict):
-            raise UserError(f"{str(path)!r} holds a {type(state).__name__}, expected a dict of state dicts")
-        state = state.get("model", state) if isinstance(state.get("model"), dict) else state
-        model.load_checkpoint_state(state, strict=True)
-    return model.to(device).eval()
+    from pipeline.config import replace
+    if name is not None and name != config.model_params.name:
+        config = replace(config, model_params=replace(config.model_params, name=name))
+    if checkpoint is None:
+        return build_model(config).to(device).eval()
+    return load_model(config, checkpoint, device)
 
 
 # --------------------------------------------------------------------------- tensors
 def to_tensor(frames: np.ndarray | list[np.ndarray], device: torch.device) -> torch.Tensor:
     """(H, W, 3) or (B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1] on `device`."""
-    array = np.stack(frames) if isinstance(frames, list) else np.asarray(frames)
+    array = np.stack(frames) if isinstance(frames, list) else np.array(frames)  # a writable copy
     if array.ndim == 3:
         array = array[None]
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    tensor = torch.from_numpy(array).to(device)
     return tensor.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, H, W)
 
 
@@ -187,6 +179,8 @@ def compose(results: np.ndarray, driving: np.ndarray, source: np.ndarray, output
     """Output frames (H, W', 3) uint8: the result alone, or source | driving | result panels
     (each the model's input size, no borders, so panel i is columns [i*W, (i+1)*W))."""
     from fomm.visualize import draw_keypoints
+    # kp_size is given for 256 px frames (the original visualizer's); scale it to ours.
+    kp_size = max(1, round(kp_size * results.shape[1] / 256))
     kp_result = kp_driving = kp_source = None
     if options.show_keypoints:
         kp_result = animator.model.keypoints(outputs["motion_transferred"])
@@ -240,6 +234,21 @@ def nth_frame(path: str | Path, index: int) -> np.ndarray:
     raise UserError(f"{str(path)!r} has no frame {index}")
 
 
+def audio_offset(path: str | Path) -> float:
+    """Seconds between the audio stream's start and the video stream's start (>= 0).
+
+    Some clips (faces/animateanyone/talkinghead_3.mp4) start their video 7.3 s after their
+    audio; the audio heard with the first frame is the one at that offset.
+    """
+    import av
+    with av.open(str(path)) as container:
+        if not container.streams.audio or not container.streams.video:
+            return 0.0
+        def start(stream):
+            return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        return max(0.0, start(container.streams.video[0]) - start(container.streams.audio[0]))
+
+
 def animate(model: MotionTransferModel, config: Config, source_path: str | Path,
             driving_path: str | Path, out_path: str | Path,
             options: AnimateOptions = AnimateOptions(),
@@ -250,7 +259,7 @@ def animate(model: MotionTransferModel, config: Config, source_path: str | Path,
     error after that aborts the writer, so no partial file is left at `out_path`.
     `progress(n)` is called with the number of frames done after each batch.
     """
-    from pipeline.media import VideoWriter, iter_frames, load_image, probe
+    from pipeline.media import VideoWriter, atomic_path, load_image, probe
     start = time.perf_counter()
     out_path = Path(out_path)
     check_options(options, out_path)
@@ -275,25 +284,69 @@ def animate(model: MotionTransferModel, config: Config, source_path: str | Path,
 
     animator = Animator(model, to_tensor(source, device), to_tensor(initial, device), options, device)
     audio = driving_path if (options.audio and info.has_audio and out_path.suffix.lower() == ".mp4") else None
-    done = 0
-    with VideoWriter(out_path, info.fps, audio_from=audio) as writer:
-        frames = (source_crop.prepare(f, driving_box, size) for f in iter_frames(driving_path, 0, end))
-        for batch in batched(frames, options.batch_size):
-            outputs = animator(to_tensor(batch, device))
-            results = to_frames(outputs["prediction"])
-            for frame in compose(results, batch, source, outputs, animator, options,
-                                 config.visualizer_params.kp_size, config.visualizer_params.colormap):
-                writer.write(frame)
-            done += len(batch)
-            if progress is not None:
-                progress(len(batch))
-        if done == 0:
-            raise UserError(f"driving video {str(driving_path)!r} has zero decodable frames")
+    with atomic_path(out_path) as final:
+        video_path = final if audio is None else _silent_video_path(out_path)
+        try:
+            with VideoWriter(video_path, info.fps) as writer:
+                done = _animate_frames(animator, source, driving_path, driving_box, end, size,
+                                       writer, options, config, progress)
+            if audio is not None:
+                mux_audio(video_path, audio, final, audio_offset(audio), done / info.fps)
+        finally:
+            if audio is not None:
+                video_path.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     logger.info("animate: %d frames at %.2f fps -> %s in %.1f s (%.1f frames/s)",
                 done, info.fps, out_path, seconds, done / max(seconds, 1e-9))
     return AnimationResult(out_path, done, info.fps, best, seconds, audio is not None,
                            (writer._size[1], writer._size[0]) if writer._size else (0, 0))
+
+
+def _animate_frames(animator, source, driving_path, driving_box, end, size, writer, options,
+                    config, progress) -> int:
+    """Stream driving frames [0, end) through the animator in batches into `writer`."""
+    from pipeline.media import iter_frames
+    done = 0
+    frames = (source_crop.prepare(f, driving_box, size) for f in iter_frames(driving_path, 0, end))
+    for batch in batched(frames, options.batch_size):
+        outputs = animator(to_tensor(batch, animator.device))
+        results = to_frames(outputs["prediction"])
+        for frame in compose(results, batch, source, outputs, animator, options,
+                             config.visualizer_params.kp_size, config.visualizer_params.colormap):
+            writer.write(frame)
+        done += len(batch)
+        if progress is not None:
+            progress(len(batch))
+    if done == 0:
+        raise UserError(f"driving video {str(driving_path)!r} has zero decodable frames")
+    return done
+
+
+def _silent_video_path(out_path: Path) -> Path:
+    import tempfile
+    fd, name = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".video.mp4", dir=out_path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def mux_audio(video: Path, audio_from: str | Path, out: Path, offset: float, duration: float) -> None:
+    """Copy `video`'s stream into `out` with `audio_from`'s audio from `offset` s, cut or
+    padded with silence to exactly `duration` s (the video's length).
+
+    A second pass rather than `-shortest` while encoding: -shortest overshoots when the
+    audio is read ahead of a piped video, and cuts the video when the audio is shorter.
+    """
+    from pipeline.media import ffmpeg_exe
+    command = [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(video)]
+    if offset > 0:
+        command += ["-ss", f"{offset:.6f}"]
+    command += ["-i", str(audio_from), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+                "-af", "apad", "-c:a", "aac", "-t", f"{duration:.6f}", "-movflags", "+faststart",
+                "-f", "mp4", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"ffmpeg failed muxing the audio of {audio_from} into {out}: "
+                           f"{result.stderr.strip()[-500:]}")
 
 
 def _best_frame(source_image, source_box, driving_path, driving_box, end, options) -> int:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from fomm import source_crop
-from fomm.animate import AnimateOptions, Animator, batched, compose, to_frames, to_tensor
+from fomm.animate import AnimateOptions, Animator, compose, to_frames, to_tensor
 from fomm.api import MotionTransferModel
 from pipeline.config import Config
 from pipeline.errors import UserError
@@ -102,8 +102,9 @@ def decoder_command(spec: str, width: int, height: int, crop: str, realtime: boo
                  f"crop={width}:{height}")
     command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin"] if not needs_stdin \
         else [ffmpeg_exe(), "-hide_banner", "-loglevel", "error"]
-    return command + inputs + ["-an", "-vf", scale, "-pix_fmt", "rgb24", "-f", "rawvideo",
-                               "pipe:1"], needs_stdin
+    # passthrough: one raw frame per decoded frame (no duplicates filling timestamp gaps).
+    return command + inputs + ["-an", "-vf", scale, "-fps_mode", "passthrough", "-pix_fmt", "rgb24",
+                               "-f", "rawvideo", "pipe:1"], needs_stdin
 
 
 class FrameReader(threading.Thread):
