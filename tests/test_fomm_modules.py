@@ -1,0 +1,160 @@
+"""Properties of the FOMM modules on real frames, and the released checkpoints' tensor layout."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from fomm.blocks import identity_grid, make_coordinate_grid, warp
+from fomm.model import FirstOrderModel, convex_hull_area
+from fomm.registry import build_model
+from pipeline.config import load_config
+from pipeline.media import load_image, read_frames
+
+
+def to_tensor(frames: np.ndarray, size: int) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, size, size) float in [0, 1]."""
+    x = torch.from_numpy(np.array(frames, copy=True)).permute(0, 3, 1, 2).float() / 255
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=True)
+
+
+@pytest.fixture(scope="module")
+def face_frames(shared_data):
+    frames = read_frames(shared_data / "faces" / "fomm-demo" / "04.mp4", 0, 4)  # (4, H, W, 3)
+    return to_tensor(np.stack(frames), 64)
+
+
+@pytest.fixture(scope="module")
+def taichi_frame(shared_data):
+    return to_tensor(load_image(shared_data / "bodies" / "dwnet-taichi" / "1" / "0000000.png")[None], 256)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model(load_config("tiny")).eval()
+
+
+# --------------------------------------------------------------------------- warping
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_identity_grid_warp_returns_the_input(taichi_frame, align_corners):
+    grid = identity_grid(taichi_frame.shape[2:], align_corners).unsqueeze(0)  # (1, H, W, 2)
+    out = warp(taichi_frame, grid, align_corners)
+    assert (out - taichi_frame).abs().max().item() < 1e-5
+
+
+def test_corner_grid_matches_identity_only_with_align_corners_true():
+    assert torch.equal(make_coordinate_grid((5, 7)), identity_grid((5, 7), True))
+    assert not torch.allclose(make_coordinate_grid((5, 7)), identity_grid((5, 7), False))
+
+
+# --------------------------------------------------------------------------- keypoints
+def test_keypoints_lie_in_unit_square_and_jacobians_start_at_identity(tiny, face_frames):
+    with torch.no_grad():
+        kp = tiny.detect(face_frames)
+    assert kp["value"].shape == (4, 5, 2)
+    assert kp["value"].abs().max() <= 1.0
+    eye = torch.eye(2).expand_as(kp["jacobian"])
+    assert torch.allclose(kp["jacobian"], eye, atol=1e-5)
+
+
+def test_full_vox_detector_on_a_real_frame(taichi_frame):
+    """vox-256 at its native size: keypoints in [-1, 1], identity jacobians at initialisation."""
+    torch.manual_seed(0)
+    model = FirstOrderModel(load_config("vox-256")).eval()
+    with torch.no_grad():
+        kp = model.detect(taichi_frame)
+    assert kp["value"].shape == (1, 10, 2) and kp["value"].abs().max() <= 1.0
+    assert torch.allclose(kp["jacobian"], torch.eye(2).expand(1, 10, 2, 2), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- generator
+def test_equal_keypoints_give_the_identity_deformation(tiny, face_frames):
+    """With driving = source keypoints every sparse motion is the identity, so is the dense one."""
+    with torch.no_grad():
+        kp = tiny.detect(face_frames)
+        out = tiny.generate(face_frames, kp, kp)
+    h, w = out["deformation"].shape[1:3]
+    assert out["deformation"].shape == (4, 32, 32, 2)
+    expected = make_coordinate_grid((h, w)).expand_as(out["deformation"])
+    assert (out["deformation"] - expected).abs().max().item() < 1e-5
+    assert torch.allclose(out["mask"].sum(1), torch.ones(4, h, w), atol=1e-5)
+    assert out["prediction"].min() >= 0 and out["prediction"].max() <= 1
+    assert out["occlusion_map"].shape == (4, 1, 32, 32)
+
+
+def test_source_of_batch_one_drives_a_batch(tiny, face_frames):
+    with torch.no_grad():
+        kp_source, kp_driving = tiny.detect(face_frames[:1]), tiny.detect(face_frames)
+        out = tiny.generate(face_frames[:1], kp_source, kp_driving)
+    assert out["prediction"].shape == (4, 3, 64, 64)
+
+
+def test_bf16_autocast_and_channels_last(tiny, face_frames):
+    model = build_model(load_config("tiny")).eval().to(memory_format=torch.channels_last)
+    frames = face_frames.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        kp = model.detect(frames)
+        out = model.generate(frames, kp, kp)
+    assert torch.isfinite(out["prediction"].float()).all()
+    assert out["prediction"].shape == (4, 3, 64, 64)
+    assert kp["value"].dtype == torch.float32  # softmax and expectation kept in fp32
+
+
+# --------------------------------------------------------------------------- transfer
+def test_relative_transfer(tiny, face_frames):
+    with torch.no_grad():
+        kp_source = tiny.detect(face_frames[:1])
+        kp_driving = tiny.detect(face_frames)
+    initial = {k: v[:1] for k, v in kp_driving.items()}
+    same = tiny.transfer(kp_source, initial, initial, relative=True, relative_jacobian=True)
+    assert torch.allclose(same["value"], kp_source["value"], atol=1e-6)
+    assert torch.allclose(same["jacobian"], kp_source["jacobian"], atol=1e-5)
+    absolute = tiny.transfer(kp_source, kp_driving, initial, relative=False)
+    assert torch.equal(absolute["value"], kp_driving["value"])
+
+
+def test_adapt_movement_scale_is_sqrt_hull_area_ratio():
+    square = torch.tensor([[[-0.2, -0.2], [0.2, -0.2], [0.2, 0.2], [-0.2, 0.2], [0.0, 0.0]]])
+    jac = torch.eye(2).expand(1, 5, 2, 2)
+    kp_source = {"value": square * 2, "jacobian": jac}
+    initial = {"value": square, "jacobian": jac}
+    driving = {"value": square + torch.tensor([0.1, 0.0]), "jacobian": jac}
+    model = FirstOrderModel.__new__(FirstOrderModel)  # transfer uses no parameters
+    out = FirstOrderModel.transfer(model, kp_source, driving, initial, adapt_movement_scale=True)
+    # source hull area is 4x the initial one: displacement 0.1 is scaled by 2.
+    assert torch.allclose(out["value"] - kp_source["value"], torch.tensor([0.2, 0.0]).expand(1, 5, 2), atol=1e-6)
+
+
+def test_convex_hull_area_matches_scipy():
+    from scipy.spatial import ConvexHull
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        points = rng.uniform(-1, 1, size=(10, 2))
+        assert convex_hull_area(points) == pytest.approx(ConvexHull(points).volume, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- released layout
+def layout_rows(shared_reference):
+    with open(shared_reference / "fomm-checkpoint-layout.tsv") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+@pytest.mark.parametrize("config_name", ["vox-256", "taichi-256"])
+def test_full_modules_have_the_released_checkpoint_layout(shared_reference, config_name):
+    expected = {(r["module"], r["key"]): (r["shape"], r["dtype"])
+                for r in layout_rows(shared_reference) if r["config"] == config_name}
+    assert expected, f"no rows for {config_name} in the layout file"
+    model = FirstOrderModel(load_config(config_name))
+    actual = {(module, key): (str(tuple(t.shape)), str(t.dtype).replace("torch.", ""))
+              for module, state in model.checkpoint_state().items() for key, t in state.items()}
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    assert not missing and not extra, f"missing {missing[:5]}, extra {extra[:5]}"
+    wrong = {k: (actual[k], v) for k, v in expected.items() if actual[k] != v}
+    assert not wrong, f"shape/dtype mismatches (ours, released): {list(wrong.items())[:5]}"
+    n_disc = sum(1 for module, _ in expected if module == "discriminator")
+    assert n_disc == (26 if config_name == "vox-256" else 16)
