@@ -64,37 +64,25 @@ def parse_models(text: str) -> list[ModelSpec]:
     return specs
 
 
-def _checkpoint_config(checkpoint: dict, spec: ModelSpec):
-    """The config a checkpoint was trained with: `@CONFIG` if given, else the embedded one."""
-    from pipeline.config import config_from_dict, load_config
-    if spec.config:
-        return load_config(spec.config)
-    embedded = checkpoint.get("config")
-    if isinstance(embedded, str):
-        import yaml
-        embedded = yaml.safe_load(embedded)
-    if not isinstance(embedded, dict):
-        raise UserError(f"checkpoint {str(spec.checkpoint)!r} embeds no config; pass "
-                        f"{spec.name}={spec.checkpoint}@CONFIG (e.g. @vox-256)")
-    return config_from_dict(embedded)
+def model_config(spec: ModelSpec):
+    """The config a checkpoint was trained with: `@CONFIG` if given, else the embedded one,
+    with `model_params.name` set to the spec's family."""
+    from fomm.checkpoint import checkpoint_config, load_checkpoint_file
+    from pipeline.config import load_config, replace
+    config = load_config(spec.config) if spec.config else checkpoint_config(load_checkpoint_file(spec.checkpoint))
+    if config is None:
+        raise UserError(f"checkpoint {str(spec.checkpoint)!r} embeds no config (a released checkpoint?); "
+                        f"pass {spec.name}={spec.checkpoint}@CONFIG, e.g. @vox-256")
+    if config.model_params.name != spec.name:
+        config = replace(config, model_params=replace(config.model_params, name=spec.name))
+    return config
 
 
 def load_model(spec: ModelSpec, device: str = "cpu"):
-    """(model in eval mode on `device`, its Config) from a checkpoint file."""
-    import torch
-    from fomm.registry import build_model
-    try:
-        checkpoint = torch.load(spec.checkpoint, map_location="cpu", weights_only=False)
-    except Exception as error:  # a torn or foreign file: name it
-        raise UserError(f"checkpoint {str(spec.checkpoint)!r} cannot be read: {error}") from None
-    if not isinstance(checkpoint, dict):
-        raise UserError(f"checkpoint {str(spec.checkpoint)!r} holds a {type(checkpoint).__name__}; "
-                        "expected a dict of state dicts")
-    config = _checkpoint_config(checkpoint, spec)
-    model = build_model(config, spec.name)
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint.get("model"), dict) else checkpoint
-    model.load_checkpoint_state(state, strict=True)
-    return model.to(device).eval(), config
+    """(model in eval mode on `device`, its Config) from a released or project checkpoint."""
+    from fomm.checkpoint import load_model as load_checkpoint_model
+    config = model_config(spec)
+    return load_checkpoint_model(config, spec.checkpoint, device=device), config
 
 
 # --------------------------------------------------------------------------- test clips
@@ -276,7 +264,8 @@ def write_samples(samples: dict, out: Path, count: int = 4) -> dict:
 def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict) -> dict:
     from metrics import tables
     models = per_frame[per_frame["model"] != NO_MOTION]
-    metrics = [m for m in SCORE_COLUMNS if m != "motion_epe" and m in models and models[m].notna().any()]
+    metrics = ["l1", "ssim", "psnr"] + (["akd", "mkr"] if backends["pose"] != "none" else [])
+    metrics += (["aed"] if backends["identity"] != "none" else []) + (["lpips"] if args.lpips else [])
     summary = tables.summarise(models, metrics, args.bootstrap, args.seed)
     written = {"comparison": tables.write_table(
         tables.comparison_table(summary, args.dataset, metrics, backends), out, "comparison")}
@@ -330,7 +319,7 @@ def run(args: argparse.Namespace) -> dict:
         started = time.perf_counter()
         frame_rows = score_model(spec, store, clips, args, pose, identity, samples, cache)
         seconds = time.perf_counter() - started
-        _, config = load_model(spec, "cpu")
+        config = model_config(spec)
         record["models"][spec.name] = {
             "checkpoint": str(spec.checkpoint.resolve()), "config": spec.config,
             "config_hash": config_hash(config), "seconds": round(seconds, 2),

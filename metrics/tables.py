@@ -107,7 +107,7 @@ def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
     backend_text = "; ".join(f"{role}: {name}" for role, name in backends.items()) or "none"
     columns = ["model", "source"] + [METRICS[m][0] + (" ↓" if METRICS[m][1] else " ↑") for m in metrics]
     columns += ["clips", "frames"]
-    rows, records = [], []
+    rows, records, coverage = [], [], []
     for _, row in summary.iterrows():
         cells = [str(row["model"]), "ours"]
         record = {"model": row["model"], "source": "ours", "confirmed": True,
@@ -120,9 +120,16 @@ def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
             record.update({metric: value, f"{metric}_lo": low, f"{metric}_hi": high})
         rows.append(cells + [str(int(row["num_clips"])), str(int(row["num_frames"]))])
         records.append(record)
+        partial = [f"{METRICS[m][0]} on {int(row[f'{m}_frames'])}/{int(row['num_frames'])}"
+                   for m in metrics if row[f"{m}_frames"] < row["num_frames"]]
+        if partial:
+            coverage.append(f"{row['model']}: " + ", ".join(partial) + " frames")
     group = paper.paper_dataset(dataset)
     notes = [f"ours: mean over all frames of the test clips, [95 % bootstrap interval over clips, "
              f"seeded]; backends: {backend_text}."]
+    if coverage:
+        notes.append("defined only where the backend found the subject in both frames: "
+                     + "; ".join(coverage) + ".")
     if group is not None:
         for method in ("x2face", "monkey-net", "fomm"):
             cells, record = [method, "paper"], {"model": method, "source": "paper",
