@@ -29,11 +29,10 @@ class BackendUnavailable(UserError):
 
 def check_frames(frames: np.ndarray) -> np.ndarray:
     """Validate a clip (T, H, W, 3) uint8 (a single (H, W, 3) frame is promoted to T=1)."""
-    frames = np.asarray(frames)
-    if frames.ndim == 3:
-        frames = frames[None]
+    given = np.asarray(frames)
+    frames = given[None] if given.ndim == 3 else given
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise UserError(f"frames of shape {frames.shape} and dtype {frames.dtype}; "
+        raise UserError(f"frames of shape {given.shape} and dtype {given.dtype}; "
                         "expected (T, H, W, 3) uint8 RGB")
     return frames
 

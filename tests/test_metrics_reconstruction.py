@@ -1,0 +1,96 @@
+"""L1, SSIM, PSNR and LPIPS per frame on real face clips (REFERENCE §2)."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from metrics import reconstruction
+from metrics.backends import BackendUnavailable
+from metrics.evaluate import score_clip
+from pipeline.errors import UserError
+from pipeline.media import read_frames
+
+
+@pytest.fixture(scope="module")
+def clips(shared_data):
+    """Two different real clips, 6 frames each, 256x256."""
+    first = read_frames(shared_data / "faces/fomm-demo/04.mp4", 0, 6)
+    second = read_frames(shared_data / "faces/fomm-demo/00.mp4", 0, 6)
+    return first, second
+
+
+def test_l1_is_identical_to_a_direct_computation(clips):
+    real, fake = clips
+    direct = np.array([np.mean(np.abs(r / 255.0 - f / 255.0)) for r, f in zip(real, fake)])
+    np.testing.assert_allclose(reconstruction.l1(real, fake), direct, rtol=1e-12, atol=0)
+    assert np.all(direct > 0.02)  # different people: a real difference, not a degenerate zero
+    np.testing.assert_array_equal(reconstruction.l1(real, real), np.zeros(len(real)))
+
+
+def test_l1_is_symmetric_and_in_unit_range():
+    black = np.zeros((2, 8, 8, 3), np.uint8)
+    white = np.full((2, 8, 8, 3), 255, np.uint8)
+    np.testing.assert_array_equal(reconstruction.l1(black, white), [1.0, 1.0])
+    half = np.full((1, 8, 8, 3), 51, np.uint8)
+    np.testing.assert_allclose(reconstruction.l1(black[:1], half), [0.2])
+    np.testing.assert_allclose(reconstruction.l1(half, black[:1]), [0.2])
+
+
+def test_psnr_matches_its_formula_and_is_inf_for_identical_frames(clips):
+    real, fake = clips
+    mse = ((real.astype(np.float64) - fake) ** 2).reshape(len(real), -1).mean(axis=1)
+    np.testing.assert_allclose(reconstruction.psnr(real, fake), 10 * np.log10(255.0 ** 2 / mse), rtol=1e-10)
+    assert np.all(np.isposinf(reconstruction.psnr(real, real)))
+
+
+def test_ssim_is_one_for_identical_frames_and_falls_with_noise(clips):
+    real = clips[0][:2]
+    np.testing.assert_allclose(reconstruction.ssim(real, real), 1.0)
+    np.testing.assert_allclose(reconstruction.ssim(real, real, gaussian_weights=True), 1.0)
+    rng = np.random.default_rng(0)
+    previous = np.ones(len(real))
+    for sigma in (5, 20, 60):
+        noisy = np.clip(real + rng.normal(0, sigma, real.shape), 0, 255).astype(np.uint8)
+        score = reconstruction.ssim(real, noisy)
+        assert np.all(score < previous), (sigma, score, previous)
+        previous = score
+
+
+def test_bad_inputs_name_the_shapes_and_dtypes(clips):
+    real = clips[0]
+    with pytest.raises(UserError, match=r"\(5, 256, 256, 3\).*\(6, 256, 256, 3\)"):
+        reconstruction.l1(real, real[:5])
+    with pytest.raises(UserError, match="float32"):
+        reconstruction.ssim(real.astype(np.float32), real.astype(np.float32))
+
+
+def test_lpips_absent_raises_install_hint_at_construction(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips -> ImportError, as when not installed
+    with pytest.raises(BackendUnavailable, match=r"pip install 'motion-transfer\[lpips\]'"):
+        reconstruction.LPIPS()
+
+
+def test_score_clip_reports_lpips_status_instead_of_crashing(clips):
+    real, fake = clips
+    status = reconstruction.lpips_status()
+    table = score_clip(real, fake, lpips=True)
+    assert table.attrs["lpips_status"] == status
+    if status.startswith("unavailable"):
+        assert "pip install" in status
+        assert table["lpips"].isna().all()
+    else:  # where lpips and its weights are installed: real distances, zero for identical frames
+        assert (table["lpips"] > 0).all()
+        assert np.allclose(score_clip(real, real, lpips=True)["lpips"], 0, atol=1e-6)
+
+
+def test_score_clip_rows_equal_the_metric_functions(clips):
+    real, fake = clips
+    table = score_clip(real, fake)
+    assert list(table["frame"]) == list(range(len(real)))
+    np.testing.assert_array_equal(table["l1"], reconstruction.l1(real, fake))
+    np.testing.assert_array_equal(table["ssim"], reconstruction.ssim(real, fake))
+    np.testing.assert_array_equal(table["psnr"], reconstruction.psnr(real, fake))
+    assert table[["akd", "mkr", "aed"]].isna().all().all()  # no backend given: NaN, not zero
+    assert "lpips" not in table
