@@ -93,7 +93,8 @@ class LossKit(nn.Module):
         self.scales = tuple(train_params.scales)
         self.align_corners = align_corners
         self.image_pyramid = ImagePyramid(self.scales, num_channels)
-        self.vgg = Vgg19(train_params.vgg19_weights) if sum(self.weights.perceptual) != 0 else None
+        used = [i for i, w in enumerate(self.weights.perceptual) if w]
+        self.vgg = Vgg19(train_params.vgg19_weights, num_outputs=used[-1] + 1) if used else None
 
     def pyramid(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.image_pyramid(image)

@@ -4,7 +4,8 @@ The network is defined here with torchvision's layer indices (`features.<i>`), s
 ImageNet weights torchvision publishes (`vgg19-dcbb9e9d.pth`) load by name; only the
 layers up to relu5_1 are built. Inputs are images in [0, 1]; ImageNet normalisation is
 applied inside. `forward` returns the activations relu1_1, relu2_1, relu3_1, relu4_1,
-relu5_1.
+relu5_1 (only the first `num_outputs` of them, so a loss whose last weights are 0 does
+not pay for the deepest layers).
 
 Where the weights come from (`train_params.vgg19_weights`):
 - "torchvision": `$TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth` (torch.hub's cache,
@@ -67,8 +68,12 @@ def resolve_weights(spec: str) -> Path | None:
 class Vgg19(nn.Module):
     """Frozen VGG19 returning [relu1_1, relu2_1, relu3_1, relu4_1, relu5_1] of an image in [0, 1]."""
 
-    def __init__(self, weights: str = "torchvision"):
+    def __init__(self, weights: str = "torchvision", num_outputs: int = 5):
         super().__init__()
+        if not 1 <= num_outputs <= len(SLICE_ENDS):
+            raise ValueError(f"num_outputs={num_outputs}: expected 1 to {len(SLICE_ENDS)}")
+        # Layers past the last output a loss uses are never run (their weights still load).
+        self.num_outputs = num_outputs
         self.features = _build_features()
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
@@ -106,7 +111,7 @@ class Vgg19(nn.Module):
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         out = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
         features, start = [], 0
-        for end in SLICE_ENDS:
+        for end in SLICE_ENDS[:self.num_outputs]:
             for layer in self.features[start:end]:
                 out = layer(out)
             features.append(out)
