@@ -139,11 +139,38 @@ def _pending(jobs: list[Job], out: Path, kind: str) -> list[Job]:
     return pending
 
 
+def _remove_stale_staging(out: Path) -> None:
+    """Half-written clip folders of a killed run: never published, safe to drop."""
+    import shutil
+    for staging in (out / "png").glob("*/.tmp-*"):
+        log.info("removing %s left by an interrupted run", staging)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _clip_done(out: Path, name: str, kind: str) -> bool:
     row = clips_mod.read_row(out, name)
     if not clips_mod.is_done(out, row):
         return False
     return kind != "sample" or (out / "truth" / row["split"] / f"{name}.npz").is_file()
+
+
+def _mark_unreachable(jobs: list[Job], url_template: str | None, kind: str,
+                      out: Path) -> tuple[list[Job], list[dict]]:
+    """Offline or mirror down: every video is unavailable now, without starting Ray."""
+    from pipeline import download
+    if kind == "url_list":  # one host per URL list; check the first URL's host
+        url_template = jobs[0].video_path
+    reason = download.unreachable_reason(url_template)
+    if reason is None:
+        return jobs, []
+    log.warning("download source unreachable: %s", reason)
+    rows = []
+    for job in jobs:
+        for clip in job.clips:
+            row = clips_mod.result_row(clip, status="unavailable", error=reason)
+            clips_mod.write_row(out, row)
+            rows.append(row)
+    return [], rows
 
 
 # --------------------------------------------------------------------------- tasks
@@ -240,7 +267,12 @@ def _write_shards(out: Path, rows: list[dict], target_bytes: int) -> None:
 def summarize(rows: list[dict], this_run: list[dict], seconds: float, jobs: list[Job]) -> dict:
     count = {status: sum(r["status"] == status for r in rows) for status in clips_mod.STATUSES}
     unavailable_videos = sorted({r["video_id"] for r in this_run if r["status"] == "unavailable"})
-    errors = [f"{r['clip']}: {r['error']}" for r in rows if r["status"] != "done"]
+    errors, seen = [], set()
+    for r in rows:  # an unavailable video is one line, not one per clip
+        key = r["video_id"] if r["status"] == "unavailable" else r["clip"]
+        if r["status"] != "done" and key not in seen:
+            seen.add(key)
+            errors.append(f"{r['status']} {key}: {r['error']}")
     return {
         "clips": len(rows), **count,
         "processed_this_run": len(this_run),
@@ -272,6 +304,7 @@ def main(args: argparse.Namespace) -> int:
     if args.url_template and "{video_id}" not in args.url_template:
         raise UserError(f"--url-template {args.url_template!r} must contain '{{video_id}}'")
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out)
     jobs = _select(JOB_BUILDERS[definition.kind](definition, args), args.split, args.limit)
     pending = _pending(jobs, out, definition.kind)
     log.info("%s: %d job(s), %d with work to do", definition.name, len(jobs), len(pending))
@@ -279,6 +312,8 @@ def main(args: argparse.Namespace) -> int:
                         args.cache_dir or str(out / "downloads"), args.url_template,
                         args.source_dir, definition.custom)
     this_run: list[dict] = []
+    if pending and definition.kind in ("manifest", "url_list") and not args.source_dir:
+        pending, this_run = _mark_unreachable(pending, args.url_template, definition.kind, out)
     if pending:
         import ray
         started_here = not ray.is_initialized()  # a caller's Ray (tests, run-all) stays up

@@ -1,0 +1,161 @@
+"""Getting a video onto local disk: yt-dlp into a cache keyed by video id, from YouTube
+(default), a mirror (`--url-template 'http://host/{video_id}.mp4'`) or a direct URL, or a
+file the user already has (`--source-dir DIR`, files named by video id).
+
+A video that cannot be had raises `Unavailable` with yt-dlp's reason; the caller turns it
+into `status=unavailable` rows for every clip of that video, never a crash. Timeouts and
+retries are kept low so an offline machine learns it within a second, not minutes.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import urllib.parse
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v", ".flv")
+YOUTUBE_URL = "https://www.youtube.com/watch?v={video_id}"
+SOCKET_TIMEOUT_S = 10
+SAFE_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class Unavailable(Exception):
+    """The video cannot be obtained (removed, private, 404, no network, not in --source-dir)."""
+
+
+def video_id_of_url(url: str) -> str:
+    """A cache key for a direct URL: its file name without extension."""
+    stem = Path(urllib.parse.urlparse(url).path).stem
+    return stem or re.sub(r"[^A-Za-z0-9_.\-]", "_", url)
+
+
+def _check_id(video_id: str) -> None:
+    if not SAFE_ID.match(video_id):  # ids become file names: no slashes, no '..' tricks
+        raise Unavailable(f"video id {video_id!r} is not a plain name ([A-Za-z0-9_.-]+)")
+
+
+def cached_file(cache_dir: Path, video_id: str) -> Path | None:
+    """A finished download of `video_id` in the cache (yt-dlp renames .part files when done)."""
+    for path in sorted(Path(cache_dir).glob(f"{video_id}.*")):
+        if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
+            return path
+    return None
+
+
+def find_in_source_dir(source_dir: Path, video_id: str) -> Path:
+    _check_id(video_id)
+    for path in sorted(Path(source_dir).rglob(f"{video_id}.*")):
+        if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
+            return path
+    raise Unavailable(f"no video named {video_id}.<{'|'.join(e[1:] for e in VIDEO_EXTENSIONS)}> "
+                      f"under --source-dir {str(source_dir)!r}")
+
+
+def download(url: str, video_id: str, cache_dir: Path) -> Path:
+    """Download `url` with yt-dlp to `<cache_dir>/<video_id>.<ext>` unless already cached."""
+    import yt_dlp
+    _check_id(video_id)
+    cache_dir = Path(cache_dir)
+    cached = cached_file(cache_dir, video_id)
+    if cached is not None:
+        return cached
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    options = {
+        "outtmpl": str(cache_dir / f"{video_id}.%(ext)s"),
+        # video only (the crops have no sound); mp4 up to 1080p where there is a choice
+        "format": "bestvideo[ext=mp4][height<=1080]/best[ext=mp4][height<=1080]/bestvideo/best",
+        "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
+        "socket_timeout": SOCKET_TIMEOUT_S, "retries": 1, "fragment_retries": 1,
+        "extractor_retries": 0, "cachedir": False, "logger": _QuietLogger(),
+    }
+    try:
+        with yt_dlp.YoutubeDL(options) as ydl:
+            ydl.extract_info(url, download=True)
+    except yt_dlp.utils.DownloadError as err:
+        raise Unavailable(_short_reason(str(err))) from None
+    except OSError as err:
+        raise Unavailable(f"{type(err).__name__}: {err}") from None
+    found = cached_file(cache_dir, video_id)
+    if found is None:
+        raise Unavailable(f"yt-dlp reported success for {url} but wrote no video file")
+    return found
+
+
+def _short_reason(message: str) -> str:
+    """yt-dlp's error without the 'ERROR: ' prefix and the nested 'caused by' chain."""
+    message = message.replace("ERROR: ", "", 1)
+    return message.split(" (caused by", 1)[0].strip()[:500]
+
+
+class _QuietLogger:
+    """yt-dlp logger: errors become Unavailable reasons, so only debug-log everything."""
+
+    def debug(self, msg: str) -> None:
+        log.debug("yt-dlp: %s", msg)
+
+    warning = debug
+    error = debug
+
+
+def fetch_video(video_id: str, cache_dir: Path, url_template: str | None = None,
+                source_dir: str | Path | None = None, url: str | None = None) -> Path:
+    """Local path of `video_id`: from --source-dir, else downloaded from `url`, the
+    --url-template mirror or YouTube. Raises Unavailable."""
+    if source_dir:
+        return find_in_source_dir(Path(source_dir), video_id)
+    if url is None:
+        template = url_template or YOUTUBE_URL
+        url = template.format(video_id=urllib.parse.quote(video_id, safe=""))
+    return download(url, video_id, Path(cache_dir))
+
+
+def list_videos(folder: Path) -> list[Path]:
+    """Video files directly inside `folder` (custom dataset), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        from pipeline.errors import UserError
+        raise UserError(f"--source-dir {str(folder)!r} is not a folder")
+    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not videos:
+        from pipeline.errors import UserError
+        raise UserError(f"--source-dir {str(folder)!r} holds no video "
+                        f"({', '.join(VIDEO_EXTENSIONS)})")
+    return videos
+
+
+def list_source_files(folder: Path) -> list[tuple[str, Path]]:
+    """(split, path) of every video file or frame folder under `folder`/{train,test}/."""
+    from pipeline.errors import UserError
+    folder = Path(folder)
+    entries = []
+    for split in ("train", "test"):
+        root = folder / split
+        if not root.is_dir():
+            continue
+        for path in sorted(root.iterdir()):
+            if path.is_dir() or path.suffix.lower() in VIDEO_EXTENSIONS:
+                entries.append((split, path))
+    if not entries:
+        raise UserError(f"--source-dir {str(folder)!r} has no train/ or test/ folder of videos "
+                        f"or frame folders")
+    return entries
+
+
+def unreachable_reason(url_template: str | None, timeout: float = 3.0) -> str | None:
+    """Why the host of the download source cannot be reached (DNS or TCP), or None.
+
+    Checked once by the driver, so an offline machine reports every video unavailable at
+    once instead of starting workers that each wait for a timeout."""
+    import socket
+    url = (url_template or YOUTUBE_URL).format(video_id="x")
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return None  # file:// or an extractor-specific form: let yt-dlp decide per video
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"{parsed.hostname}:{port} is unreachable ({err})"
