@@ -1,0 +1,409 @@
+"""The `pipeline run train` stage: one plain training loop for every model family.
+
+    pipeline run train --config tiny --data data/sample --out runs/tiny [--model fomm]
+                       [--workers N] [--ray-address ADDR] [--resume] [key=value ...]
+
+`train()` is the loop, read top to bottom: Adam (betas 0.5, 0.999) per optimizer group
+with `train_params.lr_<group>`, MultiStepLR (x0.1) at `epoch_milestones` stepped per
+epoch, bf16 autocast and channels_last on CUDA only, `max_steps`. A checkpoint carries
+the resolved config, the model in the original layout, optimizer and scheduler states,
+step, epoch, position within the epoch and every RNG state, so a stopped run resumed
+with `--resume` ends with the same weights, bit for bit, as an unbroken one. With
+`--workers N` the same function runs on N Ray Train workers under DDP
+(fomm/distributed.py).
+
+Outputs under `--out`: `config.yaml` (resolved), `metrics.jsonl` (one line per step),
+`images/step-XXXXXXX.png` (source | driving with keypoints | deformed source | occlusion
+| prediction), `checkpoints/step-XXXXXXX.pt`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fomm.data import EpochSampler, FramePairs, collate_pairs, open_clips
+from pipeline.config import Config, config_to_dict, config_to_yaml, load_config, replace
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+ADAM_BETAS = (0.5, 0.999)
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="configs/<name>.yaml name or a yaml path (ours or the original's)")
+    parser.add_argument("--data", help="prepared dataset or original layout (default: dataset_params.root_dir)")
+    parser.add_argument("--out", required=True, help="run directory: config, metrics, images, checkpoints")
+    parser.add_argument("--model", choices=["fomm", "monkey-net", "x2face"], help="model family (default: the config's)")
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP); 1 trains in this process")
+    parser.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train_params.max_steps=100")
+
+
+def resolve_run_config(config_name: str, overrides: list[str], model: str | None) -> Config:
+    config = load_config(config_name, overrides)
+    if model and model != config.model_params.name:
+        config = replace(config, model_params=replace(config.model_params, name=model))
+    return config
+
+
+def main(args: argparse.Namespace) -> int:
+    config = resolve_run_config(args.config, args.overrides, args.model)
+    data = args.data or config.dataset_params.root_dir
+    if not data:
+        raise UserError("no data: pass --data or set dataset_params.root_dir")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 or args.ray_address:
+        from fomm.distributed import train_distributed
+        train_distributed(config, data, args.out, num_workers=args.workers,
+                          ray_address=args.ray_address, resume=args.resume)
+    else:
+        train(config, data, args.out, resume=args.resume)
+    return 0
+
+
+# --------------------------------------------------------------------------- pieces
+@dataclass
+class DistContext:
+    """Where this copy of the loop runs: rank among world_size, and its device."""
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the loop draws from (the data sampler's state is (epoch, position))."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def use_bf16(config: Config, device: str) -> bool:
+    """bf16 autocast on CUDA ("auto" or "bf16"); CPU always trains in fp32."""
+    precision = config.train_params.precision
+    if precision == "bf16" and not device.startswith("cuda"):
+        log.warning("train_params.precision=bf16 applies on CUDA only; training in fp32 on %s", device)
+    return device.startswith("cuda") and precision in ("auto", "bf16")
+
+
+def build_optimizers(model, config: Config) -> dict[str, torch.optim.Optimizer]:
+    """Adam (betas 0.5, 0.999) per non-empty parameter group, lr from train_params.lr_<group>."""
+    optimizers = {}
+    for group, params in model.optimizer_groups().items():
+        params = [p for p in params if p.requires_grad]
+        if not params:
+            continue
+        lr = getattr(config.train_params, f"lr_{group}", None)
+        if lr is None:
+            raise UserError(f"model group {group!r} has no train_params.lr_{group}; expected generator, "
+                            "kp_detector or discriminator")
+        optimizers[group] = torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
+    return optimizers
+
+
+def build_kit(config: Config, device: str):
+    """The losses' shared state (VGG19, equivariance transforms): fomm/losses.py's LossKit."""
+    from fomm.losses import LossKit
+    kit = LossKit(config.train_params, align_corners=config.model_params.align_corners,
+                  num_channels=config.model_params.common_params.num_channels)
+    return kit.to(device)
+
+
+class GeneratorStep(nn.Module):
+    """`model.generator_losses` as a forward, so DDP can hook the generator-side backward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, source: torch.Tensor, driving: torch.Tensor, kit: Any):
+        return self.model.generator_losses(source, driving, kit)
+
+
+def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
+    """All-reduce mean of gradients outside a DDP forward (the discriminator step)."""
+    import torch.distributed as dist
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        dist.all_reduce(param.grad)
+        param.grad /= world_size
+
+
+def mean_over_workers(values: dict[str, float], dist_ctx: DistContext) -> dict[str, float]:
+    if dist_ctx.world_size == 1:
+        return values
+    import torch.distributed as dist
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return {k: float(v) / dist_ctx.world_size for k, v in zip(keys, tensor)}
+
+
+# --------------------------------------------------------------------------- checkpoints
+try:
+    from fomm.checkpoint import load_checkpoint_file, save_checkpoint
+except ImportError:  # fomm/checkpoint.py not landed yet: same behaviour, atomic torch.save
+    def save_checkpoint(path, state):
+        from pipeline.media import atomic_path
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint_file(path):
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def checkpoint_paths(out_dir: Path) -> list[Path]:
+    return sorted((out_dir / CHECKPOINT_DIR).glob("step-*.pt"))
+
+
+def save_training_checkpoint(path: Path, model, optimizers, schedulers, config: Config,
+                             progress: dict[str, int]) -> None:
+    """Everything a resume needs, via fomm/checkpoint.save_checkpoint (atomic)."""
+    state = {
+        "config": config_to_dict(config),
+        **model.checkpoint_state(),  # generator / kp_detector / discriminator, original layout
+        **{f"optimizer_{name}": opt.state_dict() for name, opt in optimizers.items()},
+        "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
+        "step": progress["step"], "epoch": progress["epoch"], "batch_in_epoch": progress["batch_in_epoch"],
+        "rng": rng_state(),
+    }
+    save_checkpoint(path, state)
+
+
+def load_training_checkpoint(path: Path, model, optimizers, schedulers, config: Config) -> dict[str, int]:
+    state = load_checkpoint_file(path)
+    saved = state.get("config")
+    if saved is not None and saved.get("model_params") != config_to_dict(config)["model_params"]:
+        raise UserError(f"{str(path)!r} was trained with other model_params than this config; "
+                        "resume with the config written beside it (config.yaml)")
+    model.load_checkpoint_state({k: state[k] for k in model.checkpoint_state()}, strict=True)
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state[f"optimizer_{name}"])
+    for name, sched in schedulers.items():
+        sched.load_state_dict(state["schedulers"][name])
+    set_rng_state(state["rng"])
+    return {"step": state["step"], "epoch": state["epoch"], "batch_in_epoch": state["batch_in_epoch"]}
+
+
+# --------------------------------------------------------------------------- images
+def _occlusion_image(generated: dict, index: int, size: tuple[int, int]) -> torch.Tensor:
+    occlusion = generated.get("occlusion_map")
+    if occlusion is None:
+        return torch.full((3, *size), 0.5)
+    occlusion = F.interpolate(occlusion[index:index + 1].detach().float(), size=size, mode="bilinear",
+                              align_corners=False)
+    return occlusion[0].expand(3, -1, -1)
+
+
+def _deformed_image(generated: dict, source: torch.Tensor, index: int, align_corners: bool) -> torch.Tensor:
+    if "deformed" in generated:
+        return generated["deformed"][index]
+    if "deformation" in generated:
+        grid = generated["deformation"][index:index + 1].detach().float()  # (1, h, w, 2)
+        return F.grid_sample(source[index:index + 1].float(), grid, align_corners=align_corners)[0]
+    return torch.full_like(source[index], 0.5)
+
+
+def _driving_keypoints(model, generated: dict, index: int):
+    kp = generated.get("kp_driving")
+    if isinstance(kp, dict):
+        kp = model.keypoints(kp)
+    return None if kp is None else kp[index]
+
+
+def training_image(model, config: Config, source, driving, generated, num_rows: int = 4) -> np.ndarray:
+    """Rows of (source, driving with keypoints, deformed source, occlusion, prediction)."""
+    from fomm.visualize import draw_keypoints, image_grid, to_uint8
+    vis = config.visualizer_params
+    size = tuple(source.shape[2:])
+    rows = []
+    for i in range(min(num_rows, source.shape[0])):
+        kp = _driving_keypoints(model, generated, i)
+        driving_img = to_uint8(driving[i])
+        if kp is not None:
+            driving_img = draw_keypoints(driving_img, kp, vis.kp_size, vis.colormap)
+        rows.append([to_uint8(source[i]), driving_img,
+                     to_uint8(_deformed_image(generated, source, i, config.model_params.align_corners)),
+                     to_uint8(_occlusion_image(generated, i, size)),
+                     to_uint8(generated["prediction"][i])])
+    return image_grid(rows)
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    from pipeline.media import atomic_path
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+# --------------------------------------------------------------------------- the loop
+def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bool = False,
+          dist_ctx: DistContext | None = None) -> dict[str, Any]:
+    """Train `config`'s model on `data_root`'s train split; returns the last step's losses."""
+    dist_ctx = dist_ctx or DistContext(device="cuda" if torch.cuda.is_available() else "cpu")
+    tp = config.train_params
+    out_dir, device = Path(out_dir), dist_ctx.device
+    bf16 = use_bf16(config, device)
+    channels_last = tp.channels_last and device.startswith("cuda")
+    if dist_ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(config_to_yaml(config))
+
+    # ---- data: pairs of frames, a sampler whose state is (epoch, position)
+    dataset = FramePairs(open_clips(data_root, "train"), config.dataset_params, tp.num_repeats)
+    batch_size = tp.batch_size // dist_ctx.world_size
+    if batch_size < 1 or tp.batch_size % dist_ctx.world_size:
+        raise UserError(f"train_params.batch_size={tp.batch_size} must be a multiple of the {dist_ctx.world_size} workers")
+    sampler = EpochSampler(len(dataset), tp.seed, dist_ctx.rank, dist_ctx.world_size)
+    steps_per_epoch = len(sampler) // batch_size
+    if steps_per_epoch == 0:
+        raise UserError(f"{len(dataset)} training items (clips x num_repeats) make no batch of "
+                        f"{tp.batch_size}; raise train_params.num_repeats or lower batch_size")
+    total_steps = min(tp.max_steps or math.inf, tp.num_epochs * steps_per_epoch)
+
+    # ---- model, optimisers, schedules, losses
+    seed_everything(tp.seed)
+    from fomm.registry import build_model
+    model = build_model(config).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizers = build_optimizers(model, config)
+    schedulers = {name: torch.optim.lr_scheduler.MultiStepLR(opt, list(tp.epoch_milestones), gamma=0.1)
+                  for name, opt in optimizers.items()}
+    kit = build_kit(config, device)
+    step_module: nn.Module = GeneratorStep(model)
+    if dist_ctx.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        step_module = DistributedDataParallel(step_module, find_unused_parameters=True,
+                                              device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+    # Equivariance transforms differ between workers; one process is rank 0.
+    torch.manual_seed(tp.seed + 1_000_003 * dist_ctx.rank)
+
+    progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    if resume and checkpoint_paths(out_dir):
+        path = checkpoint_paths(out_dir)[-1]
+        progress = load_training_checkpoint(path, model, optimizers, schedulers, config)
+        log.info("resumed from %s at step %d (epoch %d)", path, progress["step"], progress["epoch"])
+    elif resume:
+        log.info("no checkpoint in %s: starting from scratch", out_dir / CHECKPOINT_DIR)
+
+    metrics_path = out_dir / "metrics.jsonl"
+    if dist_ctx.is_main and not resume and metrics_path.exists():
+        metrics_path.unlink()  # a fresh run starts a fresh curve
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
+    window_start, window_steps, last = time.perf_counter(), 0, {}
+    loader_generator = torch.Generator().manual_seed(tp.seed)  # keeps the loader off torch's global RNG
+
+    while progress["step"] < total_steps:
+        sampler.set_epoch(progress["epoch"], start=progress["batch_in_epoch"] * batch_size)
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_pairs,
+                            num_workers=tp.dataloader_workers, drop_last=True, generator=loader_generator,
+                            pin_memory=device.startswith("cuda"))
+        for batch in loader:
+            source = batch["source"].to(device, non_blocking=True)
+            driving = batch["driving"].to(device, non_blocking=True)
+            if channels_last:
+                source = source.contiguous(memory_format=torch.channels_last)
+                driving = driving.contiguous(memory_format=torch.channels_last)
+
+            # generator + keypoint detector step (Eq. 10 perceptual, equivariance, GAN terms)
+            model.train()
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            with autocast:
+                losses, generated = step_module(source, driving, kit)
+            total = sum(losses.values())
+            total.backward()
+            for name in ("generator", "kp_detector"):
+                if name in optimizers:
+                    optimizers[name].step()
+
+            # discriminator step (LSGAN), only when the family and config train one
+            if "discriminator" in optimizers:
+                optimizers["discriminator"].zero_grad(set_to_none=True)
+                detached = {k: v.detach() if torch.is_tensor(v) else v for k, v in generated.items()}
+                with autocast:
+                    d_losses = model.discriminator_losses(source, driving, detached, kit)
+                if d_losses:
+                    sum(d_losses.values()).backward()
+                    if dist_ctx.world_size > 1:
+                        average_gradients(optimizers["discriminator"].param_groups[0]["params"], dist_ctx.world_size)
+                    optimizers["discriminator"].step()
+                    losses = {**losses, **d_losses}
+
+            progress["step"] += 1
+            progress["batch_in_epoch"] += 1
+            epoch_done = progress["batch_in_epoch"] == steps_per_epoch
+            if epoch_done:
+                progress["epoch"] += 1
+                progress["batch_in_epoch"] = 0
+                for sched in schedulers.values():
+                    sched.step()
+
+            values = mean_over_workers({k: float(v.detach()) for k, v in losses.items()}, dist_ctx)
+            last = values
+            window_steps += 1
+            step = progress["step"]
+            if dist_ctx.is_main:
+                record = {"step": step, "epoch": progress["epoch"], "loss": sum(values.values()), **values,
+                          "lr_generator": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
+                          "time": time.time()}
+                with open(metrics_path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                if step % tp.log_every == 0 or step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    rate = window_steps / max(elapsed, 1e-9)
+                    eta = (total_steps - step) / rate
+                    terms = " ".join(f"{k} {v:.4f}" for k, v in values.items())
+                    print(f"step {step}/{total_steps} epoch {progress['epoch']} {terms} "
+                          f"| {rate:.2f} it/s | ETA {eta / 60:.1f} min", flush=True)
+                    window_start, window_steps = time.perf_counter(), 0
+                if step % tp.image_every == 0 or step == total_steps:
+                    image = training_image(model, config, source.float(), driving.float(),
+                                           {k: v for k, v in generated.items()})
+                    save_png(out_dir / "images" / f"step-{step:07d}.png", image)
+                if step % tp.checkpoint_every == 0 or step == total_steps:
+                    save_training_checkpoint(out_dir / CHECKPOINT_DIR / f"step-{step:07d}.pt", model,
+                                             optimizers, schedulers, config, progress)
+            if step >= total_steps or epoch_done:
+                break
+    return last
