@@ -1,0 +1,112 @@
+"""Checkpoints: atomic writes, released and project formats, named errors on mismatch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fomm.checkpoint import (CHECKPOINT_FORMAT, load_checkpoint_file, load_model, model_state,
+                             save_checkpoint)
+from fomm.registry import build_model
+from pipeline.config import config_to_dict, load_config
+from pipeline.errors import UserError
+from pipeline.media import load_image
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def trained_like(config):
+    """A tiny model whose weights and BatchNorm statistics are not the initial ones."""
+    torch.manual_seed(5)
+    model = build_model(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.add_(0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def frame(shared_data):
+    image = load_image(shared_data / "bodies" / "dwnet-taichi" / "1" / "0000000.png")
+    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float() / 255
+    return torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+
+
+def predict(model, frame):
+    with torch.no_grad():
+        return model.reconstruct(frame, frame.flip(-1))["prediction"]
+
+
+def test_released_format_roundtrip(tmp_path, config, trained_like, frame):
+    """{generator, kp_detector, discriminator, optimizers, epoch}: loads, eval mode, same outputs."""
+    state = {**trained_like.checkpoint_state(), "optimizer_generator": {"state": {}, "param_groups": []},
+             "epoch": 99}
+    path = save_checkpoint(tmp_path / "tiny-cpk.pth.tar", state)
+    model = load_model(config, path)
+    assert not model.training
+    assert torch.equal(predict(model, frame), predict(trained_like, frame))
+
+
+def test_project_format_carries_its_config(tmp_path, config, trained_like, frame):
+    state = {"format": CHECKPOINT_FORMAT, "model": trained_like.checkpoint_state(),
+             "config": config_to_dict(config), "step": 7,
+             "numpy_rng": np.random.default_rng(0).bit_generator.state}
+    path = save_checkpoint(tmp_path / "step-7.pth", state)
+    assert load_checkpoint_file(path)["step"] == 7
+    model = load_model(None, path)
+    assert torch.equal(predict(model, frame), predict(trained_like, frame))
+
+
+def test_data_parallel_prefixes_are_accepted(tmp_path, config, trained_like):
+    state = {name: {f"module.{k}": v for k, v in sd.items()} for name, sd in trained_like.checkpoint_state().items()}
+    assert set(model_state(state)["generator"]) == set(trained_like.generator.state_dict())
+    load_model(config, save_checkpoint(tmp_path / "dp.pth", state))
+
+
+def test_inference_without_discriminator(tmp_path, config, trained_like):
+    state = trained_like.checkpoint_state()
+    del state["discriminator"]
+    load_model(config, save_checkpoint(tmp_path / "nodisc.pth", state))
+    del state["kp_detector"]
+    with pytest.raises(UserError, match="kp_detector"):
+        load_model(config, save_checkpoint(tmp_path / "nokp.pth", state))
+
+
+def test_mismatch_names_the_tensor(tmp_path, config, trained_like):
+    path = save_checkpoint(tmp_path / "a.pth", trained_like.checkpoint_state())
+    with pytest.raises(UserError, match=r"kp_detector\.kp\.weight has shape \(5, .*\(6, "):
+        load_model(load_config("tiny", ["model_params.common_params.num_kp=6"]), path)
+    with pytest.raises(UserError, match=r"discriminator\.discs\.1\.down_blocks\.0\.conv\.weight"):
+        load_model(load_config("tiny", ["model_params.discriminator_params.sn=false"]), path)
+
+
+def test_save_is_atomic(tmp_path, trained_like):
+    path = save_checkpoint(tmp_path / "keep.pth", {"epoch": 1})
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"epoch": 2, "bad": lambda: None})  # lambdas do not pickle
+    assert load_checkpoint_file(path) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.pth"]
+
+
+def test_bad_files_are_user_errors(tmp_path, config):
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(config, tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="junk.pth"):
+        load_checkpoint_file(tmp_path / "junk.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(UserError, match="expected a dict"):
+        load_checkpoint_file(tmp_path / "list.pth")
+
+
+def test_released_checkpoint_without_config_needs_one(tmp_path, trained_like):
+    path = save_checkpoint(tmp_path / "r.pth", trained_like.checkpoint_state())
+    with pytest.raises(UserError, match="--config"):
+        load_model(None, path)
