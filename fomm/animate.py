@@ -179,8 +179,6 @@ def compose(results: np.ndarray, driving: np.ndarray, source: np.ndarray, output
     """Output frames (H, W', 3) uint8: the result alone, or source | driving | result panels
     (each the model's input size, no borders, so panel i is columns [i*W, (i+1)*W))."""
     from fomm.visualize import draw_keypoints
-    # kp_size is given for 256 px frames (the original visualizer's); scale it to ours.
-    kp_size = max(1, round(kp_size * results.shape[1] / 256))
     kp_result = kp_driving = kp_source = None
     if options.show_keypoints:
         kp_result = animator.model.keypoints(outputs["motion_transferred"])
