@@ -1,0 +1,103 @@
+"""Frames per second of each metric and each available metric backend on CPU.
+
+    python -m benchmarks.metrics [--frames 24] [--repeats 2]
+
+Real frames: faces/fomm-demo/04.mp4 (256x256) for the face backends and the pixel metrics,
+bodies/dwnet-taichi/1 (256x256) for the body backends. Each measurement is the best of
+`--repeats` runs over `--frames` frames, on one thread. Backends that cannot run here are
+listed with the reason. Writes the "metrics" section of benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def best_seconds(run, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def face_frames(count: int) -> np.ndarray:
+    from pipeline.media import read_frames
+    return read_frames(SHARED_DATA / "faces/fomm-demo/04.mp4", 0, count)  # (T, 256, 256, 3)
+
+
+def body_frames(count: int) -> np.ndarray:
+    from pipeline.media import load_image
+    files = sorted((SHARED_DATA / "bodies/dwnet-taichi/1").glob("*.png"))[:count]
+    return np.stack([load_image(path) for path in files])  # (T, 256, 256, 3)
+
+
+def measure(frames_count: int, repeats: int) -> list[dict]:
+    from metrics import backends, reconstruction
+    from metrics.evaluate import score_clip
+    faces, bodies = face_frames(frames_count), body_frames(frames_count)
+    shifted = np.roll(faces, 4, axis=(1, 2))
+    rows = []
+
+    def add(name, scheme, frames, run, note=""):
+        seconds = best_seconds(run, repeats)
+        rows.append(dict(metric=name, scheme=scheme, frames=len(frames),
+                         fps=len(frames) / seconds, ms_per_frame=1000 * seconds / len(frames), note=note))
+
+    add("L1", "-", faces, lambda: reconstruction.l1(faces, shifted))
+    add("SSIM (7x7 uniform)", "skimage", faces, lambda: reconstruction.ssim(faces, shifted))
+    add("SSIM (11x11 Gaussian)", "skimage", faces, lambda: reconstruction.ssim(faces, shifted, gaussian_weights=True))
+    add("PSNR", "skimage", faces, lambda: reconstruction.psnr(faces, shifted))
+    status = reconstruction.lpips_status()
+    if status == "available":
+        add("LPIPS (alex)", "lpips", faces, lambda: reconstruction.get_lpips()(faces, shifted))
+    else:
+        rows.append(dict(metric="LPIPS (alex)", scheme="lpips", note=status))
+    for row in backends.available_backends():
+        name, kind = row["name"], row["kind"]
+        label = f"{kind}: {name}"
+        if not row["available"]:
+            rows.append(dict(metric=label, scheme=row["scheme"], note=row["reason"]))
+            continue
+        frames = bodies if name in ("mediapipe-pose", "body-appearance") else faces
+        backend = (backends.get_pose_backend if kind == "pose" else backends.get_identity_backend)(name)
+        run = backend.detect if kind == "pose" else backend.embed
+        add(label, row["scheme"], frames, lambda: run(frames),
+            note="detector + predictor" if name.startswith("dlib") else "")
+    add("score_clip faces (all of the above on real+fake)", "dlib-68 + dlib-128", faces,
+        lambda: score_clip(faces, shifted, pose="dlib68", identity="dlib-face"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    import torch
+    torch.set_num_threads(1)
+    from benchmarks._results import markdown_table, write_section
+    load_before = os.getloadavg()[0]
+    rows = measure(args.frames, args.repeats)
+    load_after = os.getloadavg()[0]
+    table = markdown_table(rows, ["metric", "scheme", "frames", "fps", "ms_per_frame", "note"])
+    body = (f"Command: `python -m benchmarks.metrics --frames {args.frames} --repeats {args.repeats}` "
+            f"(one thread, best of {args.repeats}; 256x256 frames; face backends on "
+            "faces/fomm-demo/04.mp4, body backends on bodies/dwnet-taichi/1). "
+            f"CPU load average during the run: {load_before:.1f} -> {load_after:.1f} on "
+            f"{os.cpu_count()} cores (shared machine: the figures are lower bounds).\n\n{table}\n\n"
+            "Not measured here: face-alignment, mediapipe-pose and LPIPS need packages or weights this "
+            "offline CPU machine does not have (rows above say which); no GPU timings.")
+    print(body)
+    write_section("metrics", body)
+
+
+if __name__ == "__main__":
+    main()
