@@ -2,9 +2,9 @@
 
 Released FOMM checkpoints (`vox-cpk.pth.tar`, `taichi-cpk.pth.tar`, ...) are a dict
 `{'generator': sd, 'kp_detector': sd, 'discriminator': sd, 'optimizer_generator': ...,
-'epoch': n}`. The project's own checkpoints (written by the training loop) hold
-`{'format': CHECKPOINT_FORMAT, 'model': {sub-network: sd}, 'config': resolved config
-dict, ...optimizers, step, RNG states}`. `load_model` accepts both.
+'epoch': n}`. The project's training loop writes the same layout plus `'config'` (the
+resolved config dict), scheduler, step and RNG states; a `{'model': {sub-network: sd},
+'config': ...}` nesting is accepted too. `load_model` reads all of them.
 """
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
 def model_state(checkpoint: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
     """The per-sub-network state dicts of a released or project checkpoint."""
     state = checkpoint.get("model", checkpoint)
-    return {name: _strip_module_prefix(sd) for name, sd in state.items() if isinstance(sd, dict)}
+    return {name: _strip_module_prefix(sd) for name, sd in state.items()
+            if isinstance(sd, dict) and sd and all(torch.is_tensor(v) for v in sd.values())}
 
 
 def checkpoint_config(checkpoint: dict[str, Any]) -> Config | None:

@@ -64,6 +64,16 @@ def test_project_format_carries_its_config(tmp_path, config, trained_like, frame
     assert torch.equal(predict(model, frame), predict(trained_like, frame))
 
 
+def test_training_loop_layout(tmp_path, config, trained_like, frame):
+    """What fomm/train.py writes: the released layout plus config, optimizers, schedulers, RNG."""
+    state = {"config": config_to_dict(config), **trained_like.checkpoint_state(),
+             "optimizer_generator": torch.optim.Adam(trained_like.generator.parameters()).state_dict(),
+             "schedulers": {"generator": {"last_epoch": 0}}, "step": 3, "epoch": 0,
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}
+    model = load_model(None, save_checkpoint(tmp_path / "step-3.pt", state))
+    assert torch.equal(predict(model, frame), predict(trained_like, frame))
+
+
 def test_data_parallel_prefixes_are_accepted(tmp_path, config, trained_like):
     state = {name: {f"module.{k}": v for k, v in sd.items()} for name, sd in trained_like.checkpoint_state().items()}
     assert set(model_state(state)["generator"]) == set(trained_like.generator.state_dict())
