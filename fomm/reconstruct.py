@@ -1,0 +1,175 @@
+"""The `pipeline run reconstruct` stage: the paper's reconstruction protocol (§4.1).
+
+    pipeline run reconstruct --config C --checkpoint K --data D --out O [--model NAME]
+
+For each test clip the first frame is the source and every frame (the first included) is
+the driving frame, with absolute motion (`model.reconstruct`). Outputs:
+`O/<clip>/0000000.png ...` (predicted frames), `O/<clip>.mp4`, and `O/l1.csv` with one row
+per clip (clip, num_frames, l1 = mean |prediction - driving| over pixels and frames,
+values in [0, 1], computed on the model's float output). Frames go through the model in
+batches of `--batch-size`, so memory does not grow with clip length. A clip's folder and
+video appear only when complete; a rerun skips clips already in l1.csv with their video.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fomm.data import ReconstructionClips, open_clips
+from pipeline.config import Config, config_from_dict, config_to_yaml, load_config, replace
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+L1_FIELDS = ["clip", "num_frames", "l1"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="config name or yaml (default: the config inside the checkpoint)")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (ours or a released FOMM one)")
+    parser.add_argument("--data", help="dataset root; its test split is reconstructed")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--model", choices=["fomm", "monkey-net", "x2face"], help="model family (default: the config's)")
+    parser.add_argument("--split", default="test", choices=["train", "test"])
+    parser.add_argument("--batch-size", type=int, default=16, help="driving frames per forward pass")
+    parser.add_argument("--num-videos", type=int, help="at most this many clips (default: reconstruction_params.num_videos)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
+
+
+def _load_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        from fomm.checkpoint import load_checkpoint_file
+    except ImportError:
+        def load_checkpoint_file(p):
+            return torch.load(p, map_location="cpu", weights_only=False)
+    state = load_checkpoint_file(path)
+    if not isinstance(state, dict):
+        raise UserError(f"{str(path)!r} is not a checkpoint dict (got {type(state).__name__})")
+    return state
+
+
+def load_model_for_inference(config: Config, state: dict, device: str):
+    """The config's model with the checkpoint's weights, in eval mode on `device`.
+
+    A checkpoint without a discriminator (not needed here) still loads; every other
+    sub-network must be present and match the config exactly.
+    """
+    from fomm.registry import build_model
+    model = build_model(config)
+    children = dict(model.named_children())
+    weights = {name: state[name] if name in state else (module.state_dict() if name == "discriminator" else None)
+               for name, module in children.items()}
+    missing = [name for name, value in weights.items() if value is None]
+    if missing:
+        raise UserError(f"checkpoint lacks {missing}; it holds {sorted(k for k in state if not k.startswith('optimizer'))}")
+    model.load_checkpoint_state(weights, strict=True)
+    return model.to(device).eval()
+
+
+def read_l1_csv(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        return {row["clip"]: row for row in csv.DictReader(handle)}
+
+
+def write_l1_csv(path: Path, rows: list[dict]) -> None:
+    from pipeline.media import atomic_path
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=L1_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def save_frame(path: Path, frame: np.ndarray) -> None:
+    from PIL import Image
+    Image.fromarray(frame).save(path, format="PNG")
+
+
+@torch.no_grad()
+def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, device: str) -> dict:
+    """Reconstruct one clip batch by batch; returns its l1.csv row."""
+    from fomm.visualize import to_uint8
+    from pipeline.media import VideoWriter
+    final_dir = out_dir / clip
+    part_dir = out_dir / f".{clip}.part"
+    shutil.rmtree(part_dir, ignore_errors=True)
+    part_dir.mkdir(parents=True)
+    source, abs_sum, count, index = None, 0.0, 0, 0
+    try:
+        with VideoWriter(out_dir / f"{clip}.mp4", fps) as writer:
+            for driving in batches:
+                driving = driving.to(device)  # (n, 3, H, W)
+                if source is None:
+                    source = driving[:1]  # the first frame drives nothing: it is the source
+                prediction = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)["prediction"]
+                abs_sum += float((prediction.float() - driving).abs().sum(dtype=torch.float64))
+                count += prediction.numel()
+                for frame in prediction:
+                    image = to_uint8(frame)
+                    save_frame(part_dir / f"{index:07d}.png", image)
+                    writer.write(image)
+                    index += 1
+        if index == 0:
+            raise UserError(f"clip {clip!r} has no frames")
+        shutil.rmtree(final_dir, ignore_errors=True)
+        part_dir.rename(final_dir)
+    finally:
+        shutil.rmtree(part_dir, ignore_errors=True)
+    return {"clip": clip, "num_frames": index, "l1": abs_sum / count}
+
+
+def reconstruct(config: Config, state: dict, data_root: str | Path, out_dir: str | Path, split: str = "test",
+                batch_size: int = 16, num_videos: int | None = None, device: str | None = None) -> list[dict]:
+    """Run the protocol over a split; returns the l1.csv rows (also written)."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(config_to_yaml(config))
+    model = load_model_for_inference(config, state, device)
+    store = open_clips(data_root, split)
+    clips = ReconstructionClips(store, config.dataset_params.frame_shape, batch_size,
+                                num_videos if num_videos is not None else config.reconstruction_params.num_videos)
+    csv_path = out_dir / "l1.csv"
+    done = read_l1_csv(csv_path)
+    rows = []
+    for clip, batches in clips:
+        if clip in done and (out_dir / f"{clip}.mp4").is_file() and (out_dir / clip).is_dir():
+            rows.append({k: done[clip][k] for k in L1_FIELDS})
+            continue
+        row = reconstruct_clip(model, clip, batches, out_dir, store.fps(clip), device)
+        log.info("%s: %d frames, L1 %.4f", clip, row["num_frames"], row["l1"])
+        rows.append(row)
+        write_l1_csv(csv_path, rows + [r for c, r in done.items() if c not in {x["clip"] for x in rows}])
+    write_l1_csv(csv_path, rows)
+    mean = float(np.mean([float(r["l1"]) for r in rows]))
+    print(f"reconstructed {len(rows)} clips, mean L1 {mean:.4f} -> {csv_path}")
+    return rows
+
+
+def main(args: argparse.Namespace) -> int:
+    state = _load_checkpoint(Path(args.checkpoint))
+    if args.config:
+        config = load_config(args.config, args.overrides)
+    elif "config" in state:
+        config = config_from_dict(state["config"], args.overrides)
+    else:
+        raise UserError(f"{args.checkpoint!r} carries no config (a released checkpoint?): pass --config")
+    if args.model and args.model != config.model_params.name:
+        config = replace(config, model_params=replace(config.model_params, name=args.model))
+    data = args.data or config.dataset_params.root_dir
+    if not data:
+        raise UserError("no data: pass --data or set dataset_params.root_dir")
+    reconstruct(config, state, data, args.out, args.split, args.batch_size, args.num_videos)
+    return 0
