@@ -233,6 +233,7 @@ def no_motion_rows(clips: list[str], args, frame_size: tuple[int, int]) -> pd.Da
     for clip in clips:
         truth = truth_grid(args.data, args.split, clip)
         if truth is not None:
+            truth = truth[:args.max_frames] if args.max_frames else truth
             still = np.broadcast_to(identity_grid(truth.shape[1]), truth.shape)
             rows.append(pd.DataFrame({"model": NO_MOTION, "clip": clip,
                                       "frame": np.arange(len(truth)),
@@ -273,7 +274,8 @@ def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict) -> di
         motion = per_frame[per_frame["motion_epe"].notna()]
         summary = tables.summarise(motion, ["motion_epe"], args.bootstrap, args.seed)
         table = tables.comparison_table(summary, "sample", ["motion_epe"],
-                                        {"truth": "the sample dataset's backward grids (64x64)"})
+                                        {"truth": "the sample dataset's backward grids (64x64)"},
+                                        references=(NO_MOTION,))
         table.title = f"Motion error against the true motion on {args.dataset}"
         table.notes = [f"mean end-point error, in pixels of the scored frames, between each model's "
                        f"'deformation' (resized to 64x64) and the true backward grid; "

@@ -107,6 +107,24 @@ def _run(argv: list[str]) -> str:
         return ""
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def memory_text() -> str:
+    try:
+        return f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB"
+    except (ValueError, OSError):
+        return "unknown"
+
+
 def environment() -> dict:
     """Python, package versions, CPU, memory, GPU, ffmpeg and the git commit."""
     versions = {}
@@ -115,7 +133,6 @@ def environment() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    from benchmarks._results import machine
     gpu = "none"
     try:
         import torch
@@ -128,8 +145,8 @@ def environment() -> dict:
     ffmpeg = _run([ffmpeg_exe(), "-hide_banner", "-version"]).splitlines()
     commit = _run(["git", "rev-parse", "HEAD"])
     dirty = bool(_run(["git", "status", "--porcelain", "--untracked-files=no"]))
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": machine(),
-            "cpu_count": os.cpu_count(), "gpu": gpu, "ffmpeg": ffmpeg[0] if ffmpeg else "unknown",
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(), "memory": memory_text(), "gpu": gpu, "ffmpeg": ffmpeg[0] if ffmpeg else "unknown",
             "git_commit": (commit or "unknown") + (" (with uncommitted changes)" if dirty else ""),
             "packages": versions}
 
@@ -244,8 +261,10 @@ def _html_table(rows: list[dict]) -> str:
 def _md_table(rows: list[dict]) -> str:
     if not rows:
         return "none\n"
-    from benchmarks._results import markdown_table
-    return markdown_table(rows) + "\n"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "\\|") for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def timing_rows(info: RunInfo) -> list[dict]:

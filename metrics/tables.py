@@ -70,7 +70,8 @@ def summarise(per_frame: pd.DataFrame, metrics: list[str], num_resamples: int = 
     """One row per model: frame-mean of each metric with its bootstrap 95 % interval."""
     sums = clip_sums(per_frame, metrics)
     rows = []
-    for model, group in sums.groupby("model", sort=False):
+    order = {model: index for index, model in enumerate(pd.unique(per_frame["model"]))}
+    for model, group in sorted(sums.groupby("model", sort=False), key=lambda item: order[item[0]]):
         row = {"model": model, "num_clips": len(group), "num_frames": int(group["num_frames"].sum())}
         for metric in metrics:
             total, count = group[f"{metric}_sum"].to_numpy(), group[f"{metric}_count"].to_numpy()
@@ -98,19 +99,21 @@ def _fmt(value: float, metric: str) -> str:
 
 
 def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
-                     backends: dict[str, str]) -> Table:
+                     backends: dict[str, str], references: tuple[str, ...] = ()) -> Table:
     """Our models (value [95 % CI]) and, below them, the paper's Table 3 rows for `dataset`.
 
     `backends`: role -> backend description (e.g. {"pose": "dlib68 (scheme ibug-68)"});
     printed in the title and notes, since numbers from different backends do not compare.
+    `references`: rows that are yardsticks rather than models (labelled "reference").
     """
     backend_text = "; ".join(f"{role}: {name}" for role, name in backends.items()) or "none"
     columns = ["model", "source"] + [METRICS[m][0] + (" ↓" if METRICS[m][1] else " ↑") for m in metrics]
     columns += ["clips", "frames"]
     rows, records, coverage = [], [], []
     for _, row in summary.iterrows():
-        cells = [str(row["model"]), "ours"]
-        record = {"model": row["model"], "source": "ours", "confirmed": True,
+        source = "reference" if row["model"] in references else "ours"
+        cells = [str(row["model"]), source]
+        record = {"model": row["model"], "source": source, "confirmed": True,
                   "backends": backend_text, "num_clips": int(row["num_clips"]),
                   "num_frames": int(row["num_frames"])}
         for metric in metrics:

@@ -1,0 +1,185 @@
+"""`pipeline run all`: prepare a dataset, train FOMM and both baselines on a small budget,
+benchmark them and write the report: the README's main command.
+
+    pipeline run all --dataset sample --out runs/sample [--budget small|tiny]
+
+Stages run one after another in this process, each through its own stage module (the
+same code `pipeline run <stage>` runs), and write under `--out`:
+
+    data/                     pipeline run prepare (Ray)
+    train/{fomm,monkey-net,x2face}/   pipeline run train (config.yaml, metrics.jsonl, checkpoints/)
+    benchmark/                pipeline run benchmark (parquet, tables, samples)
+    report.html, report.md    pipeline run report
+    timings.json              seconds and settings of every stage
+
+A stage is done when timings.json records it done with the same settings and its output
+is on disk; a rerun skips done stages up to the first one that is not, and runs that one
+and every later one (their inputs may have changed), so a killed run resumes where it
+stopped (a training stage from its latest checkpoint) and a finished run rerun does
+nothing but the report. Budgets: `small` (the default) is the README's run, sized to finish in
+under 15 minutes on 2 CPU cores; `tiny` is the reduced version the tests run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# model -> the config it trains with (configs/*.yaml)
+MODEL_CONFIGS = {"fomm": "tiny", "monkey-net": "monkey-net-tiny", "x2face": "x2face-tiny"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each stage does."""
+    steps: dict[str, int]          # training steps per model
+    batch_size: int
+    max_clips: int | None          # benchmark: first N test clips (None: all)
+    max_frames: int | None         # benchmark: first N frames of each clip
+    bootstrap: int                 # bootstrap resamples of the confidence intervals
+
+
+BUDGETS = {
+    # Measured on 2 cores (see benchmarks/RESULTS.md, section run-all): about 10 minutes.
+    "small": Budget(steps={"fomm": 400, "monkey-net": 300, "x2face": 600}, batch_size=8,
+                    max_clips=None, max_frames=None, bootstrap=1000),
+    "tiny": Budget(steps={"fomm": 4, "monkey-net": 4, "x2face": 4}, batch_size=2,
+                   max_clips=2, max_frames=6, bootstrap=100),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="sample", help="dataset to prepare (default: sample)")
+    parser.add_argument("--out", required=True, type=Path, help="run folder")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="small",
+                        help="small: the README's run (<15 min on 2 cores); tiny: the tests' run")
+    parser.add_argument("--models", default=",".join(MODEL_CONFIGS),
+                        help=f"models to train and compare (default: {','.join(MODEL_CONFIGS)})")
+    parser.add_argument("--prepare-arg", action="append", default=[],
+                        help="extra argument for prepare, e.g. --prepare-arg=--manifest=FILE (repeatable)")
+    parser.add_argument("--force", action="store_true", help="rerun every stage")
+
+
+# --------------------------------------------------------------------------- stage bookkeeping
+class Timings:
+    """timings.json: per stage its status, seconds and the argument list it ran with."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+        self.data.setdefault("stages", {})
+
+    def is_done(self, stage: str, argv: list[str]) -> bool:
+        entry = self.data["stages"].get(stage, {})
+        return entry.get("status") == "done" and entry.get("argv") == argv
+
+    def record(self, stage: str, argv: list[str], seconds: float, status: str) -> None:
+        self.data["stages"][stage] = {"status": status, "seconds": round(seconds, 2), "argv": argv,
+                                      "finished": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+        self.data["total_seconds"] = round(sum(e["seconds"] for e in self.data["stages"].values()), 2)
+        self.save()
+
+    def save(self) -> None:
+        from pipeline.media import atomic_path
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+
+
+def run_stage(stage: str, argv: list[str]) -> None:
+    """`pipeline run <stage> <argv>` in this process; UserError if it does not return 0."""
+    import importlib
+    from pipeline.cli import STAGES, build_parser
+    args = build_parser(stage).parse_args(["run", stage, *argv])
+    code = int(importlib.import_module(STAGES[stage][0]).main(args) or 0)
+    if code != 0:
+        raise UserError(f"stage {stage!r} ended with exit code {code} (arguments {argv})")
+
+
+def latest_checkpoint(train_dir: Path) -> Path | None:
+    found = sorted((train_dir / "checkpoints").glob("step-*.pt"))
+    return found[-1] if found else None
+
+
+# --------------------------------------------------------------------------- the plan
+def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str], Path]]:
+    """(name, stage, argv, output that must exist) for every stage, in order."""
+    budget = BUDGETS[args.budget]
+    out = Path(args.out)
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in MODEL_CONFIGS]
+    if unknown or not models:
+        raise UserError(f"--models {args.models!r}: expected names from {list(MODEL_CONFIGS)}")
+    data = out / "data"
+    steps = [("prepare", "prepare", ["--dataset", args.dataset, "--out", str(data), "--no-progress",
+                                     *args.prepare_arg], data / "clips.parquet")]
+    for model in models:
+        train_dir = out / "train" / model
+        overrides = [f"train_params.max_steps={budget.steps[model]}",
+                     f"train_params.batch_size={budget.batch_size}",
+                     f"train_params.checkpoint_every={budget.steps[model]}",
+                     f"train_params.image_every={budget.steps[model]}",
+                     f"train_params.log_every={max(1, budget.steps[model] // 10)}"]
+        steps.append((f"train-{model}", "train",
+                      ["--config", MODEL_CONFIGS[model], "--model", model, "--data", str(data),
+                       "--out", str(train_dir), *overrides],
+                      train_dir / "checkpoints" / f"step-{budget.steps[model]:07d}.pt"))
+    spec = ",".join(f"{m}={out / 'train' / m / 'checkpoints' / f'step-{budget.steps[m]:07d}.pt'}"
+                    for m in models)
+    bench = ["--dataset", args.dataset, "--data", str(data), "--models", spec,
+             "--out", str(out / "benchmark"), "--bootstrap", str(budget.bootstrap)]
+    bench += ["--max-clips", str(budget.max_clips)] if budget.max_clips else []
+    bench += ["--max-frames", str(budget.max_frames)] if budget.max_frames else []
+    steps.append(("benchmark", "benchmark", bench, out / "benchmark" / "benchmark.json"))
+    return steps
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run every stage not yet done; returns timings.json's content."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = Timings(out / "timings.json")
+    timings.data["budget"] = args.budget
+    stages = plan(args)
+    planned = {name for name, *_ in stages} | {"report"}
+    timings.data["stages"] = {k: v for k, v in timings.data["stages"].items() if k in planned}
+    ran = False  # once a stage runs, every later one runs too: its inputs changed
+    for name, stage, argv, output in stages:
+        if not (args.force or ran) and timings.is_done(name, argv) and output.exists():
+            log.info("%s: done in an earlier run, skipped", name)
+            continue
+        if stage == "train" and latest_checkpoint(Path(argv[argv.index("--out") + 1])) and not args.force:
+            argv_run = [*argv, "--resume"]  # continue from the latest checkpoint
+        else:
+            argv_run = argv
+        log.info("%s: pipeline run %s %s", name, stage, " ".join(argv_run))
+        started = time.perf_counter()
+        try:
+            run_stage(stage, argv_run)
+        except BaseException:
+            timings.record(name, argv, time.perf_counter() - started, "failed")
+            raise
+        timings.record(name, argv, time.perf_counter() - started, "done")
+        ran = True
+    # The report is always rewritten: it shows the timings of every stage, its own included.
+    started = time.perf_counter()
+    timings.record("report", [], 0.0, "running")
+    run_stage("report", ["--run", str(out)])
+    timings.record("report", [], time.perf_counter() - started, "done")
+    run_stage("report", ["--run", str(out)])  # again, cheap: now with the report's own time
+    return timings.data
+
+
+def main(args: argparse.Namespace) -> int:
+    data = run(args)
+    print(f"done in {data['total_seconds']:.0f} s; report: {Path(args.out) / 'report.html'}")
+    for stage, entry in data["stages"].items():
+        print(f"  {stage:<18} {entry['seconds']:8.1f} s  {entry['status']}")
+    return 0
