@@ -1,0 +1,101 @@
+"""Manifests into clips: the upstream vox/taichi csv files, clip names, frame ranges at
+the manifest's fps, bbox rescaling, dataset definitions and their checksums."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline import datasets
+from pipeline.clips import clip_name, group_by_video, read_manifest
+from pipeline.crop import CropError, frame_range, scaled_bbox
+from pipeline.errors import UserError
+
+
+def test_upstream_manifests_parse(shared_data):
+    vox = read_manifest(shared_data / "manifests" / "vox-metadata.csv")
+    taichi = read_manifest(shared_data / "manifests" / "taichi-metadata.csv")
+    assert len(vox) == 20075 and len(taichi) == 3334
+    first = vox[0]
+    assert first.name == "id10005#WMh3ye5tBsE#003657#003994"
+    assert (first.bbox, first.width, first.height, first.fps) == ((624, 48, 1018, 553), 1280, 720, 25.0)
+    assert taichi[0].name == "u6rJiF-gPx8#000080#000300" and taichi[0].person_id is None
+    assert {c.split for c in vox} == {"train", "test"} == {c.split for c in taichi}
+    assert len({c.name for c in taichi}) == len(taichi)
+    groups = group_by_video(taichi)
+    assert sum(len(g) for g in groups.values()) == len(taichi)
+    assert list(groups)[0] == "u6rJiF-gPx8"
+
+
+def test_upstream_checksums_match_the_definitions(shared_data):
+    for name, file in (("vox", "vox-metadata.csv"), ("taichi", "taichi-metadata.csv")):
+        remote = datasets.load_dataset(name).manifest
+        assert datasets.sha256_of(shared_data / "manifests" / file) == remote.sha256
+        assert remote.url.endswith(file)
+    fashion = datasets.load_dataset("fashion")
+    for split in ("train", "test"):
+        assert datasets.sha256_of(shared_data / "manifests" / f"fashion_{split}.txt") == \
+            fashion.url_lists[split].sha256
+
+
+def test_every_definition_loads():
+    kinds = {name: datasets.load_dataset(name).kind for name in datasets.available()}
+    assert kinds == {"bair": "source_dir", "custom": "custom", "fashion": "url_list",
+                     "mgif": "source_dir", "nemo": "source_dir", "sample": "sample",
+                     "taichi": "manifest", "vox": "manifest"}
+    with pytest.raises(UserError, match="unknown dataset 'voxx'"):
+        datasets.load_dataset("voxx")
+
+
+def test_clip_names():
+    assert clip_name("abc", 5, 120) == "abc#000005#000120"
+    assert clip_name("abc", 5, 120, "id1") == "id1#abc#000005#000120"
+
+
+@pytest.mark.parametrize("header,missing", [
+    ("video_id,start,end,fps,width,height,partition", "bbox"),
+    ("video_id,start,end,bbox,width,height,partition", "fps"),
+    ("start,end,bbox,fps,width,height,partition", "video_id"),
+])
+def test_missing_column_names_it(tmp_path, header, missing):
+    path = tmp_path / "m.csv"
+    path.write_text(header + "\n")
+    with pytest.raises(UserError, match=rf"lacks column\(s\) \['{missing}'\]"):
+        read_manifest(path)
+
+
+def test_bad_rows_name_the_line(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("video_id,start,end,bbox,fps,width,height,partition\n"
+                    "a,0,10,1-2-3-4,25,100,100,train\n"
+                    "b,0,10,1-2-3,25,100,100,train\n")
+    with pytest.raises(UserError, match=r"row 3: bbox '1-2-3'"):
+        read_manifest(path)
+    path.write_text("video_id,start,end,bbox,fps,width,height,partition\n"
+                    "a,0,10,1-2-3-4,25,100,100,validation\n")
+    with pytest.raises(UserError, match="partition 'validation'"):
+        read_manifest(path)
+    path.write_text("video_id,start,end,bbox,fps,width,height,partition\n"
+                    "a,10,10,1-2-3-4,25,100,100,train\n")
+    with pytest.raises(UserError, match="start < end"):
+        read_manifest(path)
+
+
+def test_frame_range_follows_the_manifest_fps():
+    # upstream rule: real frame i is in the clip when start/fps_m <= i/fps_r < end/fps_m
+    assert frame_range(80, 300, 29.97, 29.97, 10_000) == (80, 300)
+    assert frame_range(10, 20, 25.0, 50.0, 10_000) == (20, 40)
+    assert frame_range(10, 20, 30.0, 15.0, 10_000) == (5, 10)
+    assert frame_range(100, 200, 25.0, 25.0, 150) == (100, 150)   # video ends early
+    assert frame_range(3, None, None, 25.0, 40) == (3, 40)        # whole-video datasets
+    for start, end, fps_m, fps_r in ((7, 31, 29.97, 25.0), (5, 17, 24.0, 30.0)):
+        first, stop = frame_range(start, end, fps_m, fps_r, 10_000)
+        inside = [i for i in range(200) if start / fps_m <= i / fps_r < end / fps_m]
+        assert (first, stop) == (inside[0], inside[-1] + 1)
+
+
+def test_bbox_rescaled_to_the_real_resolution():
+    # manifest 1280x720, file 640x360: everything halves
+    assert scaled_bbox((624, 48, 1018, 553), (1280, 720), (640, 360)) == (312, 24, 197, 252)
+    # partly outside: clamped like the original numpy slicing
+    assert scaled_bbox((-10, -10, 50, 60), (100, 100), (100, 100)) == (0, 0, 50, 60)
+    with pytest.raises(CropError, match="outside the 256x256 frame"):
+        scaled_bbox((600, 600, 700, 700), (512, 512), (256, 256))
