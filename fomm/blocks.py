@@ -44,14 +44,21 @@ def identity_grid(spatial_size: tuple[int, int], align_corners: bool,
     return torch.stack([x.view(1, w).expand(h, w), y.view(h, 1).expand(h, w)], dim=-1)
 
 
+def full_precision(tensor: torch.Tensor):
+    """Context that turns autocast off on `tensor`'s device: coordinates, jacobian inverses and
+    sampling grids stay fp32 under bf16 autocast (bf16 would move points by ~0.5 px at 256)."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
 def warp(image: torch.Tensor, grid: torch.Tensor, align_corners: bool,
          padding_mode: str = "zeros") -> torch.Tensor:
     """Backward warp: out[b, :, i, j] = image[b] sampled at grid[b, i, j] (normalised x, y).
 
-    grid_sample needs matching dtypes; under autocast the grid may be bf16 while the
-    image is fp32 (or the other way round), so the grid follows the image.
+    Samples in the wider of the two dtypes (as CUDA autocast does for grid_sample), so a
+    bf16 feature map is warped by an fp32 grid without rounding the grid.
     """
-    return F.grid_sample(image, grid.to(image.dtype), mode="bilinear",
+    dtype = torch.promote_types(image.dtype, grid.dtype)
+    return F.grid_sample(image.to(dtype), grid.to(dtype), mode="bilinear",
                          padding_mode=padding_mode, align_corners=align_corners)
 
 

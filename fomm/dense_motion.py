@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fomm.blocks import AntiAliasInterpolation2d, Hourglass, kp2gaussian, make_coordinate_grid, warp
+from fomm.blocks import (AntiAliasInterpolation2d, Hourglass, full_precision, kp2gaussian,
+                         make_coordinate_grid, warp)
 from pipeline.config import DenseMotionParams
 
 
@@ -42,6 +43,10 @@ class DenseMotionNetwork(nn.Module):
 
     def sparse_motions(self, spatial_size, kp_driving, kp_source) -> torch.Tensor:
         """(B, K+1, h, w, 2): identity, then T_k(z) = p^S + J^S (J^D)^-1 (z - p^D) (Eq. 4)."""
+        with full_precision(kp_driving["value"]):
+            return self._sparse_motions(spatial_size, kp_driving, kp_source)
+
+    def _sparse_motions(self, spatial_size, kp_driving, kp_source) -> torch.Tensor:
         h, w = spatial_size
         value_d, value_s = kp_driving["value"].float(), kp_source["value"].float()
         bs = value_d.shape[0]
@@ -75,7 +80,8 @@ class DenseMotionNetwork(nn.Module):
         net_in = torch.cat([heatmaps.to(deformed.dtype), deformed], dim=2).view(bs, -1, h, w)
         features = self.hourglass(net_in)
         mask = F.softmax(self.mask(features).float(), dim=1)  # (B, K+1, h, w)
-        deformation = (motions.permute(0, 1, 4, 2, 3) * mask.unsqueeze(2)).sum(dim=1)  # (B, 2, h, w)
+        with full_precision(mask):
+            deformation = (motions.permute(0, 1, 4, 2, 3) * mask.unsqueeze(2)).sum(dim=1)  # (B, 2, h, w)
         out = {"sparse_deformed": deformed, "mask": mask,
                "deformation": deformation.permute(0, 2, 3, 1)}  # (B, h, w, 2)
         if self.occlusion is not None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fomm.blocks import ImagePyramid, identity_grid, make_coordinate_grid, warp
+from fomm.blocks import ImagePyramid, full_precision, identity_grid, make_coordinate_grid, warp
 from fomm.vgg import Vgg19
 from pipeline.config import LossWeights, TrainParams, TransformParams
 
@@ -63,8 +63,11 @@ class Transform:
         return warp(frames, grid, self.align_corners, padding_mode="reflection")
 
     def warp_coordinates(self, coordinates: torch.Tensor) -> torch.Tensor:
-        """(B, N, 2) points -> T(points) (B, N, 2)."""
-        coordinates = coordinates.float()
+        """(B, N, 2) points -> T(points) (B, N, 2), in fp32 even under autocast."""
+        with full_precision(coordinates):
+            return self._warp_coordinates(coordinates.float())
+
+    def _warp_coordinates(self, coordinates: torch.Tensor) -> torch.Tensor:
         theta = self.theta.to(coordinates.device).unsqueeze(1)  # (B, 1, 2, 3)
         out = torch.matmul(theta[..., :2], coordinates.unsqueeze(-1)) + theta[..., 2:]
         out = out.squeeze(-1)  # (B, N, 2)
@@ -117,6 +120,10 @@ class LossKit(nn.Module):
 
     def equivariance(self, kp_driving: dict, kp_transformed: dict, transform: Transform) -> dict[str, torch.Tensor]:
         """Equivariance losses (Eq. 11-12): p^D vs T(p^T), and I vs (J^D)^-1 dT(p^T) J^T."""
+        with full_precision(kp_driving["value"]):
+            return self._equivariance(kp_driving, kp_transformed, transform)
+
+    def _equivariance(self, kp_driving: dict, kp_transformed: dict, transform: Transform) -> dict[str, torch.Tensor]:
         losses = {}
         if self.weights.equivariance_value:
             value = (kp_driving["value"].float() - transform.warp_coordinates(kp_transformed["value"])).abs().mean()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fomm.api import Motion, MotionTransferModel
-from fomm.blocks import scale_key
+from fomm.blocks import full_precision, scale_key
 from fomm.discriminator import MultiScaleDiscriminator
 from fomm.generator import OcclusionAwareGenerator
 from fomm.keypoint_detector import KPDetector
@@ -94,6 +94,12 @@ class FirstOrderModel(MotionTransferModel):
         out = dict(motion_driving)
         if not relative:
             return out
+        with full_precision(motion_driving["value"]):
+            return self._relative(out, motion_source, motion_driving, motion_initial,
+                                  relative_jacobian, adapt_movement_scale)
+
+    @staticmethod
+    def _relative(out, motion_source, motion_driving, motion_initial, relative_jacobian, adapt_movement_scale):
         scale = movement_scale(motion_source, motion_initial) if adapt_movement_scale else 1.0
         out["value"] = (motion_driving["value"] - motion_initial["value"]) * scale + motion_source["value"]
         if relative_jacobian and "jacobian" in motion_driving:

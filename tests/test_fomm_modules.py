@@ -93,15 +93,27 @@ def test_source_of_batch_one_drives_a_batch(tiny, face_frames):
     assert out["prediction"].shape == (4, 3, 64, 64)
 
 
-def test_bf16_autocast_and_channels_last(tiny, face_frames):
-    model = build_model(load_config("tiny")).eval().to(memory_format=torch.channels_last)
+def test_bf16_autocast_and_channels_last(face_frames):
+    """Under bf16 autocast the networks run in bf16 but keypoints, sparse motions and the dense
+    deformation stay fp32: equal keypoints still give the exact identity deformation."""
+    torch.manual_seed(0)
+    config = load_config("tiny", ["train_params.loss_weights.generator_gan=1"])
+    model = build_model(config).to(memory_format=torch.channels_last)
     frames = face_frames.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         kp = model.detect(frames)
         out = model.generate(frames, kp, kp)
-    assert torch.isfinite(out["prediction"].float()).all()
-    assert out["prediction"].shape == (4, 3, 64, 64)
-    assert kp["value"].dtype == torch.float32  # softmax and expectation kept in fp32
+    assert out["prediction"].dtype == torch.bfloat16 and torch.isfinite(out["prediction"].float()).all()
+    assert kp["value"].dtype == torch.float32 and out["deformation"].dtype == torch.float32
+    expected = make_coordinate_grid(out["deformation"].shape[1:3]).expand_as(out["deformation"])
+    assert (out["deformation"] - expected).abs().max().item() < 1e-5
+    from fomm.losses import LossKit
+    kit = LossKit(config.train_params)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses, generated = model.generator_losses(frames[:2], frames[2:], kit)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.kp_detector.kp.weight.grad is not None
 
 
 # --------------------------------------------------------------------------- transfer
