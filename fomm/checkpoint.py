@@ -85,6 +85,10 @@ def load_model(config: Config | None, path: str | Path, device: Any = None, stri
         if config is None:
             raise UserError(f"checkpoint {path} carries no config (a released checkpoint); "
                             f"pass --config with the yaml it was trained with")
+    elif checkpoint_config(checkpoint) is None and not config.model_params.align_corners:
+        log.warning("%s has no config of its own (a released checkpoint?): those were trained when "
+                    "grid_sample behaved as align_corners=True; pass model_params.align_corners=true to "
+                    "run them exactly as trained", path)
     model = build_model(config)
     state = model_state(checkpoint)
     needed = {name for name, _ in model.named_children()} - _INFERENCE_OPTIONAL

@@ -111,3 +111,17 @@ def test_align_corners_switch_changes_the_generator(golden):
         out = model.reconstruct(source.expand_as(driving), driving)
     err = (out["deformed"] - golden["outputs"]["generator_absolute"]["deformed"]).abs().max().item()
     assert err > 1e-4
+
+
+def test_released_format_file_through_load_model(golden, tmp_path, caplog):
+    """The golden state dicts saved as a released checkpoint (plus optimizer, epoch) load by
+    fomm.checkpoint.load_model and reproduce the prediction; the align_corners hint is logged."""
+    from fomm.checkpoint import load_model, save_checkpoint
+    path = save_checkpoint(tmp_path / "golden-cpk.pth.tar",
+                           {**golden["state_dict"], "optimizer_generator": {}, "epoch": 0})
+    model = load_model(golden_config(golden["config"]), path)
+    assert "align_corners=true" in caplog.text
+    source, driving = golden["inputs"]["source"], golden["inputs"]["driving"]
+    with torch.no_grad():
+        out = model.reconstruct(source, driving)
+    assert_close("prediction", out["prediction"], golden["outputs"]["generator_absolute"]["prediction"])
