@@ -109,7 +109,10 @@ def load_animation_model(config: Config, checkpoint: str | Path | None, device: 
         config = replace(config, model_params=replace(config.model_params, name=name))
     if checkpoint is None:
         return build_model(config).to(device).eval()
-    return load_model(config, checkpoint, device)
+    try:
+        return load_model(config, checkpoint, device)
+    except UserError as err:  # torch's unpickling messages span lines; the CLI prints one
+        raise UserError(" ".join(str(err).split())) from None
 
 
 # --------------------------------------------------------------------------- tensors
@@ -247,23 +250,36 @@ def audio_offset(path: str | Path) -> float:
         return max(0.0, start(container.streams.video[0]) - start(container.streams.audio[0]))
 
 
-def animate(model: MotionTransferModel, config: Config, source_path: str | Path,
-            driving_path: str | Path, out_path: str | Path,
-            options: AnimateOptions = AnimateOptions(),
-            progress: Callable[[int], None] | None = None) -> AnimationResult:
-    """Write `out_path` (mp4/gif): `source_path` moved like `driving_path`.
+@dataclass
+class AnimationPlan:
+    """Everything checked and loaded before the first frame is written (see `prepare`)."""
+    model: MotionTransferModel
+    config: Config
+    driving_path: Path
+    out_path: Path
+    options: AnimateOptions
+    fps: float
+    num_frames: int                     # frames to animate: [0, num_frames)
+    has_audio: bool
+    source: np.ndarray                  # (H, W, 3) uint8, cropped and resized
+    driving_box: source_crop.CropBox | None
+    best_frame: int
+    animator: Animator
 
-    Everything that can be wrong with the inputs is checked before the writer opens; an
-    error after that aborts the writer, so no partial file is left at `out_path`.
-    `progress(n)` is called with the number of frames done after each batch.
+
+def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
+            driving_path: str | Path, out_path: str | Path,
+            options: AnimateOptions = AnimateOptions()) -> AnimationPlan:
+    """Check every input, crop the source, fix the driving crop and the initial frame.
+
+    Everything that can be wrong with the inputs raises UserError here, before any file
+    is opened for writing.
     """
-    from pipeline.media import VideoWriter, atomic_path, load_image, probe
-    start = time.perf_counter()
-    out_path = Path(out_path)
+    from pipeline.media import load_image, probe
+    out_path, driving_path = Path(out_path), Path(driving_path)
     check_options(options, out_path)
     device = next(model.parameters()).device
     size = tuple(config.dataset_params.frame_shape[:2])
-
     source_image = load_image(source_path)
     info = probe(driving_path)
     end = info.num_frames if options.max_frames is None else min(info.num_frames, options.max_frames)
@@ -272,32 +288,54 @@ def animate(model: MotionTransferModel, config: Config, source_path: str | Path,
 
     source_box = source_crop.source_box(source_image, options.crop, options.crop_increase)
     source = source_crop.prepare(source_image, source_box, size)  # (H, W, 3) uint8
-    sampled = source_crop.sample_frames(driving_path, info.num_frames, end=end) if options.crop != "none" else []
-    driving_box = source_crop.driving_box(sampled, options.crop, options.crop_increase) \
-        if options.crop != "none" else None
+    driving_box = None
+    if options.crop != "none":
+        sampled = source_crop.sample_frames(driving_path, info.num_frames, end=end)
+        driving_box = source_crop.driving_box(sampled, options.crop, options.crop_increase)
     best = 0
     if options.find_best_frame:
         best = _best_frame(source_image, source_box, driving_path, driving_box, end, options)
     initial = source_crop.prepare(nth_frame(driving_path, best), driving_box, size)
-
     animator = Animator(model, to_tensor(source, device), to_tensor(initial, device), options, device)
-    audio = driving_path if (options.audio and info.has_audio and out_path.suffix.lower() == ".mp4") else None
-    with atomic_path(out_path) as final:
-        video_path = final if audio is None else _silent_video_path(out_path)
+    has_audio = options.audio and info.has_audio and out_path.suffix.lower() == ".mp4"
+    return AnimationPlan(model, config, driving_path, out_path, options, info.fps, end, has_audio,
+                         source, driving_box, best, animator)
+
+
+def run(plan: AnimationPlan, progress: Callable[[int], None] | None = None) -> AnimationResult:
+    """Animate and write `plan.out_path`; it appears only when complete (video and audio).
+
+    An error on the way aborts the writer and removes every temporary file.
+    `progress(n)` is called with the number of frames done after each batch.
+    """
+    from pipeline.media import VideoWriter, atomic_path
+    start = time.perf_counter()
+    size = tuple(plan.config.dataset_params.frame_shape[:2])
+    with atomic_path(plan.out_path) as final:
+        video_path = _silent_video_path(plan.out_path) if plan.has_audio else final
         try:
-            with VideoWriter(video_path, info.fps) as writer:
-                done = _animate_frames(animator, source, driving_path, driving_box, end, size,
-                                       writer, options, config, progress)
-            if audio is not None:
-                mux_audio(video_path, audio, final, audio_offset(audio), done / info.fps)
+            with VideoWriter(video_path, plan.fps) as writer:
+                done = _animate_frames(plan.animator, plan.source, plan.driving_path, plan.driving_box,
+                                       plan.num_frames, size, writer, plan.options, plan.config, progress)
+            if plan.has_audio:
+                mux_audio(video_path, plan.driving_path, final, audio_offset(plan.driving_path),
+                          done / plan.fps)
         finally:
-            if audio is not None:
+            if plan.has_audio:
                 video_path.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     logger.info("animate: %d frames at %.2f fps -> %s in %.1f s (%.1f frames/s)",
-                done, info.fps, out_path, seconds, done / max(seconds, 1e-9))
-    return AnimationResult(out_path, done, info.fps, best, seconds, audio is not None,
+                done, plan.fps, plan.out_path, seconds, done / max(seconds, 1e-9))
+    return AnimationResult(plan.out_path, done, plan.fps, plan.best_frame, seconds, plan.has_audio,
                            (writer._size[1], writer._size[0]) if writer._size else (0, 0))
+
+
+def animate(model: MotionTransferModel, config: Config, source_path: str | Path,
+            driving_path: str | Path, out_path: str | Path,
+            options: AnimateOptions = AnimateOptions(),
+            progress: Callable[[int], None] | None = None) -> AnimationResult:
+    """Write `out_path` (mp4/gif): `source_path` moved like `driving_path` (prepare + run)."""
+    return run(prepare(model, config, source_path, driving_path, out_path, options), progress)
 
 
 def _animate_frames(animator, source, driving_path, driving_box, end, size, writer, options,
@@ -432,11 +470,9 @@ def main(args: argparse.Namespace) -> int:
         print(report.summary())
         return 0
     from tqdm import tqdm
-    from pipeline.media import probe
-    info = probe(args.driving)
-    total = info.num_frames if args.max_frames is None else min(info.num_frames, args.max_frames)
-    with tqdm(total=total, unit="frame", desc="animate") as bar:
-        result = animate(model, config, args.source, args.driving, args.out, options, bar.update)
+    plan = prepare(model, config, args.source, args.driving, args.out, options)
+    with tqdm(total=plan.num_frames, unit="frame", desc="animate") as bar:
+        result = run(plan, bar.update)
     print(f"{result.path}: {result.num_frames} frames at {result.fps:.3f} fps, "
           f"{result.frame_size[1]}x{result.frame_size[0]}, audio={'yes' if result.has_audio else 'no'}, "
           f"{result.frames_per_second:.1f} frames/s")
