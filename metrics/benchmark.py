@@ -304,6 +304,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The `pipeline run benchmark` arguments that repeat this run."""
+    argv = []
+    for key, value in vars(args).items():
+        if key in ("command", "stage", "verbose") or value is None or value is False:
+            continue
+        argv += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return argv
+
+
 def run(args: argparse.Namespace) -> dict:
     """The benchmark as a function; returns what benchmark.json records."""
     import torch
@@ -344,6 +354,7 @@ def run(args: argparse.Namespace) -> dict:
                   clips=clips, backends=backends, device=args.device,
                   bootstrap=args.bootstrap, seed=args.seed, samples=write_samples(samples, out),
                   tables=write_tables(per_frame, out, args, backends))
+    record["argv"] = command_line(args)
     (out / "benchmark.json").write_text(json.dumps(record, indent=2))
     return record
 

@@ -267,6 +267,22 @@ def _md_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reproduce_commands(info: RunInfo) -> list[str]:
+    """The `pipeline run <stage> ...` lines behind this run, from timings.json (run all) or
+    benchmark.json (a benchmark alone)."""
+    import shlex
+    stages = info.timings.get("stages", {})
+    lines = []
+    for name, entry in stages.items():
+        if name != "report" and entry.get("argv"):
+            stage = name.split("-", 1)[0]
+            lines.append(" ".join(["pipeline", "run", stage, *map(shlex.quote, entry["argv"])]))
+    if not lines and info.benchmark.get("argv"):
+        lines.append(" ".join(["pipeline", "run", "benchmark", *map(shlex.quote, info.benchmark["argv"])]))
+    lines.append(f"pipeline run report --run {shlex.quote(str(info.run))}")
+    return lines
+
+
 def timing_rows(info: RunInfo) -> list[dict]:
     rows = [{"stage": stage, "seconds": f"{entry.get('seconds', float('nan')):.1f}",
              "status": entry.get("status", "")}
@@ -291,6 +307,7 @@ table.frames td.label{text-align:right;padding-right:.6em;font-weight:600}
 table.frames img{width:128px;height:128px;image-rendering:pixelated;display:block}
 svg{max-width:100%;height:auto}
 code{background:#f4f4f4;padding:0 .2em}
+pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px;white-space:pre-wrap}
 """
 
 
@@ -353,6 +370,11 @@ def build_sections(info: RunInfo, env: dict) -> list[tuple[str, str, str]]:
                          f"protocol).</p><table class=\"frames\">{head}{body}</table>",
                          f"clip `{clip}`; rows {', '.join(labels)}; frames {frames}: see report_samples.png\n\n"
                          "![sample frames](report_samples.png)\n"))
+
+    commands = reproduce_commands(info)
+    if commands:
+        sections.append(("Commands to reproduce this run", "<pre>" + html.escape("\n".join(commands)) + "</pre>",
+                         "```bash\n" + "\n".join(commands) + "\n```\n"))
 
     timing = timing_rows(info)
     total = info.timings.get("total_seconds")

@@ -184,7 +184,8 @@ TABLE_CSS = (
     "table.metrics{border-collapse:collapse;margin:1em 0;font:14px system-ui,sans-serif}"
     "table.metrics caption{font-weight:600;text-align:left;padding:.3em 0}"
     "table.metrics th,table.metrics td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
-    "table.metrics td:first-child,table.metrics td:nth-child(2){text-align:left}"
+    "table.metrics td:first-child,table.metrics td:nth-child(2),table.metrics th:first-child,"
+    "table.metrics th:nth-child(2){text-align:left}"
     "table.metrics th{background:#f0f0f0}"
     "table.metrics tr.paper td{background:#fff8e1;font-style:italic;color:#555}"
     "ul.notes{font:13px system-ui,sans-serif;color:#444}")
