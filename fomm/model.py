@@ -3,6 +3,15 @@
 Sub-networks are held as `kp_detector`, `generator` and `discriminator`, so
 `checkpoint_state()` has the released checkpoints' layout. The discriminator is always
 built (released checkpoints carry one) but only trained when `generator_gan > 0`.
+
+Conventions: keypoints and the identity/background motion use the original's coordinate
+grid (-1 and 1 at the centres of the extreme pixels); `model_params.align_corners`
+(default False, which reproduces reference/fomm-golden-tiny.pt) is passed to every
+grid_sample and interpolate. With False the background motion is thus a (W-1)/W zoom,
+exactly as in the original run with current torch; True is how the released checkpoints
+were trained. `generate(...)['deformation']` is the dense backward grid (B, h, w, 2) at the
+dense motion network's resolution (frame size x dense_motion_params.scale_factor), in the
+grid_sample convention `align_corners` names: prediction ~ grid_sample(source, deformation).
 """
 from __future__ import annotations
 

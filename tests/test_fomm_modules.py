@@ -170,3 +170,33 @@ def test_full_modules_have_the_released_checkpoint_layout(shared_reference, conf
     assert not wrong, f"shape/dtype mismatches (ours, released): {list(wrong.items())[:5]}"
     n_disc = sum(1 for module, _ in expected if module == "discriminator")
     assert n_disc == (26 if config_name == "vox-256" else 16)
+
+
+def test_without_jacobians_the_motion_is_zeroth_order(face_frames):
+    """estimate_jacobian false: no jacobian head, T_k(z) = z - p_D + p_S (translations only)."""
+    torch.manual_seed(0)
+    model = build_model(load_config("tiny", ["model_params.common_params.estimate_jacobian=false"])).eval()
+    assert model.kp_detector.jacobian is None
+    with torch.no_grad():
+        kp = model.detect(face_frames[:1])
+        shifted = {"value": kp["value"] + torch.tensor([0.1, -0.05])}
+        motions = model.generator.dense_motion_network.sparse_motions((8, 8), shifted, kp)  # (1, K+1, 8, 8, 2)
+    assert "jacobian" not in kp
+    grid = make_coordinate_grid((8, 8))
+    assert torch.allclose(motions[0, 0], grid)
+    assert torch.allclose(motions[0, 1:], (grid - torch.tensor([0.1, -0.05])).expand(5, 8, 8, 2), atol=1e-6)
+
+
+def test_discriminator_with_keypoint_heatmaps(face_frames):
+    config = load_config("tiny", ["model_params.discriminator_params.use_kp=true",
+                                  "model_params.discriminator_params.scales=[1, 0.5]",
+                                  "model_params.discriminator_params.num_blocks=3"])
+    model = build_model(config)
+    assert model.discriminator.discs["1"].down_blocks[0].conv.weight_orig.shape[1] == 3 + 5
+    assert set(model.discriminator.discs) == {"1", "0-5"}
+    from fomm.losses import LossKit
+    kit = LossKit(config.train_params)
+    with torch.no_grad():
+        kp = model.detect(face_frames)
+        out = model.discriminator(kit.pyramid(face_frames), kp["value"])
+    assert out["prediction_map_1"].shape[0] == 4 and len(out["feature_maps_0.5"]) == 3
