@@ -93,10 +93,26 @@ class LPIPS:
         return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 
+_LPIPS_FAILURES: dict[str, BackendUnavailable] = {}
+
+
 @functools.lru_cache(maxsize=None)
-def get_lpips(net: str = "alex") -> LPIPS:
-    """One LPIPS model per process (raises BackendUnavailable where it cannot load)."""
+def _load_lpips(net: str) -> LPIPS:
     return LPIPS(net)
+
+
+def get_lpips(net: str = "alex") -> LPIPS:
+    """One LPIPS model per process (raises BackendUnavailable where it cannot load).
+
+    A failure is remembered, so a run does not retry a weight download for every clip.
+    """
+    if net in _LPIPS_FAILURES:
+        raise _LPIPS_FAILURES[net]
+    try:
+        return _load_lpips(net)
+    except BackendUnavailable as error:
+        _LPIPS_FAILURES[net] = error
+        raise
 
 
 def lpips_status(net: str = "alex") -> str:

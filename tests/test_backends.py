@@ -68,22 +68,34 @@ def test_frames_must_be_uint8_rgb_clips():
         get_identity_backend("body-appearance").embed(np.zeros((1, 8, 8, 3)))
 
 
-def test_dlib_finds_landmarks_in_95_percent_of_face_clip_frames(shared_data, record_property):
+def detection_rates(shared_data, step: int, record_property) -> dict:
     pose = get_pose_backend("dlib68")
     clips = sorted((shared_data / "faces").rglob("*.mp4"))
     assert len(clips) >= 10, clips
     rates = {}
     for path in clips:
-        frames = resize_frames(np.stack([f for i, f in enumerate(iter_frames(path)) if i % DETECTION_STEP == 0]))
+        frames = resize_frames(np.stack([f for i, f in enumerate(iter_frames(path)) if i % step == 0]))
         keypoints = pose.detect(frames)  # (T, 68, 2) at 256x256
         detected = np.isfinite(keypoints).all(axis=(1, 2))
         inside = (keypoints[detected] > -16).all() and (keypoints[detected] < 256 + 16).all()
         assert inside, f"landmarks far outside the frame in {path.name}"
         rates[str(path.relative_to(shared_data))] = (float(detected.mean()), len(frames))
     report = "; ".join(f"{name}: {rate:.1%} of {count}" for name, (rate, count) in rates.items())
-    print(f"dlib68 detection rate per clip (every {DETECTION_STEP}th frame at 256): {report}")
+    print(f"dlib68 detection rate per clip (every {step} frame(s) at 256): {report}")
     record_property("dlib68_detection_rates", report)
-    low = {name: rate for name, (rate, _) in rates.items() if rate < 0.95}
+    return {name: rate for name, (rate, _) in rates.items()}
+
+
+def test_dlib_finds_landmarks_in_95_percent_of_face_clip_frames(shared_data, record_property):
+    rates = detection_rates(shared_data, DETECTION_STEP, record_property)
+    low = {name: rate for name, rate in rates.items() if rate < 0.95}
+    assert not low, low
+
+
+@pytest.mark.slow
+def test_dlib_finds_landmarks_in_95_percent_of_every_frame(shared_data, record_property):
+    rates = detection_rates(shared_data, 1, record_property)
+    low = {name: rate for name, rate in rates.items() if rate < 0.95}
     assert not low, low
 
 
@@ -127,3 +139,18 @@ def test_body_appearance_reacts_to_colour_more_than_to_a_small_shift(shared_data
     backend = get_identity_backend("body-appearance")
     base, moved, other = backend.embed(np.concatenate([frame, shifted, recoloured]))
     assert np.linalg.norm(base - moved) < 0.5 * np.linalg.norm(base - other)
+
+
+def test_blazepose_to_openpose18_mapping():
+    from metrics.backends.mediapipe_pose import to_openpose18
+    blaze = np.stack([np.arange(33.0), np.arange(33.0) + 100], axis=-1)  # joint i at (i, 100 + i)
+    blaze[27] = np.nan  # left ankle not visible
+    openpose = to_openpose18(blaze)
+    assert openpose.shape == (18, 2)
+    np.testing.assert_array_equal(openpose[0], [0, 100])            # nose
+    np.testing.assert_array_equal(openpose[1], [11.5, 111.5])       # neck = shoulders' midpoint
+    np.testing.assert_array_equal(openpose[2], [12, 112])           # right shoulder
+    np.testing.assert_array_equal(openpose[[4, 7]], [[16, 116], [15, 115]])  # wrists
+    assert np.isnan(openpose[13]).all()                             # left ankle stays missing
+    blaze[11] = np.nan
+    assert np.isnan(to_openpose18(blaze)[1]).all()                  # neck needs both shoulders

@@ -16,7 +16,8 @@ class Dlib68Pose(PoseBackend):
     """Landmarks (68, 2) of the largest face in each frame; a frame without a face is all NaN.
 
     `upsample`: how many times dlib's detector doubles the image before searching; 1 finds
-    faces down to about 40 px, which covers 256x256 crops.
+    faces down to about 40 px, which covers 256x256 crops. dlib places all 68 landmarks
+    whenever it finds the face, so on faces MKR is the share of frames whose face was lost.
     """
 
     name = "dlib68"

@@ -36,7 +36,7 @@ class FaceAlignmentPose(PoseBackend):
             raise BackendUnavailable(f"face-alignment is not installed ({error}); {INSTALL_HINT}") from None
         # The enum member was renamed from _2D to TWO_D in face-alignment 1.4.
         types = face_alignment.LandmarksType
-        landmarks_type = getattr(types, "TWO_D", None) or getattr(types, "_2D")
+        landmarks_type = types.TWO_D if hasattr(types, "TWO_D") else types._2D
         try:
             self.model = face_alignment.FaceAlignment(landmarks_type, device=device, flip_input=False,
                                                       face_detector=face_detector)
