@@ -47,6 +47,9 @@ def test_paper_hyper_parameters():
     assert vox.train_params.loss_weights.generator_gan == 0 and adv.train_params.loss_weights.generator_gan > 0
     assert vox.train_params.loss_weights.perceptual == (10.0,) * 5
     assert vox.model_params.align_corners is False  # the documented default: the golden vectors
+    assert adv.model_params.discriminator_params.use_kp and not adv.model_params.discriminator_params.sn
+    assert taichi.dataset_params.id_sampling
+    assert load_config("taichi-adv-256").train_params.lr_kp_detector == 0
     assert load_config("mgif-256").model_params.kp_detector_params.single_jacobian_map
     assert load_config("vox-512").dataset_params.frame_shape == (512, 512, 3)
 
