@@ -122,7 +122,9 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str], Path]]:
                                      *args.prepare_arg], data / "clips.parquet")]
     for model in models:
         train_dir = out / "train" / model
+        # num_epochs = steps: an epoch has at least one step, so max_steps is what stops it
         overrides = [f"train_params.max_steps={budget.steps[model]}",
+                     f"train_params.num_epochs={budget.steps[model]}",
                      f"train_params.batch_size={budget.batch_size}",
                      f"train_params.checkpoint_every={budget.steps[model]}",
                      f"train_params.image_every={budget.steps[model]}",
