@@ -192,3 +192,26 @@ def test_face_clip_is_scored_with_the_dlib_backends(shared_data, tmp_path):
     assert "AKD (px)" in comparison and "AED" in comparison  # columns stay when no face is found
     found = int(per_frame["akd"].notna().sum())
     assert found == 6 or f"AKD (px) on {found}/6" in comparison  # and the coverage is stated
+
+
+def test_released_checkpoint_needs_and_takes_a_config(sample_data, tmp_path):
+    """A released-format file (state dicts only, no config) loads with NAME=CKPT@CONFIG and
+    reconstructs exactly as the same weights saved in the project's format."""
+    from fomm.registry import build_model
+    torch.manual_seed(1)
+    config = _tiny_config("fomm")
+    model = build_model(config).eval()
+    released = tmp_path / "released.pth.tar"
+    torch.save({**model.checkpoint_state(), "epoch": 99}, released)
+    with pytest.raises(UserError, match="embeds no config"):
+        benchmark.load_model(benchmark.ModelSpec("fomm", released, None))
+    config_file = tmp_path / "tiny64.yaml"
+    from pipeline.config import config_to_yaml
+    config_file.write_text(config_to_yaml(config))
+    loaded, loaded_config = benchmark.load_model(benchmark.ModelSpec("fomm", released, str(config_file)))
+    assert loaded_config == config
+    store, clips = benchmark.open_test_clips(sample_data, "test", 1)
+    frames = benchmark.read_clip(store, clips[0], 4)
+    _, ours, _ = benchmark.reconstruct_clip(model, frames, (64, 64))
+    _, theirs, _ = benchmark.reconstruct_clip(loaded, frames, (64, 64))
+    assert np.array_equal(ours, theirs)
