@@ -6,10 +6,34 @@ numbers are declared under scheme "dlib-68" and do not compare with "fan-68" num
 """
 from __future__ import annotations
 
+import collections
+import hashlib
+
 import numpy as np
 
 from metrics.backends import PoseBackend
 from pipeline import faces
+
+_BOXES: collections.OrderedDict = collections.OrderedDict()
+_BOX_CACHE_SIZE = 512
+
+
+def face_box(frame: np.ndarray, upsample: int = 1) -> np.ndarray | None:
+    """The largest face box of a frame, remembered for the last few hundred frames.
+
+    dlib68 and dlib-face both need the box of the same frames when a clip is scored; the HOG
+    detector is most of their cost, so the second asks the cache (keyed by the frame's bytes).
+    """
+    frame = np.ascontiguousarray(frame)
+    key = (hashlib.blake2b(frame.data, digest_size=16).digest(), frame.shape, upsample)
+    if key in _BOXES:
+        _BOXES.move_to_end(key)
+        return _BOXES[key]
+    box = faces.largest_face(frame, upsample)
+    _BOXES[key] = box
+    if len(_BOXES) > _BOX_CACHE_SIZE:
+        _BOXES.popitem(last=False)
+    return box
 
 
 class Dlib68Pose(PoseBackend):
@@ -29,7 +53,7 @@ class Dlib68Pose(PoseBackend):
         faces._predictor()  # load now: a missing model file fails at construction
 
     def detect_one(self, frame: np.ndarray) -> np.ndarray | None:
-        box = faces.largest_face(frame, self.upsample)
+        box = face_box(frame, self.upsample)
         if box is None:
             return None
         return faces.landmarks(frame, box)  # (68, 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from metrics.backends import IdentityBackend
+from metrics.backends.dlib68 import face_box
 from pipeline import faces
 
 
@@ -24,7 +25,7 @@ class DlibFaceIdentity(IdentityBackend):
         faces._encoder()  # load now: a missing model file fails at construction
 
     def embed_one(self, frame: np.ndarray) -> np.ndarray | None:
-        box = faces.largest_face(frame, self.upsample)
+        box = face_box(frame, self.upsample)
         if box is None:
             return None
         return faces.descriptor(frame, box)  # (128,)
