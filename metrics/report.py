@@ -180,6 +180,20 @@ def training_curves(train_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def training_settings(train_dir: Path) -> dict:
+    """The settings that decide what a short run's numbers mean, from its config.yaml."""
+    path = train_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+    config = yaml.safe_load(path.read_text()) or {}
+    train, data = config.get("train_params", {}), config.get("dataset_params", {})
+    shape = data.get("frame_shape") or ["?", "?"]
+    return {"batch size": train.get("batch_size", ""), "frame size": f"{shape[0]}x{shape[1]}",
+            "perceptual VGG19 weights": train.get("vgg19_weights", "") if any(
+                train.get("loss_weights", {}).get("perceptual", [])) else "unused"}
+
+
 def config_hashes(info: RunInfo) -> list[dict]:
     """Per model: checkpoint, its sha256, its resolved config's hash (from benchmark.json)."""
     rows = []
@@ -343,7 +357,8 @@ def build_sections(info: RunInfo, env: dict) -> list[tuple[str, str, str]]:
     curves = {k: v for k, v in curves.items() if not v.empty and "step" in v}
     if curves:
         last = [{"model": m, "steps": int(c["step"].max()),
-                 "final loss (mean of last 10 steps)": f"{c['loss'].tail(10).mean():.4f}" if "loss" in c else ""}
+                 "final loss (mean of last 10 steps)": f"{c['loss'].tail(10).mean():.4f}" if "loss" in c else "",
+                 **training_settings(info.train_dirs[m])}
                 for m, c in curves.items()]
         sections.append(("Training curves", curves_svg(curves) + _html_table(last),
                          "(plots in the HTML report)\n\n" + _md_table(last)))
