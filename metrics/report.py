@@ -299,11 +299,13 @@ def reproduce_commands(info: RunInfo) -> list[str]:
 
 def timing_rows(info: RunInfo) -> list[dict]:
     rows = [{"stage": stage, "seconds": f"{entry.get('seconds', float('nan')):.1f}",
+             "CPU seconds (this process)": f"{entry.get('cpu_seconds', float('nan')):.1f}",
+             "load average at end": entry.get("load_average_1min", ""),
              "status": entry.get("status", "")}
             for stage, entry in info.timings.get("stages", {}).items()]
     for name, model in info.benchmark.get("models", {}).items():
         rows.append({"stage": f"benchmark: {name}", "seconds": f"{model['seconds']:.1f}",
-                     "status": f"{model['frames']} frames, {model['frames_per_second']} frames/s"})
+                     "CPU seconds (this process)": "", "load average at end": "", "status": f"{model['frames']} frames, {model['frames_per_second']} frames/s"})
     return rows
 
 

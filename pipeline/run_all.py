@@ -25,6 +25,7 @@ import argparse
 import datetime
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,8 +82,14 @@ class Timings:
         entry = self.data["stages"].get(stage, {})
         return entry.get("status") == "done" and entry.get("argv") == argv
 
-    def record(self, stage: str, argv: list[str], seconds: float, status: str) -> None:
-        self.data["stages"][stage] = {"status": status, "seconds": round(seconds, 2), "argv": argv,
+    def record(self, stage: str, argv: list[str], seconds: float, status: str,
+               cpu_seconds: float = 0.0) -> None:
+        """`seconds`: wall time; `cpu_seconds`: this process's CPU time (all its threads; Ray
+        workers not included), which a machine shared with other jobs inflates less."""
+        self.data["stages"][stage] = {"status": status, "seconds": round(seconds, 2),
+                                      "cpu_seconds": round(cpu_seconds, 2), "argv": argv,
+                                      # other jobs on the machine inflate wall times: say how busy it was
+                                      "load_average_1min": round(os.getloadavg()[0], 2),
                                       "finished": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         self.data["total_seconds"] = round(sum(e["seconds"] for e in self.data["stages"].values()), 2)
         self.save()
@@ -162,19 +169,19 @@ def run(args: argparse.Namespace) -> dict:
         else:
             argv_run = argv
         log.info("%s: pipeline run %s %s", name, stage, " ".join(argv_run))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             run_stage(stage, argv_run)
         except BaseException:
-            timings.record(name, argv, time.perf_counter() - started, "failed")
+            timings.record(name, argv, time.perf_counter() - started, "failed", time.process_time() - cpu)
             raise
-        timings.record(name, argv, time.perf_counter() - started, "done")
+        timings.record(name, argv, time.perf_counter() - started, "done", time.process_time() - cpu)
         ran = True
     # The report is always rewritten: it shows the timings of every stage, its own included.
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     timings.record("report", [], 0.0, "running")
     run_stage("report", ["--run", str(out)])
-    timings.record("report", [], time.perf_counter() - started, "done")
+    timings.record("report", [], time.perf_counter() - started, "done", time.process_time() - cpu)
     run_stage("report", ["--run", str(out)])  # again, cheap: now with the report's own time
     return timings.data
 
@@ -183,5 +190,6 @@ def main(args: argparse.Namespace) -> int:
     data = run(args)
     print(f"done in {data['total_seconds']:.0f} s; report: {Path(args.out) / 'report.html'}")
     for stage, entry in data["stages"].items():
-        print(f"  {stage:<18} {entry['seconds']:8.1f} s  {entry['status']}")
+        print(f"  {stage:<18} {entry['seconds']:8.1f} s wall {entry.get('cpu_seconds', 0):8.1f} s CPU  "
+              f"{entry['status']}")
     return 0
