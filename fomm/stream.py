@@ -54,6 +54,7 @@ class StreamReport:
     dropped: int = 0
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    steps: list[float] = field(default_factory=list)  # seconds per model call (one batch)
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
@@ -62,14 +63,17 @@ class StreamReport:
         return (f"stream: {self.frames_out} frames written of {self.frames_in} received "
                 f"({self.dropped} dropped) in {self.seconds:.1f} s; latency p50 "
                 f"{1000 * self.percentile(50):.0f} ms, p95 {1000 * self.percentile(95):.0f} ms, "
-                f"max {1000 * max(self.latencies, default=float('nan')):.0f} ms")
+                f"max {1000 * max(self.latencies, default=float('nan')):.0f} ms; model "
+                f"{1000 * float(np.median(self.steps)) if self.steps else float('nan'):.0f} ms a batch")
 
 
 def input_arguments(spec: str, realtime: bool = False) -> tuple[list[str], bool]:
     """ffmpeg input arguments for `spec`, and whether ffmpeg must read our stdin."""
-    low_delay = ["-fflags", "nobuffer", "-flags", "low_delay"]
-    if spec == "-":
-        return low_delay + ["-i", "pipe:0"], True
+    # nobuffer: hand frames on as soon as they are decoded. (`-flags low_delay` would be the
+    # next step, but it makes the h264 decoder drop streams with B-frames.)
+    low_delay = ["-fflags", "nobuffer"]
+    if spec == "-":  # nobuffer breaks probing a pipe (no frames come out): not here
+        return ["-i", "pipe:0"], True
     if spec.startswith("/dev/video"):
         return ["-f", "v4l2"] + low_delay + ["-i", spec], False
     head, sep, rest = spec.partition(":")
@@ -213,6 +217,7 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     analysis = (height, width) if options.crop != "auto" else (max(2 * height, 256), max(2 * width, 256))
     command, needs_stdin = decoder_command(driving, analysis[1], analysis[0], options.crop, realtime)
     output_fps = stream_fps(driving, fps)
+    warm_up(model, source, options, device)
     logger.info("stream: %s", " ".join(command))
     proc = subprocess.Popen(command, stdin=(stdin or sys.stdin) if needs_stdin else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -238,6 +243,18 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     report.seconds = time.perf_counter() - start
     logger.info(report.summary())
     return report
+
+
+def warm_up(model: MotionTransferModel, source: np.ndarray, options: AnimateOptions, device) -> None:
+    """One pass at batch 1 and at the batch size before the camera starts, so the first
+    live frames do not pay for lazy kernel selection and allocation."""
+    image = to_tensor(source, device)
+    animator = Animator(model, image, image, options, device)
+    for batch in sorted({1, options.batch_size}):
+        animator(image.expand(batch, -1, -1, -1))
+    if device.type == "cuda":
+        import torch
+        torch.cuda.synchronize(device)
 
 
 def _animate_live(model, source, reader, writer, options, config, device, report) -> None:
@@ -285,8 +302,10 @@ def _find_face_box(items, options, searched):
 def _write_batch(animator, items, box, source, writer, options, config, report, device) -> None:
     height, width = config.dataset_params.frame_shape[:2]
     frames = [source_crop.prepare(frame, box, (height, width)) for _, frame in items]
+    step = time.perf_counter()
     outputs = animator(to_tensor(frames, device))
-    results = to_frames(outputs["prediction"])
+    results = to_frames(outputs["prediction"])  # waits for the device
+    report.steps.append(time.perf_counter() - step)
     for (arrival, _), frame in zip(items, compose(results, frames, source, outputs, animator, options,
                                                   config.visualizer_params.kp_size,
                                                   config.visualizer_params.colormap)):

@@ -1,0 +1,149 @@
+"""`--stream`: live animation from a paced file, a growing pipe and stdin, with the tiny
+FOMM; latency is reported per frame and stays bounded when the model is too slow."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fomm import stream
+from fomm.animate import AnimateOptions, Animator, load_animation_model
+from pipeline import cli
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.media import ffmpeg_exe, probe
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, config):
+    from fomm.registry import build_model
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.save(build_model(config).checkpoint_state(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(config, checkpoint):
+    return load_animation_model(config, checkpoint, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def clip(shared_data, tmp_path_factory) -> Path:
+    """0.8 s (20 frames at 25 fps) of a real talking-face clip, as MPEG-TS (streamable)."""
+    out = tmp_path_factory.mktemp("clips") / "d12.ts"
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i",
+                    str(shared_data / "faces/liveportrait/d12.mp4"), "-frames:v", "20", "-an",
+                    "-c:v", "libx264", "-f", "mpegts", str(out)], check=True)
+    return out
+
+
+def test_input_arguments_for_devices_urls_and_pipes(tmp_path):
+    assert stream.input_arguments("/dev/video0")[0][:2] == ["-f", "v4l2"]
+    assert stream.input_arguments("/dev/video0")[0][-2:] == ["-i", "/dev/video0"]
+    args, _ = stream.input_arguments("avfoundation:0")
+    assert args[:2] == ["-f", "avfoundation"] and args[-2:] == ["-i", "0"]
+    args, _ = stream.input_arguments("dshow:video=Integrated Camera")
+    assert args[-1] == "video=Integrated Camera"  # one argument, spaces and all: no shell
+    assert stream.input_arguments("rtsp://camera.local/live")[0][-1] == "rtsp://camera.local/live"
+    assert stream.input_arguments("-") == (["-i", "pipe:0"], True)
+    clip = tmp_path / "a.ts"
+    clip.write_bytes(b"")
+    assert stream.input_arguments(str(clip), realtime=True)[0][0] == "-re"
+    with pytest.raises(UserError, match="camera"):
+        stream.input_arguments(str(tmp_path / "missing.mp4"))
+
+
+def assert_latency_bounded(report, margin: float = 0.5) -> None:
+    """Every frame waited at most for the batch in the model when it arrived plus its own:
+    the queue never holds more than one batch, so latency cannot pile up."""
+    latencies, steps = np.array(report.latencies), np.array(report.steps)
+    assert len(latencies) == report.frames_out and len(steps) >= 1
+    assert latencies.max() <= 2 * steps.max() + margin, (latencies.max(), steps.max())
+
+
+def test_stream_paced_file_reports_latency(model, config, clip, tmp_path, shared_data):
+    out = tmp_path / "live.mp4"
+    report = stream.run_stream(model, config, shared_data / "faces/sadtalker/happy.png", str(clip), out,
+                               AnimateOptions(batch_size=4), realtime=True, queue_size=4)
+    assert report.frames_in == 20
+    assert report.frames_out + report.dropped == report.frames_in and report.frames_out >= 1
+    assert len(report.latencies) == report.frames_out == probe(out).num_frames
+    assert report.seconds >= 0.75  # paced at 25 fps like a camera, not read at disk speed
+    assert 0 < report.percentile(50) <= report.percentile(95)
+    assert_latency_bounded(report)
+    assert "p50" in report.summary() and "p95" in report.summary()
+
+
+def test_stream_from_growing_pipe_keeps_every_frame(model, config, clip, tmp_path, shared_data):
+    """A recorder writes into a named pipe at 25 fps while we read it; with --no-drop every
+    frame that arrives is animated and written, in order."""
+    fifo = tmp_path / "camera.ts"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen([ffmpeg_exe(), "-y", "-loglevel", "error", "-re", "-i", str(clip),
+                               "-c", "copy", "-f", "mpegts", str(fifo)])
+    try:
+        report = stream.run_stream(model, config, shared_data / "faces/sadtalker/happy.png", str(fifo),
+                                   tmp_path / "pipe.mp4", AnimateOptions(batch_size=4), drop=False)
+    finally:
+        writer.wait(timeout=30)
+    assert report.frames_in == report.frames_out == 20 and report.dropped == 0
+    assert probe(tmp_path / "pipe.mp4").num_frames == 20
+    assert report.seconds >= 0.75  # the frames came in as they were written
+
+
+def test_stream_latency_stays_bounded_with_a_slow_model(model, config, clip, tmp_path, shared_data,
+                                                        monkeypatch):
+    """A model slower than the camera: old frames are dropped so latency does not grow."""
+    original = Animator.__call__
+
+    def slow(self, driving):
+        time.sleep(0.12 * driving.shape[0])  # 8 frames/s against a 25 fps source
+        return original(self, driving)
+
+    monkeypatch.setattr(Animator, "__call__", slow)
+    report = stream.run_stream(model, config, shared_data / "faces/sadtalker/happy.png", str(clip),
+                               tmp_path / "slow.mp4", AnimateOptions(batch_size=1), realtime=True,
+                               queue_size=1)
+    assert report.dropped >= 5 and min(report.steps) >= 0.12
+    assert_latency_bounded(report)
+
+
+def test_stream_cli_from_stdin(checkpoint, clip, tmp_path, shared_data, monkeypatch, capsys):
+    out = tmp_path / "stdin.gif"
+    with open(clip, "rb") as handle:
+        monkeypatch.setattr("sys.stdin", handle)
+        code = cli.main(["run", "animate", "--config", "tiny", "--checkpoint", str(checkpoint),
+                         "--source", str(shared_data / "faces/sadtalker/happy.png"), "--driving", "-",
+                         "--out", str(out), "--stream", "--no-drop", "--stream-fps", "25",
+                         "--device", "cpu", "--max-frames", "12"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "12 frames written of 12 received" in printed and "p95" in printed
+    assert probe(out).num_frames == 12
+
+
+def test_stream_unreadable_device_fails_cleanly(model, config, tmp_path, shared_data):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(UserError, match="no frames could be read"):
+        stream.run_stream(model, config, shared_data / "faces/sadtalker/happy.png", "/dev/video99",
+                          out_dir / "cam.mp4", AnimateOptions())
+    assert list(out_dir.iterdir()) == []
+
+
+def test_stream_rejects_best_frame(model, config, clip, tmp_path, shared_data):
+    with pytest.raises(UserError, match="--find-best-frame"):
+        stream.run_stream(model, config, shared_data / "faces/sadtalker/happy.png", str(clip),
+                          tmp_path / "x.mp4", AnimateOptions(find_best_frame=True))
+    assert not (tmp_path / "x.mp4").exists()
