@@ -27,6 +27,12 @@ from pipeline.media import ffmpeg_exe
 log = logging.getLogger(__name__)
 
 
+# zlib level 2 with Paeth prediction: 8 % larger than level 6 at a third of its CPU time
+# (measured on d0.mp4 crops at 256 px; ffmpeg's default made PNG writing 5x slower than
+# decoding the frames).
+PNG_LEVEL = 2
+
+
 class CropError(Exception):
     """This clip cannot be cut from this video (bbox outside, no frames, ffmpeg failed)."""
 
@@ -73,7 +79,8 @@ def crop_command(video: Path, first: int, stop: int, box: tuple[int, int, int, i
         stream = stream.crop(x, y, w, h, exact=1)  # exact: odd offsets are not rounded
     stream = stream.filter("scale", size, size, flags="area")
     output = stream.output(str(pattern), start_number=0, fps_mode="passthrough",
-                           filter_threads=threads, pix_fmt="rgb24", f="image2")
+                           filter_threads=threads, pix_fmt="rgb24", compression_level=PNG_LEVEL,
+                           pred="paeth", f="image2")
     args = output.compile(cmd=ffmpeg_exe())
     args[1:1] = ["-hide_banner", "-nostdin", "-loglevel", "error"]
     return args

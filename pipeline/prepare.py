@@ -66,15 +66,21 @@ def _manifest_jobs(definition, args) -> list[Job]:
 
 
 def _url_list_jobs(definition, args) -> list[Job]:
+    """One whole-video clip per URL. With --manifest, the one local list's split comes from
+    --split or from 'train'/'test' in its file name."""
     from pipeline import datasets, download
+    if args.manifest:
+        path = datasets.check_local(Path(args.manifest), None)
+        split = args.split or next((s for s in clips_mod.SPLITS if s in path.name), None)
+        if split is None:
+            raise UserError(f"cannot tell the split of URL list {str(path)!r}: pass --split "
+                            f"train|test or name the file *train* / *test*")
+        lists = [(split, path)]
+    else:
+        cache = Path(args.out) / "downloads" / "manifests"
+        lists = [(split, datasets.fetch(remote, cache)) for split, remote in definition.url_lists.items()]
     jobs = []
-    for split, remote in definition.url_lists.items():
-        if args.manifest:
-            path = datasets.check_local(Path(args.manifest), None)
-            if split not in Path(path).name:
-                continue
-        else:
-            path = datasets.fetch(remote, Path(args.out) / "downloads" / "manifests")
+    for split, path in lists:
         for url in Path(path).read_text().split():
             video_id = download.video_id_of_url(url)
             jobs.append(Job(video_id, [clips_mod.Clip(video_id, video_id, None, split)],
@@ -257,11 +263,24 @@ def _write_clips_table(out: Path, rows: list[dict]) -> Path:
 
 
 def _write_shards(out: Path, rows: list[dict], target_bytes: int) -> None:
+    """Rebuild a split's shards only when its set of done clips (or the target) changed."""
     from pipeline import shards
+    from pipeline.media import atomic_path
+    index_path = out / "shards" / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     for split in clips_mod.SPLITS:
-        done = [(r["clip"], clips_mod.clip_dir(out, split, r["clip"]))
-                for r in rows if r["status"] == "done" and r["split"] == split]
-        shards.write_shards(out, split, done, target_bytes)
+        done = sorted((r["clip"], r["num_frames"], r["bytes"]) for r in rows
+                      if r["status"] == "done" and r["split"] == split)
+        signature = json.dumps([target_bytes, done])
+        files = index.get(split, {}).get("files", [])
+        if index.get(split, {}).get("signature") == signature and \
+                all((out / "shards" / f).is_file() for f in files):
+            continue
+        written = shards.write_shards(out, split, [(c, clips_mod.clip_dir(out, split, c))
+                                                   for c, _, _ in done], target_bytes)
+        index[split] = {"signature": signature, "files": [p.name for p in written]}
+        with atomic_path(index_path) as tmp:
+            tmp.write_text(json.dumps(index))
 
 
 def summarize(rows: list[dict], this_run: list[dict], seconds: float, jobs: list[Job]) -> dict:

@@ -249,3 +249,36 @@ def test_offline_taichi_reports_unavailable_within_seconds(shared_data, tmp_path
     assert summary["videos"] == 5 and summary["videos_unavailable"] == 5
     assert summary["done"] == 0 and summary["unavailable"] == summary["clips"] > 5
     assert "unavailable" in capsys.readouterr().out
+
+
+def test_source_dir_dataset_from_folders_videos_and_gifs(shared_data, tmp_path, ray_local):
+    """mgif/nemo/bair: {train,test}/ of frame folders, videos and gifs the user has."""
+    source = tmp_path / "source"
+    (source / "train").mkdir(parents=True)
+    (source / "test").mkdir()
+    (source / "train" / "taichi1").symlink_to(shared_data / "bodies" / "dwnet-taichi" / "1")
+    (source / "test" / "face08.mp4").symlink_to(shared_data / MIRROR["face08"])
+    (source / "test" / "montage.gif").symlink_to(shared_data / "other" / "mgif" / "mgif-tes.gif")
+    out = tmp_path / "out"
+    assert cli.main(["run", "prepare", "--dataset", "mgif", "--source-dir", str(source),
+                     "--size", "32", "--out", str(out), "--no-progress"]) == 0
+    table = _table(out)
+    assert set(table.status) == {"done"}
+    assert table.num_frames.to_dict() == {"taichi1": 64, "face08": 150, "montage": 12}
+    frame = _png(out / "png" / "train" / "taichi1" / "0000010.png")
+    frames = sorted((shared_data / "bodies" / "dwnet-taichi" / "1").glob("*.png"))
+    original = resize(_png(frames[10]), (32, 32), anti_aliasing=True)
+    assert frame.shape == (32, 32, 3) and np.abs(frame - original).mean() < 0.03
+
+
+def test_url_list_dataset_downloads_whole_videos(tmp_path, mirror, ray_local):
+    """fashion: a list of video URLs, each a whole clip resized to size x size."""
+    urls = tmp_path / "fashion_test.txt"
+    urls.write_text(mirror.format(video_id="face08") + "\n" + mirror.format(video_id="gone") + "\n")
+    out = tmp_path / "out"
+    assert cli.main(["run", "prepare", "--dataset", "fashion", "--manifest", str(urls),
+                     "--size", "32", "--out", str(out), "--no-progress"]) == 0
+    table = _table(out)
+    assert table.loc["face08", "status"] == "done" and table.loc["face08", "num_frames"] == 150
+    assert table.loc["face08", "split"] == "test"
+    assert table.loc["gone", "status"] == "unavailable"
