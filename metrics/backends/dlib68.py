@@ -36,6 +36,11 @@ def face_box(frame: np.ndarray, upsample: int = 1) -> np.ndarray | None:
     return box
 
 
+def clear_face_boxes() -> None:
+    """Forget remembered face boxes (benchmarks time the detector, not the cache)."""
+    _BOXES.clear()
+
+
 class Dlib68Pose(PoseBackend):
     """Landmarks (68, 2) of the largest face in each frame; a frame without a face is all NaN.
 
