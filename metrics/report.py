@@ -299,7 +299,7 @@ def reproduce_commands(info: RunInfo) -> list[str]:
 
 def timing_rows(info: RunInfo) -> list[dict]:
     rows = [{"stage": stage, "seconds": f"{entry.get('seconds', float('nan')):.1f}",
-             "CPU seconds (this process)": f"{entry.get('cpu_seconds', float('nan')):.1f}",
+             "CPU seconds (this process)": f"{entry['cpu_seconds']:.1f}" if "cpu_seconds" in entry else "–",
              "load average at end": entry.get("load_average_1min", ""),
              "status": entry.get("status", "")}
             for stage, entry in info.timings.get("stages", {}).items()]
