@@ -30,7 +30,7 @@ KEYPOINT_SIZE = 256
 
 def resize_frames(frames: np.ndarray, size: int = KEYPOINT_SIZE) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, size, size, 3), antialiased bicubic; unchanged if already that size."""
-    if frames.shape[1:3] == (size, size):
+    if frames.shape[1:3] == (size, size) or len(frames) == 0:
         return frames
     return np.stack([np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC))
                      for frame in frames])

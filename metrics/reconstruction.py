@@ -24,6 +24,8 @@ def check_pair(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if real.shape != fake.shape:
         raise UserError(f"generated clip of shape {fake.shape} against real clip of shape {real.shape}; "
                         "expected the same (T, H, W, 3)")
+    if len(real) == 0:
+        raise UserError(f"empty clips of shape {real.shape}; expected at least one frame")
     return real, fake
 
 

@@ -62,6 +62,8 @@ def test_bad_inputs_name_the_shapes_and_dtypes(clips):
     real = clips[0]
     with pytest.raises(UserError, match=r"\(5, 256, 256, 3\).*\(6, 256, 256, 3\)"):
         reconstruction.l1(real, real[:5])
+    with pytest.raises(UserError, match="empty clips"):
+        reconstruction.l1(real[:0], real[:0])
     with pytest.raises(UserError, match="float32"):
         reconstruction.ssim(real.astype(np.float32), real.astype(np.float32))
 
