@@ -301,7 +301,7 @@ def timing_rows(info: RunInfo) -> list[dict]:
     rows = [{"stage": stage, "seconds": f"{entry.get('seconds', float('nan')):.1f}",
              "CPU seconds (this process)": f"{entry['cpu_seconds']:.1f}" if "cpu_seconds" in entry else "–",
              "load average at end": entry.get("load_average_1min", ""),
-             "status": entry.get("status", "")}
+             "status": entry.get("status", "") + (f": {entry['error']}" if entry.get("error") else "")}
             for stage, entry in info.timings.get("stages", {}).items()]
     for name, model in info.benchmark.get("models", {}).items():
         rows.append({"stage": f"benchmark: {name}", "seconds": f"{model['seconds']:.1f}",

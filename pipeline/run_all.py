@@ -16,8 +16,10 @@ A stage is done when timings.json records it done with the same settings and its
 is on disk; a rerun skips done stages up to the first one that is not, and runs that one
 and every later one (their inputs may have changed), so a killed run resumes where it
 stopped (a training stage from its latest checkpoint) and a finished run rerun does
-nothing but the report. Budgets: `small` (the default) is the README's run, sized to finish in
-under 15 minutes on 2 CPU cores; `tiny` is the reduced version the tests run.
+nothing but the report. A model that fails to train is recorded as failed with its error and
+left out of the benchmark; the others go on (exit code 1). Budgets: `small` (the default)
+is the README's run, sized to finish in under 15 minutes on 2 CPU cores; `tiny` is the
+reduced version the tests run.
 """
 from __future__ import annotations
 
@@ -83,13 +85,14 @@ class Timings:
         return entry.get("status") == "done" and entry.get("argv") == argv
 
     def record(self, stage: str, argv: list[str], seconds: float, status: str,
-               cpu_seconds: float = 0.0) -> None:
+               cpu_seconds: float = 0.0, error: str = "") -> None:
         """`seconds`: wall time; `cpu_seconds`: this process's CPU time (all its threads; Ray
         workers not included), which a machine shared with other jobs inflates less."""
         self.data["stages"][stage] = {"status": status, "seconds": round(seconds, 2),
                                       "cpu_seconds": round(cpu_seconds, 2), "argv": argv,
                                       # other jobs on the machine inflate wall times: say how busy it was
                                       "load_average_1min": round(os.getloadavg()[0], 2),
+                                      "error": error,
                                       "finished": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         self.data["total_seconds"] = round(sum(e["seconds"] for e in self.data["stages"].values()), 2)
         self.save()
@@ -140,14 +143,19 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str], Path]]:
                       ["--config", MODEL_CONFIGS[model], "--model", model, "--data", str(data),
                        "--out", str(train_dir), *overrides],
                       train_dir / "checkpoints" / f"step-{budget.steps[model]:07d}.pt"))
+    return steps
+
+
+def benchmark_stage(args: argparse.Namespace, models: list[str]) -> tuple[str, str, list[str], Path]:
+    """The benchmark of the models that trained."""
+    budget, out = BUDGETS[args.budget], Path(args.out)
     spec = ",".join(f"{m}={out / 'train' / m / 'checkpoints' / f'step-{budget.steps[m]:07d}.pt'}"
                     for m in models)
-    bench = ["--dataset", args.dataset, "--data", str(data), "--models", spec,
+    bench = ["--dataset", args.dataset, "--data", str(out / "data"), "--models", spec,
              "--out", str(out / "benchmark"), "--bootstrap", str(budget.bootstrap)]
     bench += ["--max-clips", str(budget.max_clips)] if budget.max_clips else []
     bench += ["--max-frames", str(budget.max_frames)] if budget.max_frames else []
-    steps.append(("benchmark", "benchmark", bench, out / "benchmark" / "benchmark.json"))
-    return steps
+    return "benchmark", "benchmark", bench, out / "benchmark" / "benchmark.json"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -157,13 +165,22 @@ def run(args: argparse.Namespace) -> dict:
     timings = Timings(out / "timings.json")
     timings.data["budget"] = args.budget
     stages = plan(args)
-    planned = {name for name, *_ in stages} | {"report"}
+    models = [name.split("-", 1)[1] for name, stage, *_ in stages if stage == "train"]
+    planned = {name for name, *_ in stages} | {"benchmark", "report"}
     timings.data["stages"] = {k: v for k, v in timings.data["stages"].items() if k in planned}
     ran = False  # once a stage runs, every later one runs too: its inputs changed
-    for name, stage, argv, output in stages:
+    for index in range(len(stages) + 1):
+        if index == len(stages):  # the benchmark takes the models that trained
+            trained = [m for m in models if timings.data["stages"][f"train-{m}"]["status"] == "done"]
+            if not trained:
+                raise UserError("no model trained; see the errors in timings.json and above")
+            name, stage, argv, output = benchmark_stage(args, trained)
+        else:
+            name, stage, argv, output = stages[index]
         if not (args.force or ran) and timings.is_done(name, argv) and output.exists():
             log.info("%s: done in an earlier run, skipped", name)
             continue
+        ran = True
         if stage == "train" and latest_checkpoint(Path(argv[argv.index("--out") + 1])) and not args.force:
             argv_run = [*argv, "--resume"]  # continue from the latest checkpoint
         else:
@@ -172,11 +189,15 @@ def run(args: argparse.Namespace) -> dict:
         started, cpu = time.perf_counter(), time.process_time()
         try:
             run_stage(stage, argv_run)
-        except BaseException:
-            timings.record(name, argv, time.perf_counter() - started, "failed", time.process_time() - cpu)
-            raise
+        except Exception as error:
+            timings.record(name, argv, time.perf_counter() - started, "failed", time.process_time() - cpu,
+                           error=f"{type(error).__name__}: {error}")
+            if stage != "train":
+                raise
+            # one model that fails to train must not cost the others their benchmark
+            log.error("%s failed (%s: %s); the run goes on without it", name, type(error).__name__, error)
+            continue
         timings.record(name, argv, time.perf_counter() - started, "done", time.process_time() - cpu)
-        ran = True
     # The report is always rewritten: it shows the timings of every stage, its own included.
     started, cpu = time.perf_counter(), time.process_time()
     timings.record("report", [], 0.0, "running")
@@ -187,9 +208,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    """0 when every stage is done; 1 when a model failed to train (the rest still ran)."""
     data = run(args)
     print(f"done in {data['total_seconds']:.0f} s; report: {Path(args.out) / 'report.html'}")
     for stage, entry in data["stages"].items():
         print(f"  {stage:<18} {entry['seconds']:8.1f} s wall {entry.get('cpu_seconds', 0):8.1f} s CPU  "
-              f"{entry['status']}")
-    return 0
+              f"{entry['status']} {entry.get('error', '')}")
+    return 0 if all(e["status"] == "done" for e in data["stages"].values()) else 1
