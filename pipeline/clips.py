@@ -110,9 +110,12 @@ def group_by_video(clips: list[Clip]) -> dict[str, list[Clip]]:
 
 # --------------------------------------------------------------------------- result rows
 def result_row(clip: Clip | None = None, **fields) -> dict:
-    """One row of `<out>/clips.parquet`: the clip's facts plus status, error, timings."""
+    """One row of `<out>/clips.parquet`: the clip's facts (start, end, fps as the manifest
+    gives them), `frames_fps` (the rate of the PNG frames: the video's own), status, error,
+    timings."""
     row = {"clip": None, "video_id": None, "person_id": None, "split": None, "start": None,
-           "end": None, "fps": None, "bbox": None, "status": None, "error": None,
+           "end": None, "fps": None, "frames_fps": None, "bbox": None, "status": None,
+           "error": None,
            "num_frames": 0, "bytes": 0, "source": None, "download_s": 0.0, "crop_s": 0.0,
            "total_s": 0.0}
     if clip is not None:

@@ -185,5 +185,6 @@ def prepare_video(job, settings) -> list[dict]:
     for clip in job.clips:
         row = _cut_one(clip, local, info, settings.size, out)
         row["download_s"] = fetched
+        row["frames_fps"] = info.fps if info is not None else clip.fps
         finish(row)
     return rows

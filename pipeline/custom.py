@@ -111,10 +111,12 @@ def prepare_video(video: Path, out: Path, size: int, policy) -> list[dict]:
     """Find, link and cut the face tubes of one video; one row per tube (or one failed
     row naming the video when it has none). A marker records the video as finished."""
     from pipeline.crop import CropError, cut_clip
+    from pipeline.media import probe
     began = time.perf_counter()
     video_id = video_id_of(video)
     try:
         detections, num_frames, (width, height) = detect_boxes(video, policy.detect_every)
+        fps = probe(video).fps
     except Exception as err:  # unreadable video: a failed row, the other videos go on
         row = clips_mod.result_row(clips_mod.Clip(video_id, video_id, None, policy.split),
                                    status="failed", source=str(video),
@@ -145,7 +147,7 @@ def prepare_video(video: Path, out: Path, size: int, policy) -> list[dict]:
             import shutil
             shutil.rmtree(staging, ignore_errors=True)
             row = clips_mod.result_row(clip, status="failed", error=str(err), source=str(video))
-        row.update(download_s=detect_s, crop_s=time.perf_counter() - crop_began)
+        row.update(download_s=detect_s, crop_s=time.perf_counter() - crop_began, frames_fps=fps)
         row["total_s"] = row["download_s"] + row["crop_s"]
         clips_mod.write_row(out, row)
         rows.append(row)

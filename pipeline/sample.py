@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 TRUTH_GRID = 64          # the ground-truth grid is always 64x64 (dense-motion resolution)
 VIEW_FRACTION = 0.8      # frame 0 shows the central 80 % of the photo's square region
 SUPERSAMPLE = 2          # render at 2x and average 2x2 blocks: anti-aliased frames
+FPS = 25.0               # nominal frame rate, for whoever writes the clips as videos
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,8 @@ def prepare_clip(clip: SampleClip, out: Path) -> dict:
     from pipeline import clips as clips_mod
     began = time.perf_counter()
     facts = clips_mod.Clip(clip.name, clip.name.split("#")[1], clip.photo.name, clip.split,
-                           0, clip.num_frames, None, None, clip.size, clip.size)
+                           0, clip.num_frames, FPS, None, clip.size, clip.size)
+    staging = None
     try:
         frames, backward_grid = render_clip(clip)
         write_truth(Path(out) / "truth" / clip.split / f"{clip.name}.npz", backward_grid, clip)
@@ -194,10 +196,14 @@ def prepare_clip(clip: SampleClip, out: Path) -> dict:
         clips_mod.publish_dir(staging, final)
         row = clips_mod.result_row(facts, status="done", num_frames=len(frames),
                                    bytes=clips_mod.folder_bytes(final), source="skimage.data",
+                                   frames_fps=FPS,
                                    crop_s=time.perf_counter() - began,
                                    total_s=time.perf_counter() - began)
     except Exception as err:  # a failed clip is a row, never a crash of the run
         log.exception("sample clip %s failed", clip.name)
+        if staging is not None and staging.exists():
+            import shutil
+            shutil.rmtree(staging, ignore_errors=True)
         row = clips_mod.result_row(facts, status="failed", error=f"{type(err).__name__}: {err}",
                                    total_s=time.perf_counter() - began)
     clips_mod.write_row(out, row)
