@@ -281,6 +281,24 @@ def _md_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_clip_rows(info: RunInfo, limit: int = 20) -> list[dict]:
+    """One row per clip: each model's L1 (and motion error where the truth is known)."""
+    path = info.benchmark_dir / "per_clip.parquet" if info.benchmark_dir else None
+    if path is None or not path.is_file():
+        return []
+    table = pd.read_parquet(path)
+    rows = []
+    for clip, group in list(table.groupby("clip", sort=True))[:limit]:
+        row = {"clip": clip}
+        for _, model in group.iterrows():
+            if pd.notna(model["l1"]):
+                row[f"{model['model']} L1"] = f"{model['l1']:.4f}"
+            if pd.notna(model.get("motion_epe")):
+                row[f"{model['model']} EPE"] = f"{model['motion_epe']:.3f}"
+        rows.append(row)
+    return rows
+
+
 def reproduce_commands(info: RunInfo) -> list[str]:
     """The `pipeline run <stage> ...` lines behind this run, from timings.json (run all) or
     benchmark.json (a benchmark alone)."""
@@ -373,6 +391,10 @@ def build_sections(info: RunInfo, env: dict) -> list[tuple[str, str, str]]:
         if paths and Path(paths["html"]).is_file():
             tables_html += _fragment(Path(paths["html"]))
             tables_md += Path(paths["md"]).read_text() + "\n"
+    per_clip = per_clip_rows(info)
+    if per_clip:
+        tables_html += "<p><b>Per clip</b> (mean over its frames; first 20 clips)</p>" + _html_table(per_clip)
+        tables_md += "**Per clip** (mean over its frames; first 20 clips)\n\n" + _md_table(per_clip)
     sections.append(("Metrics", tables_html or "<p>no benchmark found</p>", tables_md or "no benchmark found\n"))
 
     labels, frames, images = sample_rows(info)
