@@ -24,7 +24,6 @@ loop can sum whatever a family returns.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fomm.blocks import ImagePyramid, full_precision, identity_grid, make_coordinate_grid, warp
