@@ -325,3 +325,18 @@ def test_auto_crop_boxes_contain_the_faces(shared_data, d12_short):
         centre = (found[:2] + found[2:]) / 2
         assert drive.left < centre[0] < drive.left + drive.side
         assert drive.top < centre[1] < drive.top + drive.side
+
+
+# --------------------------------------------------------------------------- other families
+@pytest.mark.parametrize("config_name", ["monkey-net-tiny", "x2face-tiny"])
+def test_baselines_animate_through_the_same_contract(config_name, d12_short, tmp_path, shared_data):
+    from fomm.registry import build_model
+    baseline_config = load_config(config_name)
+    torch.manual_seed(0)
+    path = tmp_path / "baseline.pth"
+    torch.save(build_model(baseline_config).checkpoint_state(), path)
+    out = tmp_path / "baseline.mp4"
+    assert run_cli(config_name, path, shared_data / "faces/sadtalker/happy.png", d12_short, out,
+                   "--max-frames", "3", "--layout", "side-by-side", "--show-keypoints") == 0
+    info = probe(out)
+    assert (info.num_frames, info.width, info.height) == (3, 192, 64)
