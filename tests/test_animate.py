@@ -340,3 +340,28 @@ def test_baselines_animate_through_the_same_contract(config_name, d12_short, tmp
                    "--max-frames", "3", "--layout", "side-by-side", "--show-keypoints") == 0
     info = probe(out)
     assert (info.num_frames, info.width, info.height) == (3, 192, 64)
+
+
+# --------------------------------------------------------------------------- memory
+def test_frames_stream_through_with_bounded_memory(model, config, d12_short, tmp_path, shared_data,
+                                                   monkeypatch):
+    """Decoded driving frames are released batch by batch: at no time are more than about
+    two batches alive, however long the video (here 30 frames, batch 4)."""
+    import weakref
+    import pipeline.media as media
+    alive, peak = set(), [0]
+    original = media.iter_frames
+
+    def tracked(*args, **kwargs):
+        for frame in original(*args, **kwargs):
+            key = id(frame)
+            alive.add(key)
+            weakref.finalize(frame, alive.discard, key)
+            peak[0] = max(peak[0], len(alive))
+            yield frame
+
+    monkeypatch.setattr(media, "iter_frames", tracked)
+    result = animate(model, config, shared_data / "faces/sadtalker/happy.png", d12_short,
+                     tmp_path / "out.mp4", AnimateOptions(batch_size=4))
+    assert result.num_frames == 30
+    assert peak[0] <= 2 * 4 + 2, peak[0]
