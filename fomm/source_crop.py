@@ -146,14 +146,44 @@ def union_of_consistent(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([kept[:, :2].min(axis=0), kept[:, 2:].max(axis=0)])
 
 
-def sample_frames(path: str | Path, num_frames: int, count: int = 12, end: int | None = None
-                  ) -> list[np.ndarray]:
-    """Up to `count` frames spread evenly over [0, end) of a video, decoded in one pass
-    (only the sampled frames are kept)."""
+def sample_frames(path: str | Path, num_frames: int, count: int = 12, end: int | None = None,
+                  seek_above: int = 300) -> list[np.ndarray]:
+    """Up to `count` frames spread evenly over [0, end) of a video.
+
+    Short videos are decoded in one pass (keeping only the sampled frames); above
+    `seek_above` frames each sample is reached by seeking to the keyframe before it, so a
+    10-minute video is not decoded whole just to place the crop.
+    """
     from pipeline.media import iter_frames
     total = num_frames if end is None else min(num_frames, end)
-    wanted = set(np.linspace(0, max(total - 1, 0), num=min(count, max(total, 1))).round().astype(int))
+    indices = sorted(set(np.linspace(0, max(total - 1, 0), num=min(count, max(total, 1))).round().astype(int)))
+    if total > seek_above:
+        try:
+            return _seek_frames(path, indices)
+        except Exception as err:  # a container without an index: fall back to one pass
+            logger.info("crop: seeking in %s failed (%s); decoding it whole", path, err)
+    wanted = set(indices)
     return [frame for index, frame in enumerate(iter_frames(path, 0, total)) if index in wanted]
+
+
+def _seek_frames(path: str | Path, indices: list[int]) -> list[np.ndarray]:
+    """Frames at `indices` (by the stream's average rate) via keyframe seeks."""
+    import av
+    frames = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate)
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        for index in indices:
+            target = start + index / rate  # seconds
+            container.seek(int(target / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                if frame.time is not None and frame.time >= target - 0.5 / rate:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                    break
+    if len(frames) != len(indices):
+        raise RuntimeError(f"found {len(frames)} of {len(indices)} frames")
+    return frames
 
 
 def prepare(image: np.ndarray, box: CropBox | None, size: tuple[int, int]) -> np.ndarray:

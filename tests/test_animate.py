@@ -365,3 +365,16 @@ def test_frames_stream_through_with_bounded_memory(model, config, d12_short, tmp
                      tmp_path / "out.mp4", AnimateOptions(batch_size=4))
     assert result.num_frames == 30
     assert peak[0] <= 2 * 4 + 2, peak[0]
+
+
+@pytest.mark.parametrize("clip", ["faces/liveportrait/d12.mp4", "faces/animateanyone/talkinghead_3.mp4"])
+def test_crop_sampling_by_seeking_equals_decoding(clip, shared_data):
+    """Long videos place the crop from frames reached by seeking; they are the same frames
+    a full decode gives (talkinghead_3's video starts 7.3 s into the file)."""
+    path = shared_data / clip
+    num_frames = sum(1 for _ in iter_frames(path))
+    decoded = source_crop.sample_frames(path, num_frames, count=5)
+    seeked = source_crop.sample_frames(path, num_frames, count=5, seek_above=0)
+    assert len(decoded) == len(seeked) == 5
+    for a, b in zip(decoded, seeked):
+        np.testing.assert_array_equal(a, b)
