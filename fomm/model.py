@@ -15,8 +15,6 @@ grid_sample convention `align_corners` names: prediction ~ grid_sample(source, d
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 from torch import nn
@@ -27,8 +25,6 @@ from fomm.discriminator import MultiScaleDiscriminator
 from fomm.generator import OcclusionAwareGenerator
 from fomm.keypoint_detector import KPDetector
 from pipeline.config import Config, ConfigError
-
-log = logging.getLogger(__name__)
 
 
 def convex_hull_area(points: np.ndarray) -> float:
