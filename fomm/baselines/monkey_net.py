@@ -19,10 +19,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from fomm.api import MotionTransferModel, Motion
-from fomm.baselines.common import heatmap_moments, keypoint_gaussians, movement_scale
+from fomm.baselines.common import heatmap_moments, keypoint_gaussians
 from fomm.blocks import (AntiAliasInterpolation2d, Encoder, Hourglass, SameBlock2d, UpBlock2d,
-                         identity_grid, resize_grid, warp)
-from pipeline.config import Config, MonkeyNetParams
+                         identity_grid, resize_grid, scale_key, warp)
+from fomm.discriminator import Discriminator
+from fomm.model import movement_scale
+from pipeline.config import Config, ConfigError, MonkeyNetParams, replace
+
+
+def check_discriminator_scales(config: Config, use_gan: bool) -> None:
+    """The discriminator reads LossKit's image pyramid: its scales must be train_params.scales."""
+    keys = {scale_key(s) for s in config.train_params.scales}
+    missing = [s for s in config.model_params.discriminator_params.scales if scale_key(s) not in keys]
+    if use_gan and missing:
+        raise ConfigError(f"model_params.discriminator_params.scales {missing} are not in "
+                          f"train_params.scales {list(config.train_params.scales)}")
 
 
 def gaussians(kp: Motion, size: tuple[int, int], params: MonkeyNetParams, align_corners: bool
@@ -157,50 +168,34 @@ class Generator(nn.Module):
         return out
 
 
-class DiscriminatorBlock(nn.Module):
-    """4x4 conv (optionally spectral-normalised), instance norm, LeakyReLU 0.2, avg-pool."""
-
-    def __init__(self, in_features: int, out_features: int, norm: bool, pool: bool, sn: bool):
-        super().__init__()
-        self.conv = nn.Conv2d(in_features, out_features, kernel_size=4)
-        if sn:
-            self.conv = nn.utils.parametrizations.spectral_norm(self.conv)
-        self.norm = nn.InstanceNorm2d(out_features, affine=True) if norm else None
-        self.pool = pool
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv(x)
-        out = self.norm(out) if self.norm is not None else out
-        out = F.leaky_relu(out, 0.2)
-        return F.avg_pool2d(out, 2) if self.pool else out
-
-
 class KeypointDiscriminator(nn.Module):
-    """Patch discriminator on the frame joined with the driving keypoints' Gaussians
-    (Monkey-Net Sec. 3.5); returns its block features (for feature matching) and scores."""
+    """FOMM's multi-scale patch discriminator fed the frame joined with the driving
+    keypoints' Gaussians with their covariances (Monkey-Net Sec. 3.5). Returns the
+    `MultiScaleDiscriminator` dict (`feature_maps_<s>`, `prediction_map_<s>`) that
+    `LossKit`'s GAN and feature-matching losses read."""
 
-    def __init__(self, num_kp: int, num_channels: int, config: Config):
+    def __init__(self, config: Config):
         super().__init__()
-        params = config.model_params.discriminator_params
-        in_features = num_channels + (num_kp if params.use_kp else 0)
-        blocks = []
-        for i in range(params.num_blocks):
-            out_features = min(params.max_features, params.block_expansion * 2 ** (i + 1))
-            blocks.append(DiscriminatorBlock(in_features, out_features, norm=i == 0,
-                                             pool=i != params.num_blocks - 1, sn=params.sn))
-            in_features = out_features
-        self.blocks = nn.ModuleList(blocks)
-        self.score = nn.Conv2d(in_features, 1, kernel_size=1)
-        self.use_kp = params.use_kp
+        model = config.model_params
+        params, num_kp = model.discriminator_params, model.common_params.num_kp
+        channels = model.common_params.num_channels + (num_kp if params.use_kp else 0)
+        # The Gaussians are joined here, so the inner discriminators take them as channels.
+        inner = replace(params, use_kp=False)
+        self.discs = nn.ModuleDict({scale_key(s): Discriminator(inner, channels, num_kp)
+                                    for s in params.scales})
+        self.use_kp, self.params, self.align_corners = params.use_kp, model.monkey_net_params, model.align_corners
 
-    def forward(self, frames: torch.Tensor, heatmaps: torch.Tensor
-                ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        x = torch.cat([frames, heatmaps.to(frames.dtype)], dim=1) if self.use_kp else frames
-        features = []
-        for block in self.blocks:
-            x = block(x)
-            features.append(x)
-        return features, self.score(x)  # scores (B, 1, h, w)
+    def forward(self, pyramid: dict[str, torch.Tensor], kp: Motion) -> dict[str, object]:
+        out = {}
+        for key, disc in self.discs.items():
+            scale = key.replace("-", ".")
+            frames = pyramid["prediction_" + scale]  # (B, C, H*s, W*s)
+            if self.use_kp:
+                detached = {name: value.detach() for name, value in kp.items()}
+                heat = gaussians(detached, tuple(frames.shape[2:]), self.params, self.align_corners)
+                frames = torch.cat([frames, heat.to(frames.dtype)], dim=1)
+            out["feature_maps_" + scale], out["prediction_map_" + scale] = disc(frames)
+        return out
 
 
 class MonkeyNet(MotionTransferModel):
@@ -215,9 +210,9 @@ class MonkeyNet(MotionTransferModel):
         channels, align = model.common_params.num_channels, model.align_corners
         self.kp_detector = KeypointDetector(num_kp, channels, params, align)
         self.generator = Generator(num_kp, channels, params, align)
-        self.discriminator = KeypointDiscriminator(num_kp, channels, config)
-        self.params, self.align_corners = params, align
-        self.loss_weights = config.train_params.loss_weights
+        self.discriminator = KeypointDiscriminator(config)
+        self.use_gan = config.train_params.loss_weights.generator_gan > 0
+        check_discriminator_scales(config, self.use_gan)
 
     # ------------------------------------------------------------------ inference
     def detect(self, frames: torch.Tensor) -> Motion:
@@ -237,52 +232,41 @@ class MonkeyNet(MotionTransferModel):
             return dict(motion_driving)
         displacement = motion_driving["value"] - motion_initial["value"]  # (B, K, 2)
         if adapt_movement_scale:
-            displacement = displacement * movement_scale(motion_source["value"], motion_initial["value"])
+            displacement = displacement * movement_scale(motion_source, motion_initial)
         covariance = motion_source["covariance"] if relative_jacobian else motion_driving["covariance"]
         return {"value": motion_source["value"] + displacement,
                 "covariance": covariance.expand_as(motion_driving["covariance"])}
 
     # ------------------------------------------------------------------ training
-    def _heatmaps(self, motion: Motion, frames: torch.Tensor) -> torch.Tensor:
-        detached = {key: value.detach() for key, value in motion.items()}
-        return gaussians(detached, tuple(frames.shape[2:]), self.params, self.align_corners)
-
     def generator_losses(self, source, driving, kit):
-        """Weighted L1 reconstruction, perceptual (if weighted), LSGAN generator loss and
-        discriminator feature matching (Monkey-Net Eq. 7-8)."""
-        weights = self.loss_weights
+        """L1 reconstruction and perceptual (each if weighted), LSGAN generator loss and
+        discriminator feature matching (Monkey-Net Eq. 7-8), through `kit` like FOMM."""
+        weights = kit.weights
         kp_source, kp_driving = self.detect(source), self.detect(driving)
         generated = self.generate(source, kp_source, kp_driving)
-        generated["kp_source"], generated["kp_driving"] = kp_source["value"], kp_driving["value"]
-        generated["kp_driving_covariance"] = kp_driving["covariance"]
+        generated.update(kp_source=kp_source, kp_driving=kp_driving)
         prediction = generated["prediction"]
         losses = {}
         if weights.reconstruction_l1:
-            losses["reconstruction_l1"] = weights.reconstruction_l1 * (prediction - driving).abs().mean()
-        if any(weights.perceptual):
+            losses["reconstruction_l1"] = kit.reconstruction_l1(prediction, driving)
+        if sum(weights.perceptual) != 0:
             losses["perceptual"] = kit.perceptual(prediction, driving)
-        if weights.generator_gan:
-            heatmaps = self._heatmaps(kp_driving, driving)
-            real_features, _ = self.discriminator(driving, heatmaps)
-            fake_features, fake_scores = self.discriminator(prediction, heatmaps)
-            losses["generator_gan"] = weights.generator_gan * ((1 - fake_scores) ** 2).mean()
-            if any(weights.feature_matching):
-                terms = [weight * (real.detach() - fake).abs().mean() for weight, real, fake
-                         in zip(weights.feature_matching, real_features, fake_features) if weight]
-                losses["feature_matching"] = torch.stack(terms).sum()
+        if self.use_gan:
+            disc_fake = self.discriminator(kit.pyramid(prediction), kp_driving)
+            disc_real = self.discriminator(kit.pyramid(driving), kp_driving)
+            losses["gen_gan"] = kit.gan_generator_loss(disc_fake)
+            if sum(weights.feature_matching) != 0:
+                losses["feature_matching"] = kit.feature_matching(disc_real, disc_fake)
         return losses, generated
 
     def discriminator_losses(self, source, driving, generated, kit):
         """LSGAN: (1 - D(real))^2 + D(fake)^2, both conditioned on the driving keypoints."""
-        weights = self.loss_weights
-        if not weights.generator_gan:
+        if not self.use_gan:
             return {}
-        kp_driving = {"value": generated["kp_driving"], "covariance": generated["kp_driving_covariance"]}
-        heatmaps = self._heatmaps(kp_driving, driving)
-        _, real_scores = self.discriminator(driving, heatmaps)
-        _, fake_scores = self.discriminator(generated["prediction"].detach(), heatmaps)
-        loss = ((1 - real_scores) ** 2 + fake_scores ** 2).mean()
-        return {"discriminator_gan": weights.discriminator_gan * loss}
+        kp_driving = generated["kp_driving"]
+        disc_fake = self.discriminator(kit.pyramid(generated["prediction"].detach()), kp_driving)
+        disc_real = self.discriminator(kit.pyramid(driving), kp_driving)
+        return {"disc_gan": kit.gan_discriminator_loss(disc_real, disc_fake)}
 
     def optimizer_groups(self):
         return {"generator": list(self.generator.parameters()),

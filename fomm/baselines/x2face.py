@@ -87,7 +87,6 @@ class X2Face(MotionTransferModel):
         self.embedding_network = EmbeddingNetwork(channels, params, model.align_corners)
         self.driving_network = DrivingNetwork(channels, params, model.align_corners)
         self.align_corners = model.align_corners
-        self.loss_weights = config.train_params.loss_weights
 
     def detect(self, frames: torch.Tensor) -> Motion:
         """X2Face has no motion descriptor: its driving network reads the frame itself."""
@@ -121,11 +120,10 @@ class X2Face(MotionTransferModel):
         """L1 photometric loss ||Y - D||_1 (X2Face Sec. 3.2), plus perceptual if weighted."""
         generated = self.generate(source, self.detect(source), self.detect(driving))
         losses = {}
-        weights = self.loss_weights
+        weights = kit.weights
         if weights.reconstruction_l1:
-            error = (generated["prediction"] - driving).abs().mean()
-            losses["reconstruction_l1"] = weights.reconstruction_l1 * error
-        if any(weights.perceptual):
+            losses["reconstruction_l1"] = kit.reconstruction_l1(generated["prediction"], driving)
+        if sum(weights.perceptual) != 0:
             losses["perceptual"] = kit.perceptual(generated["prediction"], driving)
         if not losses:
             raise UserError("x2face trains on loss_weights.reconstruction_l1 or perceptual; "
