@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fomm.data import ReconstructionClips, open_clips
-from pipeline.config import Config, config_from_dict, config_to_yaml, load_config, replace
+from pipeline.config import Config, config_from_dict, config_to_dict, config_to_yaml, load_config, replace
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,38 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="driving frames per forward pass")
     parser.add_argument("--num-videos", type=int, help="at most this many clips (default: reconstruction_params.num_videos)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
-
-
-def _load_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        from fomm.checkpoint import load_checkpoint_file
-    except ImportError:
-        def load_checkpoint_file(p):
-            return torch.load(p, map_location="cpu", weights_only=False)
-    state = load_checkpoint_file(path)
-    if not isinstance(state, dict):
-        raise UserError(f"{str(path)!r} is not a checkpoint dict (got {type(state).__name__})")
-    return state
-
-
-def load_model_for_inference(config: Config, state: dict, device: str):
-    """The config's model with the checkpoint's weights, in eval mode on `device`.
-
-    A checkpoint without a discriminator (not needed here) still loads; every other
-    sub-network must be present and match the config exactly.
-    """
-    from fomm.registry import build_model
-    model = build_model(config)
-    children = dict(model.named_children())
-    weights = {name: state[name] if name in state else (module.state_dict() if name == "discriminator" else None)
-               for name, module in children.items()}
-    missing = [name for name, value in weights.items() if value is None]
-    if missing:
-        raise UserError(f"checkpoint lacks {missing}; it holds {sorted(k for k in state if not k.startswith('optimizer'))}")
-    model.load_checkpoint_state(weights, strict=True)
-    return model.to(device).eval()
 
 
 def read_l1_csv(path: Path) -> dict[str, dict]:
@@ -128,16 +96,16 @@ def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, devic
     return {"clip": clip, "num_frames": index, "l1": abs_sum / count}
 
 
-def reconstruct(config: Config, state: dict, data_root: str | Path, out_dir: str | Path, split: str = "test",
+def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Path, split: str = "test",
                 batch_size: int = 16, num_videos: int | None = None, device: str | None = None) -> list[dict]:
     """Run the protocol over a split; returns the l1.csv rows (also written)."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or next(model.parameters()).device.type
+    model = model.to(device).eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(config_to_yaml(config))
-    model = load_model_for_inference(config, state, device)
     store = open_clips(data_root, split)
     clips = ReconstructionClips(store, config.dataset_params.frame_shape, batch_size,
                                 num_videos if num_videos is not None else config.reconstruction_params.num_videos)
@@ -159,17 +127,20 @@ def reconstruct(config: Config, state: dict, data_root: str | Path, out_dir: str
 
 
 def main(args: argparse.Namespace) -> int:
-    state = _load_checkpoint(Path(args.checkpoint))
+    from fomm.checkpoint import checkpoint_config, load_checkpoint_file, load_model
     if args.config:
         config = load_config(args.config, args.overrides)
-    elif "config" in state:
-        config = config_from_dict(state["config"], args.overrides)
     else:
-        raise UserError(f"{args.checkpoint!r} carries no config (a released checkpoint?): pass --config")
+        config = checkpoint_config(load_checkpoint_file(args.checkpoint))
+        if config is None:
+            raise UserError(f"{args.checkpoint!r} carries no config (a released checkpoint): pass --config")
+        config = config_from_dict(config_to_dict(config), args.overrides)
     if args.model and args.model != config.model_params.name:
         config = replace(config, model_params=replace(config.model_params, name=args.model))
     data = args.data or config.dataset_params.root_dir
     if not data:
         raise UserError("no data: pass --data or set dataset_params.root_dir")
-    reconstruct(config, state, data, args.out, args.split, args.batch_size, args.num_videos)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(config, args.checkpoint, device=device)
+    reconstruct(model, config, data, args.out, args.split, args.batch_size, args.num_videos, device)
     return 0

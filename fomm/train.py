@@ -25,6 +25,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fomm.checkpoint import load_checkpoint_file, save_checkpoint
 from fomm.data import EpochSampler, FramePairs, collate_pairs, open_clips
 from pipeline.config import Config, config_to_dict, config_to_yaml, load_config, replace
 from pipeline.errors import UserError
@@ -178,18 +180,6 @@ def mean_over_workers(values: dict[str, float], dist_ctx: DistContext) -> dict[s
 
 
 # --------------------------------------------------------------------------- checkpoints
-try:
-    from fomm.checkpoint import load_checkpoint_file, save_checkpoint
-except ImportError:  # fomm/checkpoint.py not landed yet: same behaviour, atomic torch.save
-    def save_checkpoint(path, state):
-        from pipeline.media import atomic_path
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-
-    def load_checkpoint_file(path):
-        return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def checkpoint_paths(out_dir: Path) -> list[Path]:
     return sorted((out_dir / CHECKPOINT_DIR).glob("step-*.pt"))
 
@@ -376,8 +366,10 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
             if epoch_done:
                 progress["epoch"] += 1
                 progress["batch_in_epoch"] = 0
-                for sched in schedulers.values():
-                    sched.step()
+                with warnings.catch_warnings():  # a group with no loss this run (no GAN) never steps
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    for sched in schedulers.values():
+                        sched.step()
 
             values = mean_over_workers({k: float(v.detach()) for k, v in losses.items()}, dist_ctx)
             last = values
