@@ -3,7 +3,8 @@ video-preprocessing scripts define a clip:
 
 - frames: real frame i of a video at `fps_real` belongs to the clip when
   start / fps_manifest <= i / fps_real < end / fps_manifest (the manifest counts frames
-  at its own fps; the file keeps its own rate);
+  at its own fps; the file keeps its own rate); rates within 0.1 % are taken as equal,
+  since manifests round 30000/1001 to 29.97 and the rule would then add a frame;
 - bbox: given in the manifest's width x height, rescaled to the real resolution with
   int(v * real / manifest), then clamped to the frame (the original numpy slicing);
 - resize: anti-aliased (ffmpeg `scale` with flags=area) to size x size, PNG per frame.
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 # (measured on d0.mp4 crops at 256 px; ffmpeg's default made PNG writing 5x slower than
 # decoding the frames).
 PNG_LEVEL = 2
+BATCH = 16  # clips of one video cut by one ffmpeg run (one decode, BATCH outputs)
 
 
 class CropError(Exception):
@@ -40,10 +42,10 @@ class CropError(Exception):
 def frame_range(start: int, end: int | None, fps_manifest: float | None, fps_real: float,
                 num_frames: int) -> tuple[int, int]:
     """Real frame indices [first, stop) of manifest frames [start, end) (see module doc)."""
-    if fps_manifest is None:
+    ratio = 1.0 if fps_manifest is None else fps_real / fps_manifest
+    if abs(ratio - 1) < 1e-3:  # manifests round 30000/1001 to 29.97: same rate, same frames
         first, stop = start, num_frames if end is None else end
     else:
-        ratio = fps_real / fps_manifest
         first = math.ceil(start * ratio - 1e-6)
         stop = num_frames if end is None else math.ceil(end * ratio - 1e-6)
     return first, min(stop, num_frames)
@@ -67,82 +69,137 @@ def scaled_bbox(bbox: tuple[int, int, int, int], manifest_size: tuple[int, int] 
     return x0, y0, x1 - x0, y1 - y0
 
 
-def crop_command(video: Path, first: int, stop: int, box: tuple[int, int, int, int] | None,
-                 size: int, pattern: Path, threads: int = 1) -> list[str]:
-    """ffmpeg argument list writing frames [first, stop) of `video`, cropped to `box`
-    (x, y, w, h; None = whole frame) and resized to size x size, as numbered PNGs."""
+def crop_command(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], size: int,
+                 threads: int = 1) -> list[str]:
+    """ffmpeg argument list cutting several clips from one decode of `video`: for each
+    (first, stop, box, folder), frames [first, stop) cropped to box (x, y, w, h; None =
+    whole frame), resized to size x size, written as folder/0000000.png, ..."""
     import ffmpeg
-    stream = ffmpeg.input(str(video), threads=threads)
-    stream = stream.trim(start_frame=first, end_frame=stop).setpts("PTS-STARTPTS")
-    if box is not None:
-        x, y, w, h = box
-        stream = stream.crop(x, y, w, h, exact=1)  # exact: odd offsets are not rounded
-    stream = stream.filter("scale", size, size, flags="area")
-    output = stream.output(str(pattern), start_number=0, fps_mode="passthrough",
-                           filter_threads=threads, pix_fmt="rgb24", compression_level=PNG_LEVEL,
-                           pred="paeth", f="image2")
-    args = output.compile(cmd=ffmpeg_exe())
-    args[1:1] = ["-hide_banner", "-nostdin", "-loglevel", "error"]
+    source = ffmpeg.input(str(video), threads=threads)
+    branches = source.filter_multi_output("split", len(cuts)) if len(cuts) > 1 else None
+    outputs = []
+    for index, (first, stop, box, folder) in enumerate(cuts):
+        stream = source if branches is None else branches.stream(index)
+        stream = stream.trim(start_frame=first, end_frame=stop).setpts("PTS-STARTPTS")
+        if box is not None:
+            x, y, w, h = box
+            stream = stream.crop(x, y, w, h, exact=1)  # exact: odd offsets are not rounded
+        stream = stream.filter("scale", size, size, flags="area")
+        outputs.append(stream.output(str(Path(folder) / "%07d.png"), start_number=0,
+                                     fps_mode="passthrough", pix_fmt="rgb24",
+                                     compression_level=PNG_LEVEL, pred="paeth", f="image2"))
+    args = ffmpeg.merge_outputs(*outputs).compile(cmd=ffmpeg_exe())
+    args[1:1] = ["-hide_banner", "-nostdin", "-loglevel", "error",
+                 "-filter_threads", str(threads)]
     return args
 
 
-def cut_clip(video: Path, first: int, stop: int, box, size: int, folder: Path) -> int:
-    """Run ffmpeg into `folder`; returns the number of PNG frames written."""
-    args = crop_command(video, first, stop, box, size, folder / "%07d.png")
-    result = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def cut_clips(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], size: int) -> list[int]:
+    """Run one ffmpeg for all `cuts` of a video; the number of PNGs written for each."""
+    result = subprocess.run(crop_command(video, cuts, size), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     if result.returncode != 0:
         tail = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise CropError(f"ffmpeg exited with {result.returncode}: {' | '.join(tail)}")
-    return sum(1 for _ in folder.glob("*.png"))
+    return [sum(1 for _ in Path(folder).glob("*.png")) for *_, folder in cuts]
+
+
+def cut_clip(video: Path, first: int, stop: int, box, size: int, folder: Path) -> int:
+    """One clip: frames [first, stop) of `video` into `folder`; the number of PNGs."""
+    return cut_clips(video, [(first, stop, box, folder)], size)[0]
 
 
 def resize_frame_folder(source: Path, size: int, folder: Path) -> int:
     """A folder of frame images (any names; natural order) resized to size x size PNGs."""
+    import re
     from PIL import Image
     from pipeline.media import load_image
 
     def natural(path: Path):
-        return [int(t) if t.isdigit() else t for t in __import__("re").split(r"(\d+)", path.name)]
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
     frames = sorted((p for p in source.iterdir()
                      if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")), key=natural)
     for index, path in enumerate(frames):
-        image = Image.fromarray(load_image(path)).resize((size, size), Image.Resampling.BOX
-                                                         if Image.open(path).width > size
-                                                         else Image.Resampling.BICUBIC)
-        image.save(folder / clips_mod.frame_name(index), format="PNG", compress_level=6)
+        image = Image.fromarray(load_image(path))
+        method = Image.Resampling.BOX if image.width > size else Image.Resampling.BICUBIC
+        image.resize((size, size), method).save(folder / clips_mod.frame_name(index),
+                                                format="PNG", compress_level=6)
     return len(frames)
 
 
-def _cut_one(clip: clips_mod.Clip, video: Path, info, size: int, out: Path) -> dict:
+def plan_cut(clip: clips_mod.Clip, info) -> tuple[int, int, tuple | None]:
+    """Real frames [first, stop) and crop box of a clip in this video; CropError if none."""
+    first, stop = frame_range(clip.start, clip.end, clip.fps, info.fps, info.num_frames)
+    if stop <= first:
+        raise CropError(f"frames [{clip.start}, {clip.end}) at {clip.fps} fps are beyond "
+                        f"the video's {info.num_frames} frames at {info.fps:.3f} fps")
+    box = None if clip.bbox is None else scaled_bbox(
+        clip.bbox, None if clip.width is None else (clip.width, clip.height),
+        (info.width, info.height))
+    return first, stop, box
+
+
+def _publish(clip: clips_mod.Clip, staging: Path, count: int, expected: int, out: Path,
+             video: Path) -> dict:
+    if count == 0:
+        raise CropError(f"no frame decoded in the clip's range of {video.name}")
+    if count < expected:
+        log.warning("%s: %d of %d frames (the video ends early)", clip.name, count, expected)
+    final = clips_mod.clip_dir(out, clip.split, clip.name)
+    clips_mod.publish_dir(staging, final)
+    return clips_mod.result_row(clip, status="done", num_frames=count, source=str(video),
+                                bytes=clips_mod.folder_bytes(final))
+
+
+def cut_video_clips(clips: list[clips_mod.Clip], video: Path, info, size: int,
+                    out: Path) -> list[dict]:
+    """Rows for `clips` of one video: bad ranges/boxes fail alone, the others are cut in
+    batches of BATCH clips per ffmpeg run (one decode serves the batch), each clip
+    staged in its own temporary folder and published whole."""
+    rows, planned = [], []
+    for clip in clips:
+        try:
+            planned.append((clip, *plan_cut(clip, info)))
+        except CropError as err:
+            rows.append(clips_mod.result_row(clip, status="failed", error=str(err),
+                                             source=str(video)))
+    for offset in range(0, len(planned), BATCH):
+        batch = planned[offset:offset + BATCH]
+        began = time.perf_counter()
+        stagings = [clips_mod.staging_dir(out, clip.split, clip.name) for clip, *_ in batch]
+        try:
+            counts = cut_clips(video, [(first, stop, box, staging) for (_, first, stop, box), staging
+                                       in zip(batch, stagings)], size)
+            error = None
+        except CropError as err:
+            counts, error = [0] * len(batch), err
+        seconds = (time.perf_counter() - began) / len(batch)
+        for (clip, first, stop, _), staging, count in zip(batch, stagings, counts):
+            try:
+                if error is not None:
+                    raise error
+                row = _publish(clip, staging, count, stop - first, out, video)
+            except CropError as err:
+                row = clips_mod.result_row(clip, status="failed", error=str(err), source=str(video))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            row["crop_s"] = seconds
+            rows.append(row)
+    return rows
+
+
+def _resize_folder_clip(clip: clips_mod.Clip, folder: Path, size: int, out: Path) -> dict:
     began = time.perf_counter()
     staging = clips_mod.staging_dir(out, clip.split, clip.name)
     try:
-        if video.is_dir():
-            count = resize_frame_folder(video, size, staging)
-            first, stop = 0, count
-        else:
-            first, stop = frame_range(clip.start, clip.end, clip.fps, info.fps, info.num_frames)
-            if stop <= first:
-                raise CropError(f"frames [{clip.start}, {clip.end}) at {clip.fps} fps are beyond "
-                                f"the video's {info.num_frames} frames at {info.fps:.3f} fps")
-            box = None if clip.bbox is None else scaled_bbox(
-                clip.bbox, None if clip.width is None else (clip.width, clip.height),
-                (info.width, info.height))
-            count = cut_clip(video, first, stop, box, size, staging)
-        if count == 0:
-            raise CropError(f"no frame decoded in [{first}, {stop}) of {video.name}")
-        if count < stop - first:
-            log.warning("%s: %d of %d frames (the video ends early)", clip.name, count, stop - first)
-        final = clips_mod.clip_dir(out, clip.split, clip.name)
-        clips_mod.publish_dir(staging, final)
-        return clips_mod.result_row(clip, status="done", num_frames=count,
-                                    bytes=clips_mod.folder_bytes(final), source=str(video),
-                                    crop_s=time.perf_counter() - began)
+        count = resize_frame_folder(folder, size, staging)
+        row = _publish(clip, staging, count, count, out, folder)
     except CropError as err:
-        return clips_mod.result_row(clip, status="failed", error=str(err), source=str(video),
-                                    crop_s=time.perf_counter() - began)
+        row = clips_mod.result_row(clip, status="failed", error=str(err), source=str(folder))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    row["crop_s"] = time.perf_counter() - began
+    return row
 
 
 def prepare_video(job, settings) -> list[dict]:
@@ -182,9 +239,12 @@ def prepare_video(job, settings) -> list[dict]:
                                             error=f"corrupt or unreadable video: {err}",
                                             download_s=fetched))
             return rows
-    for clip in job.clips:
-        row = _cut_one(clip, local, info, settings.size, out)
+    if local.is_dir():
+        cut = [_resize_folder_clip(clip, local, settings.size, out) for clip in job.clips]
+    else:
+        cut = cut_video_clips(job.clips, local, info, settings.size, out)
+    for row in cut:
         row["download_s"] = fetched
-        row["frames_fps"] = info.fps if info is not None else clip.fps
+        row["frames_fps"] = info.fps if info is not None else None
         finish(row)
     return rows

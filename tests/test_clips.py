@@ -86,6 +86,7 @@ def test_frame_range_follows_the_manifest_fps():
     assert frame_range(10, 20, 30.0, 15.0, 10_000) == (5, 10)
     assert frame_range(100, 200, 25.0, 25.0, 150) == (100, 150)   # video ends early
     assert frame_range(3, None, None, 25.0, 40) == (3, 40)        # whole-video datasets
+    assert frame_range(0, 30, 29.97, 30000 / 1001, 999) == (0, 30)  # rounded NTSC rate
     for start, end, fps_m, fps_r in ((7, 31, 29.97, 25.0), (5, 17, 24.0, 30.0)):
         first, stop = frame_range(start, end, fps_m, fps_r, 10_000)
         inside = [i for i in range(200) if start / fps_m <= i / fps_r < end / fps_m]

@@ -31,6 +31,9 @@ MIRROR = {  # video id on the mirror -> real clip in ../shared/data
     "face08": "faces/fomm-demo/08.mp4",          # 256x256, 35 fps
     "d0": "faces/liveportrait/d0.mp4",           # 512x512, 25 fps
     "wda": "faces/sadtalker/WDA_AlexandriaOcasioCortez_000.mp4",  # mpeg4 part 2
+    "face04": "faces/fomm-demo/04.mp4",
+    "d11": "faces/liveportrait/d11.mp4",
+    "talk3": "faces/animateanyone/talkinghead_3.mp4",  # 578x578 at 29.97 fps
 }
 HEADER = "video_id,start,end,bbox,fps,width,height,partition,person_id"
 ROWS = [
@@ -41,14 +44,23 @@ ROWS = [
     "face08,0,10,600-600-700-700,35,256,256,train,id001",   # bbox outside the frame
     "broken,0,10,0-0-100-100,25,256,256,train,id004",       # corrupt file
     "missing404,0,10,0-0-100-100,25,256,256,train,id005",   # the mirror answers 404
+    "face04,20,44,0-0-256-256,30,256,256,train,id006",       # more videos: a kill lands
+    "d11,30,54,0-0-512-512,25,512,512,train,id007",          # half way through the run
+    "talk3,0,30,0-0-1156-1156,29.97,1156,1156,test,id008",
 ]
 GOOD = ["id001#face08#000010#000040", "id001#face08#000005#000020",
-        "id002#d0#000000#000024", "id003#wda#000003#000019"]
+        "id002#d0#000000#000024", "id003#wda#000003#000019", "id006#face04#000020#000044",
+        "id007#d11#000030#000054", "id008#talk3#000000#000030"]
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        pass  # yt-dlp closing a probe connection early is not an error of the test
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +71,7 @@ def mirror(shared_data, tmp_path_factory):
         (root / f"{video_id}.mp4").symlink_to(shared_data / relative)
     head = (shared_data / MIRROR["face08"]).read_bytes()[:4000]
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18garbage" + head[2000:])
-    server = http.server.ThreadingHTTPServer(
+    server = _QuietServer(
         ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -109,6 +121,7 @@ EXPECTED = [
     (GOOD[1], "face08", 10, 40, (0, 0, 256, 256)),
     (GOOD[2], "d0", 0, 24, (101, 50, 401, 349)),
     (GOOD[3], "wda", 3, 19, (100, 100, 400, 400)),
+    (GOOD[6], "talk3", 0, 30, (0, 0, 578, 578)),
 ]
 
 
@@ -144,16 +157,17 @@ def test_failures_are_rows_and_the_rest_finish(prepared):
     assert gone.status == "unavailable" and "404" in gone.error
     assert not (prepared / "png" / "train" / "id001#face08#000000#000010").exists()
     summary = json.loads((prepared / "summary.json").read_text())
-    assert (summary["done"], summary["failed"], summary["unavailable"]) == (4, 2, 1)
-    assert summary["frames"] == 30 + 30 + 24 + 16
+    assert (summary["done"], summary["failed"], summary["unavailable"]) == (7, 2, 1)
+    assert summary["frames"] == 30 + 30 + 24 + 16 + 24 + 24 + 30
     assert summary["bytes"] == sum(p.stat().st_size for p in (prepared / "png").rglob("*.png"))
 
 
 def test_one_download_per_video_and_shards(prepared):
     cached = sorted(p.name for p in (prepared / "downloads").glob("*.mp4"))
-    assert cached == ["broken.mp4", "d0.mp4", "face08.mp4", "wda.mp4"]
+    assert cached == ["broken.mp4", "d0.mp4", "d11.mp4", "face04.mp4", "face08.mp4",
+                      "talk3.mp4", "wda.mp4"]
     train = pq.read_table(prepared / "shards" / "train-00000.parquet").to_pandas()
-    assert len(train) == 30 + 24
+    assert len(train) == 30 + 24 + 24 + 24
     row = train.iloc[-1]
     path = prepared / "png" / "train" / row["clip"] / f"{row['frame_index']:07d}.png"
     assert path.read_bytes() == row["png"]
