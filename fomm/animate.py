@@ -235,19 +235,27 @@ def nth_frame(path: str | Path, index: int) -> np.ndarray:
     raise UserError(f"{str(path)!r} has no frame {index}")
 
 
-def audio_offset(path: str | Path) -> float:
-    """Seconds between the audio stream's start and the video stream's start (>= 0).
-
-    Some clips (faces/animateanyone/talkinghead_3.mp4) start their video 7.3 s after their
-    audio; the audio heard with the first frame is the one at that offset.
-    """
+def stream_starts(path: str | Path) -> tuple[float, float]:
+    """(video start, audio start) in seconds on the file's clock; audio start = video
+    start when there is no audio."""
     import av
     with av.open(str(path)) as container:
-        if not container.streams.audio or not container.streams.video:
-            return 0.0
         def start(stream):
             return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        return max(0.0, start(container.streams.video[0]) - start(container.streams.audio[0]))
+        video = start(container.streams.video[0]) if container.streams.video else 0.0
+        audio = start(container.streams.audio[0]) if container.streams.audio else video
+        return video, audio
+
+
+def audio_offset(path: str | Path) -> float:
+    """Seconds from the audio stream's start to the video stream's start.
+
+    Positive when the video starts later (faces/animateanyone/talkinghead_3.mp4 starts its
+    video 7.3 s after its audio: the audio heard with the first frame is the one at that
+    offset); negative when the audio starts after the first frame (silence until then).
+    """
+    video, audio = stream_starts(path)
+    return video - audio
 
 
 @dataclass
@@ -318,8 +326,7 @@ def run(plan: AnimationPlan, progress: Callable[[int], None] | None = None) -> A
                 done = _animate_frames(plan.animator, plan.source, plan.driving_path, plan.driving_box,
                                        plan.num_frames, size, writer, plan.options, plan.config, progress)
             if plan.has_audio:
-                mux_audio(video_path, plan.driving_path, final, audio_offset(plan.driving_path),
-                          done / plan.fps)
+                mux_audio(video_path, plan.driving_path, final, done / plan.fps)
         finally:
             if plan.has_audio:
                 video_path.unlink(missing_ok=True)
@@ -365,20 +372,24 @@ def _silent_video_path(out_path: Path) -> Path:
     return Path(name)
 
 
-def mux_audio(video: Path, audio_from: str | Path, out: Path, offset: float, duration: float) -> None:
-    """Copy `video`'s stream into `out` with `audio_from`'s audio from `offset` s, cut or
-    padded with silence to exactly `duration` s (the video's length).
+def mux_audio(video: Path, audio_from: str | Path, out: Path, duration: float) -> None:
+    """Copy `video`'s stream into `out` with the audio `audio_from` plays alongside its
+    video stream, as a track that starts at 0 and lasts exactly `duration` s.
 
-    A second pass rather than `-shortest` while encoding: -shortest overshoots when the
-    audio is read ahead of a piped video, and cuts the video when the audio is shorter.
+    Seeking the audio input to the driving's video start drops what plays before the first
+    frame; `aresample=async=1:first_pts=0` fills with silence where the audio starts after
+    it; `apad` and `-t` pad or cut the end to the video's length. A second pass rather than
+    `-shortest` while encoding: -shortest overshoots when the audio is read ahead of a
+    piped video, and cuts the video when the audio is shorter.
     """
     from pipeline.media import ffmpeg_exe
+    video_start, _ = stream_starts(audio_from)
     command = [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(video)]
-    if offset > 0:
-        command += ["-ss", f"{offset:.6f}"]
+    if video_start > 0:
+        command += ["-ss", f"{video_start:.6f}"]
     command += ["-i", str(audio_from), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
-                "-af", "apad", "-c:a", "aac", "-t", f"{duration:.6f}", "-movflags", "+faststart",
-                "-f", "mp4", str(out)]
+                "-af", "aresample=async=1:first_pts=0,apad", "-c:a", "aac", "-t", f"{duration:.6f}",
+                "-movflags", "+faststart", "-f", "mp4", str(out)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"ffmpeg failed muxing the audio of {audio_from} into {out}: "

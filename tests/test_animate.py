@@ -378,3 +378,25 @@ def test_crop_sampling_by_seeking_equals_decoding(clip, shared_data):
     assert len(decoded) == len(seeked) == 5
     for a, b in zip(decoded, seeked):
         np.testing.assert_array_equal(a, b)
+
+
+def test_audio_starting_after_the_video_is_delayed(model, config, shared_data, tmp_path):
+    """A driving clip whose audio starts 0.5 s after its first frame keeps that gap."""
+    driving = tmp_path / "late_audio.mp4"
+    source_clip = shared_data / "faces/liveportrait/d12.mp4"
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(source_clip), "-itsoffset", "0.5",
+                    "-i", str(source_clip), "-map", "0:v", "-map", "1:a", "-frames:v", "30",
+                    "-c:v", "libx264", "-c:a", "aac", str(driving)], check=True)
+    delay = -audio_offset(driving)
+    assert 0.4 < delay < 0.55
+    out = tmp_path / "out.mp4"
+    animate(model, config, shared_data / "faces/sadtalker/happy.png", driving, out,
+            AnimateOptions(batch_size=8))
+    info = probe(out)
+    assert info.num_frames == 30 and abs(info.audio_duration - 30 / 25) < 0.1
+    rate = 16000
+    heard, original = mono_audio(out, rate), mono_audio(driving, rate)
+    gap = int(delay * rate)
+    assert np.abs(heard[: gap - 800]).max() < 1e-3  # silence before the audio starts
+    assert np.abs(original[: gap - 800]).max() > 1e-2  # (the original has sound there)
+    assert best_correlation(original[: rate // 4], heard[gap - 800:], 1600) > 0.9
