@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,9 +214,12 @@ def batched(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray
 
 
 # --------------------------------------------------------------------------- the run
-def check_options(options: AnimateOptions, out_path: Path) -> None:
-    if out_path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UserError(f"--out {str(out_path)!r}: expected a .mp4 or .gif file name")
+def check_options(options: AnimateOptions, out_path: Path | str, live_target: bool = False) -> None:
+    """UserError for options that cannot work; `live_target` (--stream to '-' or a URL)
+    skips the file-name check."""
+    if not live_target and Path(out_path).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(f"--out {str(out_path)!r}: expected a .mp4 or .gif file name"
+                        " (with --stream also '-' for stdout or a udp://, rtmp://, srt:// URL)")
     if options.layout not in LAYOUTS:
         raise UserError(f"--layout {options.layout!r}: expected one of {list(LAYOUTS)}")
     if options.crop not in source_crop.CROP_MODES:
@@ -419,7 +423,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--driving", required=True,
                         help="driving video; with --stream also a camera (/dev/video0, "
                              "avfoundation:0), a pipe (-) or a URL")
-    parser.add_argument("--out", required=True, help="output .mp4 (h264, with audio) or .gif")
+    parser.add_argument("--out", required=True,
+                        help="output .mp4 (h264, with audio) or .gif; with --stream also '-' "
+                             "(MPEG-TS on stdout, e.g. | ffplay -) or a udp://, rtmp://, srt:// URL")
     motion = parser.add_mutually_exclusive_group()
     motion.add_argument("--relative", dest="relative", action="store_true", default=None,
                         help="relative motion, Eq. 8 (default: the config's animate_params)")
@@ -470,15 +476,19 @@ def main(args: argparse.Namespace) -> int:
     if args.checkpoint is None and not args.random_weights:
         raise UserError("--checkpoint is required (or --random-weights for a smoke test)")
     options = options_from_args(args, config)
-    check_options(options, Path(args.out))
+    live_target = False
+    if args.stream:
+        from fomm import stream
+        live_target = stream.is_live_target(args.out)
+    check_options(options, args.out, live_target)
     device = resolve_device(args.device)
     model = load_animation_model(config, args.checkpoint, device, args.model)
     if args.stream:
-        from fomm import stream
         report = stream.run_stream(model, config, args.source, args.driving, args.out, options,
                                    fps=args.stream_fps, queue_size=args.queue, drop=args.drop,
                                    realtime=args.realtime)
-        print(report.summary())
+        # stdout may be carrying the video itself
+        print(report.summary(), file=sys.stderr if args.out == "-" else sys.stdout)
         return 0
     from tqdm import tqdm
     plan = prepare(model, config, args.source, args.driving, args.out, options)

@@ -184,6 +184,65 @@ def _take_waiting(reader: FrameReader, limit: int) -> tuple[list, bool]:
     return items, ended
 
 
+OUTPUT_SCHEMES = ("udp://", "rtmp://", "srt://", "tcp://", "rtp://")
+
+
+def is_live_target(out: str) -> bool:
+    """'-' (stdout) or a network URL: results are sent as they are made, not kept in a file."""
+    return out == "-" or str(out).startswith(OUTPUT_SCHEMES)
+
+
+class LiveWriter:
+    """Encode frames as they come to stdout ('-', MPEG-TS) or a URL (FLV for rtmp://,
+    MPEG-TS otherwise) with x264's zerolatency tuning, for a player to show:
+
+        pipeline run animate --stream ... --out - | ffplay -fflags nobuffer -
+    """
+
+    def __init__(self, target: str, fps: float, stdout=None):
+        self.target, self.fps, self.stdout = target, fps, stdout
+        self._proc: subprocess.Popen | None = None
+        self.frames_written = 0
+
+    def _command(self, width: int, height: int) -> list[str]:
+        from pipeline.media import ffmpeg_exe
+        container = "flv" if self.target.startswith("rtmp://") else "mpegts"
+        return [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                "-s", f"{width}x{height}", "-r", f"{self.fps:.6f}", "-i", "pipe:0",
+                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "ultrafast",
+                "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-f", container,
+                "pipe:1" if self.target == "-" else self.target]
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._proc is None:
+            out = (self.stdout or sys.stdout.buffer) if self.target == "-" else subprocess.DEVNULL
+            self._proc = subprocess.Popen(self._command(frame.shape[1], frame.shape[0]),
+                                          stdin=subprocess.PIPE, stdout=out)
+        self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+        self._proc.stdin.flush()  # hand each frame on now: latency over throughput
+        self.frames_written += 1
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.stdin.close()
+            if self._proc.wait() != 0:
+                raise RuntimeError(f"ffmpeg failed sending the stream to {self.target}")
+
+    def abort(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def __enter__(self) -> "LiveWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def stream_fps(spec: str, fps: float | None) -> float:
     """The output rate: `fps`, else a regular file's own rate, else 25."""
     if fps is not None:
@@ -200,13 +259,16 @@ def stream_fps(spec: str, fps: float | None) -> float:
 def run_stream(model: MotionTransferModel, config: Config, source_path: str | Path, driving: str,
                out_path: str | Path, options: AnimateOptions = AnimateOptions(),
                fps: float | None = None, queue_size: int = 2, drop: bool = True,
-               realtime: bool = False, stdin=None) -> StreamReport:
-    """Animate `source_path` live from `driving` into `out_path` (mp4/gif, complete on return,
-    including after Ctrl-C). `options.max_frames` stops after that many received frames."""
+               realtime: bool = False, stdin=None, stdout=None) -> StreamReport:
+    """Animate `source_path` live from `driving` into `out_path`: an mp4/gif file (complete on
+    return, including after Ctrl-C), or '-' / a URL, encoded as the frames come (see
+    LiveWriter). `options.max_frames` stops after that many received frames; `stdin` and
+    `stdout` replace the process's for '-' (tests)."""
     from pipeline.media import VideoWriter, load_image
     from fomm.animate import check_options
-    out_path = Path(out_path)
-    check_options(options, out_path)
+    live_target = is_live_target(str(out_path))
+    out_path = str(out_path) if live_target else Path(out_path)
+    check_options(options, out_path, live_target)
     if options.find_best_frame:
         raise UserError("--find-best-frame needs the whole driving video; it cannot be used with --stream")
     device = next(model.parameters()).device
@@ -226,7 +288,8 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     start = time.perf_counter()
     reader.start()
     try:
-        with VideoWriter(out_path, output_fps) as writer:
+        writer = LiveWriter(out_path, output_fps, stdout) if live_target else VideoWriter(out_path, output_fps)
+        with writer:
             _animate_live(model, source, reader, writer, options, config, device, report)
             if report.frames_out == 0:
                 proc.wait(timeout=10)

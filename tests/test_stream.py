@@ -147,3 +147,15 @@ def test_stream_rejects_best_frame(model, config, clip, tmp_path, shared_data):
         stream.run_stream(model, config, shared_data / "faces/sadtalker/happy.png", str(clip),
                           tmp_path / "x.mp4", AnimateOptions(find_best_frame=True))
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_stream_to_stdout_for_a_player(model, config, clip, tmp_path, shared_data):
+    """--out - sends MPEG-TS as the frames come (here into a file standing in for `| ffplay -`)."""
+    received = tmp_path / "received.ts"
+    with open(received, "wb") as stdout:
+        report = stream.run_stream(model, config, shared_data / "faces/sadtalker/happy.png", str(clip), "-",
+                                   AnimateOptions(batch_size=4), drop=False, stdout=stdout)
+    assert report.frames_out == 20
+    info = probe(received)
+    assert info.num_frames == 20 and (info.width, info.height) == (64, 64) and info.codec == "h264"
+    assert stream.is_live_target("udp://127.0.0.1:5000") and not stream.is_live_target("out.mp4")
