@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks._results import markdown_table, write_section
-from pipeline.crop import cut_clip
+from pipeline.crop import cut_clip, cut_clips
 from pipeline.media import ffmpeg_exe, probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +82,28 @@ def time_decode(video: Path, frames: int, repeats: int) -> tuple[float, float]:
     command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-threads", "1",
                "-i", str(video), "-frames:v", str(frames), "-f", "null", "-"]
     return _best_of(repeats, lambda: subprocess.run(command, check=True))
+
+
+def batching_gain(video: Path, frames: int, repeats: int) -> float:
+    """CPU time of 4 clips (quarters of the range) cut by 4 ffmpeg runs over that of one
+    run whose decode serves all 4 (what prepare does for clips of one video)."""
+    info = probe(video)
+    box = centre_box(info.width, info.height)
+    quarter = frames // 4
+    ranges = [(i * quarter, (i + 1) * quarter) for i in range(4)]
+
+    def separate() -> None:
+        for first, stop in ranges:
+            with tempfile.TemporaryDirectory() as folder:
+                cut_clips(video, [(first, stop, box, Path(folder))], SIZE)
+
+    def batched() -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            folders = [Path(folder) / str(i) for i in range(4)]
+            for sub in folders:
+                sub.mkdir()
+            cut_clips(video, [(f, s, box, sub) for (f, s), sub in zip(ranges, folders)], SIZE)
+    return _best_of(repeats, separate)[1] / _best_of(repeats, batched)[1]
 
 
 def worker_memory(video: Path, frames: int) -> dict:
@@ -150,6 +172,7 @@ def main() -> None:
             crop_s, crop_cpu = time_crop(video, args.frames, args.repeats)
             decode_s, decode_cpu = time_decode(video, args.frames, args.repeats)
             one, two = ray_speedup(video, args.frames)
+            gain = batching_gain(video, args.frames, args.repeats)
             memory = worker_memory(video, args.frames)
             rows.append({
                 "source": label,
@@ -158,6 +181,7 @@ def main() -> None:
                 "crop / decode wall": crop_s / decode_s,
                 "crop / decode CPU": crop_cpu / decode_cpu,
                 "speed-up 1->2 workers": one / two,
+                "4 clips: separate / one decode (CPU)": gain,
                 "worker peak MiB": memory["worker_mib"],
                 "ffmpeg peak MiB": memory["ffmpeg_mib"],
             })
@@ -169,7 +193,9 @@ def main() -> None:
             f"Speed-up: 6 clips as Ray tasks, 1 vs 2 in flight, on a machine whose 2 cores are "
             f"shared with other jobs. Peak memory: getrusage maxrss of a fresh worker process "
             f"and of its ffmpeg child. Targets: crop/decode <= 2; worker + ffmpeg < 1024 MiB at "
-            f"1080p. CPU only (no GPU path in this stage). Load average at the start: {load:.1f} "
+            f"1080p. `4 clips`: CPU time of cutting four quarter-range clips with four ffmpeg "
+            f"runs over one run whose single decode serves all four (prepare batches the clips "
+            f"of a video so). CPU only (no GPU path in this stage). Load average at the start: {load:.1f} "
             f"on {os.cpu_count()} cores (wall-time figures and the speed-up suffer from it; the "
             f"CPU-time ratio does not).\n\n" + markdown_table(rows))
     write_section("prepare", body)

@@ -73,7 +73,8 @@ def crop_command(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], s
                  threads: int = 1) -> list[str]:
     """ffmpeg argument list cutting several clips from one decode of `video`: for each
     (first, stop, box, folder), frames [first, stop) cropped to box (x, y, w, h; None =
-    whole frame), resized to size x size, written as folder/0000000.png, ..."""
+    whole frame), resized to size x size, written as folder/0000000.png, ...
+    Decoder, filters and PNG encoder get `threads` each: a Ray worker is one CPU."""
     import ffmpeg
     source = ffmpeg.input(str(video), threads=threads)
     branches = source.filter_multi_output("split", len(cuts)) if len(cuts) > 1 else None
@@ -86,7 +87,7 @@ def crop_command(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], s
             stream = stream.crop(x, y, w, h, exact=1)  # exact: odd offsets are not rounded
         stream = stream.filter("scale", size, size, flags="area")
         outputs.append(stream.output(str(Path(folder) / "%07d.png"), start_number=0,
-                                     fps_mode="passthrough", pix_fmt="rgb24",
+                                     fps_mode="passthrough", pix_fmt="rgb24", threads=threads,
                                      compression_level=PNG_LEVEL, pred="paeth", f="image2"))
     args = ffmpeg.merge_outputs(*outputs).compile(cmd=ffmpeg_exe())
     args[1:1] = ["-hide_banner", "-nostdin", "-loglevel", "error",
