@@ -55,6 +55,7 @@ class StreamReport:
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     steps: list[float] = field(default_factory=list)  # seconds per model call (one batch)
+    crop_box: source_crop.CropBox | None = None          # --crop auto: in the decoded frames
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
@@ -335,6 +336,7 @@ def _animate_live(model, source, reader, writer, options, config, device, report
                         if ended:
                             break
                         continue
+                report.crop_box = box
                 initial = source_crop.prepare(items[0][1], box, (height, width))
                 animator = Animator(model, to_tensor(source, device), to_tensor(initial, device),
                                     options, device)

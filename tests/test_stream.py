@@ -16,7 +16,7 @@ from fomm.animate import AnimateOptions, Animator, load_animation_model
 from pipeline import cli
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.media import ffmpeg_exe, probe
+from pipeline.media import ffmpeg_exe, iter_frames, probe
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +159,16 @@ def test_stream_to_stdout_for_a_player(model, config, clip, tmp_path, shared_dat
     info = probe(received)
     assert info.num_frames == 20 and (info.width, info.height) == (64, 64) and info.codec == "h264"
     assert stream.is_live_target("udp://127.0.0.1:5000") and not stream.is_live_target("out.mp4")
+
+
+def test_stream_crop_auto_fixes_the_box_on_the_first_face(model, config, clip, tmp_path, shared_data):
+    from pipeline import faces
+    report = stream.run_stream(model, config, shared_data / "faces/liveportrait/s2.jpg", str(clip),
+                               tmp_path / "crop.mp4", AnimateOptions(crop="auto", batch_size=4), drop=False)
+    assert report.frames_out == 20 and report.crop_box is not None
+    box = report.crop_box  # in the 256x256 decoded frames: around the face, smaller than the frame
+    first = next(iter_frames(clip))
+    face = faces.largest_face(first) * 256 / first.shape[0]  # the clip is square: one scale
+    centre = (face[:2] + face[2:]) / 2
+    assert box.side < 256
+    assert box.left < centre[0] < box.left + box.side and box.top < centre[1] < box.top + box.side
