@@ -121,9 +121,9 @@ JOB_BUILDERS = {"manifest": _manifest_jobs, "url_list": _url_list_jobs,
 
 
 def _select(jobs: list[Job], split: str | None, limit: int | None) -> list[Job]:
-    if split:
-        jobs = [Job(j.key, [c for c in j.clips if c.split == split], j.video_path) for j in jobs]
-        jobs = [j for j in jobs if j.clips or j.video_path]
+    if split:  # custom jobs have no clips before their task finds them: they stay
+        jobs = [Job(j.key, [c for c in j.clips if c.split == split], j.video_path) for j in jobs
+                if not j.clips or any(c.split == split for c in j.clips)]
     if limit is not None:
         if limit <= 0:
             raise UserError(f"--limit must be a positive number of videos, got {limit}")

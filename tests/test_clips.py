@@ -100,3 +100,41 @@ def test_bbox_rescaled_to_the_real_resolution():
     assert scaled_bbox((-10, -10, 50, 60), (100, 100), (100, 100)) == (0, 0, 50, 60)
     with pytest.raises(CropError, match="outside the 256x256 frame"):
         scaled_bbox((600, 600, 700, 700), (512, 512), (256, 256))
+
+
+def test_split_and_limit_select_videos():
+    from pipeline.clips import Clip
+    from pipeline.prepare import Job, _select
+    jobs = [Job("a", [Clip("a1", "a", None, "train"), Clip("a2", "a", None, "test")]),
+            Job("b", [Clip("b1", "b", None, "train")]), Job("c", [Clip("c1", "c", None, "test")])]
+    chosen = _select(jobs, "test", None)
+    assert [(j.key, [c.name for c in j.clips]) for j in chosen] == [("a", ["a2"]), ("c", ["c1"])]
+    assert [j.key for j in _select(jobs, None, 2)] == ["a", "b"]
+    with pytest.raises(UserError, match="--limit must be a positive"):
+        _select(jobs, None, 0)
+
+
+def test_upstream_manifest_fetched_once_and_verified(shared_data, tmp_path):
+    """`prepare` downloads a definition's manifest once into its cache, checks its sha256,
+    and never trusts a file whose checksum differs (served here from 127.0.0.1)."""
+    import functools
+    import http.server
+    import threading
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "taichi-metadata.csv").symlink_to(shared_data / "manifests" / "taichi-metadata.csv")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/taichi-metadata.csv"
+    good = datasets.RemoteFile(url, datasets.load_dataset("taichi").manifest.sha256)
+    try:
+        cached = datasets.fetch(good, tmp_path / "cache")
+        assert datasets.sha256_of(cached) == good.sha256
+        with pytest.raises(UserError, match="expected 0000"):
+            datasets.fetch(datasets.RemoteFile(url, "0" * 64), tmp_path / "other-cache")
+        assert not list((tmp_path / "other-cache").glob("*"))  # a bad download is not kept
+    finally:
+        server.shutdown()
+    assert datasets.fetch(good, tmp_path / "cache") == cached  # served from the cache
