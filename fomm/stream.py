@@ -21,6 +21,7 @@ search); with `--crop auto` the crop box is fixed from the first frame that show
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import stat
@@ -302,7 +303,9 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        reader.join(timeout=5)
+        while reader.is_alive():  # empty the queue so the reader's final put cannot block
+            with contextlib.suppress(queue.Empty):
+                reader.frames.get(timeout=0.05)
     report.frames_in, report.dropped = reader.received, reader.dropped
     report.seconds = time.perf_counter() - start
     logger.info(report.summary())

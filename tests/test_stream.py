@@ -172,3 +172,24 @@ def test_stream_crop_auto_fixes_the_box_on_the_first_face(model, config, clip, t
     centre = (face[:2] + face[2:]) / 2
     assert box.side < 256
     assert box.left < centre[0] < box.left + box.side and box.top < centre[1] < box.top + box.side
+
+
+def test_stream_failure_half_way_leaves_nothing(model, config, clip, tmp_path, shared_data, monkeypatch):
+    import threading
+    calls = {"n": 0}
+    original = Animator.__call__
+
+    def failing(self, driving):
+        calls["n"] += 1
+        if calls["n"] == 4:  # warm-up takes two calls; fail on the second live batch
+            raise RuntimeError("simulated failure")
+        return original(self, driving)
+
+    monkeypatch.setattr(Animator, "__call__", failing)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(RuntimeError, match="simulated"):
+        stream.run_stream(model, config, shared_data / "faces/sadtalker/happy.png", str(clip),
+                          out_dir / "live.mp4", AnimateOptions(batch_size=2), drop=False, queue_size=2)
+    assert list(out_dir.iterdir()) == []
+    assert not any(t.name == "stream-reader" for t in threading.enumerate())
