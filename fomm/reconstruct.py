@@ -105,7 +105,9 @@ def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Pat
     model = model.to(device).eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(config_to_yaml(config))
+    config_path, config_text = out_dir / "config.yaml", config_to_yaml(config)
+    if not config_path.is_file() or config_path.read_text() != config_text:
+        config_path.write_text(config_text)
     store = open_clips(data_root, split)
     clips = ReconstructionClips(store, config.dataset_params.frame_shape, batch_size,
                                 num_videos if num_videos is not None else config.reconstruction_params.num_videos)
