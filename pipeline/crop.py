@@ -153,10 +153,11 @@ def _publish(clip: clips_mod.Clip, staging: Path, count: int, expected: int, out
 
 
 def cut_video_clips(clips: list[clips_mod.Clip], video: Path, info, size: int,
-                    out: Path) -> list[dict]:
+                    out: Path, finish=lambda row: None) -> list[dict]:
     """Rows for `clips` of one video: bad ranges/boxes fail alone, the others are cut in
     batches of BATCH clips per ffmpeg run (one decode serves the batch), each clip
-    staged in its own temporary folder and published whole."""
+    staged in its own temporary folder and published whole; `finish(row)` records each
+    row as soon as its clip is final."""
     rows, planned = [], []
     for clip in clips:
         try:
@@ -164,6 +165,7 @@ def cut_video_clips(clips: list[clips_mod.Clip], video: Path, info, size: int,
         except CropError as err:
             rows.append(clips_mod.result_row(clip, status="failed", error=str(err),
                                              source=str(video)))
+            finish(rows[-1])
     for offset in range(0, len(planned), BATCH):
         batch = planned[offset:offset + BATCH]
         began = time.perf_counter()
@@ -186,6 +188,7 @@ def cut_video_clips(clips: list[clips_mod.Clip], video: Path, info, size: int,
                 shutil.rmtree(staging, ignore_errors=True)
             row["crop_s"] = seconds
             rows.append(row)
+            finish(row)
     return rows
 
 
@@ -212,7 +215,8 @@ def prepare_video(job, settings) -> list[dict]:
     began = time.perf_counter()
     rows = []
 
-    def finish(row: dict) -> None:
+    def finish(row: dict, fetched: float = 0.0, fps: float | None = None) -> None:
+        row.update(download_s=fetched, frames_fps=fps)
         row["total_s"] = row["crop_s"] + row["download_s"]
         clips_mod.write_row(out, row)
         rows.append(row)
@@ -226,8 +230,7 @@ def prepare_video(job, settings) -> list[dict]:
     except download.Unavailable as err:
         seconds = time.perf_counter() - began
         for clip in job.clips:
-            finish(clips_mod.result_row(clip, status="unavailable", error=str(err),
-                                        download_s=seconds))
+            finish(clips_mod.result_row(clip, status="unavailable", error=str(err)), seconds)
         return rows
     fetched = time.perf_counter() - began
     info = None
@@ -237,15 +240,12 @@ def prepare_video(job, settings) -> list[dict]:
         except UserError as err:
             for clip in job.clips:
                 finish(clips_mod.result_row(clip, status="failed", source=str(local),
-                                            error=f"corrupt or unreadable video: {err}",
-                                            download_s=fetched))
+                                            error=f"corrupt or unreadable video: {err}"), fetched)
             return rows
     if local.is_dir():
-        cut = [_resize_folder_clip(clip, local, settings.size, out) for clip in job.clips]
+        for clip in job.clips:
+            finish(_resize_folder_clip(clip, local, settings.size, out), fetched)
     else:
-        cut = cut_video_clips(job.clips, local, info, settings.size, out)
-    for row in cut:
-        row["download_s"] = fetched
-        row["frames_fps"] = info.fps if info is not None else None
-        finish(row)
+        cut_video_clips(job.clips, local, info, settings.size, out,
+                        lambda row: finish(row, fetched, info.fps))
     return rows

@@ -91,3 +91,13 @@ def test_enlarge_grows_ten_percent_towards_square_and_clamps():
     x, y, w, h = enlarge(np.array([100.0, 100, 200, 300]), 0.1, 1000, 1000)  # tall: widen more
     assert h == 240 and w == 240
     assert enlarge(np.array([0.0, 0, 50, 50]), 0.1, 52, 52) == (0, 0, 52, 52)
+
+
+def test_video_without_faces_is_one_failed_row(shared_data, tmp_path):
+    from pipeline.custom import prepare_video
+    from pipeline.datasets import CustomPolicy
+    rows = prepare_video(shared_data / "other" / "mgif" / "mgif-tes.gif", tmp_path, 64,
+                         CustomPolicy(min_frames=8, detect_every=4))
+    assert len(rows) == 1 and rows[0]["status"] == "failed"
+    assert "no face tube of at least 8 frames" in rows[0]["error"]
+    assert not (tmp_path / "png" / "test").exists() or not any((tmp_path / "png" / "test").iterdir())
