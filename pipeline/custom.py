@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +145,6 @@ def prepare_video(video: Path, out: Path, size: int, policy) -> list[dict]:
             row = clips_mod.result_row(clip, status="done", num_frames=count, source=str(video),
                                        bytes=clips_mod.folder_bytes(final))
         except CropError as err:
-            import shutil
             shutil.rmtree(staging, ignore_errors=True)
             row = clips_mod.result_row(clip, status="failed", error=str(err), source=str(video))
         row.update(download_s=detect_s, crop_s=time.perf_counter() - crop_began, frames_fps=fps)
