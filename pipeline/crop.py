@@ -70,11 +70,12 @@ def scaled_bbox(bbox: tuple[int, int, int, int], manifest_size: tuple[int, int] 
 
 
 def crop_command(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], size: int,
-                 threads: int = 1) -> list[str]:
+                 threads: int = 1, pad_square: bool = False) -> list[str]:
     """ffmpeg argument list cutting several clips from one decode of `video`: for each
     (first, stop, box, folder), frames [first, stop) cropped to box (x, y, w, h; None =
     whole frame), resized to size x size, written as folder/0000000.png, ...
-    Decoder, filters and PNG encoder get `threads` each: a Ray worker is one CPU."""
+    Decoder, filters and PNG encoder get `threads` each: a Ray worker is one CPU.
+    `pad_square` pads a whole frame with white to a centred square first (fashion)."""
     import ffmpeg
     source = ffmpeg.input(str(video), threads=threads)
     branches = source.filter_multi_output("split", len(cuts)) if len(cuts) > 1 else None
@@ -85,6 +86,9 @@ def crop_command(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], s
         if box is not None:
             x, y, w, h = box
             stream = stream.crop(x, y, w, h, exact=1)  # exact: odd offsets are not rounded
+        elif pad_square:
+            stream = stream.filter("pad", "max(iw,ih)", "max(iw,ih)", "(ow-iw)/2", "(oh-ih)/2",
+                                   color="white")
         stream = stream.filter("scale", size, size, flags="area")
         outputs.append(stream.output(str(Path(folder) / "%07d.png"), start_number=0,
                                      fps_mode="passthrough", pix_fmt="rgb24", threads=threads,
@@ -95,10 +99,11 @@ def crop_command(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], s
     return args
 
 
-def cut_clips(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], size: int) -> list[int]:
+def cut_clips(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], size: int,
+              pad_square: bool = False) -> list[int]:
     """Run one ffmpeg for all `cuts` of a video; the number of PNGs written for each."""
-    result = subprocess.run(crop_command(video, cuts, size), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    result = subprocess.run(crop_command(video, cuts, size, pad_square=pad_square),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if result.returncode != 0:
         tail = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise CropError(f"ffmpeg exited with {result.returncode}: {' | '.join(tail)}")
@@ -153,7 +158,7 @@ def _publish(clip: clips_mod.Clip, staging: Path, count: int, expected: int, out
 
 
 def cut_video_clips(clips: list[clips_mod.Clip], video: Path, info, size: int,
-                    out: Path, finish=lambda row: None) -> list[dict]:
+                    out: Path, finish=lambda row: None, pad_square: bool = False) -> list[dict]:
     """Rows for `clips` of one video: bad ranges/boxes fail alone, the others are cut in
     batches of BATCH clips per ffmpeg run (one decode serves the batch), each clip
     staged in its own temporary folder and published whole; `finish(row)` records each
@@ -172,7 +177,7 @@ def cut_video_clips(clips: list[clips_mod.Clip], video: Path, info, size: int,
         stagings = [clips_mod.staging_dir(out, clip.split, clip.name) for clip, *_ in batch]
         try:
             counts = cut_clips(video, [(first, stop, box, staging) for (_, first, stop, box), staging
-                                       in zip(batch, stagings)], size)
+                                       in zip(batch, stagings)], size, pad_square)
             error = None
         except CropError as err:
             counts, error = [0] * len(batch), err
@@ -247,5 +252,5 @@ def prepare_video(job, settings) -> list[dict]:
             finish(_resize_folder_clip(clip, local, settings.size, out), fetched)
     else:
         cut_video_clips(job.clips, local, info, settings.size, out,
-                        lambda row: finish(row, fetched, info.fps))
+                        lambda row: finish(row, fetched, info.fps), settings.pad_square)
     return rows

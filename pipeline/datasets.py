@@ -53,6 +53,7 @@ class DatasetDef:
     description: str = ""
     size: int = 256
     source: str = "youtube"
+    pad_square: bool = False   # whole-frame datasets: pad with white to a square, then resize
     manifest: RemoteFile | None = None
     url_lists: dict[str, RemoteFile] = field(default_factory=dict)
     custom: CustomPolicy = CustomPolicy()

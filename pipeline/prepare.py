@@ -190,6 +190,7 @@ class Settings:
     url_template: str | None
     source_dir: str | None
     custom: object = None
+    pad_square: bool = False
 
 
 def run_job(job: Job, settings: Settings) -> list[dict]:
@@ -329,7 +330,7 @@ def main(args: argparse.Namespace) -> int:
     log.info("%s: %d job(s), %d with work to do", definition.name, len(jobs), len(pending))
     settings = Settings(str(out), definition.kind, args.size or definition.size,
                         args.cache_dir or str(out / "downloads"), args.url_template,
-                        args.source_dir, definition.custom)
+                        args.source_dir, definition.custom, definition.pad_square)
     this_run: list[dict] = []
     if pending and definition.kind in ("manifest", "url_list") and not args.source_dir:
         pending, this_run = _mark_unreachable(pending, args.url_template, definition.kind, out)

@@ -34,6 +34,7 @@ MIRROR = {  # video id on the mirror -> real clip in ../shared/data
     "face04": "faces/fomm-demo/04.mp4",
     "d11": "faces/liveportrait/d11.mp4",
     "talk3": "faces/animateanyone/talkinghead_3.mp4",  # 578x578 at 29.97 fps
+    "s13": "bodies/liveportrait/s13.mp4",             # 720x1080 portrait, for fashion
 }
 HEADER = "video_id,start,end,bbox,fps,width,height,partition,person_id"
 ROWS = [
@@ -286,9 +287,10 @@ def test_source_dir_dataset_from_folders_videos_and_gifs(shared_data, tmp_path, 
 
 
 def test_url_list_dataset_downloads_whole_videos(tmp_path, mirror, ray_local):
-    """fashion: a list of video URLs, each a whole clip resized to size x size."""
+    """fashion: a list of video URLs, each a whole clip padded to a white square and
+    resized to size x size."""
     urls = tmp_path / "fashion_test.txt"
-    urls.write_text(mirror.format(video_id="face08") + "\n" + mirror.format(video_id="gone") + "\n")
+    urls.write_text("".join(mirror.format(video_id=v) + "\n" for v in ("face08", "gone", "s13")))
     out = tmp_path / "out"
     assert cli.main(["run", "prepare", "--dataset", "fashion", "--manifest", str(urls),
                      "--size", "32", "--out", str(out), "--no-progress"]) == 0
@@ -296,3 +298,8 @@ def test_url_list_dataset_downloads_whole_videos(tmp_path, mirror, ray_local):
     assert table.loc["face08", "status"] == "done" and table.loc["face08", "num_frames"] == 150
     assert table.loc["face08", "split"] == "test"
     assert table.loc["gone", "status"] == "unavailable"
+    assert table.loc["s13", "num_frames"] == 103
+    portrait = _png(out / "png" / "test" / "s13" / "0000050.png")  # padded white, not stretched
+    assert portrait.shape == (32, 32, 3)
+    assert portrait[:, :4].min() > 0.93 and portrait[:, -4:].min() > 0.93
+    assert portrait[8:24, 12:20].mean() < 0.85
