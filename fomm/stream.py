@@ -312,12 +312,26 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     return report
 
 
+def live_batch_sizes(batch_size: int) -> list[int]:
+    """Batch shapes the live loop runs: powers of two up to `batch_size`, and `batch_size`.
+
+    Whatever is waiting is padded up to the next of these, so only these few shapes are
+    ever run and all of them are warmed up (a new shape's first call can cost several
+    times a warm one on CPU: kernel selection per shape)."""
+    sizes = {1, batch_size}
+    size = 2
+    while size < batch_size:
+        sizes.add(size)
+        size *= 2
+    return sorted(sizes)
+
+
 def warm_up(model: MotionTransferModel, source: np.ndarray, options: AnimateOptions, device) -> None:
-    """One pass at batch 1 and at the batch size before the camera starts, so the first
-    live frames do not pay for lazy kernel selection and allocation."""
+    """One pass at each live batch shape before the camera starts, so the first live
+    frames do not pay for lazy kernel selection and allocation."""
     image = to_tensor(source, device)
     animator = Animator(model, image, image, options, device)
-    for batch in sorted({1, options.batch_size}):
+    for batch in live_batch_sizes(options.batch_size):
         animator(image.expand(batch, -1, -1, -1))
     if device.type == "cuda":
         import torch
@@ -370,6 +384,8 @@ def _find_face_box(items, options, searched):
 def _write_batch(animator, items, box, source, writer, options, config, report, device) -> None:
     height, width = config.dataset_params.frame_shape[:2]
     frames = [source_crop.prepare(frame, box, (height, width)) for _, frame in items]
+    padded = next(size for size in live_batch_sizes(options.batch_size) if size >= len(frames))
+    frames += [frames[-1]] * (padded - len(frames))  # results past len(items) are not written
     step = time.perf_counter()
     outputs = animator(to_tensor(frames, device))
     results = to_frames(outputs["prediction"])  # waits for the device

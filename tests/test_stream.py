@@ -48,6 +48,12 @@ def clip(shared_data, tmp_path_factory) -> Path:
     return out
 
 
+def test_live_batch_shapes_are_few():
+    assert stream.live_batch_sizes(1) == [1]
+    assert stream.live_batch_sizes(4) == [1, 2, 4]
+    assert stream.live_batch_sizes(6) == [1, 2, 4, 6]
+
+
 def test_input_arguments_for_devices_urls_and_pipes(tmp_path):
     assert stream.input_arguments("/dev/video0")[0][:2] == ["-f", "v4l2"]
     assert stream.input_arguments("/dev/video0")[0][-2:] == ["-i", "/dev/video0"]
@@ -181,7 +187,7 @@ def test_stream_failure_half_way_leaves_nothing(model, config, clip, tmp_path, s
 
     def failing(self, driving):
         calls["n"] += 1
-        if calls["n"] == 4:  # warm-up takes two calls; fail on the second live batch
+        if calls["n"] == 4:  # warm-up takes two calls (batch 1 and 2); fail on the second live batch
             raise RuntimeError("simulated failure")
         return original(self, driving)
 
