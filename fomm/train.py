@@ -224,12 +224,18 @@ def _occlusion_image(generated: dict, index: int, size: tuple[int, int]) -> torc
 
 
 def _deformed_image(generated: dict, source: torch.Tensor, index: int, align_corners: bool) -> torch.Tensor:
-    if "deformed" in generated:
-        return generated["deformed"][index]
-    if "deformation" in generated:
+    """The source warped by the predicted deformation, at the frame size."""
+    deformed = generated.get("deformed")
+    if deformed is None or deformed.dim() != 4 or deformed.shape[1] != source.shape[1]:
+        if "deformation" not in generated:
+            return torch.full_like(source[index], 0.5)
         grid = generated["deformation"][index:index + 1].detach().float()  # (1, h, w, 2)
-        return F.grid_sample(source[index:index + 1].float(), grid, align_corners=align_corners)[0]
-    return torch.full_like(source[index], 0.5)
+        deformed = F.grid_sample(source[index:index + 1].float(), grid, align_corners=align_corners)
+        index = 0
+    image = deformed[index:index + 1].detach().float()  # (1, 3, h, w)
+    if image.shape[2:] != source.shape[2:]:
+        image = F.interpolate(image, size=tuple(source.shape[2:]), mode="bilinear", align_corners=False)
+    return image[0]
 
 
 def _driving_keypoints(model, generated: dict, index: int):
