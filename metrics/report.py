@@ -219,6 +219,7 @@ def curves_svg(curves: dict[str, pd.DataFrame]) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     models = [m for m, c in curves.items() if not c.empty]
     fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.2), squeeze=False)
     for ax, model in zip(axes[0], models):
@@ -233,6 +234,7 @@ def curves_svg(curves: dict[str, pd.DataFrame]) -> str:
             ax.set_yscale("log")
         ax.set_title(model)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
