@@ -319,6 +319,10 @@ def run(args: argparse.Namespace) -> dict:
     import torch
     from pipeline.config import config_hash
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    for option in ("max_clips", "max_frames", "batch_size", "bootstrap"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise UserError(f"--{option.replace('_', '-')} {value}: expected a positive number")
     specs = parse_models(args.models)
     store, clips = open_test_clips(args.data, args.split, args.max_clips)
     pose, identity = _backends(args.dataset, args.pose, args.identity)

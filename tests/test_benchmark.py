@@ -97,6 +97,13 @@ def test_model_specs_name_the_bad_item(tmp_path):
             benchmark.parse_models(bad)
 
 
+def test_bad_counts_are_named_before_any_work(sample_data, tmp_path):
+    with pytest.raises(UserError, match="--max-clips 0: expected a positive number"):
+        benchmark.run(_args(dataset="sample", data=sample_data, models="fomm=x.pt", out=tmp_path / "o",
+                            max_clips=0))
+    assert not (tmp_path / "o").exists()
+
+
 def test_checkpoint_without_config_asks_for_one(tmp_path):
     path = tmp_path / "bare.pt"
     torch.save({"generator": {}}, path)
