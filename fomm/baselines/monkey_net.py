@@ -165,6 +165,8 @@ class Generator(nn.Module):
             x = torch.cat([block(x), self.skip(level_features, out["deformation"], kp_source,
                                                 kp_driving)], dim=1)
         out["prediction"] = torch.sigmoid(self.final(x))  # (B, C, H, W)
+        full = resize_grid(out["deformation"], tuple(source.shape[2:]), self.align_corners)
+        out["deformed"] = warp(source, full, self.align_corners)  # the source moved by the motion alone
         return out
 
 

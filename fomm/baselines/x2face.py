@@ -104,8 +104,9 @@ class X2Face(MotionTransferModel):
         # G_e(G_d(z)): where in the source each output pixel comes from.
         deformation = warp(embedding_grid.permute(0, 3, 1, 2), driving_grid, self.align_corners,
                            padding_mode="border").permute(0, 2, 3, 1)  # (B, H, W, 2)
+        deformed = warp(source, deformation, self.align_corners, padding_mode="border")
         return {"prediction": prediction, "embedded": embedded, "embedding_grid": embedding_grid,
-                "driving_grid": driving_grid, "deformation": deformation}
+                "driving_grid": driving_grid, "deformation": deformation, "deformed": deformed}
 
     def transfer(self, motion_source: Motion, motion_driving: Motion, motion_initial: Motion,
                  relative: bool = True, relative_jacobian: bool = True,
