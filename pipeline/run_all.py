@@ -55,8 +55,10 @@ class Budget:
 
 
 BUDGETS = {
-    # Single-thread CPU seconds per step at batch 8 (64x64): FOMM 0.75, Monkey-Net 0.65,
-    # X2Face 0.16, so about 10.5 minutes in all with preparing and benchmarking.
+    # Single-thread CPU seconds per step at batch 8 (64x64), measured on a shared 2-core
+    # machine: FOMM 0.75, Monkey-Net 0.65, X2Face 0.16; so about 10.5 minutes in all with
+    # preparing and benchmarking on 2 free cores (an estimate: wall times on the busy
+    # machine were 5-10x longer).
     "small": Budget(steps={"fomm": 300, "monkey-net": 300, "x2face": 800}, batch_size=8,
                     max_clips=None, max_frames=None, bootstrap=1000),
     "tiny": Budget(steps={"fomm": 4, "monkey-net": 4, "x2face": 4}, batch_size=2,
