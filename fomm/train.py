@@ -323,8 +323,11 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
         log.info("no checkpoint in %s: starting from scratch", out_dir / CHECKPOINT_DIR)
 
     metrics_path = out_dir / "metrics.jsonl"
-    if dist_ctx.is_main and not resume and metrics_path.exists():
-        metrics_path.unlink()  # a fresh run starts a fresh curve
+    if dist_ctx.is_main and metrics_path.exists():
+        # A fresh run starts a fresh curve; a resumed one drops steps logged after its checkpoint.
+        kept = [line for line in metrics_path.read_text().splitlines()
+                if resume and line.strip() and json.loads(line)["step"] <= progress["step"]]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
     window_start, window_steps, last = time.perf_counter(), 0, {}
     loader_generator = torch.Generator().manual_seed(tp.seed)  # keeps the loader off torch's global RNG

@@ -53,6 +53,8 @@ def test_stopped_and_resumed_run_equals_unbroken_run(taichi_root, tmp_path):
     _run(taichi_root, unbroken, 8)
     _run(taichi_root, stopped, 4, "train_params.dataloader_workers=1")  # other loader workers, same pairs
     assert load_checkpoint_file(stopped / "checkpoints" / "step-0000004.pt")["batch_in_epoch"] == 1
+    with open(stopped / "metrics.jsonl", "a") as handle:  # steps a killed run logged past its checkpoint
+        handle.write(json.dumps({"step": 5, "loss": -1.0}) + "\n")
     _run(taichi_root, stopped, 8, "--resume")
 
     a = load_checkpoint_file(unbroken / "checkpoints" / "step-0000008.pt")
