@@ -188,8 +188,9 @@ def write_results(rows: list[dict], args: argparse.Namespace, cuda: bool) -> Non
     if not cuda:
         note += ("\n\nCPU only: this machine has no GPU, so the GPU branch (bf16 autocast + channels_last vs fp32 "
                  "eager at batch 40, peak `torch.cuda.max_memory_allocated`) exists in the script but has not been "
-                 "measured; no GPU figures are claimed. The CPU was shared with other jobs while measuring, so "
-                 "absolute times are pessimistic.")
+                 "measured; no GPU figures are claimed.")
+    note += (f" Load average (1 min) when the run ended: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+             "a machine shared with other jobs makes the absolute times pessimistic.")
     write_section("train", note + "\n\n" + markdown_table(rows, columns))
 
 
