@@ -133,6 +133,7 @@ class DiscriminatorParams:
 @dataclass(frozen=True)
 class MonkeyNetParams:
     """Monkey-Net (Siarohin et al., CVPR 2019); see fomm/baselines/monkey_net.py.
+    Defaults are configs/monkey-net-vox-256.yaml's architecture.
 
     The number of keypoints is common_params.num_kp; the keypoint-conditioned
     discriminator reads discriminator_params (set use_kp: true).
@@ -149,7 +150,7 @@ class MonkeyNetParams:
     kp_variance: float = 0.01
     kp_variance_floor: float = 1.0e-3
     # Dense motion: hourglass at scale_factor of the frame -> K+1 masks and a residual flow.
-    dense_motion_block_expansion: int = 32
+    dense_motion_block_expansion: int = 64
     dense_motion_max_features: int = 1024
     dense_motion_num_blocks: int = 5
     use_residual_flow: bool = True
@@ -161,11 +162,12 @@ class MonkeyNetParams:
 
 @dataclass(frozen=True)
 class X2FaceParams:
-    """X2Face (Wiles et al., ECCV 2018); see fomm/baselines/x2face.py."""
+    """X2Face (Wiles et al., ECCV 2018); see fomm/baselines/x2face.py.
+    Defaults are configs/x2face-vox-256.yaml's architecture."""
     # Both networks: encoder-decoders of num_blocks down/up blocks, channels
     # min(max_features, block_expansion * 2^(i+1)); the embedding one has skips.
     block_expansion: int = 32
-    max_features: int = 256
+    max_features: int = 512
     num_blocks: int = 6
     # Predicted grids are identity + max_offset * tanh(offsets).
     max_offset: float = 1.0
