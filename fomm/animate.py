@@ -12,7 +12,8 @@ Frames stream from the driving video through the model in batches (`--batch-size
 straight into the encoder, so memory does not grow with the video's length. The output
 has the driving video's fps and frame count and, for mp4, its audio cut to the video's
 length; it appears at `--out` only when complete (pipeline/media.VideoWriter), whatever
-fails on the way. Motion transfer is the model family's `transfer()` (FOMM Eq. 8 for
+fails on the way. (GIF stores frame delays in 1/100 s, so a gif's rate is rounded: 30 fps
+plays at 33.3.) Motion transfer is the model family's `transfer()` (FOMM Eq. 8 for
 relative motion, with the adapt-scale factor of the original demo).
 """
 from __future__ import annotations
@@ -337,8 +338,9 @@ def run(plan: AnimationPlan, progress: Callable[[int], None] | None = None) -> A
     seconds = time.perf_counter() - start
     logger.info("animate: %d frames at %.2f fps -> %s in %.1f s (%.1f frames/s)",
                 done, plan.fps, plan.out_path, seconds, done / max(seconds, 1e-9))
+    panels = 3 if plan.options.layout == "side-by-side" else 1
     return AnimationResult(plan.out_path, done, plan.fps, plan.best_frame, seconds, plan.has_audio,
-                           (writer._size[1], writer._size[0]) if writer._size else (0, 0))
+                           (size[0], size[1] * panels))
 
 
 def animate(model: MotionTransferModel, config: Config, source_path: str | Path,

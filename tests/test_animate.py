@@ -152,11 +152,11 @@ def test_side_by_side_has_source_driving_result_panels(model, config, d12_short,
     source_path = shared_data / "faces/sadtalker/happy.png"
     out = tmp_path / "sbs.mp4"
     animate(model, config, source_path, d12_short, out,
-            AnimateOptions(layout="side-by-side", max_frames=6, batch_size=4))
-    frames = read_frames(out).astype(np.float32)  # (6, 64, 192, 3)
-    assert frames.shape == (6, 64, 192, 3)
+            AnimateOptions(layout="side-by-side", max_frames=4, batch_size=4))
+    frames = read_frames(out).astype(np.float32)  # (4, 64, 192, 3)
+    assert frames.shape == (4, 64, 192, 3)
     source = source_crop.prepare(load_image(source_path), None, (64, 64))
-    driving = [source_crop.prepare(f, None, (64, 64)) for f in iter_frames(d12_short, 0, 6)]
+    driving = [source_crop.prepare(f, None, (64, 64)) for f in iter_frames(d12_short, 0, 4)]
     animator = Animator(model, to_tensor(source, CPU), to_tensor(driving[0], CPU), AnimateOptions(), CPU)
     results = to_frames(animator(to_tensor(driving, CPU))["prediction"])
     panels = [frames[:, :, :64], frames[:, :, 64:128], frames[:, :, 128:]]
@@ -164,7 +164,7 @@ def test_side_by_side_has_source_driving_result_panels(model, config, d12_short,
     def error(a, b):
         return float(np.abs(np.asarray(a, np.float32) - b).mean())
 
-    assert error(np.broadcast_to(source, (6, 64, 64, 3)), panels[0]) < 6
+    assert error(np.broadcast_to(source, (4, 64, 64, 3)), panels[0]) < 6
     assert error(np.stack(driving), panels[1]) < 6
     assert error(results, panels[2]) < 6
     assert error(np.stack(driving), panels[0]) > 20  # the panels are told apart
@@ -212,6 +212,7 @@ def test_any_source_image_works(kind, model, config, d12_short, tmp_path, shared
                      AnimateOptions(crop=crop, layout="side-by-side", max_frames=3))
     info = probe(out)
     assert (info.width, info.height, info.num_frames) == (192, 64, 3) and result.num_frames == 3
+    assert result.frame_size == (64, 192)
     panel = read_frames(out, 0, 1)[0, :, :64].astype(np.float32)
     image = load_image(source)
     expected = source_crop.prepare(image, source_crop.source_box(image, crop), (64, 64))
@@ -237,10 +238,10 @@ def test_mpeg4_part2_driving(model, config, tmp_path, shared_data):
     assert probe(driving).codec == "mpeg4"
     out = tmp_path / "mpeg4.mp4"
     result = animate(model, config, shared_data / "faces/sadtalker/happy.png", driving, out,
-                     AnimateOptions(crop="auto", max_frames=10, batch_size=4))
+                     AnimateOptions(max_frames=6, batch_size=3))
     info = probe(out)
-    assert info.num_frames == result.num_frames == 10 and info.fps == pytest.approx(25.0)
-    assert info.has_audio and abs(info.audio_duration - 10 / 25) < 0.1
+    assert info.num_frames == result.num_frames == 6 and info.fps == pytest.approx(25.0)
+    assert info.has_audio and abs(info.audio_duration - 6 / 25) < 0.1
 
 
 # --------------------------------------------------------------------------- motion
@@ -292,13 +293,13 @@ def test_best_frame_animation_equals_backward_forward_stitch(model, config, d12_
     frame and stitches them; per-frame independence lets us run in order: same frames."""
     source_path = shared_data / "faces/liveportrait/s2.jpg"
     out = tmp_path / "best.mp4"
-    options = AnimateOptions(crop="auto", find_best_frame=True, max_frames=12, batch_size=5)
+    options = AnimateOptions(crop="auto", find_best_frame=True, max_frames=8, batch_size=3)
     result = animate(model, config, source_path, d12_short, out, options)
-    assert 0 <= result.best_frame < 12 and probe(out).num_frames == 12
+    assert 0 <= result.best_frame < 8 and probe(out).num_frames == 8
     image = load_image(source_path)
     source = source_crop.prepare(image, source_crop.source_box(image, "auto"), (64, 64))
-    box = source_crop.driving_box(source_crop.sample_frames(d12_short, 30, end=12), "auto")
-    frames = [source_crop.prepare(f, box, (64, 64)) for f in iter_frames(d12_short, 0, 12)]
+    box = source_crop.driving_box(source_crop.sample_frames(d12_short, 30, end=8), "auto")
+    frames = [source_crop.prepare(f, box, (64, 64)) for f in iter_frames(d12_short, 0, 8)]
     best = result.best_frame
     animator = Animator(model, to_tensor(source, CPU), to_tensor(frames[best], CPU), options, CPU)
     in_order = animator(to_tensor(frames, CPU))["prediction"]
@@ -307,7 +308,7 @@ def test_best_frame_animation_equals_backward_forward_stitch(model, config, d12_
     stitched = torch.cat([backward.flip(0), forward[1:]])
     torch.testing.assert_close(in_order, stitched, atol=1e-4, rtol=0)
     written = read_frames(out).astype(np.float32)
-    assert written.shape == (12, 64, 64, 3)
+    assert written.shape == (8, 64, 64, 3)
     assert np.abs(written - to_frames(stitched)).mean() < 4
 # --------------------------------------------------------------------------- cropping
 def test_auto_crop_boxes_contain_the_faces(shared_data, d12_short):
@@ -346,7 +347,7 @@ def test_baselines_animate_through_the_same_contract(config_name, d12_short, tmp
 def test_frames_stream_through_with_bounded_memory(model, config, d12_short, tmp_path, shared_data,
                                                    monkeypatch):
     """Decoded driving frames are released batch by batch: at no time are more than about
-    two batches alive, however long the video (here 30 frames, batch 4)."""
+    two batches alive, however long the video (here 14 frames, batch 2)."""
     import weakref
     import pipeline.media as media
     alive, peak = set(), [0]
@@ -362,9 +363,9 @@ def test_frames_stream_through_with_bounded_memory(model, config, d12_short, tmp
 
     monkeypatch.setattr(media, "iter_frames", tracked)
     result = animate(model, config, shared_data / "faces/sadtalker/happy.png", d12_short,
-                     tmp_path / "out.mp4", AnimateOptions(batch_size=4))
-    assert result.num_frames == 30
-    assert peak[0] <= 2 * 4 + 2, peak[0]
+                     tmp_path / "out.mp4", AnimateOptions(batch_size=2, max_frames=14))
+    assert result.num_frames == 14
+    assert peak[0] <= 2 * 2 + 2, peak[0]
 
 
 @pytest.mark.parametrize("clip", ["faces/liveportrait/d12.mp4", "faces/animateanyone/talkinghead_3.mp4"])
@@ -385,7 +386,7 @@ def test_audio_starting_after_the_video_is_delayed(model, config, shared_data, t
     driving = tmp_path / "late_audio.mp4"
     source_clip = shared_data / "faces/liveportrait/d12.mp4"
     subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(source_clip), "-itsoffset", "0.5",
-                    "-i", str(source_clip), "-map", "0:v", "-map", "1:a", "-frames:v", "30",
+                    "-i", str(source_clip), "-map", "0:v", "-map", "1:a", "-frames:v", "15",
                     "-c:v", "libx264", "-c:a", "aac", str(driving)], check=True)
     delay = -audio_offset(driving)
     assert 0.4 < delay < 0.55
@@ -393,10 +394,10 @@ def test_audio_starting_after_the_video_is_delayed(model, config, shared_data, t
     animate(model, config, shared_data / "faces/sadtalker/happy.png", driving, out,
             AnimateOptions(batch_size=8))
     info = probe(out)
-    assert info.num_frames == 30 and abs(info.audio_duration - 30 / 25) < 0.1
+    assert info.num_frames == 15 and abs(info.audio_duration - 15 / 25) < 0.1
     rate = 16000
     heard, original = mono_audio(out, rate), mono_audio(driving, rate)
     gap = int(delay * rate)
     assert np.abs(heard[: gap - 800]).max() < 1e-3  # silence before the audio starts
     assert np.abs(original[: gap - 800]).max() > 1e-2  # (the original has sound there)
-    assert best_correlation(original[: rate // 4], heard[gap - 800:], 1600) > 0.9
+    assert best_correlation(original[: rate // 10], heard[gap - 800:], 1000) > 0.9
