@@ -401,3 +401,25 @@ def test_audio_starting_after_the_video_is_delayed(model, config, shared_data, t
     assert np.abs(heard[: gap - 800]).max() < 1e-3  # silence before the audio starts
     assert np.abs(original[: gap - 800]).max() > 1e-2  # (the original has sound there)
     assert best_correlation(original[: rate // 10], heard[gap - 800:], 1000) > 0.9
+
+
+# --------------------------------------------------------------------------- command line
+def test_cli_motion_flags_and_config_defaults(config):
+    from fomm.animate import options_from_args
+    base = ["run", "animate", "--config", "tiny", "--source", "s.png", "--driving", "d.mp4", "--out", "o.mp4"]
+
+    def options(*extra):
+        return options_from_args(cli.build_parser("animate").parse_args(base + list(extra)), config)
+
+    default = options()
+    assert default.relative and not default.adapt_scale and default.audio and default.crop == "none"
+    assert not options("--absolute").relative
+    assert options("--adapt-scale").adapt_scale
+    assert not options("--no-audio").audio
+    chosen = options("--crop", "auto", "--find-best-frame", "--layout", "side-by-side", "--show-keypoints",
+                     "--batch-size", "3", "--max-frames", "9", "--precision", "bf16")
+    assert (chosen.crop, chosen.find_best_frame, chosen.layout, chosen.show_keypoints, chosen.batch_size,
+            chosen.max_frames, chosen.precision) == ("auto", True, "side-by-side", True, 3, 9, "bf16")
+    absolute_config = load_config("tiny", ["animate_params.normalization_params.use_relative_movement=false"])
+    parsed = cli.build_parser("animate").parse_args(base)
+    assert not options_from_args(parsed, absolute_config).relative  # the config's default
