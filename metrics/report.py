@@ -335,6 +335,7 @@ body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px
 padding:0 1.5em;color:#222}
 h1{font-size:1.7em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
 .meta{color:#666}
+ul.headline{background:#f3f7ff;border:1px solid #d5e0f5;padding:.7em 1.2em .7em 2.2em;border-radius:4px}
 table.plain{border-collapse:collapse;margin:.6em 0;font-size:13px}
 table.plain th,table.plain td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
 table.plain th{background:#f4f4f4}
@@ -425,6 +426,31 @@ def build_sections(info: RunInfo, env: dict) -> list[tuple[str, str, str]]:
     return sections
 
 
+def headline(info: RunInfo) -> list[str]:
+    """One line per model: its L1 and, where the truth is known, its motion error."""
+    tables = info.benchmark.get("tables", {})
+    if "comparison" not in tables or not Path(tables["comparison"]["csv"]).is_file():
+        return ["no benchmark in this run"]
+    ours = pd.read_csv(tables["comparison"]["csv"])
+    ours = ours[ours["source"] == "ours"].set_index("model")
+    motion = pd.DataFrame()
+    if "motion" in tables and Path(tables["motion"]["csv"]).is_file():
+        motion = pd.read_csv(tables["motion"]["csv"]).set_index("model")
+    lines = [f"{len(info.benchmark.get('clips', []))} {info.benchmark.get('split', 'test')} clips of "
+             f"{info.benchmark.get('dataset', '?')}; backends: "
+             + "; ".join(f"{k}: {v}" for k, v in info.benchmark.get("backends", {}).items())]
+    for model, row in ours.iterrows():
+        text = f"{model}: L1 {row['l1']:.4f} [{row['l1_lo']:.4f}, {row['l1_hi']:.4f}]"
+        if model in motion.index:
+            text += f", motion error {motion.loc[model, 'motion_epe']:.2f} px"
+        lines.append(text)
+    if not motion.empty:
+        from metrics.benchmark import NO_MOTION
+        if NO_MOTION in motion.index:
+            lines.append(f"predicting no motion at all: motion error {motion.loc[NO_MOTION, 'motion_epe']:.2f} px")
+    return lines
+
+
 def write_report(run: str | Path) -> tuple[Path, Path]:
     """Write `report.html` and `report.md` (plus `report_samples.png`) into the run folder."""
     from pipeline.media import atomic_path
@@ -438,9 +464,12 @@ def write_report(run: str | Path) -> tuple[Path, Path]:
     page = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
             f"<style>{CSS}{_table_css()}</style></head><body><h1>{html.escape(title)}</h1>",
             f"<p class=\"meta\">{html.escape(meta)}</p>"]
+    lines = headline(info)
+    page += ["<ul class=\"headline\">" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>"]
     page += [f"<section><h2>{html.escape(t)}</h2>{body}</section>" for t, body, _ in sections]
     page.append("</body></html>\n")
-    markdown = [f"# {title}", "", meta, ""] + [f"## {t}\n\n{md}" for t, _, md in sections]
+    markdown = [f"# {title}", "", meta, ""] + [f"- {x}" for x in lines] + [""]
+    markdown += [f"## {t}\n\n{md}" for t, _, md in sections]
     html_path, md_path = info.run / "report.html", info.run / "report.md"
     labels, _, images = sample_rows(info)
     if labels:
