@@ -172,7 +172,7 @@ class X2FaceParams:
     # Predicted grids are identity + max_offset * tanh(offsets).
     max_offset: float = 1.0
     # Scale of the grid heads' initial weights (bias zero): grids start near identity.
-    init_scale: float = 0.01
+    init_scale: float = 0.001
 
 
 @dataclass(frozen=True)

@@ -179,22 +179,28 @@ def test_monkey_net_relative_transfer():
 
 
 # --------------------------------------------------------------------------- X2Face
-@pytest.mark.parametrize("mode", ["train", "eval"])
-def test_x2face_untrained_returns_nearly_its_source(taichi_frames, mode):
-    """Both grids start at identity + small offsets, so the output is nearly the source:
-    far closer to it than the driving frame is."""
+@pytest.mark.parametrize("config_name,size,mode", [("x2face-tiny", 64, "train"), ("x2face-tiny", 64, "eval"),
+                                                    ("x2face-vox-256", 256, "train")])
+def test_x2face_untrained_returns_nearly_its_source(taichi_dir, config_name, size, mode):
+    """Both grids start at identity + small offsets (heads initialised near zero), so an
+    untrained model returns nearly its source: sub-pixel grids, and an output far closer
+    to the source than the driving frame is, at the tiny and at the paper's resolution."""
+    from pipeline.media import load_image
+    files = sorted(taichi_dir.glob("*.png"))[::8][:8]
+    frames = to_tensor(resize_frames(np.stack([load_image(f) for f in files]), (size, size)))
     torch.manual_seed(0)
-    model = build_model(tiny("x2face")).train(mode == "train")
-    source, driving = taichi_frames[:4], taichi_frames[4:8]
+    model = build_model(load_config(config_name)).train(mode == "train")
+    source, driving = frames[:2], frames[4:6]
     with torch.no_grad():
         out = model.generate(source, model.detect(source), model.detect(driving))
-    grid = identity_grid(SIZE, False)
+    grid = identity_grid((size, size), False)
     for key in ("embedding_grid", "driving_grid", "deformation"):
-        offset_pixels = (out[key] - grid).abs().max() * SIZE[0] / 2
-        assert offset_pixels < 1.0, (key, float(offset_pixels))  # sub-pixel everywhere
-    to_source = (out["prediction"] - source).abs().mean()
-    driving_to_source = (driving - source).abs().mean()
-    assert to_source < 0.01 and to_source < 0.25 * driving_to_source, (float(to_source), float(driving_to_source))
+        offset_pixels = (out[key] - grid).abs().max() * size / 2
+        assert offset_pixels < 0.5, (key, float(offset_pixels))
+    to_source = float((out["prediction"] - source).abs().mean())
+    driving_to_source = float((driving - source).abs().mean())
+    print(f"{config_name} {mode}: L1(output, source) {to_source:.5f}, L1(driving, source) {driving_to_source:.4f}")
+    assert to_source < 0.005 and to_source < 0.1 * driving_to_source, (to_source, driving_to_source)
 
 
 def test_x2face_deformation_is_the_composed_grid(taichi_frames):
@@ -251,8 +257,11 @@ def test_training_loop_lowers_reconstruction_loss(name, taichi_root, taichi_fram
     """
     from fomm.checkpoint import load_model
     from fomm.train import seed_everything, train
+    # Monkey-Net's fall is large (about 60 %): batches of 2 keep its 50 steps cheap.
+    batch = 2 if name == "monkey-net" else 4
     config = tiny(name, "train_params.num_repeats=200", "train_params.num_epochs=10",
-                  "train_params.max_steps=50", "train_params.checkpoint_every=50")
+                  "train_params.max_steps=50", "train_params.checkpoint_every=50",
+                  f"train_params.batch_size={batch}")
     seed_everything(config.train_params.seed)
     before = _reconstruction_error(build_model(config), taichi_frames)
     out = tmp_path / "run"
