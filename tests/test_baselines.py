@@ -327,3 +327,22 @@ def test_animate_stage(name, motion, shared_data, tmp_path):
     assert main(args) == 0
     info = probe(out)
     assert info.num_frames == 6 and (info.width, info.height) == (3 * 64, 64)
+
+
+@pytest.mark.parametrize("name", ["monkey-net", "x2face"])
+def test_bf16_autocast_and_channels_last(name, taichi_frames):
+    """The GPU training path (bf16 autocast, channels_last) on CPU autocast as a stand-in:
+    keypoint moments, masks and grids stay float32, losses and gradients are finite."""
+    from fomm.train import build_kit
+    config = tiny(name)
+    model = build_model(config).to(memory_format=torch.channels_last)
+    kit = build_kit(config, "cpu")
+    source = taichi_frames[:2].contiguous(memory_format=torch.channels_last)
+    driving = taichi_frames[4:6].contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses, generated = model.generator_losses(source, driving, kit)
+    sum(losses.values()).backward()
+    assert generated["deformation"].dtype == torch.float32
+    assert all(torch.isfinite(v) for v in losses.values())
+    grads = [p.grad for p in model.optimizer_groups()["generator"] if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -64,7 +64,7 @@ class KeypointDetector(nn.Module):
     def forward(self, frames: torch.Tensor) -> Motion:
         logits = self.kp(self.predictor(self.down(frames)))  # (B, K, h, w)
         batch, num_kp, height, width = logits.shape
-        heatmap = F.softmax(logits.float().view(batch, num_kp, -1) / self.temperature, dim=2)
+        heatmap = F.softmax(logits.float().reshape(batch, num_kp, -1) / self.temperature, dim=2)
         heatmap = heatmap.view(batch, num_kp, height, width)  # sums to 1 over space
         return heatmap_moments(heatmap, self.align_corners)  # value (B, K, 2), covariance (B, K, 2, 2)
 
@@ -109,7 +109,7 @@ class DenseMotion(nn.Module):
         heat = torch.cat([torch.zeros_like(heat[:, :1]), heat], dim=1)  # (B, K+1, h, w)
         repeated = source.unsqueeze(1).expand(-1, num_motions, -1, -1, -1).flatten(0, 1)
         deformed = warp(repeated, motions.flatten(0, 1), self.align_corners)  # (B(K+1), C, h, w)
-        deformed = deformed.view(batch, num_motions, -1, height, width)
+        deformed = deformed.reshape(batch, num_motions, -1, height, width)
         return torch.cat([heat.unsqueeze(2).to(deformed.dtype), deformed], dim=2).flatten(1, 2), deformed
 
     def forward(self, source: torch.Tensor, kp_source: Motion, kp_driving: Motion,
