@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fomm.augment import resize_frames
 from fomm.baselines.common import heatmap_moments
 from fomm.baselines.monkey_net import MonkeyNet, gaussians
 from fomm.baselines.x2face import X2Face
 from fomm.blocks import identity_grid, warp
-from fomm.data import open_clips, to_tensor
+from fomm.data import to_tensor
 from fomm.registry import build_model
 from pipeline.config import load_config
 

@@ -101,7 +101,9 @@ class DenseMotion(nn.Module):
         self.use_residual_flow = params.use_residual_flow
 
     def inputs(self, source: torch.Tensor, kp_source: Motion, kp_driving: Motion,
-               motions: torch.Tensor) -> torch.Tensor:
+               motions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hourglass input (B, (K+1)(C+1), h, w): per motion its heatmap difference and the
+        source warped by it; and those warped sources (B, K+1, C, h, w)."""
         batch, num_motions, height, width, _ = motions.shape
         size = (height, width)
         heat = (gaussians(kp_driving, size, self.params, self.align_corners)
