@@ -23,7 +23,7 @@ def test_root(shared_data, tmp_path) -> Path:
     root = tmp_path / "data"
     (root / "test").mkdir(parents=True)
     (root / "test" / "taichi2").symlink_to(shared_data / "bodies" / "dwnet-taichi" / "2")
-    (root / "test" / "face08.mp4").symlink_to(shared_data / "faces" / "fomm-demo" / "08.mp4")
+    (root / "test" / "vox08.mp4").symlink_to(shared_data / "faces" / "fomm-demo" / "08.mp4")
     return root
 
 
@@ -48,7 +48,7 @@ def test_reconstruct_writes_pngs_videos_and_l1_from_them(test_root, checkpoint, 
                      "--out", str(out), "--batch-size", "32"]) == 0
     with open(out / "l1.csv", newline="") as handle:
         rows = {r["clip"]: r for r in csv.DictReader(handle)}
-    assert set(rows) == {"face08", "taichi2"}
+    assert set(rows) == {"vox08", "taichi2"}
 
     truth = ReconstructionClips(open_clips(test_root, "test"), (64, 64, 3), batch_size=200)
     for clip, batches in truth:
@@ -62,7 +62,7 @@ def test_reconstruct_writes_pngs_videos_and_l1_from_them(test_root, checkpoint, 
         assert abs(float(rows[clip]["l1"]) - direct) <= 0.5 / 255 + 1e-6
         info = probe(out / f"{clip}.mp4")
         assert info.num_frames == len(driving) and (info.width, info.height) == (64, 64)
-    assert probe(out / "face08.mp4").fps == pytest.approx(35.0, rel=1e-3)  # the source clip's rate
+    assert probe(out / "vox08.mp4").fps == pytest.approx(35.0, rel=1e-3)  # the source clip's rate
 
 
 def test_first_frame_is_the_source_and_reruns_skip_done_clips(test_root, checkpoint, tmp_path):
@@ -74,15 +74,15 @@ def test_first_frame_is_the_source_and_reruns_skip_done_clips(test_root, checkpo
             "--out", str(out), "--num-videos", "1", "--batch-size", "7"]
     assert cli_main(args) == 0
     written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "l1.csv"}
-    assert len([p for p in written if p.suffix == ".png"]) == 150  # face08 only (name order)
+    assert len([p for p in written if p.suffix == ".png"]) == 48  # taichi2 only (name order)
 
-    frames = torch.cat(list(ReconstructionClips(open_clips(test_root, "test"), (64, 64, 3), 150).frames("face08")))
+    frames = torch.cat(list(ReconstructionClips(open_clips(test_root, "test"), (64, 64, 3), 48).frames("taichi2")))
     model = load_model(None, checkpoint)
-    picks = [0, 37, 149]
+    picks = [0, 20, 47]
     with torch.no_grad():
         expected = model.reconstruct(frames[:1].expand(3, -1, -1, -1), frames[picks])["prediction"]
     for index, prediction in zip(picks, expected):
-        png = _read_png(out / "face08" / f"{index:07d}.png").astype(np.int16)
+        png = _read_png(out / "taichi2" / f"{index:07d}.png").astype(np.int16)
         direct = (prediction.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.int16)
         assert np.abs(png - direct).max() <= 1
 

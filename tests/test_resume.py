@@ -10,10 +10,10 @@ import torch
 from fomm.checkpoint import load_checkpoint_file
 from pipeline.cli import main as cli_main
 
-# 2 clips x 6 repeats / batch 4 = 3 steps per epoch: the stop at step 4 falls mid-epoch,
+# 2 clips x 4 repeats / batch 4 = 2 steps per epoch: the stop at step 3 falls mid-epoch,
 # after one MultiStepLR milestone (epoch 1), with flips and time flips on.
 COMMON = ["--config", "tiny", "train_params.loss_weights.perceptual=[0,0,0,0,0]",
-          "train_params.loss_weights.reconstruction_l1=10", "train_params.num_repeats=6",
+          "train_params.loss_weights.reconstruction_l1=10", "train_params.num_repeats=4",
           "train_params.num_epochs=10", "train_params.epoch_milestones=[1,2]",
           "train_params.checkpoint_every=100", "train_params.image_every=100", "train_params.log_every=100"]
 
@@ -50,25 +50,25 @@ def _equal(a, b, path="") -> None:
 
 def test_stopped_and_resumed_run_equals_unbroken_run(taichi_root, tmp_path):
     unbroken, stopped = tmp_path / "unbroken", tmp_path / "stopped"
-    _run(taichi_root, unbroken, 8)
-    _run(taichi_root, stopped, 4, "train_params.dataloader_workers=1")  # other loader workers, same pairs
-    assert load_checkpoint_file(stopped / "checkpoints" / "step-0000004.pt")["batch_in_epoch"] == 1
+    _run(taichi_root, unbroken, 6)
+    _run(taichi_root, stopped, 3, "train_params.dataloader_workers=1")  # other loader workers, same pairs
+    assert load_checkpoint_file(stopped / "checkpoints" / "step-0000003.pt")["batch_in_epoch"] == 1
     with open(stopped / "metrics.jsonl", "a") as handle:  # steps a killed run logged past its checkpoint
-        handle.write(json.dumps({"step": 5, "loss": -1.0}) + "\n")
-    _run(taichi_root, stopped, 8, "--resume")
+        handle.write(json.dumps({"step": 4, "loss": -1.0}) + "\n")
+    _run(taichi_root, stopped, 6, "--resume")
 
-    a = load_checkpoint_file(unbroken / "checkpoints" / "step-0000008.pt")
-    b = load_checkpoint_file(stopped / "checkpoints" / "step-0000008.pt")
+    a = load_checkpoint_file(unbroken / "checkpoints" / "step-0000006.pt")
+    b = load_checkpoint_file(stopped / "checkpoints" / "step-0000006.pt")
     for part in ("generator", "kp_detector", "discriminator", "optimizer_generator", "optimizer_kp_detector",
                  "schedulers"):
         _equal(a[part], b[part], part)
-    assert a["step"] == b["step"] == 8 and a["epoch"] == b["epoch"] == 2
+    assert a["step"] == b["step"] == 6 and a["epoch"] == b["epoch"] == 3
     assert a["optimizer_generator"]["param_groups"][0]["lr"] == pytest.approx(2e-6)  # two milestones passed
     _equal(a["rng"]["torch"], b["rng"]["torch"], "rng.torch")
 
     curve = lambda out: [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     ca, cb = curve(unbroken), curve(stopped)
-    assert [r["step"] for r in cb] == list(range(1, 9))
+    assert [r["step"] for r in cb] == list(range(1, 7))
     assert [r["loss"] for r in ca] == [r["loss"] for r in cb]
 
 
