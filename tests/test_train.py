@@ -111,3 +111,33 @@ def test_train_rejects_bad_input(taichi_root, tmp_path):
     code = cli_main(["run", "train", "--config", "tiny", "--data", str(taichi_root), "--out", str(tmp_path / "o"),
                      "train_params.batch_size=64"])
     assert code == 2  # 2 clips make no batch of 64
+
+
+def test_trains_from_parquet_shards_with_loader_workers(shared_data, tmp_path):
+    """What `prepare` writes (shards + clips.parquet), read by a DataLoader worker process."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    root = tmp_path / "prepared"
+    (root / "shards").mkdir(parents=True)
+    files = sorted((shared_data / "bodies" / "dwnet-taichi" / "1").glob("*.png"))[:16]
+    rows = [{"clip": f"taichi#c{c}#000000#000008", "frame_index": i, "png": f.read_bytes()}
+            for c in range(2) for i, f in enumerate(files[8 * c: 8 * c + 8])]
+    pq.write_table(pa.Table.from_pylist(rows), root / "shards" / "train-00000.parquet", row_group_size=5)
+    out = tmp_path / "run"
+    assert cli_main(["run", "train", "--config", "tiny", "--data", str(root), "--out", str(out), *FAST,
+                     "train_params.max_steps=2", "train_params.num_repeats=4", "train_params.dataloader_workers=1"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) for r in records)
+
+
+@pytest.mark.slow
+def test_tiny_fomm_perceptual_loss_falls(taichi_root, tmp_path):
+    """The default tiny losses (perceptual on the random-VGG19 substitute): the perceptual
+    term's mean over the last 10 of 50 steps is at least 30 % below the first 10's."""
+    config = resolve_run_config("tiny", ["train_params.max_steps=50", "train_params.num_repeats=20",
+                                         "train_params.num_epochs=100"], None)
+    train(config, taichi_root, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first, last = (np.mean([r["perceptual"] for r in part]) for part in (records[:10], records[-10:]))
+    print(f"perceptual {first:.3f} -> {last:.3f}")
+    assert last <= 0.7 * first
