@@ -39,7 +39,7 @@ class VideoInfo:
     width: int
     height: int
     fps: float
-    num_frames: int
+    num_frames: int  # the container's count where it stores one (may be off by one: see count_frames)
     duration: float
     codec: str
     has_audio: bool
@@ -77,6 +77,11 @@ def probe(path: str | Path) -> VideoInfo:
                              audio is not None, audio_duration)
     except av.error.FFmpegError as err:
         raise UserError(f"{str(path)!r} is not a readable video: {err}") from None
+
+
+def count_frames(path: str | Path) -> int:
+    """Frames a full decode yields: exact, where `probe().num_frames` trusts the container."""
+    return sum(1 for _ in iter_frames(path))
 
 
 def iter_frames(path: str | Path, start: int = 0, end: int | None = None) -> Iterator[np.ndarray]:
@@ -125,15 +130,14 @@ def atomic_path(final: str | Path, suffix: str | None = None) -> Iterator[Path]:
 class VideoWriter:
     """Write RGB uint8 frames to mp4 (h264) or gif through an ffmpeg pipe.
 
-    The output appears at `path` only when `close()` succeeds; `audio_from` muxes the
-    audio stream of another file (the driving video), cut to the video's length.
+    The output appears at `path` only when `close()` succeeds. Video only: animate muxes
+    the driving video's audio in a second pass (fomm/animate.mux_audio), where it can line
+    the audio up with the video's start.
     """
 
-    def __init__(self, path: str | Path, fps: float, audio_from: str | Path | None = None,
-                 crf: int = 18):
+    def __init__(self, path: str | Path, fps: float, crf: int = 18):
         self.path = Path(path)
         self.fps = float(fps)
-        self.audio_from = audio_from
         self.crf = crf
         self._proc: subprocess.Popen | None = None
         self._size: tuple[int, int] | None = None
@@ -152,9 +156,6 @@ class VideoWriter:
         if ext == ".gif":
             return cmd + ["-filter_complex", "split[a][b];[a]palettegen[p];[b][p]paletteuse",
                           "-f", "gif", str(self._tmp)]
-        if self.audio_from is not None:
-            cmd += ["-i", str(self.audio_from), "-map", "0:v:0", "-map", "1:a:0?",
-                    "-c:a", "aac", "-shortest"]
         # yuv420p needs even sizes: pad by one pixel where needed.
         cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast",
                 "-crf", str(self.crf), "-pix_fmt", "yuv420p", "-movflags", "+faststart",
@@ -212,10 +213,9 @@ class VideoWriter:
         return self._count
 
 
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float,
-                audio_from: str | Path | None = None) -> Path:
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float) -> Path:
     """Write all `frames` to `path` (mp4 or gif) atomically; see VideoWriter."""
-    with VideoWriter(path, fps, audio_from) as writer:
+    with VideoWriter(path, fps) as writer:
         writer.write_all(frames)
     return writer.path
 
