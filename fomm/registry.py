@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from pipeline.config import Config, replace
+from pipeline.config import CONFIG_DIR, Config, replace
 from pipeline.errors import UserError
 
 # name -> "module:Class"; imported on use so a run loads only its own family.
@@ -28,3 +28,16 @@ def build_model(config: Config, name: str | None = None):
     if name != config.model_params.name:
         config = replace(config, model_params=replace(config.model_params, name=name))
     return cls(config)
+
+
+def family_config(config_name: str, model: str | None) -> str:
+    """The config a family trains with for a dataset config: `--model monkey-net --config
+    vox-256` means configs/monkey-net-vox-256.yaml (the baseline's own architecture and
+    losses on vox-256's data and schedule) where that file exists; a path, FOMM, or a
+    dataset without a family-specific file keeps `config_name` as given."""
+    if not model or model == "fomm" or model not in MODELS or "/" in config_name or config_name.endswith(".yaml"):
+        return config_name
+    if config_name.startswith(f"{model}-"):
+        return config_name
+    specific = CONFIG_DIR / f"{model}-{config_name}.yaml"
+    return specific.stem if specific.is_file() else config_name

@@ -60,7 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_run_config(config_name: str, overrides: list[str], model: str | None) -> Config:
-    config = load_config(config_name, overrides)
+    """Load `config_name` (the family's own variant where one exists, see
+    fomm.registry.family_config) and make `model` its model family."""
+    from fomm.registry import family_config
+    config = load_config(family_config(config_name, model), overrides)
     if model and model != config.model_params.name:
         config = replace(config, model_params=replace(config.model_params, name=model))
     return config

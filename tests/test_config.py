@@ -49,3 +49,17 @@ def test_round_trip_and_hash():
     assert again == cfg
     assert config_hash(again) == config_hash(cfg)
     assert config_hash(Config()) != config_hash(cfg)
+
+
+def test_a_baseline_trains_with_its_own_variant_of_a_dataset_config():
+    from fomm.registry import family_config
+    from fomm.train import resolve_run_config
+    assert family_config("vox-256", "monkey-net") == "monkey-net-vox-256"
+    assert family_config("tiny", "x2face") == "x2face-tiny"
+    assert family_config("vox-256", "fomm") == "vox-256"
+    assert family_config("monkey-net-vox-256", "monkey-net") == "monkey-net-vox-256"
+    x2face = resolve_run_config("vox-256", [], "x2face")
+    assert x2face.model_params.name == "x2face"
+    # X2Face trains on the L1 photometric loss alone, not FOMM's perceptual pyramid.
+    assert x2face.train_params.loss_weights.reconstruction_l1 > 0
+    assert not any(x2face.train_params.loss_weights.perceptual)
