@@ -55,11 +55,11 @@ class Budget:
 
 
 BUDGETS = {
-    # Single-thread CPU seconds per step at batch 8 (64x64), measured on a shared 2-core
-    # machine: FOMM 0.75, Monkey-Net 0.65, X2Face 0.16; so about 10.5 minutes in all with
-    # preparing and benchmarking on 2 free cores (an estimate: wall times on the busy
-    # machine were 5-10x longer).
-    "small": Budget(steps={"fomm": 300, "monkey-net": 300, "x2face": 800}, batch_size=8,
+    # Measured on a shared 2-core machine (load 3-13) with 300/300/800 steps: 29.3 min
+    # wall; CPU seconds per step (2 threads) FOMM 2.9, Monkey-Net 1.45, X2Face 0.24, and
+    # 31 s prepare, 6 s benchmark. These steps cut that CPU time by a third, aiming at
+    # under 15 minutes on 2 free cores (not yet measured on an idle machine).
+    "small": Budget(steps={"fomm": 200, "monkey-net": 200, "x2face": 600}, batch_size=8,
                     max_clips=None, max_frames=None, bootstrap=1000),
     "tiny": Budget(steps={"fomm": 4, "monkey-net": 4, "x2face": 4}, batch_size=2,
                    max_clips=2, max_frames=6, bootstrap=100),
