@@ -38,10 +38,8 @@ log = logging.getLogger(__name__)
 
 # model -> the config it trains with (configs/*.yaml)
 MODEL_CONFIGS = {"fomm": "tiny", "monkey-net": "monkey-net-tiny", "x2face": "x2face-tiny"}
-# Per-model config overrides of this run. Monkey-Net's motion at full frame size: with
-# scale_factor 0.5 its 'deformation' is 32x32, and the training loop's preview image
-# (fomm/train.py `training_image`) cannot yet place that beside the 64x64 frames.
-MODEL_OVERRIDES = {"monkey-net": ["model_params.monkey_net_params.scale_factor=1"]}
+# Per-model config overrides of this run (`key=value`), beside the budget's.
+MODEL_OVERRIDES: dict[str, list[str]] = {}
 
 
 @dataclass(frozen=True)
