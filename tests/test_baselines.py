@@ -244,23 +244,20 @@ def _reconstruction_error(model, frames: torch.Tensor) -> float:
     return float((prediction - frames).abs().mean())
 
 
-@pytest.mark.parametrize("name", ["monkey-net", "x2face"])
+@pytest.mark.parametrize("name", ["monkey-net"])
 def test_training_loop_lowers_reconstruction_loss(name, taichi_root, taichi_frames, tmp_path):
     """50 steps of fomm.train.train (the loop FOMM trains with) on real Tai-Chi frames.
 
     Monkey-Net starts from a random image: its L1, in the loop's log and on the paper's
-    protocol (frame 0 drives every frame), falls by at least 30 %. X2Face starts as
-    "copy the source" (its grids start at identity), already a strong answer; what it must
-    show is that it learns motion: its loop loss falls and, after training, it reconstructs
-    better than copying the source does.
+    protocol (frame 0 drives every frame), falls by at least 30 %. (X2Face: see
+    test_x2face_training_loop_learns_motion.)
     """
     from fomm.checkpoint import load_model
     from fomm.train import seed_everything, train
     # Monkey-Net's fall is large (about 60 %): batches of 2 keep its 50 steps cheap.
-    batch = 2 if name == "monkey-net" else 4
     config = tiny(name, "train_params.num_repeats=200", "train_params.num_epochs=10",
                   "train_params.max_steps=50", "train_params.checkpoint_every=50",
-                  f"train_params.batch_size={batch}")
+                  "train_params.batch_size=2")
     seed_everything(config.train_params.seed)
     before = _reconstruction_error(build_model(config), taichi_frames)
     out = tmp_path / "run"
@@ -273,10 +270,71 @@ def test_training_loop_lowers_reconstruction_loss(name, taichi_root, taichi_fram
     copy_source = float((taichi_frames[:1] - taichi_frames).abs().mean())
     print(f"{name}: loop L1 {first:.4f} -> {last:.4f}; protocol L1 {before:.4f} -> {after:.4f}; "
           f"copying the source {copy_source:.4f}")
-    if name == "monkey-net":
-        assert last < 0.7 * first and after < 0.7 * before, (first, last, before, after)
-    else:
-        assert last < 0.95 * first and after < 0.95 * copy_source, (first, last, after, copy_source)
+    assert last < 0.7 * first and after < 0.7 * before, (first, last, before, after)
+
+
+@pytest.fixture()
+def faces_clip(tmp_path, shared_data) -> tuple[Path, torch.Tensor]:
+    """A dataset of one real talking-head clip with large head turns (fomm-demo/08.mp4,
+    frames 0, 20, ..., 140 at 64x64, written as PNGs in `train/` and `test/`) and those
+    frames as the tensor (8, 3, 64, 64) the loop reads."""
+    from PIL import Image
+    from pipeline.media import load_image, read_frames
+    frames = resize_frames(read_frames(shared_data / "faces" / "fomm-demo" / "08.mp4", 0, 141)[::20], SIZE)  # uint8
+    for split in ("train", "test"):
+        clip = tmp_path / "faces" / split / "face08"
+        clip.mkdir(parents=True)
+        for index, frame in enumerate(frames):
+            Image.fromarray(frame).save(clip / f"{index:07d}.png")
+    files = sorted((tmp_path / "faces" / "train" / "face08").glob("*.png"))
+    return tmp_path / "faces", to_tensor(np.stack([load_image(f) for f in files]))
+
+
+def _x2face_run(config, data_root: Path, out: Path) -> list[float]:
+    from fomm.train import seed_everything, train
+    seed_everything(config.train_params.seed)
+    train(config, data_root, out)
+    return [json.loads(line)["reconstruction_l1"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_x2face_training_loop_learns_motion(faces_clip, tmp_path):
+    """50 steps of fomm.train.train on a real talking head, against a control: the same 50
+    batches with lr 0 (an untrained X2Face, i.e. copying the source).
+
+    Why this clip and not the Tai-Chi frames: X2Face starts as "copy the source" (its grids
+    start at identity). On the Tai-Chi frames (small motion, copy-source L1 0.036) 50 steps
+    do not beat copying on the training batches: the loop's first-10 vs last-10 fall of about
+    10 % is batch composition (the lr-0 control falls 8 %). This clip's head turns give it
+    something to learn (copy-source L1 0.082; a per-frame free-flow warp reaches 0.021).
+
+    Asserted (measured, nothing hard-coded): the loop's L1, mean of steps 41-50 against steps
+    1-10, falls by at least 10 %, and ends at least 10 % below the control's on the same
+    batches (so the fall is learning, not easier batches); on the paper's protocol (frame 0
+    drives every frame, eval mode) the trained model beats copying the source.
+    The issue's 30 % in 50 steps is NOT met by X2Face. Seed 0 here: loop 0.085 -> 0.069
+    (control 0.084 -> 0.082), protocol 0.082 -> 0.078. Seeds 0-2 (scratch runs): loop falls
+    14-19 %; protocol falls 4-17 % in eval mode and 18-23 % in train mode (BatchNorm's running
+    statistics lag the weights this early). In a scratch loop without flips, 200 steps halve it.
+    """
+    from fomm.checkpoint import load_model
+    from fomm.train import seed_everything
+    data_root, frames = faces_clip
+    overrides = ["train_params.num_repeats=200", "train_params.num_epochs=10", "train_params.max_steps=50",
+                 "train_params.checkpoint_every=50", "train_params.batch_size=4"]
+    config = tiny("x2face", *overrides)
+    seed_everything(config.train_params.seed)
+    before = _reconstruction_error(build_model(config), frames)
+    curve = _x2face_run(config, data_root, tmp_path / "run")
+    control = _x2face_run(tiny("x2face", *overrides, "train_params.lr_generator=0"), data_root, tmp_path / "lr0")
+    assert len(curve) == 50 and (tmp_path / "run" / "images" / "step-0000050.png").is_file()
+    first, last, control_last = np.mean(curve[:10]), np.mean(curve[-10:]), np.mean(control[-10:])
+    after = _reconstruction_error(load_model(None, tmp_path / "run" / "checkpoints" / "step-0000050.pt"), frames)
+    copy_source = float((frames[:1] - frames).abs().mean())
+    print(f"x2face: loop L1 {first:.4f} -> {last:.4f} (lr 0: {np.mean(control[:10]):.4f} -> {control_last:.4f}); "
+          f"protocol L1 {before:.4f} -> {after:.4f}; copying the source {copy_source:.4f}")
+    assert abs(before - copy_source) < 0.005, (before, copy_source)  # untrained = copying
+    assert last < 0.9 * first and last < 0.9 * control_last, (first, last, control_last)
+    assert after < copy_source, (after, copy_source)
 
 
 def _checkpoint(name: str, path: Path) -> Path:
