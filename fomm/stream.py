@@ -39,6 +39,7 @@ from fomm.animate import AnimateOptions, Animator, compose, to_frames, to_tensor
 from fomm.api import MotionTransferModel
 from pipeline.config import Config
 from pipeline.errors import UserError
+from pipeline.media import realtime_input_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def input_arguments(spec: str, realtime: bool = False) -> tuple[list[str], bool]
         raise UserError(f"--driving {spec!r} for --stream: expected a camera (/dev/videoN, "
                         f"FORMAT:DEVICE with FORMAT in {list(DEVICE_FORMATS)}), '-', a URL, "
                         "a named pipe or a video file")
-    pace = ["-re"] if realtime and stat.S_ISREG(path.stat().st_mode) else []
+    pace = realtime_input_arguments() if realtime and stat.S_ISREG(path.stat().st_mode) else []
     return pace + ["-i", str(path)], False
 
 

@@ -7,6 +7,7 @@ there is no ffprobe, so probing uses PyAV.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -31,6 +32,22 @@ def ffmpeg_exe() -> str:
         return system
     import imageio_ffmpeg
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@functools.lru_cache(maxsize=None)
+def ffmpeg_has_option(option: str) -> bool:
+    """Whether this ffmpeg build knows `-option` (options differ between versions)."""
+    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-h", "full"], capture_output=True, text=True)
+    return f"-{option} " in result.stdout
+
+
+def realtime_input_arguments() -> list[str]:
+    """Input options that read a file at its native frame rate, as a camera delivers it.
+
+    `-re` alone lets ffmpeg >= 6.1 burst-read the first 0.5 s; a camera has no such burst.
+    (A burst of 0 means "the default" to ffmpeg, hence 1 ms.)"""
+    burst = ["-readrate_initial_burst", "0.001"] if ffmpeg_has_option("readrate_initial_burst") else []
+    return ["-re", *burst]
 
 
 @dataclass(frozen=True)

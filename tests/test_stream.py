@@ -16,7 +16,7 @@ from fomm.animate import AnimateOptions, Animator, load_animation_model
 from pipeline import cli
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.media import ffmpeg_exe, iter_frames, probe
+from pipeline.media import ffmpeg_exe, iter_frames, probe, realtime_input_arguments
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_input_arguments_for_devices_urls_and_pipes(tmp_path):
     assert stream.input_arguments("-") == (["-i", "pipe:0"], True)
     clip = tmp_path / "a.ts"
     clip.write_bytes(b"")
-    assert stream.input_arguments(str(clip), realtime=True)[0][0] == "-re"
+    assert stream.input_arguments(str(clip), realtime=True)[0][:-2] == realtime_input_arguments()
     with pytest.raises(UserError, match="camera"):
         stream.input_arguments(str(tmp_path / "missing.mp4"))
 
@@ -85,7 +85,9 @@ def test_stream_paced_file_reports_latency(model, config, clip, tmp_path, shared
     assert report.frames_in == 20
     assert report.frames_out + report.dropped == report.frames_in and report.frames_out >= 1
     assert len(report.latencies) == report.frames_out == probe(out).num_frames
-    assert report.seconds >= 0.75  # paced at 25 fps like a camera, not read at disk speed
+    # Paced at 25 fps like a camera: 19 frame intervals take 0.76 s, less a few frames of
+    # decoder look-ahead; unpaced, the 20 frames are read in about 0.2 s.
+    assert report.seconds >= 0.6
     assert 0 < report.percentile(50) <= report.percentile(95)
     assert_latency_bounded(report)
     assert "p50" in report.summary() and "p95" in report.summary()
@@ -96,7 +98,7 @@ def test_stream_from_growing_pipe_keeps_every_frame(model, config, clip, tmp_pat
     frame that arrives is animated and written, in order."""
     fifo = tmp_path / "camera.ts"
     os.mkfifo(fifo)
-    writer = subprocess.Popen([ffmpeg_exe(), "-y", "-loglevel", "error", "-re", "-i", str(clip),
+    writer = subprocess.Popen([ffmpeg_exe(), "-y", "-loglevel", "error", *realtime_input_arguments(), "-i", str(clip),
                                "-c", "copy", "-f", "mpegts", str(fifo)])
     try:
         report = stream.run_stream(model, config, shared_data / "faces/sadtalker/happy.png", str(fifo),
@@ -105,7 +107,7 @@ def test_stream_from_growing_pipe_keeps_every_frame(model, config, clip, tmp_pat
         writer.wait(timeout=30)
     assert report.frames_in == report.frames_out == 20 and report.dropped == 0
     assert probe(tmp_path / "pipe.mp4").num_frames == 20
-    assert report.seconds >= 0.75  # the frames came in as they were written
+    assert report.seconds >= 0.6  # the frames came in as they were written (see above)
 
 
 def test_stream_latency_stays_bounded_with_a_slow_model(model, config, clip, tmp_path, shared_data,
