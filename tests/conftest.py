@@ -47,3 +47,49 @@ def _few_threads():
     except ImportError:
         pass
     yield
+
+
+@pytest.fixture
+def taichi_root(shared_data, tmp_path) -> Path:
+    """Original layout with the two real Tai-Chi test clips (256 px) as the train split
+    (symlinks into ../shared/data: nothing copied)."""
+    root = tmp_path / "taichi"
+    (root / "train").mkdir(parents=True)
+    for name in ("1", "2"):
+        (root / "train" / f"taichi{name}").symlink_to(shared_data / "bodies" / "dwnet-taichi" / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray on 2 CPUs for one test module."""
+    from pipeline.ray_runner import init_ray, shutdown_ray
+    init_ray(num_cpus=2)
+    yield
+    shutdown_ray()
+
+
+@pytest.fixture(scope="module")
+def config():
+    """The tiny FOMM config (64x64) for animation tests."""
+    from pipeline.config import load_config
+    return load_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, config):
+    """An untrained tiny FOMM saved as a released checkpoint is (state dicts, no config)."""
+    import torch
+    from fomm.registry import build_model
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.save(build_model(config).checkpoint_state(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(config, checkpoint):
+    """The tiny FOMM loaded the way `pipeline run animate` loads a model, on the CPU."""
+    import torch
+    from fomm.animate import load_animation_model
+    return load_animation_model(config, checkpoint, torch.device("cpu"))

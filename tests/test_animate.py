@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from fomm import source_crop
-from fomm.animate import (AnimateOptions, Animator, animate, audio_offset, load_animation_model,
-                          to_frames, to_tensor)
+from fomm.animate import (AnimateOptions, Animator, animate, audio_offset, to_frames, to_tensor)
 from fomm.best_frame import find_best_frame
 from pipeline import cli
 from pipeline.config import load_config
@@ -25,25 +24,6 @@ CPU = torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def config():
-    return load_config("tiny")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, config):
-    from fomm.registry import build_model
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(build_model(config).checkpoint_state(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(config, checkpoint):
-    return load_animation_model(config, checkpoint, CPU)
-
-
 def trim(src: Path, dst: Path, frames: int, *extra: str) -> Path:
     """First `frames` video frames of `src` (audio kept whole unless `extra` says otherwise)."""
     subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), "-frames:v", str(frames),

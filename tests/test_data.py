@@ -1,7 +1,6 @@
 """fomm/data.py and fomm/augment.py on real frames from ../shared/data."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np

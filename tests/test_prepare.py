@@ -81,14 +81,6 @@ def mirror(shared_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    from pipeline.ray_runner import init_ray, shutdown_ray
-    init_ray(num_cpus=2)
-    yield
-    shutdown_ray()
-
-
-@pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("manifest") / "vox-like.csv"
     path.write_text("\n".join([HEADER, *ROWS]) + "\n")

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from fomm.distributed import train_distributed
 from fomm.train import resolve_run_config, train
@@ -23,15 +22,6 @@ STEPS, LAST = 16, 8
 OVERRIDES = ["train_params.loss_weights.perceptual=[0,0,0,0,0]", "train_params.loss_weights.reconstruction_l1=10",
              f"train_params.max_steps={STEPS}", "train_params.num_repeats=40", "train_params.num_epochs=10",
              "train_params.checkpoint_every=1000", "train_params.image_every=1000", "train_params.log_every=10"]
-
-
-@pytest.fixture
-def taichi_root(shared_data, tmp_path) -> Path:
-    root = tmp_path / "taichi"
-    (root / "train").mkdir(parents=True)
-    for name in ("1", "2"):
-        (root / "train" / f"taichi{name}").symlink_to(shared_data / "bodies" / "dwnet-taichi" / name)
-    return root
 
 
 def _curve(out: Path) -> list[dict]:

@@ -18,15 +18,6 @@ COMMON = ["--config", "tiny", "train_params.loss_weights.perceptual=[0,0,0,0,0]"
           "train_params.checkpoint_every=100", "train_params.image_every=100", "train_params.log_every=100"]
 
 
-@pytest.fixture
-def taichi_root(shared_data, tmp_path) -> Path:
-    root = tmp_path / "taichi"
-    (root / "train").mkdir(parents=True)
-    for name in ("1", "2"):
-        (root / "train" / f"taichi{name}").symlink_to(shared_data / "bodies" / "dwnet-taichi" / name)
-    return root
-
-
 def _run(root: Path, out: Path, steps: int, *extra: str) -> None:
     assert cli_main(["run", "train", "--data", str(root), "--out", str(out), *COMMON,
                      f"train_params.max_steps={steps}", *extra]) == 0

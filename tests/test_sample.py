@@ -20,14 +20,6 @@ NAME = re.compile(r"^[a-z_]+#[a-z_]+-m\d{4}#\d{6}#\d{6}$")
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    from pipeline.ray_runner import init_ray, shutdown_ray
-    init_ray(num_cpus=2)
-    yield
-    shutdown_ray()
-
-
-@pytest.fixture(scope="module")
 def prepared(tmp_path_factory, ray_local):
     out = tmp_path_factory.mktemp("sample")
     assert cli.main(["run", "prepare", "--dataset", "sample", "--out", str(out),

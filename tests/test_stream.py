@@ -9,33 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fomm import stream
-from fomm.animate import AnimateOptions, Animator, load_animation_model
+from fomm.animate import AnimateOptions, Animator
 from pipeline import cli
-from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.media import ffmpeg_exe, iter_frames, probe, realtime_input_arguments
-
-
-@pytest.fixture(scope="module")
-def config():
-    return load_config("tiny")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, config):
-    from fomm.registry import build_model
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(build_model(config).checkpoint_state(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(config, checkpoint):
-    return load_animation_model(config, checkpoint, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

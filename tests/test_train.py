@@ -14,7 +14,7 @@ from fomm.checkpoint import load_checkpoint_file, load_model
 from fomm.data import open_clips, to_tensor
 from fomm.augment import resize_frames
 from fomm.registry import build_model
-from fomm.train import main as train_main, resolve_run_config, seed_everything, train
+from fomm.train import resolve_run_config, seed_everything, train
 from pipeline.cli import main as cli_main
 from pipeline.config import config_from_dict
 
@@ -22,16 +22,6 @@ from pipeline.config import config_from_dict
 # the 50-step test trains on the L1 photometric term (plus equivariance) and measures L1
 # on fixed pairs; the perceptual path runs in test_train_cli_writes_run_outputs.
 FAST = ["train_params.loss_weights.perceptual=[0,0,0,0,0]", "train_params.loss_weights.reconstruction_l1=10"]
-
-
-@pytest.fixture
-def taichi_root(shared_data, tmp_path) -> Path:
-    """Original layout with the two real Tai-Chi test clips (256 px, read at 64x64) as train."""
-    root = tmp_path / "taichi"
-    (root / "train").mkdir(parents=True)
-    for name in ("1", "2"):
-        (root / "train" / f"taichi{name}").symlink_to(shared_data / "bodies" / "dwnet-taichi" / name)
-    return root
 
 
 def fixed_pairs(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
