@@ -65,23 +65,28 @@ def largest_face(image: np.ndarray, upsample: int = 1) -> np.ndarray | None:
     return boxes[0] if len(boxes) else None
 
 
-def landmarks(image: np.ndarray, box: np.ndarray | None = None) -> np.ndarray | None:
-    """68 facial landmarks (68, 2) of the face in `box` (default: the largest found), or None."""
-    image = np.ascontiguousarray(image)
+def _shape(image: np.ndarray, box: np.ndarray | None):
+    """dlib's 68-point shape of the face in `box` (default: the largest found), or None."""
     if box is None:
         box = largest_face(image)
         if box is None:
             return None
-    shape = _predictor()(image, _rect(box))
+    return _predictor()(image, _rect(box))
+
+
+def landmarks(image: np.ndarray, box: np.ndarray | None = None) -> np.ndarray | None:
+    """68 facial landmarks (68, 2) of the face in `box` (default: the largest found), or None."""
+    image = np.ascontiguousarray(image)
+    shape = _shape(image, box)
+    if shape is None:
+        return None
     return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
 
 def descriptor(image: np.ndarray, box: np.ndarray | None = None) -> np.ndarray | None:
     """128-d identity descriptor of the face in `box` (default: the largest found), or None."""
     image = np.ascontiguousarray(image)
-    if box is None:
-        box = largest_face(image)
-        if box is None:
-            return None
-    shape = _predictor()(image, _rect(box))
+    shape = _shape(image, box)
+    if shape is None:
+        return None
     return np.asarray(_encoder().compute_face_descriptor(image, shape), dtype=np.float64)
