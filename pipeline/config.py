@@ -173,6 +173,10 @@ class X2FaceParams:
     max_offset: float = 1.0
     # Scale of the grid heads' initial weights (bias zero): grids start near identity.
     init_scale: float = 0.001
+    # Normalisation in both networks: "batch" as the original X2Face; "instance" has no
+    # running statistics, so short runs and small batches behave the same in train and
+    # eval mode (BatchNorm's running statistics lag behind weights that still move fast).
+    norm: Literal["batch", "instance"] = "batch"
 
 
 @dataclass(frozen=True)

