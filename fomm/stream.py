@@ -39,7 +39,7 @@ from fomm.animate import AnimateOptions, Animator, compose, to_frames, to_tensor
 from fomm.api import MotionTransferModel
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.media import realtime_input_arguments
+from pipeline.media import FfmpegPipe, realtime_input_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def is_live_target(out: str) -> bool:
     return out == "-" or str(out).startswith(OUTPUT_SCHEMES)
 
 
-class LiveWriter:
+class LiveWriter(FfmpegPipe):
     """Encode frames as they come to stdout ('-', MPEG-TS) or a URL (FLV for rtmp://,
     MPEG-TS otherwise) with x264's zerolatency tuning, for a player to show:
 
@@ -231,19 +231,6 @@ class LiveWriter:
             if self._proc.wait() != 0:
                 raise RuntimeError(f"ffmpeg failed sending the stream to {self.target}")
 
-    def abort(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-
-    def __enter__(self) -> "LiveWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def stream_fps(spec: str, fps: float | None) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
-import hashlib
 import html
 import io
 import json
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.datasets import sha256_of
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -90,14 +90,6 @@ def _run_folder_of(checkpoint: Path) -> Path | None:
         if (folder / "metrics.jsonl").is_file() or (folder / "config.yaml").is_file():
             return folder
     return None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _run(argv: list[str]) -> str:
@@ -159,7 +151,7 @@ def data_summary(data_dir: Path | None) -> dict:
     clips_file = data_dir / "clips.parquet"
     if clips_file.is_file():
         clips = pd.read_parquet(clips_file)
-        summary["sha256_clips_parquet"] = sha256_file(clips_file)
+        summary["sha256_clips_parquet"] = sha256_of(clips_file)
         counts = clips.groupby(["split", "status"]).size().unstack(fill_value=0)
         summary["counts"] = {split: {k: int(v) for k, v in row.items()} for split, row in counts.iterrows()}
         bad = clips[clips["status"] != "done"]
@@ -200,7 +192,7 @@ def config_hashes(info: RunInfo) -> list[dict]:
     for name, model in info.benchmark.get("models", {}).items():
         checkpoint = Path(model["checkpoint"])
         rows.append({"model": name, "checkpoint": str(checkpoint),
-                     "checkpoint sha256": sha256_file(checkpoint)[:16] if checkpoint.is_file() else "missing",
+                     "checkpoint sha256": sha256_of(checkpoint)[:16] if checkpoint.is_file() else "missing",
                      "config sha256": model.get("config_hash", "")[:16],
                      "config": model.get("config") or "embedded in the checkpoint"})
     return rows
@@ -473,8 +465,9 @@ def write_report(run: str | Path) -> tuple[Path, Path]:
     html_path, md_path = info.run / "report.html", info.run / "report.md"
     labels, _, images = sample_rows(info)
     if labels:
-        from fomm.visualize import image_grid
         from PIL import Image
+
+        from fomm.visualize import image_grid
         Image.fromarray(image_grid([images[label] for label in labels])).save(info.run / "report_samples.png")
     with atomic_path(html_path) as tmp:
         tmp.write_text("".join(page))

@@ -144,7 +144,31 @@ def atomic_path(final: str | Path, suffix: str | None = None) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-class VideoWriter:
+class FfmpegPipe:
+    """An ffmpeg process fed raw frames on stdin; a `with` block closes it on success and
+    kills it on error. Subclasses start `_proc` on their first frame and define `close()`."""
+
+    _proc: subprocess.Popen | None = None
+
+    def abort(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def close(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class VideoWriter(FfmpegPipe):
     """Write RGB uint8 frames to mp4 (h264) or gif through an ffmpeg pipe.
 
     The output appears at `path` only when `close()` succeeds. Video only: animate muxes
@@ -210,20 +234,9 @@ class VideoWriter:
         return self.path
 
     def abort(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+        super().abort()
         if self._tmp.exists():
             self._tmp.unlink()
-
-    def __enter__(self) -> "VideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     @property
     def frames_written(self) -> int:

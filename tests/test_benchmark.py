@@ -25,12 +25,7 @@ def sample_data(tmp_path_factory) -> Path:
     from pipeline import sample
     root = tmp_path_factory.mktemp("sample")
     for clip in sample.sample_clips(num_train=0, num_test=2, num_frames=8, size=64):
-        frames, truth = sample.render_clip(clip)
-        folder = root / "png" / clip.split / clip.name
-        folder.mkdir(parents=True)
-        for index, frame in enumerate(frames):
-            Image.fromarray(frame).save(folder / f"{index:07d}.png")
-        sample.write_truth(root / "truth" / clip.split / f"{clip.name}.npz", truth, clip)
+        assert sample.prepare_clip(clip, root)["status"] == "done"
     return root
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from metrics import report
 from pipeline.cli import main as cli_main
+from pipeline.datasets import sha256_of
 from pipeline.errors import UserError
 
 
@@ -25,12 +26,7 @@ def tiny_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("report-run")
     data = root / "data"
     for clip in sample.sample_clips(num_train=2, num_test=1, num_frames=6, size=64):
-        frames, truth = sample.render_clip(clip)
-        folder = data / "png" / clip.split / clip.name
-        folder.mkdir(parents=True)
-        for index, frame in enumerate(frames):
-            Image.fromarray(frame).save(folder / f"{index:07d}.png")
-        sample.write_truth(data / "truth" / clip.split / f"{clip.name}.npz", truth, clip)
+        assert sample.prepare_clip(clip, data)["status"] == "done"
     train_dir = root / "train" / "x2face"
     assert cli_main(["run", "train", "--config", "x2face-tiny", "--data", str(data), "--out", str(train_dir),
                      "train_params.max_steps=3", "train_params.num_epochs=3", "train_params.batch_size=2"]) == 0
@@ -61,7 +57,7 @@ def test_training_curve_and_tables_come_from_the_run(tiny_run):
     l1 = per_frame[per_frame["model"] == "x2face"]["l1"].mean()
     assert f"{l1:.3f} [" in metrics  # the table's number is the frames' mean
     assert "Motion error against the true motion" in metrics and "reference" in metrics
-    checkpoint_hash = report.sha256_file(Path(json.loads(
+    checkpoint_hash = sha256_of(Path(json.loads(
         (tiny_run / "benchmark" / "benchmark.json").read_text())["models"]["x2face"]["checkpoint"]))
     assert checkpoint_hash[:16] in page
 
@@ -91,7 +87,7 @@ def test_data_summary_counts_failed_and_unavailable_clips(tmp_path):
                                  "train": {"done": 1, "failed": 0, "unavailable": 1}}
     assert summary["num_problems"] == 2
     assert {p["error"] for p in summary["problems"]} == {"video gone: HTTP 404", "ffmpeg exited 1"}
-    assert summary["sha256_clips_parquet"] == report.sha256_file(tmp_path / "clips.parquet")
+    assert summary["sha256_clips_parquet"] == sha256_of(tmp_path / "clips.parquet")
 
 
 def test_a_folder_with_nothing_to_report_is_named(tmp_path, capsys):
