@@ -75,6 +75,18 @@ class MotionTransferModel(nn.Module, ABC):
         """State dicts per sub-network, in the layout the original checkpoints use."""
         return {name: module.state_dict() for name, module in self.named_children()}
 
+    def state_from_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-sub-network state dicts, named as `checkpoint_state()` names them, from a loaded
+        checkpoint dict: the project's format or the family's original release format.
+
+        The default reads the project's and FOMM's released layout; a family whose authors
+        released files in another layout (X2Face's `{'state_dict': ...}`, Monkey-Net's 5-D
+        convolution weights) overrides this to convert them. Tensors are returned as the
+        family's modules expect them; `fomm.checkpoint.load_model` then checks names and shapes.
+        """
+        from fomm.checkpoint import model_state
+        return model_state(checkpoint)
+
     def load_checkpoint_state(self, state: dict[str, Any], strict: bool = True) -> None:
         """Load `checkpoint_state()`-shaped dicts (a released checkpoint for FOMM).
 

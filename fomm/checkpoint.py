@@ -90,7 +90,7 @@ def load_model(config: Config | None, path: str | Path, device: Any = None, stri
                     "grid_sample behaved as align_corners=True; pass model_params.align_corners=true to "
                     "run them exactly as trained", path)
     model = build_model(config)
-    state = model_state(checkpoint)
+    state = model.state_from_checkpoint(checkpoint)
     needed = {name for name, _ in model.named_children()} - _INFERENCE_OPTIONAL
     absent = sorted(needed - set(state))
     if absent:
