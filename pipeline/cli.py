@@ -20,7 +20,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "reconstruct": ("fomm.reconstruct", "reconstruct test clips (first frame drives the rest)"),
     "animate": ("fomm.animate", "animate a photo with the motion of a driving video"),
     "benchmark": ("metrics.benchmark", "reconstruct with each model and score L1, AKD, MKR, AED"),
+    "evaluate": ("metrics.evaluate_stage", "score generated frames or videos against real ones"),
     "report": ("metrics.report", "write the HTML and Markdown report of a run"),
+    "export": ("fomm.export", "export a model's networks as ONNX graphs"),
+    "verify": ("pipeline.verify", "check that videos or images carry the generated-content marks"),
     "all": ("pipeline.run_all", "prepare, train all models, benchmark and report"),
 }
 
