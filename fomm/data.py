@@ -178,10 +178,13 @@ class FolderStore(ClipStore):
 
 
 class ParquetStore(ClipStore):
-    """`<root>/shards/{split}-*.parquet`: frames found through a (clip, frame) index, read a
-    row group at a time (the last few decoded groups cached)."""
+    """`<root>/shards/{split}-*.parquet`: frames found through a (clip, frame) index built
+    once from the two small columns, then read a row group at a time. pipeline/shards
+    writes groups of at most 8 frames of one clip, so a training pair reads at most two
+    small groups; the last `CACHE_GROUPS` decoded groups are kept. `groups_read` and
+    `bytes_read` (the png column chunks read) count the I/O, for tests and benchmarks."""
 
-    CACHE_GROUPS = 4
+    CACHE_GROUPS = 16
 
     def __init__(self, root: Path, split: str, shard_paths: list[Path]):
         import pyarrow.parquet as pq
@@ -194,17 +197,23 @@ class ParquetStore(ClipStore):
             missing = {"clip", "frame_index", "png"} - set(parquet.schema_arrow.names)
             if missing:
                 raise UserError(f"{str(path)!r} lacks columns {sorted(missing)}; expected clip, frame_index, png")
+            table = parquet.read(columns=["clip", "frame_index"])
+            clips = table.column("clip").to_pylist()
+            frames = table.column("frame_index").to_pylist()
+            position = 0
             for group in range(parquet.num_row_groups):
-                table = parquet.read_row_group(group, columns=["clip", "frame_index"])
-                clips = table.column("clip").to_pylist()
-                frames = table.column("frame_index").to_pylist()
-                for row, (clip, frame) in enumerate(zip(clips, frames)):
+                for row in range(parquet.metadata.row_group(group).num_rows):
+                    clip, frame = clips[position], frames[position]
+                    position += 1
                     if allowed is None or clip in allowed:
                         index.setdefault(clip, []).append((int(frame), shard_id, group, row))
         self.index = {clip: sorted(rows) for clip, rows in index.items()}
         self.clips = sorted(self.index)
         self._fps = self._clip_fps(root)
         self._groups: OrderedDict[tuple[int, int], list] = OrderedDict()
+        self._files: dict[int, object] = {}
+        self.groups_read = 0
+        self.bytes_read = 0
 
     @staticmethod
     def _done_clips(root: Path, split: str) -> set[str] | None:
@@ -226,12 +235,23 @@ class ParquetStore(ClipStore):
             return {}
         return {c: float(f) for c, f in zip(table["clip"], table["fps"]) if f == f and f}
 
+    def _file(self, shard: int):
+        """Each shard opened (its footer parsed) once per process."""
+        if shard not in self._files:
+            import pyarrow.parquet as pq
+            self._files[shard] = pq.ParquetFile(self.shard_paths[shard])
+        return self._files[shard]
+
     def _group(self, shard: int, group: int) -> list:
         key = (shard, group)
         if key not in self._groups:
-            import pyarrow.parquet as pq
-            table = pq.ParquetFile(self.shard_paths[shard]).read_row_group(group, columns=["png"])
+            parquet = self._file(shard)
+            table = parquet.read_row_group(group, columns=["png"])
             self._groups[key] = table.column("png").to_pylist()
+            self.groups_read += 1
+            meta = parquet.metadata.row_group(group)
+            column = parquet.schema_arrow.get_field_index("png")
+            self.bytes_read += meta.column(column).total_compressed_size
             while len(self._groups) > self.CACHE_GROUPS:
                 self._groups.popitem(last=False)
         else:
@@ -252,9 +272,10 @@ class ParquetStore(ClipStore):
     def fps(self, clip: str) -> float:
         return self._fps.get(clip, 25.0)
 
-    def __getstate__(self):
+    def __getstate__(self):  # DataLoader workers open their own files, start with empty caches
         state = dict(self.__dict__)
         state["_groups"] = OrderedDict()
+        state["_files"] = {}
         return state
 
 
@@ -390,7 +411,10 @@ class ReconstructionClips:
         self.store = store
         self.frame_size = tuple(frame_shape[:2])
         self.batch_size = batch_size
-        self.clips = store.clips[:num_videos] if num_videos else list(store.clips)
+        if num_videos is not None and num_videos < 1:  # 0 must not quietly mean "all"
+            raise UserError(f"num_videos must be a positive number of clips or unset (all), "
+                            f"got {num_videos}")
+        self.clips = list(store.clips) if num_videos is None else store.clips[:num_videos]
 
     def __len__(self) -> int:
         return len(self.clips)

@@ -130,6 +130,8 @@ def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Pat
 
 def main(args: argparse.Namespace) -> int:
     from fomm.checkpoint import checkpoint_config, load_checkpoint_file, load_model
+    if args.num_videos is not None and args.num_videos < 1:  # checked before anything is written
+        raise UserError(f"--num-videos must be a positive number of clips, got {args.num_videos}")
     if args.config:
         config = load_config(args.config, args.overrides)
     else:

@@ -7,11 +7,13 @@ columns `video_id,start,end,bbox,fps,width,height,partition[,person_id]`: frames
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +50,29 @@ class Clip:
     height: int | None = None
 
 
+# A name that becomes one path component: no separator, no '..', no leading dot (hidden and
+# staging names start with one), no '#' (it separates a clip name's parts).
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,199}$")
+
+
+def check_name(value: str, what: str) -> str:
+    """`value` if it is a plain file name ([A-Za-z0-9_-][A-Za-z0-9_.-]*), else UserError."""
+    if not isinstance(value, str) or not PLAIN_NAME.match(value):
+        raise UserError(f"{what} {value!r} is not a plain name; expected letters, digits, '_', "
+                        f"'-' and '.' (not first), at most 200 characters")
+    return value
+
+
 def _parse_bbox(text: str, line: int) -> tuple[int, int, int, int]:
-    parts = str(text).split("-")
+    parts = str(text).split("-") if isinstance(text, str) else []
     try:
-        left, top, right, bottom = (int(float(p)) for p in parts)
+        values = [float(p) for p in parts]
     except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise UserError(f"manifest row {line}: bbox {text!r} is not 'left-top-right-bottom' "
-                        f"integers") from None
+                        f"finite integers")
+    left, top, right, bottom = (int(v) for v in values)
     return left, top, right, bottom
 
 
@@ -65,39 +83,88 @@ def _split_of(partition: str, line: int) -> str:
     return value
 
 
-def read_manifest(path: str | Path) -> list[Clip]:
-    """All clips of an upstream csv manifest, in file order. UserError names a missing
-    column or the first malformed row (line numbers count the header as line 1)."""
+def _read_table(path: Path):
     import pandas as pd
+    try:
+        return pd.read_csv(path, dtype={"video_id": str, "person_id": str, "bbox": str},
+                           encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"manifest {str(path)!r} is not UTF-8 text (byte {err.start}: "
+                        f"{err.object[err.start:err.start + 1]!r}); expected a csv file") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"manifest {str(path)!r} is empty; expected a csv header "
+                        f"{','.join(REQUIRED_COLUMNS)}[,person_id] and rows") from None
+    except pd.errors.ParserError as err:
+        raise UserError(f"manifest {str(path)!r} is not a readable csv: "
+                        f"{str(err).splitlines()[0]}") from None
+
+
+def _row_numbers(row, line: int, path: Path) -> tuple[int, int, float, int, int]:
+    try:
+        fps = float(row.fps)
+        start, end, width, height = (int(float(v)) for v in (row.start, row.end, row.width,
+                                                               row.height))
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"manifest {str(path)!r} row {line}: start/end/fps/width/height must "
+                        f"be finite numbers, got {row.start!r},{row.end!r},{row.fps!r},"
+                        f"{row.width!r},{row.height!r}") from None
+    if not math.isfinite(fps) or end <= start or start < 0 or fps <= 0 or width <= 0 \
+            or height <= 0:
+        raise UserError(f"manifest {str(path)!r} row {line}: expected 0 <= start < end and "
+                        f"finite positive fps/width/height, got start={start} end={end} "
+                        f"fps={fps} size={width}x{height}")
+    return start, end, fps, width, height
+
+
+def read_manifest(path: str | Path, split_conflicts: str = "error") -> list[Clip]:
+    """All clips of an upstream csv manifest, in file order. UserError names a missing
+    column or the first malformed row (line numbers count the header as line 1): ids that
+    are not plain names, numbers that are not finite, one clip listed twice with different
+    facts. Rows repeated exactly are kept once (upstream vox repeats about 300).
+
+    A clip listed in both splits (upstream vox has 3) is an error, or with
+    `split_conflicts="test"` it is kept in test only, so no training clip is a test clip."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest {str(path)!r} does not exist")
-    table = pd.read_csv(path, dtype={"video_id": str, "person_id": str, "bbox": str})
+    table = _read_table(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise UserError(f"manifest {str(path)!r} lacks column(s) {missing}; expected "
                         f"{','.join(REQUIRED_COLUMNS)}[,person_id], got {','.join(table.columns)}")
+    if table.empty:
+        raise UserError(f"manifest {str(path)!r} has a header but no rows; expected one row "
+                        f"per clip")
     has_person = "person_id" in table.columns
-    clips = []
+    clips: dict[tuple[str, str], Clip] = {}
+    lines: dict[tuple[str, str], int] = {}
     for index, row in enumerate(table.itertuples(index=False)):
         line = index + 2
-        try:
-            start, end = int(row.start), int(row.end)
-            fps, width, height = float(row.fps), int(row.width), int(row.height)
-        except (TypeError, ValueError):
-            raise UserError(f"manifest {str(path)!r} row {line}: start/end/fps/width/height must "
-                            f"be numbers, got {row.start!r},{row.end!r},{row.fps!r},"
-                            f"{row.width!r},{row.height!r}") from None
-        if end <= start or fps <= 0 or width <= 0 or height <= 0:
-            raise UserError(f"manifest {str(path)!r} row {line}: expected start < end and positive "
-                            f"fps/width/height, got start={start} end={end} fps={fps} "
-                            f"size={width}x{height}")
-        person = str(row.person_id) if has_person and isinstance(row.person_id, str) else None
-        video_id = str(row.video_id)
-        clips.append(Clip(clip_name(video_id, start, end, person), video_id, person,
-                          _split_of(row.partition, line), start, end, fps,
-                          _parse_bbox(row.bbox, line), width, height))
-    return clips
+        start, end, fps, width, height = _row_numbers(row, line, path)
+        person = row.person_id if has_person and isinstance(row.person_id, str) else None
+        video_id = check_name(row.video_id, f"manifest row {line}: video_id")
+        if person is not None:
+            check_name(person, f"manifest row {line}: person_id")
+        clip = Clip(clip_name(video_id, start, end, person), video_id, person,
+                    _split_of(row.partition, line), start, end, fps,
+                    _parse_bbox(row.bbox, line), width, height)
+        key = (clip.split, clip.name)
+        if key in clips and clips[key] != clip:
+            raise UserError(f"manifest {str(path)!r}: clip {clip.name} is listed twice with "
+                            f"different facts (rows {lines[key]} and {line}); expected each "
+                            f"clip once")
+        clips.setdefault(key, clip)
+        lines.setdefault(key, line)
+    both = sorted(name for split, name in clips if split == "train" and ("test", name) in clips)
+    if both and split_conflicts != "test":
+        raise UserError(f"manifest {str(path)!r}: {len(both)} clip(s) are listed in both train "
+                        f"and test ({', '.join(both[:3])}{', ...' if len(both) > 3 else ''}); "
+                        f"expected each clip in one split (--split-conflicts test keeps them "
+                        f"in test only)")
+    for name in both:
+        log.warning("%s is listed in train and test: kept in test only", name)
+        del clips[("train", name)]
+    return sorted(clips.values(), key=lambda clip: lines[(clip.split, clip.name)])
 
 
 def group_by_video(clips: list[Clip]) -> dict[str, list[Clip]]:
@@ -115,7 +182,7 @@ def result_row(clip: Clip | None = None, **fields) -> dict:
     timings."""
     row = {"clip": None, "video_id": None, "person_id": None, "split": None, "start": None,
            "end": None, "fps": None, "frames_fps": None, "bbox": None, "status": None,
-           "error": None,
+           "error": None, "size": None, "settings_key": None,
            "num_frames": 0, "bytes": 0, "source": None, "download_s": 0.0, "crop_s": 0.0,
            "total_s": 0.0}
     if clip is not None:
@@ -132,7 +199,19 @@ def result_row(clip: Clip | None = None, **fields) -> dict:
     return row
 
 
+CLIP_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-#]{0,254}$")
+
+
+def _checked(split: str, name: str) -> tuple[str, str]:
+    """Every path below is built from a split and a clip name: refuse anything that could
+    leave its folder (callers validate ids first; this is the last line)."""
+    if split not in SPLITS or not isinstance(name, str) or not CLIP_NAME.match(name):
+        raise ValueError(f"unsafe clip path part: split {split!r}, clip {name!r}")
+    return split, name
+
+
 def clip_dir(out: Path, split: str, name: str) -> Path:
+    split, name = _checked(split, name)
     return Path(out) / "png" / split / name
 
 
@@ -140,49 +219,90 @@ def frame_name(index: int) -> str:
     return f"{index:07d}.png"
 
 
-def row_path(out: Path, name: str) -> Path:
+def row_path(out: Path, split: str, name: str) -> Path:
     """Where a worker records its clip's row the moment the clip is finished (JSON), so a
-    killed driver loses nothing; clips.parquet is assembled from these at the end."""
-    return Path(out) / ".rows" / f"{name}.json"
+    killed driver loses nothing; clips.parquet is assembled from these at the end. Rows
+    are keyed by (split, clip)."""
+    split, name = _checked(split, name)
+    return Path(out) / ".rows" / split / f"{name}.json"
 
 
 def write_row(out: Path, row: dict) -> None:
-    path = row_path(out, row["clip"])
+    from pipeline.media import temp_file
+    path = row_path(out, row["split"], row["clip"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".json.part", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(row, handle)
+    tmp = temp_file(path.parent, ".", ".json.part")
+    tmp.write_text(json.dumps(row))
     os.replace(tmp, path)
 
 
-def read_row(out: Path, name: str) -> dict | None:
-    path = row_path(out, name)
+def read_row(out: Path, split: str, name: str) -> dict | None:
+    path = row_path(out, split, name)
     if not path.is_file():
         return None
     return json.loads(path.read_text())
 
 
-def is_done(out: Path, row: dict | None) -> bool:
-    """A clip counts as done only if its row says so and its folder holds every frame."""
+def all_rows(out: Path) -> list[dict]:
+    """Every recorded row under `out`, sorted by (split, clip)."""
+    rows = [json.loads(p.read_text()) for split in SPLITS
+            for p in (Path(out) / ".rows" / split).glob("*.json")]
+    return sorted(rows, key=lambda row: (row["split"], row["clip"]))
+
+
+def settings_key(clip: Clip, settings: dict) -> str:
+    """A digest of everything that shapes a clip's frames: its manifest facts (range, fps,
+    bbox and the size the bbox refers to) and the run's settings (size, padding, policy).
+    A done row whose key differs from the current one is redone."""
+    facts = [getattr(clip, name, None) for name in
+             ("video_id", "start", "end", "fps", "bbox", "width", "height", "seed", "num_frames")]
+    text = json.dumps([facts, settings], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's header, without decoding it."""
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return (0, 0)
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def is_done(out: Path, row: dict | None, key: str | None = None) -> bool:
+    """A clip counts as done only if its row says so, was made with the settings `key`
+    (when given), and its folder holds every frame at the row's size."""
     if row is None or row.get("status") != "done":
+        return False
+    if key is not None and row.get("settings_key") != key:
         return False
     folder = clip_dir(out, row["split"], row["clip"])
     count = int(row.get("num_frames") or 0)
-    return count > 0 and all((folder / frame_name(i)).is_file() for i in (0, count - 1)) \
-        and sum(1 for _ in folder.glob("*.png")) == count
+    if count <= 0 or not all((folder / frame_name(i)).is_file() for i in (0, count - 1)):
+        return False
+    size = row.get("size")
+    if size is not None and png_size(folder / frame_name(0)) != (size, size):
+        return False
+    return sum(1 for _ in folder.glob("*.png")) == count
 
 
 def staging_dir(out: Path, split: str, name: str) -> Path:
     """A fresh temporary folder beside the clip's final folder (same file system)."""
+    from pipeline.media import temp_dir
     parent = clip_dir(out, split, name).parent
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
+    return temp_dir(parent, ".tmp-")
 
 
 def publish_dir(tmp: Path, final: Path) -> None:
-    """Move a finished clip folder into place whole, replacing any earlier one."""
+    """Move a finished clip folder into place whole, replacing any earlier one (the old
+    one is first renamed aside, so a kill never leaves a half-deleted folder at `final`)."""
     if final.exists():
-        shutil.rmtree(final)
+        old = tmp.parent / f".tmp-old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+        return
     os.replace(tmp, final)
 
 

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # decoding the frames).
 PNG_LEVEL = 2
 BATCH = 16  # clips of one video cut by one ffmpeg run (one decode, BATCH outputs)
+# Bumped whenever the crop/resize above changes the frames it writes: rows record it (in
+# their settings digest), so clips cut by an older rule are redone on the next run.
+CROP_VERSION = 1
 
 
 class CropError(Exception):
@@ -102,8 +105,10 @@ def crop_command(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], s
 def cut_clips(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], size: int,
               pad_square: bool = False) -> list[int]:
     """Run one ffmpeg for all `cuts` of a video; the number of PNGs written for each."""
+    from pipeline.media import dies_with_parent
     result = subprocess.run(crop_command(video, cuts, size, pad_square=pad_square),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, preexec_fn=dies_with_parent)
     if result.returncode != 0:
         tail = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise CropError(f"ffmpeg exited with {result.returncode}: {' | '.join(tail)}")
@@ -133,8 +138,10 @@ def resize_frame_folder(source: Path, size: int, folder: Path) -> int:
     return len(frames)
 
 
-def plan_cut(clip: clips_mod.Clip, info) -> tuple[int, int, tuple | None]:
-    """Real frames [first, stop) and crop box of a clip in this video; CropError if none."""
+def plan_cut(clip: clips_mod.Clip, info) -> tuple[int, int, tuple | None, int]:
+    """Real frames [first, stop), crop box, and the fewest frames the cut must yield (a
+    frame less than planned where the stop is the container's count, which may be off by
+    one); CropError if the clip has no frame in this video."""
     first, stop = frame_range(clip.start, clip.end, clip.fps, info.fps, info.num_frames)
     if stop <= first:
         raise CropError(f"frames [{clip.start}, {clip.end}) at {clip.fps} fps are beyond "
@@ -142,27 +149,52 @@ def plan_cut(clip: clips_mod.Clip, info) -> tuple[int, int, tuple | None]:
     box = None if clip.bbox is None else scaled_bbox(
         clip.bbox, None if clip.width is None else (clip.width, clip.height),
         (info.width, info.height))
-    return first, stop, box
+    expected = stop - first - (1 if stop >= info.num_frames else 0)
+    return first, stop, box, max(expected, 1)
 
 
 def _publish(clip: clips_mod.Clip, staging: Path, count: int, expected: int, out: Path,
-             video: Path) -> dict:
+             video: Path, size: int) -> dict:
+    """Check the decoded frames against the plan, then move the folder into place. A
+    short clip (a truncated file whose header promises more frames) fails, whole."""
     if count == 0:
         raise CropError(f"no frame decoded in the clip's range of {video.name}")
     if count < expected:
-        log.warning("%s: %d of %d frames (the video ends early)", clip.name, count, expected)
+        raise CropError(f"decoded {count} of {expected} frames of the clip's range of "
+                        f"{video.name}: the file is truncated or damaged")
     final = clips_mod.clip_dir(out, clip.split, clip.name)
     clips_mod.publish_dir(staging, final)
     return clips_mod.result_row(clip, status="done", num_frames=count, source=str(video),
-                                bytes=clips_mod.folder_bytes(final))
+                                bytes=clips_mod.folder_bytes(final), size=size)
+
+
+def _cut_batch(video: Path, batch: list, stagings: list[Path], size: int,
+               pad_square: bool) -> list[int | CropError]:
+    """PNG counts of a batch cut by one ffmpeg run; if that run fails, each clip is cut
+    alone, so one clip ffmpeg cannot cut fails alone, not its whole video."""
+    cuts = [(first, stop, box, staging) for (_, first, stop, box, _), staging in zip(batch, stagings)]
+    try:
+        return cut_clips(video, cuts, size, pad_square)
+    except CropError as err:
+        if len(cuts) == 1:
+            return [err]
+    results: list[int | CropError] = []
+    for cut in cuts:
+        for stale in Path(cut[3]).glob("*.png"):
+            stale.unlink()
+        try:
+            results.append(cut_clips(video, [cut], size, pad_square)[0])
+        except CropError as err:
+            results.append(err)
+    return results
 
 
 def cut_video_clips(clips: list[clips_mod.Clip], video: Path, info, size: int,
                     out: Path, finish=lambda row: None, pad_square: bool = False) -> list[dict]:
     """Rows for `clips` of one video: bad ranges/boxes fail alone, the others are cut in
     batches of BATCH clips per ffmpeg run (one decode serves the batch), each clip
-    staged in its own temporary folder and published whole; `finish(row)` records each
-    row as soon as its clip is final."""
+    staged in its own temporary folder, checked for its frame count and published whole;
+    `finish(row)` records each row as soon as its clip is final."""
     rows, planned = [], []
     for clip in clips:
         try:
@@ -175,18 +207,13 @@ def cut_video_clips(clips: list[clips_mod.Clip], video: Path, info, size: int,
         batch = planned[offset:offset + BATCH]
         began = time.perf_counter()
         stagings = [clips_mod.staging_dir(out, clip.split, clip.name) for clip, *_ in batch]
-        try:
-            counts = cut_clips(video, [(first, stop, box, staging) for (_, first, stop, box), staging
-                                       in zip(batch, stagings)], size, pad_square)
-            error = None
-        except CropError as err:
-            counts, error = [0] * len(batch), err
+        results = _cut_batch(video, batch, stagings, size, pad_square)
         seconds = (time.perf_counter() - began) / len(batch)
-        for (clip, first, stop, _), staging, count in zip(batch, stagings, counts):
+        for (clip, *_, expected), staging, result in zip(batch, stagings, results):
             try:
-                if error is not None:
-                    raise error
-                row = _publish(clip, staging, count, stop - first, out, video)
+                if isinstance(result, CropError):
+                    raise result
+                row = _publish(clip, staging, result, expected, out, video, size)
             except CropError as err:
                 row = clips_mod.result_row(clip, status="failed", error=str(err), source=str(video))
             finally:
@@ -202,7 +229,7 @@ def _resize_folder_clip(clip: clips_mod.Clip, folder: Path, size: int, out: Path
     staging = clips_mod.staging_dir(out, clip.split, clip.name)
     try:
         count = resize_frame_folder(folder, size, staging)
-        row = _publish(clip, staging, count, count, out, folder)
+        row = _publish(clip, staging, count, count, out, folder, size)
     except CropError as err:
         row = clips_mod.result_row(clip, status="failed", error=str(err), source=str(folder))
     finally:
@@ -219,9 +246,10 @@ def prepare_video(job, settings) -> list[dict]:
     out = Path(settings.out)
     began = time.perf_counter()
     rows = []
+    keys = {clip.name: clips_mod.settings_key(clip, settings.shaping) for clip in job.clips}
 
     def finish(row: dict, fetched: float = 0.0, fps: float | None = None) -> None:
-        row.update(download_s=fetched, frames_fps=fps)
+        row.update(download_s=fetched, frames_fps=fps, settings_key=keys[row["clip"]])
         row["total_s"] = row["crop_s"] + row["download_s"]
         clips_mod.write_row(out, row)
         rows.append(row)
@@ -231,7 +259,7 @@ def prepare_video(job, settings) -> list[dict]:
         if local is None:
             url = job.video_path if job.video_path else None  # url_list jobs carry their URL
             local = download.fetch_video(job.key, Path(settings.cache_dir), settings.url_template,
-                                         settings.source_dir, url)
+                                         settings.source_dir, url, settings.stall_timeout)
     except download.Unavailable as err:
         seconds = time.perf_counter() - began
         for clip in job.clips:

@@ -105,20 +105,28 @@ def detect_boxes(video: Path, every: int) -> tuple[list[tuple[int, np.ndarray]],
 
 
 def video_id_of(path: Path) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", path.stem)
+    """A plain name (pipeline.clips.check_name) from a file name: other characters become
+    '_', and a leading '.' or nothing at all too."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", path.stem)[:200]
+    return "_" + name[1:] if not name or name[0] == "." else name
 
 
-def prepare_video(video: Path, out: Path, size: int, policy) -> list[dict]:
+def prepare_video(video: Path, out: Path, size: int, policy,
+                  finished: tuple[Path, str] | None = None) -> list[dict]:
     """Find, link and cut the face tubes of one video; one row per tube (or one failed
-    row naming the video when it has none). A marker records the video as finished."""
+    row naming the video when it has none). When every tube is done (or there is none),
+    `finished` = (marker, text) records the video as finished."""
+    import av
     from pipeline.crop import CropError, cut_clip
+    from pipeline.errors import UserError
     from pipeline.media import probe
     began = time.perf_counter()
     video_id = video_id_of(video)
     try:
         detections, num_frames, (width, height) = detect_boxes(video, policy.detect_every)
         fps = probe(video).fps
-    except Exception as err:  # unreadable video: a failed row, the other videos go on
+    except (av.error.FFmpegError, UserError, OSError, IndexError) as err:
+        # unreadable video (IndexError: no video stream): a failed row, the others go on
         row = clips_mod.result_row(clips_mod.Clip(video_id, video_id, None, policy.split),
                                    status="failed", source=str(video),
                                    error=f"cannot read video: {type(err).__name__}: {err}")
@@ -143,7 +151,7 @@ def prepare_video(video: Path, out: Path, size: int, policy) -> list[dict]:
             final = clips_mod.clip_dir(out, clip.split, clip.name)
             clips_mod.publish_dir(staging, final)
             row = clips_mod.result_row(clip, status="done", num_frames=count, source=str(video),
-                                       bytes=clips_mod.folder_bytes(final))
+                                       bytes=clips_mod.folder_bytes(final), size=size)
         except CropError as err:
             shutil.rmtree(staging, ignore_errors=True)
             row = clips_mod.result_row(clip, status="failed", error=str(err), source=str(video))
@@ -158,8 +166,8 @@ def prepare_video(video: Path, out: Path, size: int, policy) -> list[dict]:
                                          f"({len(detections)} frames checked)")
         clips_mod.write_row(out, row)
         rows.append(row)
-    if all(r["status"] == "done" for r in rows) or not tubes:
-        marker = out / ".rows" / ".custom" / f"{video.stem}.done"
+    if finished is not None and (all(r["status"] == "done" for r in rows) or not tubes):
+        marker, text = finished
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        marker.write_text(text)
     return rows

@@ -34,6 +34,17 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def dies_with_parent() -> None:
+    """`preexec_fn` for worker subprocesses (ffmpeg, yt-dlp): the kernel kills the child
+    when the process that started it dies, so a killed Ray worker leaves no orphan."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the child outlives a killed parent, as before
+        pass
+
+
 @functools.lru_cache(maxsize=None)
 def ffmpeg_has_option(option: str) -> bool:
     """Whether this ffmpeg build knows `-option` (options differ between versions)."""
@@ -123,19 +134,46 @@ def read_frames(path: str | Path, start: int = 0, end: int | None = None) -> np.
     return np.stack(frames)
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc says it; else set and restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_file(folder: str | Path, prefix: str, suffix: str) -> Path:
+    """An empty file under a fresh name in `folder`, with the mode a plain `open()` would give
+    it: mkstemp makes files 0600, and a rename would carry that mode to the final file."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    os.fchmod(fd, 0o666 & ~current_umask())
+    os.close(fd)
+    return Path(name)
+
+
+def temp_dir(folder: str | Path, prefix: str) -> Path:
+    """A fresh folder in `folder` with the mode `mkdir` would give it (mkdtemp makes 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+    path.chmod(0o777 & ~current_umask())
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it into place only if the block succeeds.
 
     A crash or an error leaves no file at `final` (and removes the temporary one), so a
-    file that exists is always complete.
+    file that exists is always complete. The file gets the mode the umask allows.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     suffix = final.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{suffix}", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temp_file(final.parent, f".{final.stem}.", f".part{suffix}")
     try:
         yield tmp_path
         os.replace(tmp_path, final)
@@ -184,10 +222,7 @@ class VideoWriter(FfmpegPipe):
         self._size: tuple[int, int] | None = None
         self._count = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".part{self.path.suffix}",
-                                   dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = temp_file(self.path.parent, f".{self.path.stem}.", f".part{self.path.suffix}")
 
     def _command(self, width: int, height: int) -> list[str]:
         cmd = [ffmpeg_exe(), "-y", "-loglevel", "error",

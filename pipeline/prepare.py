@@ -43,7 +43,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="download cache keyed by video id "
                                             "(default: <out>/downloads)")
     parser.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MiB")
+    parser.add_argument("--stall-timeout", type=float, default=60.0,
+                        help="give a download up when it gains less than 16 KiB in this many "
+                             "seconds (default 60)")
+    parser.add_argument("--split-conflicts", choices=["error", "test"], default="error",
+                        help="a clip listed in both train and test: refuse (default), or keep "
+                             "it in test only (upstream vox lists 3 clips in both)")
+    parser.add_argument("--allow-failures", action="store_true",
+                        help="exit 0 even when some clips failed (as long as one is done)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every numeric flag and the URL template, before any work: UserError on the first bad one."""
+    import math
+    from pipeline import download
+    if args.size is not None and not 8 <= args.size <= 4096:
+        raise UserError(f"--size must be between 8 and 4096 pixels, got {args.size}")
+    if not (math.isfinite(args.shard_mb) and args.shard_mb > 0):
+        raise UserError(f"--shard-mb must be a positive number of MiB, got {args.shard_mb}")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be a positive number of tasks, got {args.workers}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be a positive number of videos, got {args.limit}")
+    if not (math.isfinite(args.stall_timeout) and args.stall_timeout > 0):
+        raise UserError(f"--stall-timeout must be a positive number of seconds, "
+                        f"got {args.stall_timeout}")
+    if args.url_template is not None:
+        download.check_url_template(args.url_template)
 
 
 @dataclass
@@ -61,7 +88,7 @@ def _manifest_jobs(definition, args) -> list[Job]:
         path = datasets.check_local(Path(args.manifest), definition.manifest)
     else:
         path = datasets.fetch(definition.manifest, Path(args.out) / "downloads" / "manifests")
-    clips = clips_mod.read_manifest(path)
+    clips = clips_mod.read_manifest(path, args.split_conflicts)
     return [Job(video_id, group) for video_id, group in clips_mod.group_by_video(clips).items()]
 
 
@@ -79,13 +106,34 @@ def _url_list_jobs(definition, args) -> list[Job]:
     else:
         cache = Path(args.out) / "downloads" / "manifests"
         lists = [(split, datasets.fetch(remote, cache)) for split, remote in definition.url_lists.items()]
-    jobs = []
+    jobs, seen = [], {}
     for split, path in lists:
-        for url in Path(path).read_text().split():
-            video_id = download.video_id_of_url(url)
+        for url in _read_url_list(Path(path)):
+            video_id = clips_mod.check_name(download.video_id_of_url(url),
+                                            f"URL list {str(path)!r}: the file name of {url!r}")
+            if video_id in seen:
+                raise UserError(f"URL list {str(path)!r}: video {video_id} is listed twice "
+                                f"({seen[video_id]} and {url}); expected each video once")
+            seen[video_id] = url
             jobs.append(Job(video_id, [clips_mod.Clip(video_id, video_id, None, split)],
                             video_path=url))
     return jobs
+
+
+def _read_url_list(path: Path) -> list[str]:
+    """The URLs of a list file: UTF-8, one http(s) URL a line, at least one."""
+    import urllib.parse
+    try:
+        urls = path.read_bytes().decode("utf-8").split()
+    except UnicodeDecodeError as err:
+        raise UserError(f"URL list {str(path)!r} is not UTF-8 text (byte {err.start}); "
+                        f"expected one URL a line") from None
+    if not urls:
+        raise UserError(f"URL list {str(path)!r} is empty; expected one URL a line")
+    for url in urls:
+        if urllib.parse.urlparse(url).scheme not in ("http", "https"):
+            raise UserError(f"URL list {str(path)!r}: {url!r} is not an http:// or https:// URL")
+    return urls
 
 
 def _source_dir_jobs(definition, args) -> list[Job]:
@@ -93,19 +141,32 @@ def _source_dir_jobs(definition, args) -> list[Job]:
     if not args.source_dir:
         raise UserError(f"dataset {definition.name!r} is not downloadable: pass --source-dir DIR "
                         f"holding {{train,test}}/<name>.(mp4|gif|...) or frame folders")
-    jobs = []
+    jobs, seen = [], {}
     for split, path in download.list_source_files(Path(args.source_dir)):
-        name = path.stem if path.is_file() else path.name
+        name = clips_mod.check_name(path.stem if path.is_file() else path.name,
+                                    f"--source-dir entry {str(path)!r}: clip name")
+        if name in seen:
+            raise UserError(f"--source-dir: {str(seen[name])!r} and {str(path)!r} are both "
+                            f"clip {name}; expected one file or folder per name")
+        seen[name] = path
         jobs.append(Job(name, [clips_mod.Clip(name, name, None, split)], video_path=str(path)))
     return jobs
 
 
 def _custom_jobs(definition, args) -> list[Job]:
     from pipeline import download
+    from pipeline.custom import video_id_of
     if not args.source_dir:
         raise UserError("dataset 'custom' needs --source-dir DIR: a folder of your videos")
-    return [Job(path.stem, [], video_path=str(path))
-            for path in download.list_videos(Path(args.source_dir))]
+    jobs, seen = [], {}
+    for path in download.list_videos(Path(args.source_dir)):
+        video_id = video_id_of(path)
+        if video_id in seen:
+            raise UserError(f"--source-dir: {seen[video_id].name!r} and {path.name!r} both "
+                            f"become video id {video_id}; rename one")
+        seen[video_id] = path
+        jobs.append(Job(video_id, [], video_path=str(path)))
+    return jobs
 
 
 def _sample_jobs(definition, args) -> list[Job]:
@@ -131,33 +192,64 @@ def _select(jobs: list[Job], split: str | None, limit: int | None) -> list[Job]:
     return jobs
 
 
-def _pending(jobs: list[Job], out: Path, kind: str) -> list[Job]:
-    """Jobs with at least one clip not yet done; done clips are dropped from the job."""
+def _pending(jobs: list[Job], out: Path, settings: "Settings") -> list[Job]:
+    """Jobs with at least one clip not yet done with these settings; done clips are dropped
+    from the job. A clip done with other settings (size, bbox, ...) is forgotten first
+    (row and folder), so a failed redo never leaves stale frames behind."""
     pending = []
     for job in jobs:
-        if kind == "custom":  # clips are found in the task; a marker says the video is finished
-            if not (out / ".rows" / ".custom" / f"{job.key}.done").is_file():
-                pending.append(job)
+        if settings.kind == "custom":  # clips are found in the task; a marker says the video is finished
+            marker = custom_marker(out, job.key)
+            if marker.is_file() and marker.read_text() == settings.digest:
+                continue
+            if marker.is_file():
+                log.info("%s was prepared with other settings: redone", job.key)
+                _forget(out, [r for r in clips_mod.all_rows(out) if r["video_id"] == job.key])
+                marker.unlink()
+            pending.append(job)
             continue
-        todo = [c for c in job.clips if not _clip_done(out, c.name, kind)]
+        todo = []
+        for clip in job.clips:
+            row = clips_mod.read_row(out, clip.split, clip.name)
+            key = clips_mod.settings_key(clip, settings.shaping)
+            if _clip_done(out, row, key, settings.kind):
+                continue
+            if row is not None and row.get("status") == "done" and row.get("settings_key") != key:
+                log.info("%s was prepared with other settings: redone", clip.name)
+                _forget(out, [row])
+            todo.append(clip)
         if todo:
             pending.append(Job(job.key, todo, job.video_path))
     return pending
 
 
-def _remove_stale_staging(out: Path) -> None:
-    """Half-written clip folders of a killed run: never published, safe to drop."""
+def _forget(out: Path, rows: list[dict]) -> None:
     import shutil
+    for row in rows:
+        shutil.rmtree(clips_mod.clip_dir(out, row["split"], row["clip"]), ignore_errors=True)
+        clips_mod.row_path(out, row["split"], row["clip"]).unlink(missing_ok=True)
+
+
+def custom_marker(out: Path, video_id: str) -> Path:
+    """Says that a custom video is finished, holding the digest of the settings it used."""
+    return Path(out) / ".rows" / ".custom" / f"{clips_mod.check_name(video_id, 'video id')}.done"
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Half-written clip folders and shard sets of a killed run: never published, and
+    (with the writer lock held) no other process is writing them."""
+    import shutil
+    from pipeline import shards
     for staging in (out / "png").glob("*/.tmp-*"):
         log.info("removing %s left by an interrupted run", staging)
         shutil.rmtree(staging, ignore_errors=True)
+    shards.remove_stale_sets(out)
 
 
-def _clip_done(out: Path, name: str, kind: str) -> bool:
-    row = clips_mod.read_row(out, name)
-    if not clips_mod.is_done(out, row):
+def _clip_done(out: Path, row: dict | None, key: str, kind: str) -> bool:
+    if not clips_mod.is_done(out, row, key):
         return False
-    return kind != "sample" or (out / "truth" / row["split"] / f"{name}.npz").is_file()
+    return kind != "sample" or (out / "truth" / row["split"] / f"{row['clip']}.npz").is_file()
 
 
 def _mark_unreachable(jobs: list[Job], url_template: str | None, kind: str,
@@ -182,7 +274,9 @@ def _mark_unreachable(jobs: list[Job], url_template: str | None, kind: str,
 # --------------------------------------------------------------------------- tasks
 @dataclass(frozen=True)
 class Settings:
-    """What every task needs besides its job; picklable."""
+    """What every task needs besides its job; picklable. `shaping` holds every setting that
+    changes the frames (recorded in each row as a digest, so a rerun with other settings
+    redoes the clips); `driver` is (pid, host) of the process that started the run."""
     out: str
     kind: str
     size: int
@@ -191,17 +285,63 @@ class Settings:
     source_dir: str | None
     custom: object = None
     pad_square: bool = False
+    stall_timeout: float = 60.0
+    driver: tuple[int, str] = (0, "")
+
+    @property
+    def shaping(self) -> dict:
+        import dataclasses
+        from pipeline import crop
+        custom = dataclasses.asdict(self.custom) if self.kind == "custom" and self.custom else None
+        return {"kind": self.kind, "size": self.size, "pad_square": self.pad_square,
+                "custom": custom, "crop_version": crop.CROP_VERSION}
+
+    @property
+    def digest(self) -> str:
+        return clips_mod.settings_key(clips_mod.Clip("-", "-", None, "train"), self.shaping)
+
+
+_WATCHING: list[int] = []
+
+
+def _watch_driver(driver: tuple[int, str]) -> None:
+    """In a Ray worker on the driver's host: exit when the driver is gone, so a killed
+    `prepare` leaves no worker cutting clips into a folder it no longer owns. (Ray ends
+    a dead job's workers too, but not while a task is blocked in a read.)"""
+    import os
+    import socket
+    import threading
+    pid, host = driver
+    if not pid or host != socket.gethostname() or pid == os.getpid() or pid in _WATCHING:
+        return
+    _WATCHING.append(pid)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                log.warning("driver %d is gone: this worker exits", pid)
+                os._exit(1)
+            except PermissionError:
+                pass  # alive, another user's process
+
+    threading.Thread(target=watch, name="driver-watch", daemon=True).start()
 
 
 def run_job(job: Job, settings: Settings) -> list[dict]:
     """Body of one Ray task; every clip's row is also written to disk as it finishes."""
+    _watch_driver(settings.driver)
     out = Path(settings.out)
     if settings.kind == "sample":
         from pipeline import sample
-        return [sample.prepare_clip(clip, out) for clip in job.clips]
+        return [sample.prepare_clip(clip, out, clips_mod.settings_key(clip, settings.shaping))
+                for clip in job.clips]
     if settings.kind == "custom":
         from pipeline import custom
-        return custom.prepare_video(Path(job.video_path), out, settings.size, settings.custom)
+        return custom.prepare_video(Path(job.video_path), out, settings.size, settings.custom,
+                                    (custom_marker(out, job.key), settings.digest))
     from pipeline import crop
     return crop.prepare_video(job, settings)
 
@@ -226,13 +366,8 @@ def _execute(jobs: list[Job], settings: Settings, workers: int | None, progress:
         job = pending_refs.pop(done[0])
         try:
             job_rows = ray.get(done[0])
-        except Exception as err:  # the task itself died (after Ray's retries): rows say so
-            log.error("task for %s failed: %s", job.key, err)
-            job_rows = [clips_mod.result_row(clip, status="failed",
-                                             error=f"task failed: {type(err).__name__}: {err}")
-                        for clip in job.clips]
-            for row in job_rows:
-                clips_mod.write_row(settings.out, row)
+        except Exception as err:  # a bug or a dead worker (after Ray's retries): rows say so
+            job_rows = _task_failed(job, settings, err)
         rows.extend(job_rows)
         bar.update(max(len(job.clips), 1))
         bar.set_postfix(done=sum(r["status"] == "done" for r in rows),
@@ -242,13 +377,25 @@ def _execute(jobs: list[Job], settings: Settings, workers: int | None, progress:
     return rows
 
 
+def _task_failed(job: Job, settings: Settings, err: Exception) -> list[dict]:
+    """Failed rows for every clip of a task that raised (a custom video, whose clips the
+    task finds, gets one row named after it); the full traceback goes to the log, since
+    an unexpected exception is a bug to report, not a property of the clip."""
+    import traceback
+    text = str(err)  # a RayTaskError carries the worker's traceback in its text
+    if "Traceback" not in text:
+        text = "".join(traceback.format_exception(err))
+    log.error("task for %s failed:\n%s", job.key, text)
+    last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), "")
+    clips = job.clips or [clips_mod.Clip(job.key, job.key, None, settings.custom.split)]
+    rows = [clips_mod.result_row(clip, status="failed", error=f"task failed: {last.strip()}"[:500],
+                                 source=job.video_path) for clip in clips]
+    for row in rows:
+        clips_mod.write_row(settings.out, row)
+    return rows
+
+
 # --------------------------------------------------------------------------- outputs
-def _all_rows(out: Path) -> list[dict]:
-    folder = out / ".rows"
-    if not folder.is_dir():
-        return []
-    return sorted((json.loads(p.read_text()) for p in folder.glob("*.json")),
-                  key=lambda row: row["clip"])
 
 
 def _write_clips_table(out: Path, rows: list[dict]) -> Path:
@@ -264,27 +411,37 @@ def _write_clips_table(out: Path, rows: list[dict]) -> Path:
 
 
 def _write_shards(out: Path, rows: list[dict], target_bytes: int) -> None:
-    """Rebuild a split's shards only when its set of done clips (or the target) changed."""
+    """Rebuild a split's shards only when its set of done clips (or the target) changed;
+    a rebuild writes a whole new set and switches to it with one rename (pipeline/shards)."""
     from pipeline import shards
-    from pipeline.media import atomic_path
-    index_path = out / "shards" / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    index = shards.live_index(out)
+    wanted = {}
     for split in clips_mod.SPLITS:
-        done = sorted((r["clip"], r["num_frames"], r["bytes"]) for r in rows
-                      if r["status"] == "done" and r["split"] == split)
-        signature = json.dumps([target_bytes, done])
-        files = index.get(split, {}).get("files", [])
-        if index.get(split, {}).get("signature") == signature and \
-                all((out / "shards" / f).is_file() for f in files):
-            continue
-        written = shards.write_shards(out, split, [(c, clips_mod.clip_dir(out, split, c))
-                                                   for c, _, _ in done], target_bytes)
-        index[split] = {"signature": signature, "files": [p.name for p in written]}
-        with atomic_path(index_path) as tmp:
-            tmp.write_text(json.dumps(index))
+        done = sorted((r["clip"], r["num_frames"], r["bytes"], r.get("settings_key"))
+                      for r in rows if r["status"] == "done" and r["split"] == split)
+        wanted[split] = (done, json.dumps([target_bytes, shards.GROUP_FRAMES, done]))
+    live = shards.live_folder(out)
+    unchanged = {split for split, (_, signature) in wanted.items()
+                 if index.get(split, {}).get("signature") == signature
+                 and all((live / f).is_file() for f in index[split]["files"])}
+    if len(unchanged) == len(wanted) and live.is_symlink():
+        return
+    new_set = shards.new_shard_set(out)
+    new_index = {}
+    for split, (done, signature) in wanted.items():
+        if split in unchanged:
+            files = index[split]["files"]
+            shards.reuse_split(out, new_set, files)
+        else:
+            folders = [(clip, clips_mod.clip_dir(out, split, clip)) for clip, *_ in done]
+            files = [p.name for p in shards.write_shards(new_set, split, folders, target_bytes)]
+        new_index[split] = {"signature": signature, "files": files}
+    shards.switch_to(out, new_set, new_index)
 
 
 def summarize(rows: list[dict], this_run: list[dict], seconds: float, jobs: list[Job]) -> dict:
+    """Counts over every row on disk (not only this run's), and the frame sizes of the
+    done clips as found in their rows: the summary describes the files, not the flags."""
     count = {status: sum(r["status"] == status for r in rows) for status in clips_mod.STATUSES}
     unavailable_videos = sorted({r["video_id"] for r in this_run if r["status"] == "unavailable"})
     errors, seen = [], set()
@@ -293,12 +450,18 @@ def summarize(rows: list[dict], this_run: list[dict], seconds: float, jobs: list
         if r["status"] != "done" and key not in seen:
             seen.add(key)
             errors.append(f"{r['status']} {key}: {r['error']}")
+    sizes: dict[str, int] = {}
+    for r in rows:
+        if r["status"] == "done":
+            sizes[str(r.get("size"))] = sizes.get(str(r.get("size")), 0) + 1
     return {
         "clips": len(rows), **count,
         "processed_this_run": len(this_run),
         "videos": len(jobs), "videos_unavailable": len(unavailable_videos),
         "frames": int(sum(r["num_frames"] or 0 for r in rows if r["status"] == "done")),
         "bytes": int(sum(r["bytes"] or 0 for r in rows if r["status"] == "done")),
+        "size": int(next(iter(sizes))) if len(sizes) == 1 and "None" not in sizes else None,
+        "sizes": sizes,
         "time_s": round(seconds, 3),
         "errors": errors[:50],
     }
@@ -313,24 +476,49 @@ def _print_summary(summary: dict) -> None:
         print(f"  {line}")
 
 
+def exit_status(summary: dict, allow_failures: bool) -> int:
+    """1 when no clip is done, or when some clip failed and failures were not allowed
+    (unavailable videos, common in YouTube datasets, do not count as failures)."""
+    if summary["done"] == 0:
+        return 1
+    if summary["failed"] and not allow_failures:
+        print(f"{summary['failed']} clip(s) failed: exit status 1 (--allow-failures accepts "
+              f"a partial dataset)")
+        return 1
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
+    import os
+    import socket
     from pipeline import datasets
-    from pipeline.ray_runner import init_ray, shutdown_ray
+    from pipeline.writer_lock import writer_lock
     began = time.perf_counter()
+    check_arguments(args)
     definition = datasets.load_dataset(args.dataset)
-    out = Path(args.out)
-    if args.size is not None and not 8 <= args.size <= 4096:
-        raise UserError(f"--size must be between 8 and 4096 pixels, got {args.size}")
-    if args.url_template and "{video_id}" not in args.url_template:
-        raise UserError(f"--url-template {args.url_template!r} must contain '{{video_id}}'")
-    out.mkdir(parents=True, exist_ok=True)
+    with writer_lock(Path(args.out)) as out:
+        settings = Settings(str(out), definition.kind, args.size or definition.size,
+                            args.cache_dir or str(out / "downloads"), args.url_template,
+                            args.source_dir, definition.custom, definition.pad_square,
+                            args.stall_timeout, (os.getpid(), socket.gethostname()))
+        jobs = _select(JOB_BUILDERS[definition.kind](definition, args), args.split, args.limit)
+        if not jobs:
+            raise UserError(f"dataset {definition.name!r} has no video to prepare"
+                            f"{' in split ' + args.split if args.split else ''}")
+        summary = _run(definition, args, settings, jobs, began)
+    summary["out"] = str(out)
+    _print_summary(summary)
+    return exit_status(summary, args.allow_failures)
+
+
+def _run(definition, args, settings: Settings, jobs: list[Job], began: float) -> dict:
+    """Everything after the checks, with the writer lock held."""
+    from pipeline.media import atomic_path
+    from pipeline.ray_runner import init_ray, shutdown_ray
+    out = Path(settings.out)
     _remove_stale_staging(out)
-    jobs = _select(JOB_BUILDERS[definition.kind](definition, args), args.split, args.limit)
-    pending = _pending(jobs, out, definition.kind)
+    pending = _pending(jobs, out, settings)
     log.info("%s: %d job(s), %d with work to do", definition.name, len(jobs), len(pending))
-    settings = Settings(str(out), definition.kind, args.size or definition.size,
-                        args.cache_dir or str(out / "downloads"), args.url_template,
-                        args.source_dir, definition.custom, definition.pad_square)
     this_run: list[dict] = []
     if pending and definition.kind in ("manifest", "url_list") and not args.source_dir:
         pending, this_run = _mark_unreachable(pending, args.url_template, definition.kind, out)
@@ -343,13 +531,11 @@ def main(args: argparse.Namespace) -> int:
         finally:
             if started_here:
                 shutdown_ray()
-    rows = _all_rows(out)
+    rows = clips_mod.all_rows(out)
     _write_shards(out, rows, int(args.shard_mb * 2**20))
     _write_clips_table(out, rows)
     summary = summarize(rows, this_run, time.perf_counter() - began, jobs)
-    summary.update(dataset=definition.name, size=settings.size, out=str(out))
-    from pipeline.media import atomic_path
+    summary.update(dataset=definition.name, settings=settings.shaping, out=str(out))
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    _print_summary(summary)
-    return 0 if summary["done"] > 0 else 1
+    return summary

@@ -200,8 +200,10 @@ def run(args: argparse.Namespace) -> dict:
                            error=f"{type(error).__name__}: {error}")
             if stage != "train":
                 raise
-            # one model that fails to train must not cost the others their benchmark
-            log.error("%s failed (%s: %s); the run goes on without it", name, type(error).__name__, error)
+            # one model that fails to train must not cost the others their benchmark; a bad
+            # input is one line, anything else is a bug whose traceback the user needs
+            log.error("%s failed (%s: %s); the run goes on without it", name, type(error).__name__,
+                      error, exc_info=not isinstance(error, UserError))
             continue
         timings.record(name, argv, time.perf_counter() - started, "done", time.process_time() - cpu)
     # The report is always rewritten: it shows the timings of every stage, its own included.

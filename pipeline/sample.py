@@ -175,9 +175,11 @@ def write_truth(path: Path, backward_grid: np.ndarray, clip: SampleClip) -> None
                      size=np.int64(clip.size), photo=np.array(clip.photo.name))
 
 
-def prepare_clip(clip: SampleClip, out: Path) -> dict:
+def prepare_clip(clip: SampleClip, out: Path, settings_key: str | None = None) -> dict:
     """Render one clip into the prepared layout: PNG folder published whole, truth saved
-    first, then the clip's result row recorded. Same output when run twice."""
+    first, then the clip's result row recorded (with `settings_key`, the digest of the
+    settings it was made with). Same output when run twice. A disk error is a failed row;
+    anything else is a bug and propagates (the driver logs its traceback)."""
     import time
     from PIL import Image
     from pipeline import clips as clips_mod
@@ -196,15 +198,16 @@ def prepare_clip(clip: SampleClip, out: Path) -> dict:
         clips_mod.publish_dir(staging, final)
         row = clips_mod.result_row(facts, status="done", num_frames=len(frames),
                                    bytes=clips_mod.folder_bytes(final), source="skimage.data",
-                                   frames_fps=FPS,
+                                   frames_fps=FPS, size=clip.size, settings_key=settings_key,
                                    crop_s=time.perf_counter() - began,
                                    total_s=time.perf_counter() - began)
-    except Exception as err:  # a failed clip is a row, never a crash of the run
-        log.exception("sample clip %s failed", clip.name)
+    except OSError as err:  # disk full, permissions: this clip fails, the run goes on
+        log.error("sample clip %s failed: %s", clip.name, err)
+        row = clips_mod.result_row(facts, status="failed", error=f"{type(err).__name__}: {err}",
+                                   settings_key=settings_key, total_s=time.perf_counter() - began)
+    finally:
         if staging is not None and staging.exists():
             import shutil
             shutil.rmtree(staging, ignore_errors=True)
-        row = clips_mod.result_row(facts, status="failed", error=f"{type(err).__name__}: {err}",
-                                   total_s=time.perf_counter() - began)
     clips_mod.write_row(out, row)
     return row

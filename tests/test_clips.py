@@ -11,9 +11,20 @@ from pipeline.errors import UserError
 
 
 def test_upstream_manifests_parse(shared_data):
-    vox = read_manifest(shared_data / "manifests" / "vox-metadata.csv")
+    """vox lists about 300 rows twice (kept once) and 3 clips in both splits (an error,
+    or kept in test only on request); taichi lists every clip once."""
+    import pandas as pd
+    path = shared_data / "manifests" / "vox-metadata.csv"
+    with pytest.raises(UserError, match=r"3 clip\(s\) are listed in both train and test "
+                                        r"\(id10282#hgB5ziAudzU#008753#008850"):
+        read_manifest(path)
+    vox = read_manifest(path, split_conflicts="test")
     taichi = read_manifest(shared_data / "manifests" / "taichi-metadata.csv")
-    assert len(vox) == 20075 and len(taichi) == 3334
+    table = pd.read_csv(path, dtype=str).drop_duplicates(["person_id", "video_id", "start", "end",
+                                                          "partition"])
+    assert len(vox) == len(table) - 3 and len(taichi) == 3334
+    assert len({c.name for c in vox}) == len(vox)
+    assert {c.split for c in vox if c.name == "id10282#hgB5ziAudzU#008753#008850"} == {"test"}
     first = vox[0]
     assert first.name == "id10005#WMh3ye5tBsE#003657#003994"
     assert (first.bbox, first.width, first.height, first.fps) == ((624, 48, 1018, 553), 1280, 720, 25.0)
