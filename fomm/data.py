@@ -244,19 +244,18 @@ class ParquetStore(ClipStore):
 
     def _group(self, shard: int, group: int) -> list:
         key = (shard, group)
-        if key not in self._groups:
-            parquet = self._file(shard)
-            table = parquet.read_row_group(group, columns=["png"])
-            self._groups[key] = table.column("png").to_pylist()
-            self.groups_read += 1
-            meta = parquet.metadata.row_group(group)
-            column = parquet.schema_arrow.get_field_index("png")
-            self.bytes_read += meta.column(column).total_compressed_size
-            while len(self._groups) > self.CACHE_GROUPS:
-                self._groups.popitem(last=False)
-        else:
+        if key in self._groups:
             self._groups.move_to_end(key)
-        return self._groups[key]
+            return self._groups[key]
+        parquet = self._file(shard)
+        pngs = parquet.read_row_group(group, columns=["png"]).column("png").to_pylist()
+        self.groups_read += 1
+        column = parquet.schema_arrow.get_field_index("png")
+        self.bytes_read += parquet.metadata.row_group(group).column(column).total_compressed_size
+        self._groups[key] = pngs
+        while len(self._groups) > self.CACHE_GROUPS:
+            self._groups.popitem(last=False)
+        return pngs
 
     def num_frames(self, clip: str) -> int:
         return len(self.index[clip])

@@ -64,7 +64,7 @@ def writer_lock(out: Path, flag: str = "--out") -> Iterator[Path]:
     fails, it is removed again (if nothing but the lock was written), so bad input leaves
     nothing behind."""
     out = check_out_dir(out, flag)
-    created = not out.exists()
+    created = [p for p in (out, *out.parents) if not p.exists()]  # innermost first
     try:
         out.mkdir(parents=True, exist_ok=True)
         handle = open(out / LOCK_NAME, "a+")
@@ -87,5 +87,6 @@ def writer_lock(out: Path, flag: str = "--out") -> Iterator[Path]:
     finally:
         if not ok and created and [p.name for p in out.iterdir()] == [LOCK_NAME]:
             (out / LOCK_NAME).unlink()
-            out.rmdir()
+            for folder in created:
+                folder.rmdir()
         handle.close()  # releases the flock; the file stays (unlinking it would race)
