@@ -114,8 +114,7 @@ def fetch(remote: RemoteFile, cache_dir: Path, timeout: float = 30) -> Path:
     log.info("downloading %s", remote.url)
     try:
         with atomic_path(cached) as tmp:
-            with urllib.request.urlopen(remote.url, timeout=timeout) as response:
-                tmp.write_bytes(response.read())
+            _download(remote.url, tmp, timeout)
             actual = sha256_of(tmp)
             if actual != remote.sha256:
                 raise UserError(f"{remote.url} has sha256 {actual}, expected {remote.sha256}")
@@ -123,6 +122,22 @@ def fetch(remote: RemoteFile, cache_dir: Path, timeout: float = 30) -> Path:
         raise UserError(f"cannot download {remote.url} ({err}); pass a local copy with "
                         f"--manifest PATH") from None
     return cached
+
+
+def _download(url: str, path: Path, timeout: float, stall_bytes: int = 16 * 1024) -> None:
+    """`url` into `path`; every read waits at most `timeout` s, and the whole download is
+    given up (OSError) when it gains less than `stall_bytes` in `timeout` s, so a server
+    trickling a few bytes at a time cannot hold the run forever."""
+    import time
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(path, "wb") as handle:
+        mark_bytes, mark_time, total = 0, time.monotonic(), 0
+        while block := response.read1(1 << 16):
+            handle.write(block)
+            total += len(block)
+            if total >= mark_bytes + stall_bytes:
+                mark_bytes, mark_time = total, time.monotonic()
+            elif time.monotonic() - mark_time > timeout:
+                raise OSError(f"stalled: less than {stall_bytes // 1024} KiB in {timeout:g} s")
 
 
 def check_local(path: Path, remote: RemoteFile | None) -> Path:

@@ -290,6 +290,16 @@ def test_trickling_server_is_given_up_within_the_stall_timeout(tmp_path, mirror,
     assert elapsed < 60, elapsed
 
 
+def test_manifest_download_from_a_trickling_server_gives_up(mirror, tmp_path):
+    from pipeline import datasets
+    from pipeline.errors import UserError
+    began = time.perf_counter()
+    with pytest.raises(UserError, match="stalled: less than 16 KiB in 1 s"):
+        datasets.fetch(datasets.RemoteFile(mirror + "/slow/m.csv", "0" * 64), tmp_path, timeout=1)
+    assert time.perf_counter() - began < 5
+    assert not list(tmp_path.iterdir())  # the partial download is not kept
+
+
 # --------------------------------------------------------------------------- one writer
 def test_second_writer_is_refused_and_a_killed_holder_is_no_obstacle(tmp_path, mirror,
                                                                     ray_local, capsys):
