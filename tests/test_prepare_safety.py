@@ -88,7 +88,8 @@ def _png_sizes(out: Path) -> set[tuple[int, int]]:
 
 # --------------------------------------------------------------------------- paths from data
 @pytest.mark.parametrize("field,value", [("person_id", "../../escape"), ("person_id", "/abs/victim"),
-                                         ("video_id", "../../x"), ("video_id", "..")])
+                                         ("video_id", "../../x"), ("video_id", ".."),
+                                         ("video_id", "a/../../escape")])
 def test_traversal_ids_write_and_delete_nothing(tmp_path, mirror, capsys, field, value):
     """An id that is not a plain name stops the run at manifest load: one line naming the
     value, exit 2; nothing appears, changes or disappears outside (or inside) --out."""
@@ -105,6 +106,22 @@ def test_traversal_ids_write_and_delete_nothing(tmp_path, mirror, capsys, field,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{field} {row[field]!r} is not a plain name" in err
     assert _tree(tmp_path) == before and not (tmp_path / "a").exists()
+
+
+def test_url_list_and_source_dir_names_are_checked(tmp_path, capsys):
+    urls = tmp_path / "fashion_test.txt"
+    urls.write_text("http://127.0.0.1:9/videos/..\n")
+    source = tmp_path / "source" / "train"
+    source.mkdir(parents=True)
+    (source / ".hidden.mp4").write_bytes(b"")
+    for extra, expected in ((["--dataset", "fashion", "--manifest", str(urls)], "'..' is not a plain name"),
+                            (["--dataset", "mgif", "--source-dir", str(source.parent)],
+                             "'.hidden' is not a plain name")):
+        out = tmp_path / "out"
+        assert cli.main(["run", "prepare", *extra, "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+        assert not out.exists()
 
 
 def test_clip_paths_refuse_unsafe_parts(tmp_path):
@@ -273,6 +290,28 @@ def test_half_cut_faststart_mp4_is_a_failed_row_and_bad_clips_fail_alone(tmp_pat
     assert table.loc["id2#face08#000400#000420", "status"] == "failed"
     assert table.loc["id2#face08#000000#000012", "num_frames"] == 12
     assert _prepare(out, manifest, mirror, "--size", "32", "--allow-failures") == 0
+
+
+def test_a_clip_ffmpeg_cannot_cut_fails_alone(shared_data, tmp_path, monkeypatch):
+    """When the one ffmpeg run of a batch fails, each clip is cut alone: only the clip
+    that ffmpeg cannot cut fails."""
+    from pipeline import crop
+    from pipeline.clips import Clip
+    from pipeline.media import probe
+    video = shared_data / MIRROR["face08"]
+    clips = [Clip(f"c{i}#000000#000005", f"c{i}", None, "train", 5 * i, 5 * i + 5, 35.0,
+                  (0, 0, 256, 256), 256, 256) for i in range(3)]
+    real = crop.cut_clips
+
+    def flaky(path, cuts, size, pad_square=False):
+        if len(cuts) > 1 or cuts[0][0] == 5:  # the batch, and clip c1 alone, "crash" ffmpeg
+            raise crop.CropError("ffmpeg exited with 1: simulated")
+        return real(path, cuts, size, pad_square)
+    monkeypatch.setattr(crop, "cut_clips", flaky)
+    rows = crop.cut_video_clips(clips, video, probe(video), 16, tmp_path)
+    assert {r["clip"]: r["status"] for r in rows} == {
+        "c0#000000#000005": "done", "c1#000000#000005": "failed", "c2#000000#000005": "done"}
+    assert [r["num_frames"] for r in rows if r["status"] == "done"] == [5, 5]
 
 
 def test_trickling_server_is_given_up_within_the_stall_timeout(tmp_path, mirror, ray_local):
