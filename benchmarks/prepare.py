@@ -11,7 +11,9 @@ made by upscaling a real one (d12.mp4) with ffmpeg into a temp dir, it measures:
 - the speed-up from 1 to 2 Ray workers over 4 clips of the same video;
 - peak memory of one worker: the Python worker's RSS and its ffmpeg child's, measured
   in a fresh process with getrusage (target: under 1 GiB at 1080p).
-Writes the `prepare` section of benchmarks/RESULTS.md.
+Writes the `prepare` section of benchmarks/RESULTS.md. `--part shards` measures instead the
+bytes read per training pair from the shards (the layout write_shards writes against the
+former one row group per shard) and writes the `prepare-shards` section.
 """
 from __future__ import annotations
 
@@ -157,11 +159,87 @@ def ray_speedup(video: Path, frames: int, clips: int = 6) -> tuple[float, float]
     return times[0], times[1]
 
 
+def _rchar() -> int:
+    """Bytes this process received from read() calls (page cache or disk): /proc/self/io."""
+    return int(Path("/proc/self/io").read_text().split()[1])
+
+
+def shard_reads(folder: Path, items: int) -> list[dict]:
+    """Bytes read and items/s of training pairs (FramePairs, cache off: the worst case, a
+    miss on every item) from shards of real 256 px clips, in the layout write_shards writes
+    (clip-aligned groups of <= 8 frames) and in the former one (one row group per shard)."""
+    import pyarrow.parquet as pq
+    from fomm.data import EpochSampler, FramePairs, ParquetStore
+    from pipeline.config import DatasetParams
+    from pipeline.shards import write_shards
+    video = SHARED / "faces" / "liveportrait" / "d11.mp4"
+    info = probe(video)
+    box = centre_box(info.width, info.height)
+    clip_folders = []
+    for index in range(8):  # 8 clips of 25 frames, one decode
+        clip_folders.append((f"id{index}#d11#{index * 25:06d}#{index * 25 + 25:06d}",
+                             folder / "png" / str(index)))
+        clip_folders[-1][1].mkdir(parents=True)
+    cut_clips(video, [(i * 25, i * 25 + 25, box, f) for i, (_, f) in enumerate(clip_folders)], SIZE)
+    new = write_shards(folder / "new", "train", clip_folders, target_bytes=4 * 2**20)
+    old_rows = [(clip, int(p.stem), p.read_bytes()) for clip, f in clip_folders
+                for p in sorted(f.glob("*.png"))]
+    import pyarrow as pa
+    (folder / "old").mkdir()
+    old = [folder / "old" / "train-00000.parquet"]
+    pq.write_table(pa.table({"clip": [r[0] for r in old_rows],
+                             "frame_index": pa.array([r[1] for r in old_rows], pa.int32()),
+                             "png": [r[2] for r in old_rows]}),
+                   old[0], row_group_size=len(old_rows), compression="none")
+    rows = []
+    for label, paths in (("clip-aligned groups of <= 8 frames (now)", new),
+                         ("one row group per shard (before)", old)):
+        store = ParquetStore(folder / "none", "train", paths)
+        store.CACHE_GROUPS = 0
+        pairs = FramePairs(store, DatasetParams(frame_shape=(SIZE, SIZE, 3)), num_repeats=100)
+        keys = EpochSampler(len(pairs), seed=0).keys()[:items]
+        pairs[keys[0]]
+        for shard in range(len(paths)):
+            store._file(shard)
+        began, before, groups = time.perf_counter(), _rchar(), store.groups_read
+        for key in keys:
+            pairs[key]
+        seconds = time.perf_counter() - began
+        rows.append({"layout": label, "shards": len(paths),
+                     "shard MiB": sum(p.stat().st_size for p in paths) / len(paths) / 2**20,
+                     "KiB read per item": (_rchar() - before) / items / 1024,
+                     "row groups per item": (store.groups_read - groups) / items,
+                     "items/s": items / seconds})
+        print(json.dumps(rows[-1]))
+    return rows
+
+
+def shards_main(items: int) -> None:
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as folder:
+        rows = shard_reads(Path(folder), items)
+    body = (f"`python -m benchmarks.prepare --part shards --items {items}`: {items} training "
+            f"pairs (`fomm.data.FramePairs`, {SIZE} px, random clip and frames) read from "
+            f"Parquet shards of 8 real clips of 25 frames (d11.mp4, centre crop, {SIZE} px PNG), "
+            f"with the store's group cache off, so every item misses (what random pairs over a "
+            f"dataset much larger than the cache do). `KiB read per item`: bytes the process got "
+            f"from read() calls (/proc/self/io rchar), footers read beforehand. A 256 MiB shard "
+            f"in the old layout would make every miss read 256 MiB. CPU only. Load average at "
+            f"the start: {load:.1f} on {os.cpu_count()} cores.\n\n" + markdown_table(rows))
+    write_section("prepare-shards", body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=78, help="frames per clip (d0 has 78)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--part", choices=["crop", "shards"], default="crop",
+                        help="crop: the crop/resize figures; shards: reads per training item")
+    parser.add_argument("--items", type=int, default=200, help="training items (--part shards)")
     args = parser.parse_args()
+    if args.part == "shards":
+        shards_main(args.items)
+        return
     rows = []
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
