@@ -3,11 +3,15 @@
     pipeline run prepare --dataset taichi --manifest taichi-metadata.csv --out data/taichi
     pipeline run prepare --dataset sample --out data/sample
 
-Reads top to bottom: resolve the dataset's jobs (one per video, or one per clip for
-`sample`), skip clips already done (row says done and every frame is on disk), run the
-rest as Ray tasks (each writes its clip folders whole and records a row per clip the
-moment it finishes), then write the shards, `clips.parquet` and `summary.json`, in that
-order. A killed run rerun does only what is missing; a finished run rerun does nothing.
+Reads top to bottom: check every flag, take the writer lock of `--out` (one prepare at a
+time), resolve the dataset's jobs (one per video, or one per clip for `sample`; ids must be
+plain names), skip clips already done with the same settings (row says done, its settings
+digest matches, every frame is on disk at the recorded size), run the rest as Ray tasks
+(each writes its clip folders whole and records a row per clip the moment it finishes),
+then write the shards (a new set switched in by one rename), `clips.parquet` and
+`summary.json`, in that order. A killed run rerun does only what is missing; a finished
+run rerun does nothing; a rerun with another size or bbox redoes the clips it changes.
+Exit status 1 when any clip failed (unless --allow-failures) or none is done.
 """
 from __future__ import annotations
 
