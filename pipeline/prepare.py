@@ -391,7 +391,10 @@ def _task_failed(job: Job, settings: Settings, err: Exception) -> list[dict]:
         text = "".join(traceback.format_exception(err))
     log.error("task for %s failed:\n%s", job.key, text)
     last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), "")
-    clips = job.clips or [clips_mod.Clip(job.key, job.key, None, settings.custom.split)]
+    clips = [clip if isinstance(clip, clips_mod.Clip) else clips_mod.Clip(clip.name, job.key, None,
+                                                                           clip.split)
+             for clip in job.clips]  # sample jobs hold SampleClips
+    clips = clips or [clips_mod.Clip(job.key, job.key, None, settings.custom.split)]
     rows = [clips_mod.result_row(clip, status="failed", error=f"task failed: {last.strip()}"[:500],
                                  source=job.video_path) for clip in clips]
     for row in rows:

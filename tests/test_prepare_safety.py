@@ -484,6 +484,11 @@ def test_a_failed_custom_task_writes_its_row_and_logs_the_traceback(tmp_path, ca
     row = read_row(tmp_path, "test", "myvideo")
     assert rows == [row] and row["status"] == "failed" and "ZeroDivisionError" in row["error"]
     assert "Traceback" in caplog.text and "a bug in the tube linker" in caplog.text
+    from pipeline.sample import sample_clips
+    clip = sample_clips(1, 0, 4, 16)[0]
+    sample_settings = Settings(str(tmp_path), "sample", 16, str(tmp_path), None, None)
+    [row] = _task_failed(Job(clip.name, [clip]), sample_settings, RuntimeError("render bug"))
+    assert read_row(tmp_path, "train", clip.name) == row and "render bug" in row["error"]
 
 
 def test_sample_bugs_raise_instead_of_becoming_rows(tmp_path, monkeypatch):
