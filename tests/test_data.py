@@ -5,8 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -23,26 +21,26 @@ def _png_bytes(path: Path) -> bytes:
 
 
 def _write_prepared(root: Path, shared_data: Path) -> None:
-    """A prepared dataset as `pipeline run prepare` writes it: shards, PNG folders, manifest."""
+    """A prepared dataset as `pipeline run prepare` writes it: PNG folders, shards written by
+    `pipeline.shards.write_shards` from them (its real row-group layout), the manifest."""
+    from pipeline.shards import write_shards
     taichi = shared_data / "bodies" / "dwnet-taichi"
     clips = {"p1#taichiA#000000#000012": sorted((taichi / "1").glob("*.png"))[:12],
              "p2#taichiB#000000#000010": sorted((taichi / "2").glob("*.png"))[:10],
              "p3#broken#000000#000005": sorted((taichi / "2").glob("*.png"))[:5]}
-    rows = [{"clip": c, "frame_index": np.int32(i), "png": _png_bytes(f)}
-            for c, files in clips.items() for i, f in enumerate(files)]
-    (root / "shards").mkdir(parents=True)
-    table = pa.Table.from_pylist(rows)
-    pq.write_table(table, root / "shards" / "train-00000.parquet", row_group_size=7)
-    for clip, files in list(clips.items())[:2]:
+    folders = []
+    for clip, files in clips.items():
         folder = root / "png" / "train" / clip
         folder.mkdir(parents=True)
         for i, f in enumerate(files):
             (folder / f"{i:07d}.png").write_bytes(_png_bytes(f))
+        folders.append((clip, folder))
+    write_shards(root / "shards", "train", folders, target_bytes=1_500_000)
+    import shutil
+    shutil.rmtree(folders[2][1])  # the failed clip has no folder, only stale shard rows
     manifest = pd.DataFrame({"clip": list(clips), "split": ["train"] * 3,
                              "status": ["done", "done", "failed"], "fps": [25.0, 30.0, 25.0]})
     manifest.to_parquet(root / "clips.parquet")
-
-
 
 
 def _original_layout(shared_data: Path, root: Path) -> Path:
@@ -96,13 +94,14 @@ def test_parquet_shards_match_png_folders_and_skip_failed_clips(prepared_root):
     assert type(shards).__name__ == "ParquetStore"
     assert shards.clips == ["p1#taichiA#000000#000012", "p2#taichiB#000000#000010"]  # failed clip left out
     assert shards.fps("p2#taichiB#000000#000010") == 30.0
-    (prepared_root / "shards" / "train-00000.parquet").rename(prepared_root / "train.parquet.bak")
+    assert len(list((prepared_root / "shards").glob("train-*.parquet"))) == 2  # 1.5 MB target: p1 + p2, then p3
+    (prepared_root / "shards").rename(prepared_root / "shards.bak")
     folders = open_clips(prepared_root, "train")
     assert type(folders).__name__ == "FolderStore"
-    (prepared_root / "train.parquet.bak").rename(prepared_root / "shards" / "train-00000.parquet")
+    (prepared_root / "shards.bak").rename(prepared_root / "shards")
     for clip in folders.clips:
         assert shards.num_frames(clip) == folders.num_frames(clip)
-        indices = [0, 7, 8, shards.num_frames(clip) - 1]  # across row groups of 7 rows
+        indices = [0, 7, 8, shards.num_frames(clip) - 1]  # across row groups of 8 rows
         assert np.array_equal(shards.read(clip, indices), folders.read(clip, indices))
         streamed = np.concatenate(list(shards.iter_batches(clip, 4)))
         assert np.array_equal(streamed, folders.read(clip, range(folders.num_frames(clip))))
