@@ -228,6 +228,13 @@ def test_sigkill_half_way_then_rerun_equals_clean_run(prepared, manifest, mirror
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     assert not (out / "clips.parquet").exists()  # written last: a killed run has none
+
+    def snapshot() -> dict:
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    time.sleep(2.5)  # the driver's workers notice within a second and exit, ffmpeg with them
+    settled = snapshot()
+    time.sleep(2)
+    assert snapshot() == settled, "workers went on writing after their driver died"
     done_after_kill = 0
     for name in GOOD:
         row = read_row(out, SPLIT_OF[name], name)
