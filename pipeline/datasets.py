@@ -54,6 +54,9 @@ class DatasetDef:
     size: int = 256
     source: str = "youtube"
     pad_square: bool = False   # whole-frame datasets: pad with white to a square, then resize
+    # A clip listed in both splits: "error", or "test" (keep it in test only). Only a dataset
+    # whose upstream manifest is known to have such clips says "test", in its yaml.
+    split_conflicts: str = "error"
     manifest: RemoteFile | None = None
     url_lists: dict[str, RemoteFile] = field(default_factory=dict)
     custom: CustomPolicy = CustomPolicy()
@@ -92,6 +95,9 @@ def load_dataset(name_or_path: str) -> DatasetDef:
     data["custom"] = _build(CustomPolicy, data.get("custom"), where)
     data["sample"] = _build(SamplePolicy, data.get("sample"), where)
     definition = _build(DatasetDef, data, where)
+    if definition.split_conflicts not in ("error", "test"):
+        raise UserError(f"{where}: split_conflicts is {definition.split_conflicts!r}; "
+                        f"expected 'error' or 'test'")
     if kind == "manifest" and definition.manifest is None:
         raise UserError(f"{where}: a 'manifest' dataset needs manifest: {{url, sha256}}")
     return definition

@@ -50,9 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stall-timeout", type=float, default=60.0,
                         help="give a download up when it gains less than 16 KiB in this many "
                              "seconds (default 60)")
-    parser.add_argument("--split-conflicts", choices=["error", "test"], default="error",
-                        help="a clip listed in both train and test: refuse (default), or keep "
-                             "it in test only (upstream vox lists 3 clips in both)")
+    parser.add_argument("--split-conflicts", choices=["error", "test"], default=None,
+                        help="a clip listed in both train and test: refuse, or keep it in test "
+                             "only (default: the dataset's; upstream vox lists 3 clips in both, "
+                             "so vox keeps them in test)")
     parser.add_argument("--allow-failures", action="store_true",
                         help="exit 0 even when some clips failed (as long as one is done)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -92,7 +93,7 @@ def _manifest_jobs(definition, args) -> list[Job]:
         path = datasets.check_local(Path(args.manifest), definition.manifest)
     else:
         path = datasets.fetch(definition.manifest, Path(args.out) / "downloads" / "manifests")
-    clips = clips_mod.read_manifest(path, args.split_conflicts)
+    clips = clips_mod.read_manifest(path, args.split_conflicts or definition.split_conflicts)
     return [Job(video_id, group) for video_id, group in clips_mod.group_by_video(clips).items()]
 
 

@@ -18,7 +18,8 @@ def test_upstream_manifests_parse(shared_data):
     with pytest.raises(UserError, match=r"3 clip\(s\) are listed in both train and test "
                                         r"\(id10282#hgB5ziAudzU#008753#008850"):
         read_manifest(path)
-    vox = read_manifest(path, split_conflicts="test")
+    vox = read_manifest(path, split_conflicts=datasets.load_dataset("vox").split_conflicts)
+    assert datasets.load_dataset("taichi").split_conflicts == "error"
     taichi = read_manifest(shared_data / "manifests" / "taichi-metadata.csv")
     table = pd.read_csv(path, dtype=str).drop_duplicates(["person_id", "video_id", "start", "end",
                                                           "partition"])
