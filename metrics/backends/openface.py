@@ -203,6 +203,7 @@ class OpenFaceIdentity(IdentityBackend):
     name = "openface"
     scheme = "openface-nn4.small2.v1"
     dim = 128
+    paper_equivalent = True
 
     def __init__(self, weights: str | os.PathLike | None = None, batch_size: int = 64):
         path = weights_path(weights)
