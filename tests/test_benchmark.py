@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -176,8 +177,11 @@ def test_a_model_that_copies_the_source_scores_as_the_direct_computation(sample_
     assert (floor["motion_epe"] > 0).sum() > 0
 
 
-def test_face_clip_is_scored_with_the_dlib_backends(shared_data, tmp_path):
+def test_face_clip_is_scored_with_the_dlib_backends(shared_data, tmp_path, monkeypatch):
     """The original layout (`test/<clip>.mp4`) of a real talking-face clip, at 128 px."""
+    monkeypatch.setitem(sys.modules, "face_alignment", None)  # as on a machine without it
+    monkeypatch.setenv("OPENFACE_WEIGHTS", str(tmp_path / "absent.pth"))
+    monkeypatch.setattr("metrics.backends.openface.WEIGHTS_DIR", tmp_path)
     data = tmp_path / "faces"
     (data / "test").mkdir(parents=True)
     shutil.copy(shared_data / "faces" / "fomm-demo" / "04.mp4", data / "test" / "id04#04#000000#000211.mp4")
@@ -186,14 +190,25 @@ def test_face_clip_is_scored_with_the_dlib_backends(shared_data, tmp_path):
     benchmark.run(_args(dataset="vox", data=data, models=models, out=out, max_frames=6, bootstrap=50))
     per_frame = pd.read_parquet(out / "per_frame.parquet")
     assert len(per_frame) == 6
-    assert set(per_frame["pose_backend"]) == {"dlib68 (scheme dlib-68)"}
-    assert per_frame["identity_backend"].str.startswith("dlib-face (scheme ").all()
+    # without face-alignment and OpenFace weights: the offline substitutes, labelled as such
+    assert set(per_frame["pose_backend"]) == {"dlib68 (scheme dlib-68, substitute)"}
+    assert per_frame["identity_backend"].str.startswith("dlib-face (scheme dlib-128, substitute").all()
     assert per_frame["joints_real"].eq(68).mean() >= 0.8  # dlib finds the real face
     comparison = (out / "comparison.md").read_text()
+    assert "protocol: paper" in comparison  # vox has paper numbers: the paper protocol by default
     assert "dlib68" in comparison and "| fomm | paper |" in comparison and "1.294" in comparison
-    assert "AKD (px)" in comparison and "AED" in comparison  # columns stay when no face is found
+    # a substitute's AKD / AED sit in their own "not comparable" columns, apart from the paper's
+    assert "AKD (px) ↓ (ours, not comparable)" in comparison and "AKD (px) ↓ (paper)" in comparison
+    assert "AED ↓ (ours, not comparable)" in comparison and "| L1 ↓ |" in comparison
+    record = json.loads((out / "benchmark.json").read_text())
+    assert record["protocol"] == "paper" and record["comparable"] == {
+        "l1": True, "akd": False, "mkr": False, "aed": False}
     found = int(per_frame["akd"].notna().sum())
-    assert found == 6 or f"AKD (px) on {found}/6" in comparison  # and the coverage is stated
+    akd_counts = record["frame_counts"]["fomm"]["akd"]
+    assert akd_counts["scored"] == found and found + sum(akd_counts["skipped"].values()) == 6
+    assert (f"AKD (px) on {found}/6" in comparison) == (found < 6)  # coverage stated when partial
+    assert record["frame_counts"]["fomm"]["mkr"]["skipped"] == {"faces: pose-evaluation reports no MKR": 6}
+    assert (per_frame["aed_skip"] == "").eq(per_frame["aed"].notna()).all()  # a reason for every gap
 
 
 def test_released_checkpoint_needs_and_takes_a_config(sample_data, tmp_path):
