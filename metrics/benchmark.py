@@ -127,11 +127,14 @@ def _resize(frames, size: tuple[int, int]):
 
 
 def reconstruct_clip(model, frames: np.ndarray, size: tuple[int, int], batch_size: int = 16,
-                     device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                     device: str = "cpu", l1_out: list | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Paper protocol on one clip: frame 0 drives nothing, every frame drives the source.
 
     Returns real frames (T, h, w, 3) uint8 at the model's size, predictions (T, h, w, 3)
     uint8, and the deformation (T, g, g, 2) float32 when the family outputs one.
+    `l1_out`, when given, receives each frame's L1 on the model's float output, as the
+    original's reconstruction.py and `pipeline run reconstruct` compute it (not on uint8).
     """
     import torch
     video = _resize(frames, size)  # (T, 3, h, w)
@@ -141,6 +144,9 @@ def reconstruct_clip(model, frames: np.ndarray, size: tuple[int, int], batch_siz
         for start in range(0, len(video), batch_size):
             driving = video[start:start + batch_size].to(device)  # (B, 3, h, w)
             out = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)
+            if l1_out is not None:
+                difference = (out["prediction"].float() - driving).abs()  # (B, 3, h, w)
+                l1_out.extend(difference.double().mean(dim=(1, 2, 3)).cpu().tolist())
             predictions.append(out["prediction"].float().clamp(0, 1).cpu())
             if out.get("deformation") is not None:
                 deformations.append(out["deformation"].float().cpu())
@@ -215,11 +221,13 @@ def score_model(spec: ModelSpec, store, clips: list[str], args, pose, identity, 
     rows = []
     for index, clip in enumerate(clips):
         frames = read_clip(store, clip, args.max_frames)
-        real, fake, deformation = reconstruct_clip(model, frames, size, args.batch_size, args.device)
+        float_l1 = []
+        real, fake, deformation = reconstruct_clip(model, frames, size, args.batch_size, args.device, float_l1)
         real_kp, real_emb = _real_detections(cache, clip, real, pose, identity)
         scores = score_clip(real, fake, pose=pose, identity=identity, lpips=args.lpips,
                             real_keypoints=real_kp, real_embeddings=real_emb, protocol=args.protocol)
         scores = scores.reset_index(drop=True)
+        scores["l1"] = float_l1  # the model's float output, as reconstruct prints it
         scores["motion_epe"] = np.nan
         truth = truth_grid(args.data, args.split, clip)
         if truth is not None and deformation is not None:

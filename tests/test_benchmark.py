@@ -232,3 +232,32 @@ def test_released_checkpoint_needs_and_takes_a_config(sample_data, tmp_path):
     _, ours, _ = benchmark.reconstruct_clip(model, frames, (64, 64))
     _, theirs, _ = benchmark.reconstruct_clip(loaded, frames, (64, 64))
     assert np.array_equal(ours, theirs)
+
+
+def test_reconstruct_prints_the_frame_weighted_l1_that_benchmark_reports(shared_data, tmp_path, capsys):
+    """Two real clips of different lengths (5 and 11 frames, 64 px): `pipeline run
+    reconstruct` prints the mean over all 16 frames, and benchmark's per-frame L1 (the model's
+    float output, as the original) averages to the same number."""
+    from fomm.checkpoint import load_model
+    from fomm.reconstruct import reconstruct
+    root = tmp_path / "two"
+    source = shared_data / "bodies" / "dwnet-taichi" / "1"
+    for clip, count in (("a", 5), ("b", 11)):
+        (root / "test" / clip).mkdir(parents=True)
+        for index, path in enumerate(sorted(source.iterdir())[:count]):
+            Image.open(path).convert("RGB").resize((64, 64), Image.Resampling.BILINEAR).save(
+                root / "test" / clip / f"{index:07d}.png")
+    path = _checkpoint(tmp_path, "fomm")
+    config = _tiny_config("fomm")
+    rows = reconstruct(load_model(config, path), config, root, tmp_path / "rec", batch_size=4, device="cpu")
+    printed = float(capsys.readouterr().out.split("L1 ")[1].split()[0])
+    benchmark.run(_args(dataset="sample", data=root, models=f"fomm={path}", out=tmp_path / "bench",
+                        pose="none", identity="none", bootstrap=20))
+    per_frame = pd.read_parquet(tmp_path / "bench" / "per_frame.parquet")
+    per_frame = per_frame[per_frame["model"] == "fomm"]
+    assert len(per_frame) == 16
+    assert printed == pytest.approx(per_frame["l1"].mean(), abs=1e-6)
+    for row in rows:  # and clip by clip
+        assert float(row["l1"]) == pytest.approx(per_frame[per_frame["clip"] == row["clip"]]["l1"].mean(), rel=1e-6)
+    clip_mean = np.mean([float(row["l1"]) for row in rows])  # what it printed before: one clip, one vote
+    assert abs(printed - clip_mean) > 1e-5
