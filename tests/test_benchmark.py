@@ -169,7 +169,8 @@ def test_a_model_that_copies_the_source_scores_as_the_direct_computation(sample_
         folder = sample_data / "png" / "test" / clip
         frames = np.stack([np.asarray(Image.open(p)) for p in sorted(folder.iterdir())]) / 255.0
         expected = np.abs(frames - frames[:1]).mean(axis=(1, 2, 3))
-        assert still.loc[clip, "l1"].to_numpy() == pytest.approx(expected, abs=1e-9)
+        # L1 is taken on the model's float32 tensors (as the original), so float32 rounding remains
+        assert still.loc[clip, "l1"].to_numpy() == pytest.approx(expected, abs=1e-7)
     floor = per_frame[per_frame["model"] == benchmark.NO_MOTION].set_index(["clip", "frame"])
     assert still["motion_epe"].to_numpy() == pytest.approx(floor.loc[still.index, "motion_epe"].to_numpy(),
                                                           abs=1e-5)
