@@ -116,3 +116,17 @@ def test_unknown_protocol_is_a_named_error(face_clip):
     from pipeline.errors import UserError
     with pytest.raises(UserError, match=r"--protocol 'cvpr'.*\['paper', 'project'\]"):
         score_clip(face_clip[:1], face_clip[:1], protocol="cvpr")
+
+
+def test_mediapipe_joints_reach_the_paper_tables_as_openpose_18_with_minus_one():
+    """The offline body substitute: BlazePose's 33 joints -> OpenPose's 18; the neck is the
+    shoulders' midpoint only where both shoulders were found, else -1 like any missing joint."""
+    from metrics.backends.mediapipe_pose import to_openpose18
+    blaze = np.arange(66, dtype=float).reshape(33, 2)
+    one_shoulder = blaze.copy()
+    one_shoulder[11] = np.nan  # left shoulder not visible
+    joints = protocol.openpose_values(to_openpose18(np.stack([blaze, one_shoulder])))  # (2, 18, 2)
+    np.testing.assert_array_equal(joints[0, 1], (blaze[11] + blaze[12]) / 2)
+    assert (joints[1, 1] == -1).all() and (joints[1, 5] == -1).all()  # neck and left shoulder
+    mkr, _ = protocol.body_mkr_akd(joints[:1], joints[1:])
+    assert mkr.values[0] == pytest.approx(2 / 18)  # both lost joints count, out of 18 found in the real frame
