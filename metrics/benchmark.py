@@ -300,17 +300,33 @@ def frame_counts(per_frame: pd.DataFrame) -> dict:
     return counts
 
 
+def skipped_notes(counts: dict, metrics: list[str]) -> list[str]:
+    """One note per model: the frames each metric skipped, and why (from `frame_counts`)."""
+    from metrics.tables import METRICS
+    notes = []
+    for model, per_metric in counts.items():
+        parts = [f"{METRICS[metric][0]}: {count} {reason}" for metric, numbers in per_metric.items()
+                 if metric in metrics for reason, count in numbers["skipped"].items() if reason != "no backend"]
+        if parts:
+            notes.append(f"{model}, frames skipped: " + "; ".join(parts) + ".")
+    return notes
+
+
 def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict,
                  comparable: dict[str, bool] | None = None) -> dict:
     from metrics import tables
     models = per_frame[per_frame["model"] != NO_MOTION]
     metrics = ["l1", "ssim", "psnr"] + (["akd", "mkr"] if backends["pose"] != "none" else [])
     metrics += (["aed"] if backends["identity"] != "none" else []) + (["lpips"] if args.lpips else [])
+    from metrics.evaluate import FACES_HAVE_NO_MKR
+    if "mkr" in metrics and models["mkr_skip"].eq(FACES_HAVE_NO_MKR).all():
+        metrics.remove("mkr")  # the paper protocol has no MKR for faces: no empty column
     summary = tables.summarise(models, metrics, args.bootstrap, args.seed)
     protocol = getattr(args, "protocol", None)
-    written = {"comparison": tables.write_table(
-        tables.comparison_table(summary, args.dataset, metrics, backends, comparable=comparable,
-                                protocol=protocol), out, "comparison")}
+    comparison = tables.comparison_table(summary, args.dataset, metrics, backends, comparable=comparable,
+                                         protocol=protocol)
+    comparison.notes += skipped_notes(frame_counts(per_frame), metrics)
+    written = {"comparison": tables.write_table(comparison, out, "comparison")}
     if per_frame["motion_epe"].notna().any():
         motion = per_frame[per_frame["motion_epe"].notna()]
         summary = tables.summarise(motion, ["motion_epe"], args.bootstrap, args.seed)
@@ -368,7 +384,8 @@ def run(args: argparse.Namespace) -> dict:
         if value is not None and value < 1:
             raise UserError(f"--{option.replace('_', '-')} {value}: expected a positive number")
     from metrics import paper
-    args.protocol = args.protocol or ("paper" if paper.paper_dataset(args.dataset) else "project")
+    default_protocol = "paper" if paper.paper_dataset(args.dataset) else "project"
+    args.protocol = getattr(args, "protocol", None) or default_protocol
     specs = parse_models(args.models)
     store, clips = open_test_clips(args.data, args.split, args.max_clips)
     pose, identity = _backends(args.dataset, args.pose, args.identity)

@@ -209,6 +209,7 @@ def test_face_clip_is_scored_with_the_dlib_backends(shared_data, tmp_path, monke
     assert akd_counts["scored"] == found and found + sum(akd_counts["skipped"].values()) == 6
     assert (f"AKD (px) on {found}/6" in comparison) == (found < 6)  # coverage stated when partial
     assert record["frame_counts"]["fomm"]["mkr"]["skipped"] == {"faces: pose-evaluation reports no MKR": 6}
+    assert "MKR" not in comparison.split("\n- ")[0]  # so no MKR column for faces
     assert (per_frame["aed_skip"] == "").eq(per_frame["aed"].notna()).all()  # a reason for every gap
 
 
@@ -259,6 +260,7 @@ def test_reconstruct_prints_the_frame_weighted_l1_that_benchmark_reports(shared_
     assert len(per_frame) == 16
     assert printed == pytest.approx(per_frame["l1"].mean(), abs=1e-6)
     for row in rows:  # and clip by clip
-        assert float(row["l1"]) == pytest.approx(per_frame[per_frame["clip"] == row["clip"]]["l1"].mean(), rel=1e-6)
+        clip_frames = per_frame[per_frame["clip"] == row["clip"]]
+        assert float(row["l1"]) == pytest.approx(clip_frames["l1"].mean(), rel=1e-6)
     clip_mean = np.mean([float(row["l1"]) for row in rows])  # what it printed before: one clip, one vote
     assert abs(printed - clip_mean) > 1e-5

@@ -78,7 +78,8 @@ def test_backend_loads_weights_without_batch_counters_and_embeds_whole_frames(go
 def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setattr("metrics.backends.openface.WEIGHTS_DIR", tmp_path)
     monkeypatch.setenv("OPENFACE_WEIGHTS", str(tmp_path / "nowhere.pth"))
-    with pytest.raises(BackendUnavailable, match=r"put thnkim/OpenFacePytorch's openface.pth at \$OPENFACE_WEIGHTS"):
+    with pytest.raises(BackendUnavailable,
+                       match=r"put thnkim/OpenFacePytorch's openface.pth at \$OPENFACE_WEIGHTS"):
         get_identity_backend("openface")
 
 

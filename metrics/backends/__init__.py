@@ -169,7 +169,8 @@ def default_backends(kind: str) -> tuple[PoseBackend | None, IdentityBackend | N
 
     faces -> face-alignment (first face, as pose-evaluation) or dlib68, openface or dlib-face;
     bodies -> body-pose (rtpose, with pose_model.pth) or mediapipe mapped to OpenPose's 18
-    joints, body-appearance; other (e.g. the synthetic `sample` dataset) -> (None, None). A kind may also be a dataset name.
+    joints, body-appearance; other (e.g. the synthetic `sample` dataset) -> (None, None).
+    A kind may also be a dataset name.
     """
     kind = kind if kind in DEFAULTS or kind == "other" else dataset_kind(kind)
     if kind == "other":
