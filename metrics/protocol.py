@@ -15,7 +15,8 @@ frame (NaN where the script skips the frame) with the reason of every skip:
   joints present in the real frame (frames with none skipped). AKD per frame: mean |diff| over
   the coordinates of joints present in both (frames with none skipped).
 - AED (`cmp.py`): per frame the sum of squared differences of the two embeddings (squared L2),
-  no frame skipped (OpenFace embeds every frame).
+  no frame skipped (OpenFace embeds every frame). (An early `cmp.py`, at pose-evaluation
+  commit 54e33b4, reduced with the mean |diff| instead; REFERENCE §8 gives the squared sum.)
 
 Every number is then the mean over the remaining frames of all videos pooled (`pooled`), not
 a mean of per-video means. The project's own protocol ("project") differs: AED is plain L2.
