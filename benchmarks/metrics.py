@@ -72,14 +72,35 @@ def measure(frames_count: int, repeats: int) -> list[dict]:
         if not row["available"]:
             rows.append(dict(metric=label, scheme=row["scheme"], note=row["reason"]))
             continue
-        frames = bodies if name in ("mediapipe-pose", "body-appearance") else faces
+        frames = bodies if name in ("mediapipe-pose", "mediapipe-openpose-18", "body-pose",
+                                    "body-appearance") else faces
         backend = (backends.get_pose_backend if kind == "pose" else backends.get_identity_backend)(name)
         run = backend.detect if kind == "pose" else backend.embed
         add(label, row["scheme"], frames, lambda: run(frames),
             note="detector + predictor" if name.startswith("dlib") else "")
     add("score_clip faces: L1+SSIM+PSNR+dlib68+dlib-face, real and fake", "dlib-68 + dlib-128", faces,
         lambda: score_clip(faces, shifted, pose="dlib68", identity="dlib-face"))
+    openface_row(rows, add, faces)
     return rows
+
+
+def openface_row(rows: list, add, faces: np.ndarray) -> None:
+    """OpenFace's cost does not depend on its weights: where the user's openface.pth is absent,
+    time the architecture with the golden file's random weights (float32, as the backend runs)."""
+    import torch
+    from metrics.backends.openface import OpenFaceNet, load_openface_state, preprocess
+    golden = SHARED_DATA.parent / "reference" / "openface-golden.pt"
+    if not golden.is_file():
+        rows.append(dict(metric="identity: openface (architecture)", note=f"{golden} missing"))
+        return
+    state = torch.load(golden, weights_only=True)["state_dict"]
+    model = load_openface_state(OpenFaceNet(), state).float().eval()
+
+    def run():
+        with torch.no_grad():
+            model(torch.from_numpy(preprocess(faces)).float())
+    add("identity: openface (architecture, random weights)", "openface-nn4.small2.v1", faces, run,
+        note="whole frame: skimage resize to 96 + network; batch of all frames")
 
 
 def main() -> None:
@@ -100,8 +121,9 @@ def main() -> None:
             "faces/fomm-demo/04.mp4, body backends on bodies/dwnet-taichi/1). "
             f"CPU load average during the run: {load_before:.1f} -> {load_after:.1f} on "
             f"{os.cpu_count()} cores (shared machine: the figures are lower bounds).\n\n{table}\n\n"
-            "Not measured here: face-alignment, mediapipe-pose and LPIPS need packages or weights this "
-            "offline CPU machine does not have (rows above say which); no GPU timings.")
+            "Not measured here: face-alignment, mediapipe, LPIPS, and the weights of openface and "
+            "body-pose (rtpose) are missing on this offline CPU machine (rows above say which); the "
+            "openface architecture is timed with the golden file's random weights instead; no GPU timings.")
     print(body)
     write_section("metrics", body)
 

@@ -3,17 +3,22 @@
 Protocol (the paper's, REFERENCE §1): for each test clip, the source is its first frame and
 the driving frames are all of its frames, with absolute motion (`model.reconstruct`). Each
 generated frame is scored against the real one with `metrics.evaluate.score_clip` (L1, SSIM,
-PSNR, and AKD / MKR / AED / LPIPS where a backend is given). On the `sample` dataset, whose
+PSNR, and AKD / MKR / AED / LPIPS where a backend is given) under `--protocol` (paper:
+pose-evaluation's arithmetic, the default wherever Table 3 has numbers for the dataset; see
+metrics.protocol). On the `sample` dataset, whose
 true motion is known, each model's 'deformation' output is also compared with the truth.
 
 Writes to `--out`:
     per_frame.parquet   model, clip, frame, l1, ssim, psnr, akd, mkr, aed, lpips, motion_epe,
+                        akd_skip, mkr_skip, aed_skip (why a frame has no value),
                         pose_backend, identity_backend
     per_clip.parquet    the same, averaged per (model, clip), with num_frames
     comparison.{md,csv,html}   ours with bootstrap 95 % intervals over clips, beside the paper's
     motion.{md,csv,html}       (sample only) motion error against the true backward grids
     samples/            source, driving and each model's frames of the first clip (PNG)
-    benchmark.json      what ran: data, checkpoints, config hashes, backends, seconds per model
+    benchmark.json      what ran: data, checkpoints, config hashes, protocol, backends (and
+                        which metrics compare with the paper), frames scored and skipped
+                        per metric and reason, seconds per model
 """
 from __future__ import annotations
 
@@ -122,11 +127,14 @@ def _resize(frames, size: tuple[int, int]):
 
 
 def reconstruct_clip(model, frames: np.ndarray, size: tuple[int, int], batch_size: int = 16,
-                     device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                     device: str = "cpu", l1_out: list | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Paper protocol on one clip: frame 0 drives nothing, every frame drives the source.
 
     Returns real frames (T, h, w, 3) uint8 at the model's size, predictions (T, h, w, 3)
     uint8, and the deformation (T, g, g, 2) float32 when the family outputs one.
+    `l1_out`, when given, receives each frame's L1 on the model's float output, as the
+    original's reconstruction.py and `pipeline run reconstruct` compute it (not on uint8).
     """
     import torch
     video = _resize(frames, size)  # (T, 3, h, w)
@@ -136,6 +144,9 @@ def reconstruct_clip(model, frames: np.ndarray, size: tuple[int, int], batch_siz
         for start in range(0, len(video), batch_size):
             driving = video[start:start + batch_size].to(device)  # (B, 3, h, w)
             out = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)
+            if l1_out is not None:
+                difference = (out["prediction"].float() - driving).abs()  # (B, 3, h, w)
+                l1_out.extend(difference.double().mean(dim=(1, 2, 3)).cpu().tolist())
             predictions.append(out["prediction"].float().clamp(0, 1).cpu())
             if out.get("deformation") is not None:
                 deformations.append(out["deformation"].float().cpu())
@@ -184,7 +195,10 @@ def _backends(dataset: str, pose: str | None, identity: str | None):
 
 
 def backend_label(backend) -> str:
-    return "none" if backend is None else f"{backend.name} (scheme {backend.scheme})"
+    if backend is None:
+        return "none"
+    kind = "the paper's network" if backend.paper_equivalent else "substitute"
+    return f"{backend.name} (scheme {backend.scheme}, {kind})"
 
 
 def _real_detections(cache: dict, clip: str, real: np.ndarray, pose, identity):
@@ -207,11 +221,13 @@ def score_model(spec: ModelSpec, store, clips: list[str], args, pose, identity, 
     rows = []
     for index, clip in enumerate(clips):
         frames = read_clip(store, clip, args.max_frames)
-        real, fake, deformation = reconstruct_clip(model, frames, size, args.batch_size, args.device)
+        float_l1 = []
+        real, fake, deformation = reconstruct_clip(model, frames, size, args.batch_size, args.device, float_l1)
         real_kp, real_emb = _real_detections(cache, clip, real, pose, identity)
         scores = score_clip(real, fake, pose=pose, identity=identity, lpips=args.lpips,
-                            real_keypoints=real_kp, real_embeddings=real_emb)
+                            real_keypoints=real_kp, real_embeddings=real_emb, protocol=args.protocol)
         scores = scores.reset_index(drop=True)
+        scores["l1"] = float_l1  # the model's float output, as reconstruct prints it
         scores["motion_epe"] = np.nan
         truth = truth_grid(args.data, args.split, clip)
         if truth is not None and deformation is not None:
@@ -262,14 +278,55 @@ def write_samples(samples: dict, out: Path, count: int = 4) -> dict:
     return {"frames": picks, "rows": ["driving"] + [n for n in samples if n != "driving"]}
 
 
-def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict) -> dict:
+def comparable_metrics(protocol: str, pose, identity) -> dict[str, bool]:
+    """Which metrics were measured as the paper measured them: its protocol and, for AKD /
+    MKR / AED, the network pose-evaluation ran (not a substitute)."""
+    paper_way = protocol == "paper"
+    same = lambda backend: paper_way and backend is not None and backend.paper_equivalent  # noqa: E731
+    return {"l1": True, "akd": same(pose), "mkr": same(pose), "aed": same(identity)}
+
+
+def frame_counts(per_frame: pd.DataFrame) -> dict:
+    """Per model and metric: frames, frames scored, and frames skipped by reason."""
+    from metrics import protocol as paper_protocol
+    counts = {}
+    for model, group in per_frame[per_frame["model"] != NO_MOTION].groupby("model", sort=False):
+        counts[model] = {}
+        for metric in ("akd", "mkr", "aed"):
+            reasons = group[f"{metric}_skip"].fillna("").tolist() if f"{metric}_skip" in group else []
+            scores = paper_protocol.FrameScores(group[metric].to_numpy(dtype=float), reasons)
+            pooled = paper_protocol.pooled([scores])
+            counts[model][metric] = {key: pooled[key] for key in ("frames", "scored", "skipped")}
+    return counts
+
+
+def skipped_notes(counts: dict, metrics: list[str]) -> list[str]:
+    """One note per model: the frames each metric skipped, and why (from `frame_counts`)."""
+    from metrics.tables import METRICS
+    notes = []
+    for model, per_metric in counts.items():
+        parts = [f"{METRICS[metric][0]}: {count} {reason}" for metric, numbers in per_metric.items()
+                 if metric in metrics for reason, count in numbers["skipped"].items() if reason != "no backend"]
+        if parts:
+            notes.append(f"{model}, frames skipped: " + "; ".join(parts) + ".")
+    return notes
+
+
+def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict,
+                 comparable: dict[str, bool] | None = None) -> dict:
     from metrics import tables
     models = per_frame[per_frame["model"] != NO_MOTION]
     metrics = ["l1", "ssim", "psnr"] + (["akd", "mkr"] if backends["pose"] != "none" else [])
     metrics += (["aed"] if backends["identity"] != "none" else []) + (["lpips"] if args.lpips else [])
+    from metrics.evaluate import FACES_HAVE_NO_MKR
+    if "mkr" in metrics and models["mkr_skip"].eq(FACES_HAVE_NO_MKR).all():
+        metrics.remove("mkr")  # the paper protocol has no MKR for faces: no empty column
     summary = tables.summarise(models, metrics, args.bootstrap, args.seed)
-    written = {"comparison": tables.write_table(
-        tables.comparison_table(summary, args.dataset, metrics, backends), out, "comparison")}
+    protocol = getattr(args, "protocol", None)
+    comparison = tables.comparison_table(summary, args.dataset, metrics, backends, comparable=comparable,
+                                         protocol=protocol)
+    comparison.notes += skipped_notes(frame_counts(per_frame), metrics)
+    written = {"comparison": tables.write_table(comparison, out, "comparison")}
     if per_frame["motion_epe"].notna().any():
         motion = per_frame[per_frame["motion_epe"].notna()]
         summary = tables.summarise(motion, ["motion_epe"], args.bootstrap, args.seed)
@@ -294,6 +351,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--pose", default=None, help="pose backend (default: the dataset's; 'none')")
     parser.add_argument("--identity", default=None, help="identity backend (default: the dataset's; 'none')")
+    parser.add_argument("--protocol", default=None, choices=["paper", "project"],
+                        help="paper: pose-evaluation's arithmetic (squared-L2 AED; the default for "
+                             "datasets of the paper's Table 3); project: L2 AED (default otherwise)")
     parser.add_argument("--lpips", action="store_true", help="also LPIPS (needs the lpips package)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-clips", type=int, default=None)
@@ -323,6 +383,9 @@ def run(args: argparse.Namespace) -> dict:
         value = getattr(args, option)
         if value is not None and value < 1:
             raise UserError(f"--{option.replace('_', '-')} {value}: expected a positive number")
+    from metrics import paper
+    default_protocol = "paper" if paper.paper_dataset(args.dataset) else "project"
+    args.protocol = getattr(args, "protocol", None) or default_protocol
     specs = parse_models(args.models)
     store, clips = open_test_clips(args.data, args.split, args.max_clips)
     pose, identity = _backends(args.dataset, args.pose, args.identity)
@@ -357,7 +420,10 @@ def run(args: argparse.Namespace) -> dict:
     record.update(dataset=args.dataset, data=str(Path(args.data).resolve()), split=args.split,
                   clips=clips, backends=backends, device=args.device,
                   bootstrap=args.bootstrap, seed=args.seed, samples=write_samples(samples, out),
-                  tables=write_tables(per_frame, out, args, backends))
+                  protocol=args.protocol, comparable=comparable_metrics(args.protocol, pose, identity),
+                  frame_counts=frame_counts(per_frame),
+                  tables=write_tables(per_frame, out, args, backends,
+                                      comparable_metrics(args.protocol, pose, identity)))
     record["argv"] = command_line(args)
     (out / "benchmark.json").write_text(json.dumps(record, indent=2))
     return record

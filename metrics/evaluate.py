@@ -1,8 +1,9 @@
 """Score one generated clip against its real clip, one row per frame (REFERENCE §2).
 
-    score_clip(real, fake, pose="dlib68", identity="dlib-face") -> DataFrame
-        frame, l1, ssim, psnr, akd, mkr, aed, [lpips],
-        joints_real, joints_fake (joints found per frame), identity_real, identity_fake (bool)
+    score_clip(real, fake, pose="dlib68", identity="dlib-face", protocol="paper") -> DataFrame
+        frame, l1, ssim, psnr, akd, mkr, aed, [lpips], akd_skip, mkr_skip, aed_skip (why a
+        frame has no value), joints_real, joints_fake (joints found per frame),
+        identity_real, identity_fake (bool)
 
 L1, SSIM, PSNR and LPIPS compare the frames at their own size. Keypoints are detected on
 frames resized to 256x256, so AKD is in pixels at 256x256 as in the paper. NaN marks a
@@ -17,8 +18,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from metrics import identity as identity_metrics
 from metrics import keypoints as keypoint_metrics
+from metrics import protocol as paper_protocol
 from metrics import reconstruction
 from metrics.backends import (BackendUnavailable, IdentityBackend, PoseBackend, get_identity_backend,
                               get_pose_backend)
@@ -60,51 +61,79 @@ def _lpips_column(real, fake, lpips) -> tuple[np.ndarray, str]:
 
 
 def score_clip(real: np.ndarray, fake: np.ndarray, pose: PoseBackend | str | None = None,
-               identity: IdentityBackend | str | None = None, lpips=False, aed_squared: bool = False,
+               identity: IdentityBackend | str | None = None, lpips=False, aed_squared: bool | None = None,
                real_keypoints: np.ndarray | None = None,
-               real_embeddings: np.ndarray | None = None) -> pd.DataFrame:
+               real_embeddings: np.ndarray | None = None, protocol: str = "project") -> pd.DataFrame:
     """Per-frame metrics of `fake` against `real`, both (T, H, W, 3) uint8 of the same shape.
 
     pose / identity: a backend, its registry name, or None (columns akd, mkr / aed are NaN).
     lpips: False, True (the default LPIPS model) or an `LPIPS` instance; an LPIPS that cannot
     load leaves the column NaN with `attrs['lpips_status']` saying why, never raises.
-    aed_squared: report squared L2 as the original script did (see metrics.identity).
+    protocol: "paper" (pose-evaluation's arithmetic, metrics.protocol: squared-L2 AED, no
+    MKR for faces) or "project" (L2 AED); aed_squared overrides the AED distance.
     real_keypoints / real_embeddings: the real clip's detections at 256x256, when scoring
     several models against the same real clip (computed here otherwise).
+    Columns `akd_skip`, `mkr_skip`, `aed_skip` give the reason a frame's value is missing.
     """
     real, fake = reconstruction.check_pair(real, fake)
+    protocol = paper_protocol.check_protocol(protocol)
+    squared = protocol == "paper" if aed_squared is None else aed_squared
     pose, identity = _pose(pose), _identity(identity)
     count = len(real)
     table = pd.DataFrame({"frame": np.arange(count, dtype=np.int64),
                           "l1": reconstruction.l1(real, fake),
                           "ssim": reconstruction.ssim(real, fake),
                           "psnr": reconstruction.psnr(real, fake)})
-    attrs = {}
+    attrs = {"protocol": protocol}
+    no_backend = ["no backend"] * count
     table["akd"], table["mkr"] = np.nan, np.nan
+    table["akd_skip"], table["mkr_skip"] = no_backend, no_backend
     table["joints_real"], table["joints_fake"] = 0, 0
     if pose is not None:
         kp_real = keypoints_at_256(pose, real) if real_keypoints is None else real_keypoints
         kp_fake = keypoints_at_256(pose, fake)  # (T, J, 2)
-        table["akd"] = keypoint_metrics.akd(kp_real, kp_fake)
-        table["mkr"] = keypoint_metrics.mkr(kp_real, kp_fake)
+        akd, mkr = keypoint_scores(kp_real, kp_fake, pose, protocol)
+        table["akd"], table["akd_skip"] = akd.values, akd.reasons
+        table["mkr"], table["mkr_skip"] = mkr.values, mkr.reasons
         table["joints_real"] = keypoint_metrics.found(kp_real).sum(axis=1)
         table["joints_fake"] = keypoint_metrics.found(kp_fake).sum(axis=1)
         attrs.update(pose_backend=pose.name, pose_scheme=pose.scheme)
-    table["aed"] = np.nan
+    table["aed"], table["aed_skip"] = np.nan, no_backend
     table["identity_real"], table["identity_fake"] = False, False
     if identity is not None:
         emb_real = identity.embed(resize_frames(real)) if real_embeddings is None else real_embeddings
         emb_fake = identity.embed(resize_frames(fake))  # (T, D)
-        table["aed"] = identity_metrics.aed(emb_real, emb_fake, squared=aed_squared)
+        aed = paper_protocol.aed(emb_real, emb_fake, squared=squared)
+        table["aed"], table["aed_skip"] = aed.values, aed.reasons
         table["identity_real"] = np.isfinite(emb_real).all(axis=1)
         table["identity_fake"] = np.isfinite(emb_fake).all(axis=1)
         attrs.update(identity_backend=identity.name, identity_scheme=identity.scheme,
-                     aed_distance="squared-l2" if aed_squared else "l2")
+                     aed_distance="squared-l2" if squared else "l2")
     if lpips is not False:
         table["lpips"], attrs["lpips_status"] = _lpips_column(real, fake, lpips)
     table.attrs.update(attrs)
     table.attrs.update(missing_counts(table))
     return table
+
+
+FACES_HAVE_NO_MKR = "faces: pose-evaluation reports no MKR"
+
+
+def keypoint_scores(kp_real: np.ndarray, kp_fake: np.ndarray, pose: PoseBackend,
+                    protocol: str) -> tuple[paper_protocol.FrameScores, paper_protocol.FrameScores]:
+    """(AKD, MKR) per frame from (T, J, 2) keypoints with NaN for joints not found.
+
+    68 landmarks are a face: AKD as cmp_kp.py (a frame whose generated face is missing is
+    skipped); under the paper protocol MKR is left out, since pose-evaluation has none for
+    faces. Other schemes go through cmp_with_missing.py's arithmetic (missing joints as -1).
+    """
+    mkr, akd = paper_protocol.body_mkr_akd(paper_protocol.openpose_values(kp_real),
+                                           paper_protocol.openpose_values(kp_fake))
+    if pose.num_joints == 68:
+        akd = paper_protocol.face_akd(paper_protocol.face_values(kp_real), paper_protocol.face_values(kp_fake))
+        if protocol == "paper":
+            mkr = paper_protocol.FrameScores(np.full(len(kp_real), np.nan), [FACES_HAVE_NO_MKR] * len(kp_real))
+    return akd, mkr
 
 
 def embeddings_at_256(identity: IdentityBackend, frames: np.ndarray) -> np.ndarray:

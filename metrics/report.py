@@ -429,7 +429,8 @@ def headline(info: RunInfo) -> list[str]:
     if "motion" in tables and Path(tables["motion"]["csv"]).is_file():
         motion = pd.read_csv(tables["motion"]["csv"]).set_index("model")
     lines = [f"{len(info.benchmark.get('clips', []))} {info.benchmark.get('split', 'test')} clips of "
-             f"{info.benchmark.get('dataset', '?')}; backends: "
+             f"{info.benchmark.get('dataset', '?')}; protocol: {info.benchmark.get('protocol', 'project')}; "
+             "backends: "
              + "; ".join(f"{k}: {v}" for k, v in info.benchmark.get("backends", {}).items())]
     for model, row in ours.iterrows():
         text = f"{model}: L1 {row['l1']:.4f} [{row['l1_lo']:.4f}, {row['l1_hi']:.4f}]"

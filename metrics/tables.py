@@ -98,38 +98,61 @@ def _fmt(value: float, metric: str) -> str:
     return f"{value:.2f}" if metric in ("psnr",) else f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
 
 
+def _header(metric: str) -> str:
+    return METRICS[metric][0] + (" ↓" if METRICS[metric][1] else " ↑")
+
+
 def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
-                     backends: dict[str, str], references: tuple[str, ...] = ()) -> Table:
+                     backends: dict[str, str], references: tuple[str, ...] = (),
+                     comparable: dict[str, bool] | None = None, protocol: str | None = None) -> Table:
     """Our models (value [95 % CI]) and, below them, the paper's Table 3 rows for `dataset`.
 
     `backends`: role -> backend description (e.g. {"pose": "dlib68 (scheme ibug-68)"});
     printed in the title and notes, since numbers from different backends do not compare.
     `references`: rows that are yardsticks rather than models (labelled "reference").
+    `comparable`: metric -> whether ours was measured as the paper measured it (its protocol
+    and network). A metric that is not gets two columns: ours, headed "not comparable",
+    and the paper's, so a substitute's number never stands in the paper's column.
+    `protocol`: printed in the title and notes.
     """
+    comparable = {metric: comparable.get(metric, True) for metric in metrics} if comparable else \
+        {metric: True for metric in metrics}
+    group = paper.paper_dataset(dataset)
     backend_text = "; ".join(f"{role}: {name}" for role, name in backends.items()) or "none"
-    columns = ["model", "source"] + [METRICS[m][0] + (" ↓" if METRICS[m][1] else " ↑") for m in metrics]
-    columns += ["clips", "frames"]
+    # (metric, whose values: "both" | "ours" | "paper") per printed column
+    layout = []
+    for metric in metrics:
+        if comparable[metric] or group is None:
+            layout.append((metric, "both"))
+        else:
+            layout += [(metric, "ours"), (metric, "paper")]
+    names = {"both": "", "ours": " (ours, not comparable)", "paper": " (paper)"}
+    columns = ["model", "source"] + [_header(m) + names[whose] for m, whose in layout] + ["clips", "frames"]
     rows, records, coverage = [], [], []
     for _, row in summary.iterrows():
         source = "reference" if row["model"] in references else "ours"
         cells = [str(row["model"]), source]
         record = {"model": row["model"], "source": source, "confirmed": True,
-                  "backends": backend_text, "num_clips": int(row["num_clips"]),
+                  "backends": backend_text, "protocol": protocol, "num_clips": int(row["num_clips"]),
                   "num_frames": int(row["num_frames"])}
-        for metric in metrics:
+        for metric, whose in layout:
+            if whose == "paper":
+                cells.append("–")
+                continue
             value, low, high = row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"]
             cells.append(_fmt(value, metric) if not np.isfinite(value) else
                          f"{_fmt(value, metric)} [{_fmt(low, metric)}, {_fmt(high, metric)}]")
-            record.update({metric: value, f"{metric}_lo": low, f"{metric}_hi": high})
+            record.update({metric: value, f"{metric}_lo": low, f"{metric}_hi": high,
+                           f"{metric}_comparable": comparable[metric]})
         rows.append(cells + [str(int(row["num_clips"])), str(int(row["num_frames"]))])
         records.append(record)
         partial = [f"{METRICS[m][0]} on {int(row[f'{m}_frames'])}/{int(row['num_frames'])}"
                    for m in metrics if row[f"{m}_frames"] < row["num_frames"]]
         if partial:
             coverage.append(f"{row['model']}: " + ", ".join(partial) + " frames")
-    group = paper.paper_dataset(dataset)
+    protocol_text = f"protocol: {protocol}; " if protocol else ""
     notes = [f"ours: mean over all frames of the test clips, [95 % bootstrap interval over clips, "
-             f"seeded]; backends: {backend_text}."]
+             f"seeded]; {protocol_text}backends: {backend_text}."]
     if coverage:
         notes.append("defined only where the backend found the subject in both frames: "
                      + "; ".join(coverage) + ".")
@@ -137,8 +160,11 @@ def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
         for method in ("x2face", "monkey-net", "fomm"):
             cells, record = [method, "paper"], {"model": method, "source": "paper",
                                                 "backends": paper.PAPER_BACKENDS[group]}
-            for metric in metrics:
+            for metric, whose in layout:
                 cell = paper.paper_value(method, dataset, metric)
+                if whose == "ours":
+                    cells.append("–")
+                    continue
                 cells.append(cell.text() if cell else "–")
                 record[metric] = cell.value if cell else float("nan")
                 record[f"{metric}_confirmed"] = cell.confirmed if cell else None
@@ -147,9 +173,13 @@ def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
         notes.append(f"paper: FOMM (NeurIPS 2019) Table 3, {group}; measured with "
                      f"{paper.PAPER_BACKENDS[group]}, so it compares with ours only where the "
                      "backends agree. (?) = from secondary sources, not confirmed against the paper.")
+        apart = [METRICS[m][0] for m in metrics if not comparable[m]]
+        if apart:
+            notes.append("not comparable with the paper (a substitute network or another protocol), so "
+                         "printed apart from the paper's column: " + ", ".join(apart) + ".")
     else:
         notes.append(f"paper: Table 3 has no numbers for dataset {dataset!r}.")
-    title = f"Reconstruction on {dataset} (backends: {backend_text})"
+    title = f"Reconstruction on {dataset} ({protocol_text}backends: {backend_text})"
     return Table(title, columns, rows, records, notes)
 
 

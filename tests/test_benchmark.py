@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,8 @@ def test_a_model_that_copies_the_source_scores_as_the_direct_computation(sample_
         folder = sample_data / "png" / "test" / clip
         frames = np.stack([np.asarray(Image.open(p)) for p in sorted(folder.iterdir())]) / 255.0
         expected = np.abs(frames - frames[:1]).mean(axis=(1, 2, 3))
-        assert still.loc[clip, "l1"].to_numpy() == pytest.approx(expected, abs=1e-9)
+        # L1 is taken on the model's float32 tensors (as the original), so float32 rounding remains
+        assert still.loc[clip, "l1"].to_numpy() == pytest.approx(expected, abs=1e-7)
     floor = per_frame[per_frame["model"] == benchmark.NO_MOTION].set_index(["clip", "frame"])
     assert still["motion_epe"].to_numpy() == pytest.approx(floor.loc[still.index, "motion_epe"].to_numpy(),
                                                           abs=1e-5)
@@ -176,8 +178,11 @@ def test_a_model_that_copies_the_source_scores_as_the_direct_computation(sample_
     assert (floor["motion_epe"] > 0).sum() > 0
 
 
-def test_face_clip_is_scored_with_the_dlib_backends(shared_data, tmp_path):
+def test_face_clip_is_scored_with_the_dlib_backends(shared_data, tmp_path, monkeypatch):
     """The original layout (`test/<clip>.mp4`) of a real talking-face clip, at 128 px."""
+    monkeypatch.setitem(sys.modules, "face_alignment", None)  # as on a machine without it
+    monkeypatch.setenv("OPENFACE_WEIGHTS", str(tmp_path / "absent.pth"))
+    monkeypatch.setattr("metrics.backends.openface.WEIGHTS_DIR", tmp_path)
     data = tmp_path / "faces"
     (data / "test").mkdir(parents=True)
     shutil.copy(shared_data / "faces" / "fomm-demo" / "04.mp4", data / "test" / "id04#04#000000#000211.mp4")
@@ -186,14 +191,26 @@ def test_face_clip_is_scored_with_the_dlib_backends(shared_data, tmp_path):
     benchmark.run(_args(dataset="vox", data=data, models=models, out=out, max_frames=6, bootstrap=50))
     per_frame = pd.read_parquet(out / "per_frame.parquet")
     assert len(per_frame) == 6
-    assert set(per_frame["pose_backend"]) == {"dlib68 (scheme dlib-68)"}
-    assert per_frame["identity_backend"].str.startswith("dlib-face (scheme ").all()
+    # without face-alignment and OpenFace weights: the offline substitutes, labelled as such
+    assert set(per_frame["pose_backend"]) == {"dlib68 (scheme dlib-68, substitute)"}
+    assert per_frame["identity_backend"].str.startswith("dlib-face (scheme dlib-128, substitute").all()
     assert per_frame["joints_real"].eq(68).mean() >= 0.8  # dlib finds the real face
     comparison = (out / "comparison.md").read_text()
+    assert "protocol: paper" in comparison  # vox has paper numbers: the paper protocol by default
     assert "dlib68" in comparison and "| fomm | paper |" in comparison and "1.294" in comparison
-    assert "AKD (px)" in comparison and "AED" in comparison  # columns stay when no face is found
+    # a substitute's AKD / AED sit in their own "not comparable" columns, apart from the paper's
+    assert "AKD (px) ↓ (ours, not comparable)" in comparison and "AKD (px) ↓ (paper)" in comparison
+    assert "AED ↓ (ours, not comparable)" in comparison and "| L1 ↓ |" in comparison
+    record = json.loads((out / "benchmark.json").read_text())
+    assert record["protocol"] == "paper" and record["comparable"] == {
+        "l1": True, "akd": False, "mkr": False, "aed": False}
     found = int(per_frame["akd"].notna().sum())
-    assert found == 6 or f"AKD (px) on {found}/6" in comparison  # and the coverage is stated
+    akd_counts = record["frame_counts"]["fomm"]["akd"]
+    assert akd_counts["scored"] == found and found + sum(akd_counts["skipped"].values()) == 6
+    assert (f"AKD (px) on {found}/6" in comparison) == (found < 6)  # coverage stated when partial
+    assert record["frame_counts"]["fomm"]["mkr"]["skipped"] == {"faces: pose-evaluation reports no MKR": 6}
+    assert "MKR" not in comparison.split("\n- ")[0]  # so no MKR column for faces
+    assert (per_frame["aed_skip"] == "").eq(per_frame["aed"].notna()).all()  # a reason for every gap
 
 
 def test_released_checkpoint_needs_and_takes_a_config(sample_data, tmp_path):
@@ -217,3 +234,33 @@ def test_released_checkpoint_needs_and_takes_a_config(sample_data, tmp_path):
     _, ours, _ = benchmark.reconstruct_clip(model, frames, (64, 64))
     _, theirs, _ = benchmark.reconstruct_clip(loaded, frames, (64, 64))
     assert np.array_equal(ours, theirs)
+
+
+def test_reconstruct_prints_the_frame_weighted_l1_that_benchmark_reports(shared_data, tmp_path, capsys):
+    """Two real clips of different lengths (5 and 11 frames, 64 px): `pipeline run
+    reconstruct` prints the mean over all 16 frames, and benchmark's per-frame L1 (the model's
+    float output, as the original) averages to the same number."""
+    from fomm.checkpoint import load_model
+    from fomm.reconstruct import reconstruct
+    root = tmp_path / "two"
+    source = shared_data / "bodies" / "dwnet-taichi" / "1"
+    for clip, count in (("a", 5), ("b", 11)):
+        (root / "test" / clip).mkdir(parents=True)
+        for index, path in enumerate(sorted(source.iterdir())[:count]):
+            Image.open(path).convert("RGB").resize((64, 64), Image.Resampling.BILINEAR).save(
+                root / "test" / clip / f"{index:07d}.png")
+    path = _checkpoint(tmp_path, "fomm")
+    config = _tiny_config("fomm")
+    rows = reconstruct(load_model(config, path), config, root, tmp_path / "rec", batch_size=4, device="cpu")
+    printed = float(capsys.readouterr().out.split("L1 ")[1].split()[0])
+    benchmark.run(_args(dataset="sample", data=root, models=f"fomm={path}", out=tmp_path / "bench",
+                        pose="none", identity="none", bootstrap=20))
+    per_frame = pd.read_parquet(tmp_path / "bench" / "per_frame.parquet")
+    per_frame = per_frame[per_frame["model"] == "fomm"]
+    assert len(per_frame) == 16
+    assert printed == pytest.approx(per_frame["l1"].mean(), abs=1e-6)
+    for row in rows:  # and clip by clip
+        clip_frames = per_frame[per_frame["clip"] == row["clip"]]
+        assert float(row["l1"]) == pytest.approx(clip_frames["l1"].mean(), rel=1e-6)
+    clip_mean = np.mean([float(row["l1"]) for row in rows])  # what it printed before: one clip, one vote
+    assert abs(printed - clip_mean) > 1e-5

@@ -74,17 +74,19 @@ def test_lpips_absent_raises_install_hint_at_construction(monkeypatch):
         reconstruction.LPIPS()
 
 
-def test_score_clip_reports_lpips_status_instead_of_crashing(clips):
+def test_score_clip_reports_lpips_status_instead_of_crashing(clips, monkeypatch):
+    """Where lpips cannot load (made so here, whatever this machine has), the column is NaN
+    and the status says what to install; nothing raises."""
     real, fake = clips
-    status = reconstruction.lpips_status()
+    monkeypatch.setitem(sys.modules, "lpips", None)
+    monkeypatch.setattr(reconstruction, "_LPIPS_FAILURES", {})
+    reconstruction._load_lpips.cache_clear()
     table = score_clip(real, fake, lpips=True)
-    assert table.attrs["lpips_status"] == status
-    if status.startswith("unavailable"):
-        assert "pip install" in status
-        assert table["lpips"].isna().all()
-    else:  # where lpips and its weights are installed: real distances, zero for identical frames
-        assert (table["lpips"] > 0).all()
-        assert np.allclose(score_clip(real, real, lpips=True)["lpips"], 0, atol=1e-6)
+    status = table.attrs["lpips_status"]
+    assert status.startswith("unavailable") and "pip install 'motion-transfer[lpips]'" in status
+    assert table["lpips"].isna().all() and table["l1"].notna().all()
+    assert reconstruction.lpips_status() == status  # the failure is remembered, not retried
+    reconstruction._load_lpips.cache_clear()
 
 
 def test_score_clip_rows_equal_the_metric_functions(clips):

@@ -43,6 +43,8 @@ class PoseBackend:
     name: str = ""
     scheme: str = ""
     num_joints: int = 0
+    # True only for the network pose-evaluation ran (its numbers may sit beside the paper's)
+    paper_equivalent: bool = False
 
     def detect(self, frames: np.ndarray) -> np.ndarray:
         """(T, H, W, 3) uint8 -> (T, J, 2) float64 pixel (x, y); NaN for joints not found."""
@@ -68,6 +70,7 @@ class IdentityBackend:
     name: str = ""
     scheme: str = ""
     dim: int = 0
+    paper_equivalent: bool = False
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
         """(T, H, W, 3) uint8 -> (T, D) float64; NaN rows where no subject is found."""
@@ -92,16 +95,21 @@ POSE_BACKENDS = {
     "dlib68": "metrics.backends.dlib68:Dlib68Pose",
     "face-alignment": "metrics.backends.face_alignment:FaceAlignmentPose",
     "mediapipe-pose": "metrics.backends.mediapipe_pose:MediapipePose",
+    "mediapipe-openpose-18": "metrics.backends.mediapipe_pose:MediapipeOpenPose18",
+    "body-pose": "metrics.backends.body_pose:RtposeBodyPose",
 }
 IDENTITY_BACKENDS = {
+    "openface": "metrics.backends.openface:OpenFaceIdentity",
     "dlib-face": "metrics.backends.dlib_face:DlibFaceIdentity",
     "body-appearance": "metrics.backends.body_appearance:BodyAppearanceIdentity",
 }
 
-# Dataset kind -> (pose backends, identity backends), first available wins.
+# Dataset kind -> (pose backends, identity backends), first available wins: the network
+# pose-evaluation ran where the user has its weights, else the documented offline substitute.
+# Bodies are scored in OpenPose's 18-joint scheme (the paper's MKR counts those joints).
 DEFAULTS = {
-    "faces": (["dlib68"], ["dlib-face"]),
-    "bodies": (["mediapipe-pose"], ["body-appearance"]),
+    "faces": (["face-alignment", "dlib68"], ["openface", "dlib-face"]),
+    "bodies": (["body-pose", "mediapipe-openpose-18"], ["body-appearance"]),
 }
 # Dataset names of the paper and of this project, by kind; anything else has no pose/identity metric.
 DATASET_KINDS = {
@@ -159,8 +167,10 @@ def dataset_kind(dataset: str) -> str:
 def default_backends(kind: str) -> tuple[PoseBackend | None, IdentityBackend | None]:
     """The default (pose, identity) backends for a dataset kind, None where none can run.
 
-    faces -> dlib68 + dlib-face; bodies -> mediapipe-pose (when installed) + body-appearance;
-    other (e.g. the synthetic `sample` dataset) -> (None, None). A kind may also be a dataset name.
+    faces -> face-alignment (first face, as pose-evaluation) or dlib68, openface or dlib-face;
+    bodies -> body-pose (rtpose, with pose_model.pth) or mediapipe mapped to OpenPose's 18
+    joints, body-appearance; other (e.g. the synthetic `sample` dataset) -> (None, None).
+    A kind may also be a dataset name.
     """
     kind = kind if kind in DEFAULTS or kind == "other" else dataset_kind(kind)
     if kind == "other":
@@ -171,9 +181,11 @@ def default_backends(kind: str) -> tuple[PoseBackend | None, IdentityBackend | N
 
 
 def _first_available(names: list[str], build):
-    for name in names:
+    for index, name in enumerate(names):
         try:
             return build(name)
         except BackendUnavailable as error:
-            log.warning("backend %s unavailable: %s", name, error)
+            fallback = f"; falling back to {names[index + 1]} (not comparable with the paper)" \
+                if index + 1 < len(names) else ""
+            log.warning("backend %s unavailable: %s%s", name, error, fallback)
     return None

@@ -20,16 +20,22 @@ INSTALL_HINT = ("pip install 'motion-transfer[face-alignment]' (the face-alignme
 
 
 class FaceAlignmentPose(PoseBackend):
-    """Landmarks (68, 2) of the largest face per frame from FAN; all NaN where no face is found.
+    """Landmarks (68, 2) of one face per frame from FAN; all NaN where no face is found.
 
     `device`: torch device string for the network (the caller chooses; default CPU).
+    `pick`: "first" (the detector's first face, `kp[0]` in pose-evaluation's extract.py) or
+    "largest"; only "first" counts as the paper's backend.
     """
 
     name = "face-alignment"
     scheme = "fan-68"
     num_joints = 68
 
-    def __init__(self, device: str = "cpu", face_detector: str = "sfd"):
+    def __init__(self, device: str = "cpu", face_detector: str = "sfd", pick: str = "first"):
+        if pick not in ("first", "largest"):
+            raise BackendUnavailable(f"face-alignment pick {pick!r}; expected 'first' or 'largest'")
+        self.pick = pick
+        self.paper_equivalent = pick == "first"
         try:
             import face_alignment
         except ImportError as error:
@@ -48,6 +54,8 @@ class FaceAlignmentPose(PoseBackend):
         found = self.model.get_landmarks_from_image(np.ascontiguousarray(frame))
         if not found:
             return None
+        if self.pick == "first":
+            return np.asarray(found[0], dtype=np.float64)[:, :2]  # (68, 2)
         def area(points):
             extent = points[:, :2].max(axis=0) - points[:, :2].min(axis=0)
             return float(extent[0] * extent[1])

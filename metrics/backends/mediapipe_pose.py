@@ -83,3 +83,16 @@ class MediapipePose(PoseBackend):
 
     def close(self) -> None:
         self.model.close()
+
+
+class MediapipeOpenPose18(MediapipePose):
+    """mediapipe's joints mapped to OpenPose's 18 (neck = midpoint of the shoulders, missing
+    joints NaN, -1 in the paper protocol's tables): the offline substitute for rtpose."""
+
+    name = "mediapipe-openpose-18"
+    scheme = "mediapipe-openpose-18"
+    num_joints = 18
+
+    def __init__(self, min_visibility: float = 0.5, model_complexity: int = 1,
+                 min_detection_confidence: float = 0.5):
+        super().__init__(min_visibility, model_complexity, min_detection_confidence, joints="openpose-18")
