@@ -166,16 +166,19 @@ def read_watermark(path: Path, kind: str, max_frames: int | None = None) -> Wate
             result.frames_with_tag += 1
             payloads["".join(map(str, reading.bits))] += 1
 
-    for frame in frames_of(path, kind, max_frames):
-        if size is None:
-            probe.append(frame)
-            if len(probe) < PROBE_FRAMES:
+    try:
+        for frame in frames_of(path, kind, max_frames):
+            if size is None:
+                probe.append(frame)
+                if len(probe) < PROBE_FRAMES:
+                    continue
+                size = best_size(probe)
+                for waiting in probe:
+                    read(waiting)
                 continue
-            size = best_size(probe)
-            for waiting in probe:
-                read(waiting)
-            continue
-        read(frame)
+            read(frame)
+    except UserError as err:  # edited bytes can break decoding part way: keep what was read
+        logger.warning("%s", err)
     if size is None and probe:
         size = best_size(probe)
         for waiting in probe:
