@@ -4,7 +4,8 @@ that says "made by motion-transfer" plus 8 bits that identify the run.
 Method: invisible-watermark's dwtDctSvd scheme (one-level Haar DWT of a chroma plane, 4x4
 blocks of its approximation band, the first singular value of each block's DCT quantised to
 carry one bit; the bits repeat over all blocks), batched here over all blocks of a frame
-(bit-for-bit the library's block encoder and decoder, ~10x faster; tests/test_provenance.py).
+(bit-for-bit the library's block encoder, ~10x faster; the library's decoder reads our marks,
+ours adds soft votes and skips saturated blocks; tests/test_provenance.py).
 It was chosen over RivaGAN 32-bit and dwtDct by measurement (benchmarks/provenance.py and
 its section of benchmarks/RESULTS.md): on 256 px face clips RivaGAN's payload survived an h264
 re-encode at CRF 23 in under a fifth of the frames and decoded at about 1 frame/s on CPU.
@@ -89,10 +90,16 @@ def embed_band(band: np.ndarray, bits: np.ndarray) -> None:
 
 
 def band_scores(band: np.ndarray, usable: np.ndarray | None = None) -> np.ndarray:
-    """Per payload bit, the fraction of its blocks that read 1 (EmbedDwtDctSvd.decode_frame);
-    blocks where `usable` (N,) is False do not vote."""
+    """Per payload bit, a soft vote in [-1, 1] (> 0 reads 1) over its blocks; blocks where
+    `usable` (N,) is False do not vote.
+
+    The embedder puts s[0] at a quarter (bit 0) or three quarters (bit 1) of a step, so
+    -sin(2 pi s[0] / STEP) is +1 for a clean 1, -1 for a clean 0 and near 0 for blocks that
+    compression moved half a step. The library's decoder votes 0/1 per block instead; soft
+    votes recover about twice as many frames of faces/fomm-demo/08.mp4 after CRF 23."""
     dct, _ = _blocks(band)
-    votes = (np.linalg.svd(dct, compute_uv=False)[:, 0] % STEP > STEP * 0.5).astype(np.float64)
+    phase = np.linalg.svd(dct, compute_uv=False)[:, 0] / STEP
+    votes = -np.sin(2 * np.pi * phase)
     weights = np.ones_like(votes) if usable is None else usable.astype(np.float64)
     index = np.arange(len(votes)) % PAYLOAD_BITS
     return (np.bincount(index, votes * weights, PAYLOAD_BITS)
@@ -171,7 +178,7 @@ def read_frame(frame: np.ndarray) -> FrameReading | None:
     usable = unsaturated_blocks(frame)
     scores = np.mean([band_scores(pywt.dwt2(yuv[:height, :width, channel].astype(np.float64), "haar")[0],
                                   usable) for channel in CHANNELS], axis=0)
-    bits = (scores * 255 > 127).astype(np.uint8)  # the library's threshold
+    bits = (scores > 0).astype(np.uint8)
     expected = payload_bits(0)[:TAG_BITS]
     return FrameReading(bits, int(np.sum(bits[:TAG_BITS] != expected)))
 

@@ -190,7 +190,7 @@ def test_gif_comment_block_is_read_back(tmp_path):
 
 
 def test_batched_watermark_is_bit_for_bit_the_library_scheme(shared_data):
-    """embed_band/band_scores batch imwatermark's EmbedDwtDctSvd block loops."""
+    """embed_band batches imwatermark's EmbedDwtDctSvd block loop; its decoder reads our bits."""
     import pywt
     from imwatermark.dwtDctSvd import EmbedDwtDctSvd
     frame = read_frames(shared_data / "faces/fomm-demo/10.mp4", 0, 1)[0]
@@ -203,8 +203,9 @@ def test_batched_watermark_is_bit_for_bit_the_library_scheme(shared_data):
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
     library = EmbedDwtDctSvd([], watermark.PAYLOAD_BITS, scales=[0, watermark.STEP, 0], block=watermark.BLOCK)
     scores = library.decode_frame(ours, watermark.STEP, [[] for _ in range(watermark.PAYLOAD_BITS)])
-    np.testing.assert_allclose(watermark.band_scores(ours), [np.mean(s) for s in scores], rtol=0, atol=1e-12)
-    assert np.array_equal(watermark.band_scores(ours) > 0.5, bits.astype(bool))
+    assert np.array_equal(np.array([np.mean(s) for s in scores]) > 0.5, bits.astype(bool))
+    assert np.array_equal(watermark.band_scores(ours) > 0, bits.astype(bool))
+    assert np.allclose(np.abs(watermark.band_scores(ours)), 1)  # clean blocks vote with full weight
 
 
 def test_stream_to_a_file_is_marked(model, config, shared_data, tmp_path):
