@@ -9,7 +9,8 @@ manifest is valid or the tag decodes in at least half of its frames. One line pe
 2 when a file is missing or unreadable.
 
 Resized copies are read at their own size and scaled back to the models' sizes (256, 512 px
-short side); the size that reads best on the first frames is used for all of them.
+short side), cropped ones on a shifted block grid; the reading that works best on the first
+frames is used for all of them.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 PROBE_FRAMES = 8          # frames used to pick the reading size
+CROP_SEARCH_FRAMES = 2    # of those, frames searched for a cropped block grid (watermark.find_crop)
 # Codes that do not mean the content changed: the signer is not on a trust list (every
 # self-signed credential), or revocation was not checked offline.
 BENIGN_FAILURES = ("signingCredential.untrusted", "signingCredential.ocsp")
@@ -50,7 +52,6 @@ class WatermarkReading:
     frames_with_tag: int = 0
     payload: str | None = None       # 8 hex digits, the majority of the frames that carry the tag
     run: int | None = None
-    read_at: tuple[int, int] | None = None
 
     @property
     def fraction(self) -> float:
@@ -145,22 +146,38 @@ def frames_of(path: Path, kind: str, max_frames: int | None):
     yield from iter_frames(path, 0, max_frames)
 
 
-def best_size(frames: list[np.ndarray]) -> tuple[int, int]:
-    """The candidate size at which the most of `frames` carry the tag (ties: the first)."""
-    sizes = watermark.candidate_sizes(*frames[0].shape[:2])
-    if len(sizes) == 1:
-        return sizes[0]
-    def hits(size):
-        readings = [watermark.read_frame(watermark.resize(f, size)) for f in frames]
-        return sum(r is not None and r.has_tag for r in readings)
-    return max(sizes, key=hits)
+def tag_hits(frames: list[np.ndarray], read) -> int:
+    readings = [read(frame) for frame in frames]
+    return sum(r is not None and r.has_tag for r in readings)
+
+
+def choose_reader(frames: list[np.ndarray]):
+    """How to read this file's frames, picked on its first frames: at its own size or scaled
+    back to a model's size (the one where most frames carry the tag), else, when that finds
+    the tag in fewer than half of them, on a cropped copy's shifted block grid
+    (watermark.find_crop), where only exact tags count."""
+    def at(size):
+        return lambda frame: watermark.read_frame(watermark.resize(frame, size))
+    readers = [at(size) for size in watermark.candidate_sizes(*frames[0].shape[:2])]
+    hits = [tag_hits(frames, read) for read in readers]
+    best = int(np.argmax(hits))
+    if 2 * hits[best] >= len(frames):
+        return readers[best]
+    offset, shift, crop_hits = watermark.find_crop(frames[:CROP_SEARCH_FRAMES])
+    if crop_hits <= hits[best]:
+        return readers[best]
+
+    def cropped(frame):
+        reading = watermark.read_frame(frame, offset, shift)
+        return reading if reading is not None and reading.tag_errors == 0 else None
+    return cropped
 
 
 def read_watermark(path: Path, kind: str, max_frames: int | None = None) -> WatermarkReading:
-    result, size, probe, payloads = WatermarkReading(), None, [], Counter()
+    result, reader, probe, payloads = WatermarkReading(), None, [], Counter()
 
     def read(frame):
-        reading = watermark.read_frame(watermark.resize(frame, size))
+        reading = reader(frame)
         result.frames += 1
         if reading is not None and reading.has_tag:
             result.frames_with_tag += 1
@@ -168,22 +185,21 @@ def read_watermark(path: Path, kind: str, max_frames: int | None = None) -> Wate
 
     try:
         for frame in frames_of(path, kind, max_frames):
-            if size is None:
+            if reader is None:
                 probe.append(frame)
                 if len(probe) < PROBE_FRAMES:
                     continue
-                size = best_size(probe)
+                reader = choose_reader(probe)
                 for waiting in probe:
                     read(waiting)
                 continue
             read(frame)
     except UserError as err:  # edited bytes can break decoding part way: keep what was read
         logger.warning("%s", err)
-    if size is None and probe:
-        size = best_size(probe)
+    if reader is None and probe:
+        reader = choose_reader(probe)
         for waiting in probe:
             read(waiting)
-    result.read_at = size
     if payloads:
         bits = payloads.most_common(1)[0][0]
         result.payload = f"{int(bits, 2):08x}"

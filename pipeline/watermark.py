@@ -3,17 +3,16 @@ that says "made by motion-transfer" plus 8 bits that identify the run.
 
 Method: invisible-watermark's dwtDctSvd scheme (one-level Haar DWT of a chroma plane, 4x4
 blocks of its approximation band, the first singular value of each block's DCT quantised to
-carry one bit; the bits repeat over all blocks), batched here over all blocks of a frame
-(bit-for-bit the library's block encoder, ~10x faster; the library's decoder reads our marks,
-ours adds soft votes and skips saturated blocks; tests/test_provenance.py).
+carry one bit), batched over all blocks of a frame (~10x faster than the library's loop).
 It was chosen over RivaGAN 32-bit and dwtDct by measurement (benchmarks/provenance.py and
 its section of benchmarks/RESULTS.md): on 256 px face clips RivaGAN's payload survived an h264
 re-encode at CRF 23 in under a fifth of the frames and decoded at about 1 frame/s on CPU.
 Tuning, measured the same way: the payload goes into V rather than the library's U (a change
-of V moves RGB 2.6x less, so V carries a larger step at the same PSNR), the step is 66 (PSNR
-just above 40 dB; the library's 36 in U lost most frames at CRF 28), and the change is added
+of V moves RGB 2.6x less, so V carries a larger step at the same PSNR); the step is 66 (PSNR
+just above 40 dB; the library's 36 in U lost nearly all frames at CRF 28); the change is added
 back in float and rounded once (the library truncates to uint8 and puts the detail bands back
-swapped, which costs PSNR and robustness).
+swapped); the bits are laid out as a 4 x 8 tile of blocks rather than in raster order, so a
+crop keeps every bit; and the decoder takes soft votes and ignores saturated blocks.
 
 A frame "carries the tag" when at most TAG_TOLERANCE of the 24 tag bits are wrong: one flipped
 bit is common after CRF 28, and 1 error in 24 still leaves a chance of ~1.5e-6 per frame that
@@ -40,6 +39,7 @@ TAG_TOLERANCE = 1
 # YUV channel -> its weight in (R, G, B) (OpenCV's YUV -> RGB); V moves RGB 2.6x less than U
 # for the same change, so it carries a larger step at the same PSNR.
 CHANNELS = {2: (1.140, -0.581, 0.0)}
+TILE = (4, 8)        # blocks: 4 rows x 8 columns hold the 32 bits once
 MIN_SIDE = 16        # smaller frames hold no complete payload
 SMALL_SIDE = 128     # below this the payload repeats too few times to survive re-encoding
 
@@ -71,52 +71,61 @@ DCT = _dct_matrix()
 
 
 def _blocks(band: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-    """(N, BLOCK, BLOCK) DCTs of the band's whole blocks in raster order (the library's bit
-    order: block n carries bit n % 32), and the block grid's shape."""
+    """(N, BLOCK, BLOCK) DCTs of the band's whole blocks in raster order, and the grid's shape."""
     rows, cols = band.shape[0] // BLOCK, band.shape[1] // BLOCK
     blocks = band[:rows * BLOCK, :cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK).transpose(0, 2, 1, 3)
     return DCT @ blocks.reshape(-1, BLOCK, BLOCK) @ DCT.T, (rows, cols)
 
 
+def tile_index(rows: int, cols: int, shift: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """(rows, cols) payload bit of each block: a TILE[0] x TILE[1] tile of all 32 bits repeated
+    over the band, so every bit sits in every 4 x 8 patch of blocks (a crop keeps them all)."""
+    i = (np.arange(rows)[:, None] + shift[0]) % TILE[0]
+    j = (np.arange(cols)[None, :] + shift[1]) % TILE[1]
+    return i * TILE[1] + j
+
+
 def embed_band(band: np.ndarray, bits: np.ndarray) -> None:
-    """imwatermark's EmbedDwtDctSvd.encode_frame, batched: in place on the DWT band."""
+    """The library's EmbedDwtDctSvd.diffuse_dct_svd on every block at once, in place on the
+    DWT band, with the bits laid out by `tile_index` (the library repeats them in raster order,
+    which puts each bit in one block column of a 256 px frame: a crop removes bits whole)."""
     dct, (rows, cols) = _blocks(band)
     u, singular, vt = np.linalg.svd(dct)
-    wanted = bits[np.arange(len(dct)) % len(bits)]
+    wanted = bits[tile_index(rows, cols).reshape(-1)]
     singular[:, 0] = (singular[:, 0] // STEP + 0.25 + 0.5 * wanted) * STEP
     blocks = DCT.T @ (u * singular[:, None, :]) @ vt @ DCT
     band[:rows * BLOCK, :cols * BLOCK] = (blocks.reshape(rows, cols, BLOCK, BLOCK).transpose(0, 2, 1, 3)
                                           .reshape(rows * BLOCK, cols * BLOCK))
 
 
-def band_scores(band: np.ndarray, usable: np.ndarray | None = None) -> np.ndarray:
-    """Per payload bit, a soft vote in [-1, 1] (> 0 reads 1) over its blocks; blocks where
-    `usable` (N,) is False do not vote.
+def block_votes(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Soft votes and weights (rows, cols), one per block of the frame's V band.
 
     The embedder puts s[0] at a quarter (bit 0) or three quarters (bit 1) of a step, so
     -sin(2 pi s[0] / STEP) is +1 for a clean 1, -1 for a clean 0 and near 0 for blocks that
-    compression moved half a step. The library's decoder votes 0/1 per block instead; soft
-    votes recover about twice as many frames of faces/fomm-demo/08.mp4 after CRF 23."""
-    dct, _ = _blocks(band)
-    phase = np.linalg.svd(dct, compute_uv=False)[:, 0] / STEP
-    votes = -np.sin(2 * np.pi * phase)
-    weights = np.ones_like(votes) if usable is None else usable.astype(np.float64)
-    index = np.arange(len(votes)) % PAYLOAD_BITS
-    return (np.bincount(index, votes * weights, PAYLOAD_BITS)
-            / np.maximum(np.bincount(index, weights, PAYLOAD_BITS), 1))
-
-
-def unsaturated_blocks(frame: np.ndarray) -> np.ndarray:
-    """(N,) True for the blocks whose 8x8 pixels are mostly inside (5, 250) in every channel.
-
-    Where the frame is white or black the embedding's change is clipped away, so such blocks
-    read noise; a white background (faces/fomm-demo/08.mp4: 22 % of its pixels) otherwise
-    costs most frames their payload after a re-encode."""
+    compression moved half a step (the library's decoder votes 0/1 per block instead; soft
+    votes recover about twice as many frames of faces/fomm-demo/08.mp4 after CRF 23). Blocks
+    whose 8x8 pixels are mostly white or black weigh 0: there the embedding was clipped away
+    (08.mp4's white background is 22 % of its pixels)."""
+    import cv2
+    import pywt
+    height, width = frame.shape[0] // 4 * 4, frame.shape[1] // 4 * 4
+    yuv = cv2.cvtColor(np.ascontiguousarray(frame[..., ::-1]), cv2.COLOR_BGR2YUV)
+    (channel,) = CHANNELS
+    dct, (rows, cols) = _blocks(pywt.dwt2(yuv[:height, :width, channel].astype(np.float64), "haar")[0])
+    votes = -np.sin(2 * np.pi * np.linalg.svd(dct, compute_uv=False)[:, 0] / STEP).reshape(rows, cols)
     side = 2 * BLOCK
-    rows, cols = frame.shape[0] // side, frame.shape[1] // side
     region = frame[:rows * side, :cols * side]
     saturated = (region.max(axis=2) >= 250) | (region.min(axis=2) <= 5)
-    return saturated.reshape(rows, side, cols, side).mean(axis=(1, 3)).reshape(-1) < 0.5
+    weights = saturated.reshape(rows, side, cols, side).mean(axis=(1, 3)) < 0.5
+    return votes, weights.astype(np.float64)
+
+
+def _bit_scores(votes: np.ndarray, weights: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Weighted mean vote per payload bit; `index` (same shape) says which bit each block carries."""
+    index = index.reshape(-1) % PAYLOAD_BITS
+    total = np.bincount(index, (votes * weights).reshape(-1), PAYLOAD_BITS)
+    return total / np.maximum(np.bincount(index, weights.reshape(-1), PAYLOAD_BITS), 1e-9)
 
 
 class FrameMarker:
@@ -167,20 +176,76 @@ class FrameReading:
         return int("".join(map(str, self.bits[TAG_BITS:])), 2)
 
 
-def read_frame(frame: np.ndarray) -> FrameReading | None:
-    """The 32 bits a frame carries (RGB uint8); None when it is too small to hold them."""
-    import cv2
-    import pywt
-    height, width = frame.shape[0] // 4 * 4, frame.shape[1] // 4 * 4
-    if min(height, width) < MIN_SIDE:
-        return None
-    yuv = cv2.cvtColor(np.ascontiguousarray(frame[..., ::-1]), cv2.COLOR_BGR2YUV)
-    usable = unsaturated_blocks(frame)
-    scores = np.mean([band_scores(pywt.dwt2(yuv[:height, :width, channel].astype(np.float64), "haar")[0],
-                                  usable) for channel in CHANNELS], axis=0)
+def _reading(scores: np.ndarray) -> FrameReading:
     bits = (scores > 0).astype(np.uint8)
-    expected = payload_bits(0)[:TAG_BITS]
-    return FrameReading(bits, int(np.sum(bits[:TAG_BITS] != expected)))
+    return FrameReading(bits, int(np.sum(bits[:TAG_BITS] != payload_bits(0)[:TAG_BITS])))
+
+
+def read_frame(frame: np.ndarray, offset: tuple[int, int] = (0, 0),
+               shift: tuple[int, int] = (0, 0)) -> FrameReading | None:
+    """The 32 bits a frame carries (RGB uint8); None when it is too small to hold them.
+    A cropped copy reads with its block grid starting `offset` (y, x) px in and its tile
+    shifted by `shift` blocks (find_crop finds both)."""
+    part = frame[offset[0]:, offset[1]:]
+    if min(part.shape[:2]) // 4 * 4 < MIN_SIDE:
+        return None
+    votes, weights = block_votes(part)
+    return _reading(_bit_scores(votes, weights, tile_index(*votes.shape, shift)))
+
+
+def find_crop(frames: list[np.ndarray], window: int | None = 128
+              ) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """The (offset, shift) under which most `frames` carry the exact tag, and that count.
+
+    Tries the 64 pixel offsets of the 8 px block grid and the 32 shifts of the 4 x 8 tile
+    (2048 hypotheses) on a central `window` px square (a quarter of a 256 px frame, for
+    speed); an exact 24-bit tag is asked for, so a random frame matches one of them with a
+    chance of ~1e-4, and verify still asks for half of all frames."""
+    height, width = frames[0].shape[:2]
+    top = left = 0
+    if window is not None and min(height, width) > window + 2 * BLOCK:
+        side = 2 * BLOCK  # the window starts on the grid of the frame, so offsets carry over
+        top, left = (height - window) // 2 // side * side, (width - window) // 2 // side * side
+        frames = [f[top:top + window + side, left:left + window + side] for f in frames]
+    # even offsets first (a grid one pixel off still reads, with weaker votes), then the
+    # odd neighbours of the best: 24 offsets tried instead of 64
+    side = 2 * BLOCK
+    best = _search_grid(frames, [(dy, dx) for dy in range(0, side, 2) for dx in range(0, side, 2)])
+    if best[2]:
+        (dy, dx), _, _ = best
+        near = [((dy + a) % side, (dx + b) % side) for a in (-1, 0, 1) for b in (-1, 0, 1) if a or b]
+        best = _search_grid(frames, [best[0]] + near)
+    offset, (si, sj), hits = best
+    # block (i, j) of the window is block (i + top / 8, j + left / 8) of the frame
+    return offset, ((si - top // (2 * BLOCK)) % TILE[0], (sj - left // (2 * BLOCK)) % TILE[1]), hits
+
+
+def _search_grid(frames: list[np.ndarray], offsets: list[tuple[int, int]]
+                 ) -> tuple[tuple[int, int], tuple[int, int], int]:
+    expected = payload_bits(0)[:TAG_BITS].astype(bool)
+    best, best_key = ((0, 0), (0, 0), 0), (0, 0.0)
+    for dy, dx in offsets:
+        hits, strength = np.zeros(TILE, int), np.zeros(TILE)
+        for frame in frames:
+            part = frame[dy:, dx:]
+            if min(part.shape[:2]) // 4 * 4 < MIN_SIDE:
+                continue
+            votes, weights = block_votes(part)
+            grid = _bit_scores(votes, weights, tile_index(*votes.shape)).reshape(TILE)
+            for si in range(TILE[0]):
+                for sj in range(TILE[1]):
+                    # with shift s, block (i, j) carries tile cell (i + s) mod TILE
+                    bits = np.roll(grid, (si, sj), axis=(0, 1)).reshape(-1) > 0
+                    if np.array_equal(bits[:TAG_BITS], expected):
+                        hits[si, sj] += 1
+                        strength[si, sj] += np.abs(grid).mean()
+        # most frames first; then the strongest votes: a grid one or two pixels off
+        # can still read the tag, with weaker votes and sometimes a wrong run bit
+        for si, sj in np.ndindex(TILE):
+            key = (int(hits[si, sj]), float(strength[si, sj]))
+            if key > best_key:
+                best, best_key = ((dy, dx), (si, sj), key[0]), key
+    return best
 
 
 def candidate_sizes(height: int, width: int, sides=(256, 512)) -> list[tuple[int, int]]:

@@ -189,23 +189,38 @@ def test_gif_comment_block_is_read_back(tmp_path):
     assert torch.equal(torch.from_numpy(read_frames(tagged)), torch.from_numpy(read_frames(gif)))
 
 
-def test_batched_watermark_is_bit_for_bit_the_library_scheme(shared_data):
-    """embed_band batches imwatermark's EmbedDwtDctSvd block loop; its decoder reads our bits."""
+def test_batched_watermark_is_the_library_block_scheme(shared_data):
+    """embed_band applies imwatermark's EmbedDwtDctSvd.diffuse_dct_svd to every block (bits
+    laid out as the 4 x 8 tile), and reads back at full vote strength."""
     import pywt
     from imwatermark.dwtDctSvd import EmbedDwtDctSvd
     frame = read_frames(shared_data / "faces/fomm-demo/10.mp4", 0, 1)[0]
-    band = pywt.dwt2(frame[..., 0].astype(np.float64), "haar")[0]
+    band = pywt.dwt2(frame[..., 0].astype(np.float64), "haar")[0]  # (128, 128): 32 x 32 blocks
     bits = watermark.payload_bits(0x3C)
-    ours, theirs = band.copy(), band.copy()
+    ours = band.copy()
     watermark.embed_band(ours, bits)
-    EmbedDwtDctSvd(bits.tolist(), watermark.PAYLOAD_BITS, scales=[0, watermark.STEP, 0],
-                   block=watermark.BLOCK).encode_frame(theirs, watermark.STEP)
-    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
     library = EmbedDwtDctSvd([], watermark.PAYLOAD_BITS, scales=[0, watermark.STEP, 0], block=watermark.BLOCK)
-    scores = library.decode_frame(ours, watermark.STEP, [[] for _ in range(watermark.PAYLOAD_BITS)])
-    assert np.array_equal(np.array([np.mean(s) for s in scores]) > 0.5, bits.astype(bool))
-    assert np.array_equal(watermark.band_scores(ours) > 0, bits.astype(bool))
-    assert np.allclose(np.abs(watermark.band_scores(ours)), 1)  # clean blocks vote with full weight
+    layout = watermark.tile_index(32, 32)
+    for i in range(32):
+        for j in range(32):
+            block = np.s_[4 * i:4 * i + 4, 4 * j:4 * j + 4]
+            expected = library.diffuse_dct_svd(band[block], bits[layout[i, j]], watermark.STEP)
+            np.testing.assert_allclose(ours[block], expected, rtol=0, atol=1e-9)
+            assert library.infer_dct_svd(ours[block], watermark.STEP) == bits[layout[i, j]]
+    marked = watermark.FrameMarker(0x3C)(frame)
+    votes, weights = watermark.block_votes(marked)
+    assert np.abs(votes[weights > 0]).mean() > 0.9  # clean blocks vote with nearly full weight
+    assert watermark.read_frame(marked).run == 0x3C
+
+
+def test_cropped_copy_is_found_on_its_shifted_grid(shared_data):
+    frames = read_frames(shared_data / "faces/fomm-demo/00.mp4", 0, 2)
+    marker = watermark.FrameMarker(0x21)
+    cropped = [marker(f)[26:230, 30:226] for f in frames]
+    assert not watermark.read_frame(cropped[0]).has_tag
+    offset, shift, hits = watermark.find_crop(cropped)
+    assert offset == (6, 2) and shift == (0, 4) and hits == 2  # the grid restarts at 32 px
+    assert watermark.read_frame(cropped[1], offset, shift).run == 0x21
 
 
 @pytest.mark.slow
