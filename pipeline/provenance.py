@@ -171,7 +171,8 @@ def manifest(generation: Generation, title: str, mime: str) -> dict:
                                "c2pa_library": f"c2pa-python {c2pa.__version__}"},
             }]}},
             {"label": WATERMARK_LABEL, "data": {
-                "method": watermark.METHOD, "step": watermark.STEP,
+                "method": watermark.METHOD, "channel": "V", "step": watermark.STEP,
+                "layout": f"bands of {watermark.ROW_BAND} block rows",
                 "payload_bits": watermark.PAYLOAD_BITS, "tag": f"{watermark.TAG:06x}",
                 "run": generation.run}},
         ],

@@ -3,16 +3,18 @@ that says "made by motion-transfer" plus 8 bits that identify the run.
 
 Method: invisible-watermark's dwtDctSvd scheme (one-level Haar DWT of a chroma plane, 4x4
 blocks of its approximation band, the first singular value of each block's DCT quantised to
-carry one bit), batched over all blocks of a frame (~10x faster than the library's loop).
-It was chosen over RivaGAN 32-bit and dwtDct by measurement (benchmarks/provenance.py and
-its section of benchmarks/RESULTS.md): on 256 px face clips RivaGAN's payload survived an h264
-re-encode at CRF 23 in under a fifth of the frames and decoded at about 1 frame/s on CPU.
+carry one bit), batched over all blocks of a frame (about twice the library's speed).
+It was chosen over RivaGAN 32-bit by measurement (benchmarks/provenance.py and
+its section of benchmarks/RESULTS.md): on 256 px face clips RivaGAN's payload was lost in
+half of the frames after an h264 re-encode at CRF 23 and in all at CRF 28, and it embeds and
+decodes at under 1 frame/s on CPU.
 Tuning, measured the same way: the payload goes into V rather than the library's U (a change
 of V moves RGB 2.6x less, so V carries a larger step at the same PSNR); the step is 66 (PSNR
 just above 40 dB; the library's 36 in U lost nearly all frames at CRF 28); the change is added
 back in float and rounded once (the library truncates to uint8 and puts the detail bands back
-swapped); the bits are laid out as a 4 x 8 tile of blocks rather than in raster order, so a
-crop keeps every bit; and the decoder takes soft votes and ignores saturated blocks.
+swapped); the bits are laid out in bands of 8 block rows, shifted 8 columns from band to band,
+rather than in raster order, so a crop keeps every bit; and the decoder takes soft votes and
+ignores saturated blocks.
 
 A frame "carries the tag" when at most TAG_TOLERANCE of the 24 tag bits are wrong: one flipped
 bit is common after CRF 28, and 1 error in 24 still leaves a chance of ~1.5e-6 per frame that
@@ -39,7 +41,7 @@ TAG_TOLERANCE = 1
 # YUV channel -> its weight in (R, G, B) (OpenCV's YUV -> RGB); V moves RGB 2.6x less than U
 # for the same change, so it carries a larger step at the same PSNR.
 CHANNELS = {2: (1.140, -0.581, 0.0)}
-TILE = (4, 8)        # blocks: 4 rows x 8 columns hold the 32 bits once
+ROW_BAND = 8         # block rows that carry the same bit order (see tile_index)
 MIN_SIDE = 16        # smaller frames hold no complete payload
 SMALL_SIDE = 128     # below this the payload repeats too few times to survive re-encoding
 
@@ -78,11 +80,16 @@ def _blocks(band: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def tile_index(rows: int, cols: int, shift: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """(rows, cols) payload bit of each block: a TILE[0] x TILE[1] tile of all 32 bits repeated
-    over the band, so every bit sits in every 4 x 8 patch of blocks (a crop keeps them all)."""
-    i = (np.arange(rows)[:, None] + shift[0]) % TILE[0]
-    j = (np.arange(cols)[None, :] + shift[1]) % TILE[1]
-    return i * TILE[1] + j
+    """(rows, cols) payload bit of each block: block (i, j) carries bit (j + 8 b) % 32 where
+    b = (i // 8) % 4 is its band of 8 block rows, after shifting (i, j) by `shift`.
+
+    Every band holds all 32 bits and each bit moves 8 columns from one band to the next, so
+    a crop keeps every bit somewhere; and a bit fills 8 blocks in a column, which survives
+    chroma subsampling and re-encoding far better than a 4 x 8 tile of distinct bits (CRF 28:
+    all frames of faces/fomm-demo/04.mp4 against none)."""
+    i = (np.arange(rows)[:, None] + shift[0]) % (ROW_BAND * (PAYLOAD_BITS // ROW_BAND))
+    j = np.arange(cols)[None, :] + shift[1]
+    return (j + ROW_BAND * (i // ROW_BAND)) % PAYLOAD_BITS
 
 
 def embed_band(band: np.ndarray, bits: np.ndarray) -> None:
@@ -193,58 +200,50 @@ def read_frame(frame: np.ndarray, offset: tuple[int, int] = (0, 0),
     return _reading(_bit_scores(votes, weights, tile_index(*votes.shape, shift)))
 
 
-def find_crop(frames: list[np.ndarray], window: int | None = 128
-              ) -> tuple[tuple[int, int], tuple[int, int], int]:
+def find_crop(frames: list[np.ndarray]) -> tuple[tuple[int, int], tuple[int, int], int]:
     """The (offset, shift) under which most `frames` carry the exact tag, and that count.
 
-    Tries the 64 pixel offsets of the 8 px block grid and the 32 shifts of the 4 x 8 tile
-    (2048 hypotheses) on a central `window` px square (a quarter of a 256 px frame, for
-    speed); an exact 24-bit tag is asked for, so a random frame matches one of them with a
-    chance of ~1e-4, and verify still asks for half of all frames."""
-    height, width = frames[0].shape[:2]
-    top = left = 0
-    if window is not None and min(height, width) > window + 2 * BLOCK:
-        side = 2 * BLOCK  # the window starts on the grid of the frame, so offsets carry over
-        top, left = (height - window) // 2 // side * side, (width - window) // 2 // side * side
-        frames = [f[top:top + window + side, left:left + window + side] for f in frames]
-    # even offsets first (a grid one pixel off still reads, with weaker votes), then the
-    # odd neighbours of the best: 24 offsets tried instead of 64
+    Tries the pixel offsets of the 8 px block grid and the 256 shifts of the bit layout
+    (tile_index); an exact 24-bit tag is asked for, so a random frame matches one of them
+    with a chance of ~4e-4 per offset, and verify still asks for half of all frames. Even
+    offsets first (a grid one pixel off still reads, with weaker votes), then the odd
+    neighbours of the best: 24 offsets instead of 64."""
     side = 2 * BLOCK
     best = _search_grid(frames, [(dy, dx) for dy in range(0, side, 2) for dx in range(0, side, 2)])
     if best[2]:
         (dy, dx), _, _ = best
         near = [((dy + a) % side, (dx + b) % side) for a in (-1, 0, 1) for b in (-1, 0, 1) if a or b]
         best = _search_grid(frames, [best[0]] + near)
-    offset, (si, sj), hits = best
-    # block (i, j) of the window is block (i + top / 8, j + left / 8) of the frame
-    return offset, ((si - top // (2 * BLOCK)) % TILE[0], (sj - left // (2 * BLOCK)) % TILE[1]), hits
+    return best
 
 
 def _search_grid(frames: list[np.ndarray], offsets: list[tuple[int, int]]
                  ) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """Best (offset, shift, hits) over `offsets` and the 8 x 32 distinct shifts (8 more rows
+    is 8 more columns in tile_index)."""
     expected = payload_bits(0)[:TAG_BITS].astype(bool)
     best, best_key = ((0, 0), (0, 0), 0), (0, 0.0)
     for dy, dx in offsets:
-        hits, strength = np.zeros(TILE, int), np.zeros(TILE)
+        hits, strength = np.zeros((ROW_BAND, PAYLOAD_BITS), int), np.zeros((ROW_BAND, PAYLOAD_BITS))
         for frame in frames:
             part = frame[dy:, dx:]
             if min(part.shape[:2]) // 4 * 4 < MIN_SIDE:
                 continue
             votes, weights = block_votes(part)
-            grid = _bit_scores(votes, weights, tile_index(*votes.shape)).reshape(TILE)
-            for si in range(TILE[0]):
-                for sj in range(TILE[1]):
-                    # with shift s, block (i, j) carries tile cell (i + s) mod TILE
-                    bits = np.roll(grid, (si, sj), axis=(0, 1)).reshape(-1) > 0
-                    if np.array_equal(bits[:TAG_BITS], expected):
-                        hits[si, sj] += 1
-                        strength[si, sj] += np.abs(grid).mean()
+            for rows in range(ROW_BAND):
+                scores = _bit_scores(votes, weights, tile_index(*votes.shape, (rows, 0)))
+                for cols in range(PAYLOAD_BITS):
+                    # adding `cols` to every block's bit: bit b is read where b - cols was
+                    shifted = np.roll(scores, cols)
+                    if np.array_equal(shifted[:TAG_BITS] > 0, expected):
+                        hits[rows, cols] += 1
+                        strength[rows, cols] += np.abs(shifted).mean()
         # most frames first; then the strongest votes: a grid one or two pixels off
         # can still read the tag, with weaker votes and sometimes a wrong run bit
-        for si, sj in np.ndindex(TILE):
-            key = (int(hits[si, sj]), float(strength[si, sj]))
+        for rows, cols in np.ndindex(hits.shape):
+            key = (int(hits[rows, cols]), float(strength[rows, cols]))
             if key > best_key:
-                best, best_key = ((dy, dx), (si, sj), key[0]), key
+                best, best_key = ((dy, dx), (rows, cols), key[0]), key
     return best
 
 

@@ -191,7 +191,7 @@ def test_gif_comment_block_is_read_back(tmp_path):
 
 def test_batched_watermark_is_the_library_block_scheme(shared_data):
     """embed_band applies imwatermark's EmbedDwtDctSvd.diffuse_dct_svd to every block (bits
-    laid out as the 4 x 8 tile), and reads back at full vote strength."""
+    laid out by tile_index), and reads back at full vote strength."""
     import pywt
     from imwatermark.dwtDctSvd import EmbedDwtDctSvd
     frame = read_frames(shared_data / "faces/fomm-demo/10.mp4", 0, 1)[0]
@@ -219,7 +219,8 @@ def test_cropped_copy_is_found_on_its_shifted_grid(shared_data):
     cropped = [marker(f)[26:230, 30:226] for f in frames]
     assert not watermark.read_frame(cropped[0]).has_tag
     offset, shift, hits = watermark.find_crop(cropped)
-    assert offset == (6, 2) and shift == (0, 4) and hits == 2  # the grid restarts at 32 px
+    # the grid restarts 32 px in (32 - 26, 32 - 30), 4 block rows and 4 block columns late
+    assert offset == (6, 2) and shift == (4, 4) and hits == 2
     assert watermark.read_frame(cropped[1], offset, shift).run == 0x21
 
 
