@@ -207,14 +207,24 @@ def find_crop(frames: list[np.ndarray]) -> tuple[tuple[int, int], tuple[int, int
     (tile_index); an exact 24-bit tag is asked for, so a random frame matches one of them
     with a chance of ~4e-4 per offset, and verify still asks for half of all frames. Even
     offsets first (a grid one pixel off still reads, with weaker votes), then the odd
-    neighbours of the best: 24 offsets instead of 64."""
+    neighbours of the best: 24 offsets instead of 64. Large frames are searched in a central
+    window of 256 px, which holds every bit (32 block rows and columns)."""
     side = 2 * BLOCK
+    window = PAYLOAD_BITS * side + side
+    height, width = frames[0].shape[:2]
+    top = max(0, (height - window) // 2 // side * side)  # on the frame's grid: offsets carry over
+    left = max(0, (width - window) // 2 // side * side)
+    frames = [frame[top:top + window, left:left + window] for frame in frames]
     best = _search_grid(frames, [(dy, dx) for dy in range(0, side, 2) for dx in range(0, side, 2)])
     if best[2]:
         (dy, dx), _, _ = best
         near = [((dy + a) % side, (dx + b) % side) for a in (-1, 0, 1) for b in (-1, 0, 1) if a or b]
         best = _search_grid(frames, [best[0]] + near)
-    return best
+    offset, (rows, cols), hits = best
+    # block (i, j) of the window is block (i + top / 8, j + left / 8) of the frame; 8 rows
+    # more is 8 columns more in tile_index, so rows stay in [0, 8)
+    rows, cols = rows - top // side, cols - left // side
+    return offset, (rows % ROW_BAND, (cols + ROW_BAND * (rows // ROW_BAND)) % PAYLOAD_BITS), hits
 
 
 def _search_grid(frames: list[np.ndarray], offsets: list[tuple[int, int]]
