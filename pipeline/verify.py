@@ -163,8 +163,9 @@ def choose_reader(frames: list[np.ndarray]):
     best = int(np.argmax(hits))
     if 2 * hits[best] >= len(frames):
         return readers[best]
-    offset, shift, crop_hits = watermark.find_crop(frames[:CROP_SEARCH_FRAMES])
-    if crop_hits <= hits[best]:
+    searched = frames[:CROP_SEARCH_FRAMES]
+    offset, shift, crop_hits = watermark.find_crop(searched)
+    if crop_hits * len(frames) <= hits[best] * len(searched):  # compare shares of frames
         return readers[best]
 
     def cropped(frame):

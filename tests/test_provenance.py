@@ -134,7 +134,7 @@ def test_gif_and_png_carry_all_three_marks(shared_data, tmp_path):
         assert verdict.watermark.run == generation.run
 
 
-def test_watermark_survives_scaling_and_costs_under_a_tenth_of_a_grey_level(shared_data):
+def test_watermark_keeps_psnr_above_40_db_and_survives_scaling(shared_data):
     frames = read_frames(shared_data / "faces/fomm-demo/00.mp4", 0, 4)
     marker = watermark.FrameMarker(0x5A)
     for frame in frames:
@@ -186,7 +186,7 @@ def test_gif_comment_block_is_read_back(tmp_path):
     with Image.open(tagged) as image:
         assert image.info["comment"].decode().startswith("AI-generated")
         assert image.n_frames == 3
-    assert torch.equal(torch.from_numpy(read_frames(tagged)), torch.from_numpy(read_frames(gif)))
+    np.testing.assert_array_equal(read_frames(tagged), read_frames(gif))
 
 
 def test_batched_watermark_is_the_library_block_scheme(shared_data):
