@@ -204,8 +204,9 @@ def find_crop(frames: list[np.ndarray]) -> tuple[tuple[int, int], tuple[int, int
     """The (offset, shift) under which most `frames` carry the exact tag, and that count.
 
     Tries the pixel offsets of the 8 px block grid and the 256 shifts of the bit layout
-    (tile_index); an exact 24-bit tag is asked for, so a random frame matches one of them
-    with a chance of ~4e-4 per offset, and verify still asks for half of all frames. Even
+    (tile_index); an exact 24-bit tag is asked for, so random bits match one of the 256
+    shifts with a chance of 1.5e-5 per offset, ~4e-4 over the 24 offsets tried (the false
+    positive rate of a single image), and a video still needs half of its frames. Even
     offsets first (a grid one pixel off still reads, with weaker votes), then the odd
     neighbours of the best: 24 offsets instead of 64. Large frames are searched in a central
     window of 256 px, which holds every bit (32 block rows and columns)."""
