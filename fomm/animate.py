@@ -58,6 +58,7 @@ class AnimateOptions:
     batch_size: int = 8
     max_frames: int | None = None
     precision: str = "fp32"            # fp32 | bf16 (bf16 autocast, CUDA only)
+    provenance: bool = True            # watermark, C2PA manifest, AI-generated tag (pipeline/provenance.py)
 
 
 @dataclass
@@ -321,17 +322,22 @@ def run(plan: AnimationPlan, progress: Callable[[int], None] | None = None) -> A
     An error on the way aborts the writer and removes every temporary file.
     `progress(n)` is called with the number of frames done after each batch.
     """
+    from pipeline import provenance
     from pipeline.media import VideoWriter, atomic_path
     start = time.perf_counter()
     size = tuple(plan.config.dataset_params.frame_shape[:2])
+    generation = provenance.generation_or_warn(plan.options.provenance, plan.config,
+                                               plan.driving_path.name, plan.out_path.name)
     with atomic_path(plan.out_path) as final:
         video_path = _silent_video_path(plan.out_path) if plan.has_audio else final
         try:
             with VideoWriter(video_path, plan.fps) as writer:
                 done = _animate_frames(plan.animator, plan.source, plan.driving_path, plan.driving_box,
-                                       plan.num_frames, size, writer, plan.options, plan.config, progress)
+                                       plan.num_frames, size, provenance.marking(writer, generation),
+                                       plan.options, plan.config, progress)
             if plan.has_audio:
                 mux_audio(video_path, plan.driving_path, final, done / plan.fps)
+            provenance.finalize(final, generation)
         finally:
             if plan.has_audio:
                 video_path.unlink(missing_ok=True)
@@ -460,6 +466,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--stream: never drop frames (latency may grow)")
     parser.add_argument("--realtime", action="store_true",
                         help="--stream with a file: read it at its native rate, like a camera")
+    from pipeline.provenance import add_argument
+    add_argument(parser)
 
 
 def options_from_args(args: argparse.Namespace, config: Config) -> AnimateOptions:
@@ -470,7 +478,8 @@ def options_from_args(args: argparse.Namespace, config: Config) -> AnimateOption
         adapt_scale=norm.adapt_movement_scale if args.adapt_scale is None else args.adapt_scale,
         find_best_frame=args.find_best_frame, landmarks=args.landmarks, crop=args.crop,
         layout=args.layout, show_keypoints=args.show_keypoints, audio=args.audio,
-        batch_size=args.batch_size, max_frames=args.max_frames, precision=args.precision)
+        batch_size=args.batch_size, max_frames=args.max_frames, precision=args.precision,
+        provenance=args.provenance)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="driving frames per forward pass")
     parser.add_argument("--num-videos", type=int, help="at most this many clips (default: reconstruction_params.num_videos)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    from pipeline.provenance import add_argument
+    add_argument(parser)
 
 
 def read_l1_csv(path: Path) -> dict[str, dict]:
@@ -64,9 +66,12 @@ def save_frame(path: Path, frame: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, device: str) -> dict:
-    """Reconstruct one clip batch by batch; returns its l1.csv row."""
+def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, device: str,
+                     generation=None) -> dict:
+    """Reconstruct one clip batch by batch; returns its l1.csv row. L1 and the png frames come
+    from the unmarked output; the mp4 carries the provenance marks of `generation`."""
     from fomm.visualize import to_uint8
+    from pipeline import provenance
     from pipeline.media import VideoWriter
     final_dir = out_dir / clip
     part_dir = out_dir / f".{clip}.part"
@@ -74,7 +79,8 @@ def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, devic
     part_dir.mkdir(parents=True)
     source, abs_sum, count, index = None, 0.0, 0, 0
     try:
-        with VideoWriter(out_dir / f"{clip}.mp4", fps) as writer:
+        with VideoWriter(out_dir / f"{clip}.mp4", fps) as video:
+            writer = provenance.marking(video, generation)
             for driving in batches:
                 driving = driving.to(device)  # (n, 3, H, W)
                 if source is None:
@@ -89,6 +95,7 @@ def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, devic
                     index += 1
         if index == 0:
             raise UserError(f"clip {clip!r} has no frames")
+        provenance.finalize(out_dir / f"{clip}.mp4", generation)
         shutil.rmtree(final_dir, ignore_errors=True)
         part_dir.rename(final_dir)
     finally:
@@ -97,8 +104,10 @@ def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, devic
 
 
 def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Path, split: str = "test",
-                batch_size: int = 16, num_videos: int | None = None, device: str | None = None) -> list[dict]:
+                batch_size: int = 16, num_videos: int | None = None, device: str | None = None,
+                provenance: bool = True) -> list[dict]:
     """Run the protocol over a split; returns the l1.csv rows (also written)."""
+    from pipeline.provenance import generation_or_warn
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     device = device or next(model.parameters()).device.type
@@ -112,13 +121,14 @@ def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Pat
     clips = ReconstructionClips(store, config.dataset_params.frame_shape, batch_size,
                                 num_videos if num_videos is not None else config.reconstruction_params.num_videos)
     csv_path = out_dir / "l1.csv"
+    generation = generation_or_warn(provenance, config, "reconstruct", split)
     done = read_l1_csv(csv_path)
     rows = []
     for clip, batches in clips:
         if clip in done and (out_dir / f"{clip}.mp4").is_file() and (out_dir / clip).is_dir():
             rows.append({k: done[clip][k] for k in L1_FIELDS})
             continue
-        row = reconstruct_clip(model, clip, batches, out_dir, store.fps(clip), device)
+        row = reconstruct_clip(model, clip, batches, out_dir, store.fps(clip), device, generation)
         log.info("%s: %d frames, L1 %.4f", clip, row["num_frames"], row["l1"])
         rows.append(row)
         write_l1_csv(csv_path, rows + [r for c, r in done.items() if c not in {x["clip"] for x in rows}])
@@ -155,5 +165,6 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("no data: pass --data or set dataset_params.root_dir")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(config, args.checkpoint, device=device)
-    reconstruct(model, config, data, args.out, args.split, args.batch_size, args.num_videos, device)
+    reconstruct(model, config, data, args.out, args.split, args.batch_size, args.num_videos, device,
+                args.provenance)
     return 0

@@ -254,6 +254,7 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     return, including after Ctrl-C), or '-' / a URL, encoded as the frames come (see
     LiveWriter). `options.max_frames` stops after that many received frames; `stdin` and
     `stdout` replace the process's for '-' (tests)."""
+    from pipeline import provenance
     from pipeline.media import VideoWriter, load_image
     from fomm.animate import check_options
     live_target = is_live_target(str(out_path))
@@ -270,6 +271,8 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     command, needs_stdin = decoder_command(driving, analysis[1], analysis[0], options.crop, realtime)
     output_fps = stream_fps(driving, fps)
     warm_up(model, source, options, device)
+    # A live target (MPEG-TS/FLV) gets the watermark only: those containers hold no manifest.
+    generation = provenance.generation_or_warn(options.provenance, config, driving, out_path)
     logger.info("stream: %s", " ".join(command))
     proc = subprocess.Popen(command, stdin=(stdin or sys.stdin) if needs_stdin else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -280,7 +283,8 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     try:
         writer = LiveWriter(out_path, output_fps, stdout) if live_target else VideoWriter(out_path, output_fps)
         with writer:
-            _animate_live(model, source, reader, writer, options, config, device, report)
+            _animate_live(model, source, reader, provenance.marking(writer, generation), options, config,
+                          device, report)
             if report.frames_out == 0:
                 proc.wait(timeout=10)
                 error = proc.stderr.read().decode(errors="replace").strip()
@@ -294,6 +298,8 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
         while reader.is_alive():  # empty the queue so the reader's final put cannot block
             with contextlib.suppress(queue.Empty):
                 reader.frames.get(timeout=0.05)
+    if not live_target:
+        provenance.finalize(out_path, generation)
     report.frames_in, report.dropped = reader.received, reader.dropped
     report.seconds = time.perf_counter() - start
     logger.info(report.summary())

@@ -264,9 +264,11 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
         frame.to_parquet(tmp, index=False)
 
 
-def write_samples(samples: dict, out: Path, count: int = 4) -> dict:
-    """PNGs of `count` evenly spaced frames of the first clip: driving, source, each model."""
+def write_samples(samples: dict, out: Path, count: int = 4, generations: dict | None = None) -> dict:
+    """PNGs of `count` evenly spaced frames of the first clip: driving, source, each model.
+    Model frames carry the provenance marks of `generations[name]` (scores are already taken)."""
     from PIL import Image
+    from pipeline.provenance import save_marked_png
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     driving = samples["driving"]
@@ -274,7 +276,10 @@ def write_samples(samples: dict, out: Path, count: int = 4) -> dict:
     Image.fromarray(driving[0]).save(folder / "source.png")
     for name, frames in samples.items():
         for frame in picks:
-            Image.fromarray(frames[frame]).save(folder / f"{name}_{frame:04d}.png")
+            if name == "driving":
+                Image.fromarray(frames[frame]).save(folder / f"{name}_{frame:04d}.png")
+            else:
+                save_marked_png(folder / f"{name}_{frame:04d}.png", frames[frame], (generations or {}).get(name))
     return {"frames": picks, "rows": ["driving"] + [n for n in samples if n != "driving"]}
 
 
@@ -362,6 +367,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    from pipeline.provenance import add_argument
+    add_argument(parser)
 
 
 def command_line(args: argparse.Namespace) -> list[str]:
@@ -419,7 +426,8 @@ def run(args: argparse.Namespace) -> dict:
     _write_parquet(per_clip, out / "per_clip.parquet")
     record.update(dataset=args.dataset, data=str(Path(args.data).resolve()), split=args.split,
                   clips=clips, backends=backends, device=args.device,
-                  bootstrap=args.bootstrap, seed=args.seed, samples=write_samples(samples, out),
+                  bootstrap=args.bootstrap, seed=args.seed,
+                  samples=write_samples(samples, out, generations=_generations(specs, args)),
                   protocol=args.protocol, comparable=comparable_metrics(args.protocol, pose, identity),
                   frame_counts=frame_counts(per_frame),
                   tables=write_tables(per_frame, out, args, backends,
@@ -427,6 +435,14 @@ def run(args: argparse.Namespace) -> dict:
     record["argv"] = command_line(args)
     (out / "benchmark.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def _generations(specs, args) -> dict:
+    from pipeline.provenance import Generation, warn_opt_out
+    if not getattr(args, "provenance", True):
+        warn_opt_out()
+        return {}
+    return {spec.name: Generation.of(model_config(spec), spec.name) for spec in specs}
 
 
 def main(args: argparse.Namespace) -> int:

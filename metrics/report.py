@@ -340,6 +340,10 @@ pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px;white-space:p
 """
 
 
+MARKS_NOTE = ("Scores are computed on the models' unmarked output; the videos and sample frames "
+              "written carry the generated-content marks (watermark, C2PA manifest, metadata tag).")
+
+
 def build_sections(info: RunInfo, env: dict) -> list[tuple[str, str, str]]:
     """(title, html, markdown) per section, in page order."""
     sections = []
@@ -390,6 +394,8 @@ def build_sections(info: RunInfo, env: dict) -> list[tuple[str, str, str]]:
     if per_clip:
         tables_html += "<p><b>Per clip</b> (mean over its frames; first 20 clips)</p>" + _html_table(per_clip)
         tables_md += "**Per clip** (mean over its frames; first 20 clips)\n\n" + _md_table(per_clip)
+    if tables_md:  # metrics/benchmark.py scores frames before pipeline/provenance.py marks them
+        tables_html, tables_md = tables_html + f"<p>{MARKS_NOTE}</p>", tables_md + f"\n{MARKS_NOTE}\n"
     sections.append(("Metrics", tables_html or "<p>no benchmark found</p>", tables_md or "no benchmark found\n"))
 
     labels, frames, images = sample_rows(info)

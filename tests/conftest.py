@@ -7,6 +7,7 @@ check what it claims to.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ SHARED_REFERENCE = SHARED_DATA.parent / "reference"
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Generated files are signed (pipeline/provenance.py): tests keep their self-signed
+# credential in a temporary folder, never in the user's ~/.config.
+os.environ.setdefault("MOTION_TRANSFER_CONFIG", tempfile.mkdtemp(prefix="motion-transfer-config-"))
 
 
 def _require(path: Path) -> Path:

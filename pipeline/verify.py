@@ -1,0 +1,247 @@
+"""`pipeline run verify FILE... [--json]`: does each video or image say it is generated?
+
+For each file: the C2PA manifest (valid, tampered or absent; valid also says whether it
+declares trainedAlgorithmicMedia and whether its signer is on a trust list), the metadata tag
+(pipeline/provenance.py), and the invisible watermark (pipeline/watermark.py): the fraction of
+frames whose tag decodes and the payload most of them carry. A file is *marked* when its
+manifest is valid or the tag decodes in at least half of its frames. One line per file; with
+`--json` also a JSON report on stdout. Exit 0 when every file is marked, 1 when any is not,
+2 when a file is missing or unreadable.
+
+Resized copies are read at their own size and scaled back to the models' sizes (256, 512 px
+short side), cropped ones on a shifted block grid; the reading that works best on the first
+frames is used for all of them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import watermark
+from pipeline.errors import UserError
+from pipeline.provenance import TAG_KEYWORD, TRAINED_ALGORITHMIC_MEDIA
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+PROBE_FRAMES = 8          # frames used to pick the reading size
+CROP_SEARCH_FRAMES = 2    # of those, frames searched for a cropped block grid (watermark.find_crop)
+# Codes that do not mean the content changed: the signer is not on a trust list (every
+# self-signed credential), or revocation was not checked offline.
+BENIGN_FAILURES = ("signingCredential.untrusted", "signingCredential.ocsp")
+
+
+@dataclass
+class C2paReading:
+    state: str                       # valid | tampered | absent
+    trained_algorithmic: bool = False
+    trusted: bool = False
+    signer: str | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WatermarkReading:
+    frames: int = 0
+    frames_with_tag: int = 0
+    payload: str | None = None       # 8 hex digits, the majority of the frames that carry the tag
+    run: int | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.frames_with_tag / self.frames if self.frames else 0.0
+
+
+@dataclass
+class Verdict:
+    path: str
+    kind: str                        # video | image
+    c2pa: C2paReading
+    tag: str | None
+    watermark: WatermarkReading
+
+    @property
+    def marked(self) -> bool:
+        return self.c2pa.state == "valid" or self.watermark.fraction >= 0.5
+
+    def line(self) -> str:
+        c2pa = self.c2pa.state
+        if self.c2pa.state == "valid":
+            c2pa += (" (trainedAlgorithmicMedia" if self.c2pa.trained_algorithmic else " (no AI source type")
+            c2pa += ", trusted signer)" if self.c2pa.trusted else ", untrusted signer)"
+        mark = self.watermark
+        payload = f" payload {mark.payload}" if mark.payload else ""
+        return (f"{self.path}: {'MARKED' if self.marked else 'unmarked'}: c2pa {c2pa}; "
+                f"tag {'present' if self.tag else 'absent'}; watermark in {mark.frames_with_tag}/"
+                f"{mark.frames} frames ({100 * mark.fraction:.0f} %){payload}")
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        record["marked"] = self.marked
+        record["watermark"]["fraction"] = self.watermark.fraction
+        return record
+
+
+# --------------------------------------------------------------------------- C2PA
+def read_c2pa(path: Path) -> C2paReading:
+    import c2pa
+    try:
+        reader = c2pa.Reader.try_create(str(path))
+    except c2pa.C2paError.NotSupported:
+        return C2paReading("absent")
+    except c2pa.C2paError as err:  # a manifest is there but cannot be parsed: edited bytes
+        return C2paReading("tampered", failures=[f"{type(err).__name__}: {err}"])
+    if reader is None:
+        return C2paReading("absent")
+    with reader:
+        state = reader.get_validation_state()
+        results = reader.get_validation_results() or {}
+        active = reader.get_active_manifest() or {}
+    failures = [item["code"] for item in (results.get("activeManifest") or {}).get("failure", [])]
+    tampered = state not in ("Valid", "Trusted") and any(
+        not code.startswith(BENIGN_FAILURES) for code in failures)
+    actions = [action for assertion in active.get("assertions", [])
+               if assertion.get("label", "").startswith("c2pa.actions")
+               for action in assertion.get("data", {}).get("actions", [])]
+    return C2paReading(
+        "tampered" if tampered else "valid",
+        trained_algorithmic=any(a.get("action") == "c2pa.created"
+                                and a.get("digitalSourceType") == TRAINED_ALGORITHMIC_MEDIA for a in actions),
+        trusted=state == "Trusted",
+        signer=(active.get("signature_info") or {}).get("common_name"),
+        failures=failures)
+
+
+# --------------------------------------------------------------------------- tag
+def read_tag(path: Path, kind: str) -> str | None:
+    """The comment/description that says the file is AI-generated, if any."""
+    texts: list[str] = []
+    if kind == "image" or path.suffix.lower() == ".gif":
+        from PIL import Image
+        with Image.open(path) as image:
+            texts += [value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+                      for key, value in image.info.items() if key.lower() in ("comment", "description")]
+    else:
+        import av
+        with av.open(str(path)) as container:
+            metadata = dict(container.metadata)
+            for stream in container.streams:
+                metadata.update(stream.metadata)
+        texts += [value for key, value in metadata.items() if key.lower() in ("comment", "description")]
+    return next((text for text in texts if TAG_KEYWORD in text), None)
+
+
+# --------------------------------------------------------------------------- watermark
+def frames_of(path: Path, kind: str, max_frames: int | None):
+    from pipeline.media import iter_frames, load_image
+    if kind == "image":
+        yield load_image(path)
+        return
+    yield from iter_frames(path, 0, max_frames)
+
+
+def tag_hits(frames: list[np.ndarray], read) -> int:
+    readings = [read(frame) for frame in frames]
+    return sum(r is not None and r.has_tag for r in readings)
+
+
+def choose_reader(frames: list[np.ndarray]):
+    """How to read this file's frames, picked on its first frames: at its own size or scaled
+    back to a model's size (the one where most frames carry the tag), else, when that finds
+    the tag in fewer than half of them, on a cropped copy's shifted block grid
+    (watermark.find_crop), where only exact tags count."""
+    def at(size):
+        return lambda frame: watermark.read_frame(watermark.resize(frame, size))
+    readers = [at(size) for size in watermark.candidate_sizes(*frames[0].shape[:2])]
+    hits = [tag_hits(frames, read) for read in readers]
+    best = int(np.argmax(hits))
+    if 2 * hits[best] >= len(frames):
+        return readers[best]
+    searched = frames[:CROP_SEARCH_FRAMES]
+    offset, shift, crop_hits = watermark.find_crop(searched)
+    if crop_hits * len(frames) <= hits[best] * len(searched):  # compare shares of frames
+        return readers[best]
+
+    def cropped(frame):
+        reading = watermark.read_frame(frame, offset, shift)
+        return reading if reading is not None and reading.tag_errors == 0 else None
+    return cropped
+
+
+def read_watermark(path: Path, kind: str, max_frames: int | None = None) -> WatermarkReading:
+    result, reader, probe, payloads = WatermarkReading(), None, [], Counter()
+
+    def read(frame):
+        reading = reader(frame)
+        result.frames += 1
+        if reading is not None and reading.has_tag:
+            result.frames_with_tag += 1
+            payloads["".join(map(str, reading.bits))] += 1
+
+    try:
+        for frame in frames_of(path, kind, max_frames):
+            if reader is None:
+                probe.append(frame)
+                if len(probe) < PROBE_FRAMES:
+                    continue
+                reader = choose_reader(probe)
+                for waiting in probe:
+                    read(waiting)
+                continue
+            read(frame)
+    except UserError as err:  # edited bytes can break decoding part way: keep what was read
+        logger.warning("%s", err)
+    if reader is None and probe:
+        reader = choose_reader(probe)
+        for waiting in probe:
+            read(waiting)
+    if payloads:
+        bits = payloads.most_common(1)[0][0]
+        result.payload = f"{int(bits, 2):08x}"
+        result.run = int(bits[watermark.TAG_BITS:], 2)
+    return result
+
+
+# --------------------------------------------------------------------------- stage
+def verify_file(path: str | Path, max_frames: int | None = None) -> Verdict:
+    """Read all three marks of one file. UserError when it is missing or not media."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{str(path)!r} does not exist (expected a video or image file)")
+    kind = "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
+    if kind == "video":
+        from pipeline.media import probe
+        probe(path)  # UserError when it is not a readable video
+    try:
+        tag = read_tag(path, kind)
+    except Exception as err:  # noqa: BLE001 - PIL and PyAV raise many types for broken files
+        raise UserError(f"{str(path)!r} is not a readable {kind} ({err})") from None
+    return Verdict(str(path), kind, read_c2pa(path), tag, read_watermark(path, kind, max_frames))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="videos (mp4, gif, ...) or images")
+    parser.add_argument("--json", action="store_true", help="also print a JSON report on stdout")
+    parser.add_argument("--max-frames", type=int, default=None,
+                        help="read the watermark in the first N frames only (default: all)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UserError(f"--max-frames {args.max_frames}: expected 1 or more")
+    for name in args.files:  # every file checked before any is read: bad input is exit 2
+        if not Path(name).is_file():
+            raise UserError(f"{name!r} does not exist (expected a video or image file)")
+    verdicts = [verify_file(name, args.max_frames) for name in args.files]
+    for verdict in verdicts:
+        print(verdict.line())
+    if args.json:
+        print(json.dumps({"files": [v.to_dict() for v in verdicts],
+                          "all_marked": all(v.marked for v in verdicts)}, indent=2))
+    return 0 if all(v.marked for v in verdicts) else 1
