@@ -280,18 +280,12 @@ def test_animate_stage(shared_data, tmp_path):
 
 
 def test_bf16_autocast_keeps_grids_in_float32(face_frames):
-    """The GPU training path (bf16 autocast, channels_last), CPU autocast as a stand-in."""
-    from fomm.train import build_kit
-    config = load_config("x2face-tiny")
-    model = build_model(config).to(memory_format=torch.channels_last)
-    kit = build_kit(config, "cpu")
-    source = face_frames[:2].contiguous(memory_format=torch.channels_last)
-    driving = face_frames[4:6].contiguous(memory_format=torch.channels_last)
+    """Under bf16 autocast (the GPU path; CPU autocast stands in) the U-Nets run in bf16 while
+    the grids, view weights and sampled images stay float32; every gradient is finite."""
+    model = build_model(load_config("x2face-tiny"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses, generated = model.generator_losses(source, driving, kit)
-    sum(losses.values()).backward()
-    for key in ("embedding_grid", "driving_grid", "deformation", "confidence"):
-        assert generated[key].dtype == torch.float32, key
-    assert all(torch.isfinite(v) for v in losses.values())
-    grads = [p.grad for p in model.optimizer_groups()["generator"] if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
+        out = model.reconstruct(face_frames[:2], face_frames[4:6])
+    for key in ("embedding_grid", "driving_grid", "confidence", "deformation", "prediction"):
+        assert out[key].dtype == torch.float32, key
+    out["prediction"].mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
