@@ -132,6 +132,8 @@ def make_optimizer(params: list[nn.Parameter], lr: float, config: Config) -> tor
     """train_params.optimizer: Adam with betas (0.5, 0.999) as FOMM, or SGD with
     train_params.momentum as X2Face's train_model.py (momentum 0.9)."""
     tp = config.train_params
+    if not 0 <= tp.momentum < 1:
+        raise UserError(f"train_params.momentum={tp.momentum}: expected a value in [0, 1)")
     if tp.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=tp.momentum)
     return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS)

@@ -203,6 +203,20 @@ def test_frames_of_another_size_are_named(face_frames):
 
 
 # --------------------------------------------------------------------------- training
+def test_training_loop_uses_sgd_with_momentum_as_train_model_py():
+    from fomm.train import build_optimizers
+    config = load_config("x2face-tiny")
+    model = build_model(config)
+    optimizers = build_optimizers(model, config)
+    assert list(optimizers) == ["generator"]
+    (group,) = optimizers["generator"].param_groups
+    assert isinstance(optimizers["generator"], torch.optim.SGD)
+    assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (1e-3, 0.9, 0, False)
+    assert len(group["params"]) == len(list(model.parameters()))
+    with pytest.raises(UserError, match="train_params.momentum=1.5"):
+        build_optimizers(model, load_config("x2face-tiny", ["train_params.momentum=1.5"]))
+
+
 @pytest.mark.slow  # 50 steps at 256x256: about 10 min on a loaded 2-core machine
 def test_fifty_sgd_steps_at_the_original_settings_lower_the_loss(face_frames, tmp_path, monkeypatch):
     """50 steps of fomm.train.train with the tiny config (the original's BatchNorm U-Nets at

@@ -149,6 +149,9 @@ class X2Face(MotionTransferModel):
         self.driving_network = UNet(channels, 2, params.ngf, params.inner_nc, skip=False,
                                     align_corners=model.align_corners, final_tanh=True)
         self.apply(xavier_init)
+        if any(config.train_params.loss_weights.perceptual):
+            log.warning("x2face trains on the L1 loss alone, as the original: the config's perceptual "
+                        "loss weights are not used")
 
     # ------------------------------------------------------------------ the original's maths
     @staticmethod
@@ -211,10 +214,12 @@ class X2Face(MotionTransferModel):
         prediction = warp(self.average_views([embedded], [weight]), driving_grid, self.align_corners,
                           padding_mode="zeros")
         # Not in the original: G_e(G_d(z)), where in the source each output pixel comes from
-        # (for drawings and the benchmark's motion error); border padding keeps it a coordinate.
-        deformation = warp(embedding_grid.permute(0, 3, 1, 2), driving_grid, self.align_corners,
-                           padding_mode="border").permute(0, 2, 3, 1)  # (B, H, W, 2)
-        deformed = warp(source, deformation, self.align_corners, padding_mode="zeros")
+        # (for drawings and the benchmark's motion error; no loss uses it, so no gradient);
+        # border padding keeps it a coordinate.
+        with torch.no_grad():
+            deformation = warp(embedding_grid.permute(0, 3, 1, 2), driving_grid, self.align_corners,
+                               padding_mode="border").permute(0, 2, 3, 1)  # (B, H, W, 2)
+            deformed = warp(source, deformation, self.align_corners, padding_mode="zeros")
         return {"prediction": prediction, "embedded": embedded, "embedding_grid": embedding_grid,
                 "driving_grid": driving_grid, "confidence": weight, "deformation": deformation,
                 "deformed": deformed}
