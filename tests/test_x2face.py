@@ -296,9 +296,9 @@ def test_animate_stage(shared_data, tmp_path):
 def test_bf16_autocast_keeps_grids_in_float32(face_frames):
     """Under bf16 autocast (the GPU path; CPU autocast stands in) the U-Nets run in bf16 while
     the grids, view weights and sampled images stay float32; every gradient is finite."""
-    model = build_model(load_config("x2face-tiny"))
+    model = build_model(load_config("x2face-tiny")).eval()  # eval: one frame through the 1x1 BatchNorms
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model.reconstruct(face_frames[:2], face_frames[4:6])
+        out = model.reconstruct(face_frames[:1], face_frames[4:5])
     for key in ("embedding_grid", "driving_grid", "confidence", "deformation", "prediction"):
         assert out[key].dtype == torch.float32, key
     out["prediction"].mean().backward()
