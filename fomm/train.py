@@ -128,8 +128,19 @@ def use_bf16(config: Config, device: str) -> bool:
     return device.startswith("cuda") and precision in ("auto", "bf16")
 
 
+def make_optimizer(params: list[nn.Parameter], lr: float, config: Config) -> torch.optim.Optimizer:
+    """train_params.optimizer: Adam with betas (0.5, 0.999) as FOMM, or SGD with
+    train_params.momentum as X2Face's train_model.py (momentum 0.9)."""
+    tp = config.train_params
+    if not 0 <= tp.momentum < 1:
+        raise UserError(f"train_params.momentum={tp.momentum}: expected a value in [0, 1)")
+    if tp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=tp.momentum)
+    return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
+
+
 def build_optimizers(model, config: Config) -> dict[str, torch.optim.Optimizer]:
-    """Adam (betas 0.5, 0.999) per non-empty parameter group, lr from train_params.lr_<group>."""
+    """One optimiser (make_optimizer) per non-empty parameter group, lr from train_params.lr_<group>."""
     optimizers = {}
     for group, params in model.optimizer_groups().items():
         params = [p for p in params if p.requires_grad]
@@ -139,7 +150,7 @@ def build_optimizers(model, config: Config) -> dict[str, torch.optim.Optimizer]:
         if lr is None:
             raise UserError(f"model group {group!r} has no train_params.lr_{group}; expected generator, "
                             "kp_detector or discriminator")
-        optimizers[group] = torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
+        optimizers[group] = make_optimizer(params, lr, config)
     return optimizers
 
 

@@ -239,6 +239,8 @@ def curves_svg(curves: dict[str, pd.DataFrame]) -> str:
 
 def sample_rows(info: RunInfo) -> tuple[list[str], list[int], dict[str, list[np.ndarray]]]:
     """(row labels, frame numbers, label -> images) of the benchmark's sample frames."""
+    from PIL import Image
+
     from pipeline.media import load_image
     samples = info.benchmark.get("samples")
     if not samples or info.benchmark_dir is None:
@@ -246,8 +248,10 @@ def sample_rows(info: RunInfo) -> tuple[list[str], list[int], dict[str, list[np.
     folder = info.benchmark_dir / "samples"
     frames = samples["frames"]
     images = {"source": [load_image(folder / "source.png")] * len(frames)}
+    height, width = images["source"][0].shape[:2]  # models may run at other sizes (X2Face: 256)
     for row in samples["rows"]:
-        images[row] = [load_image(folder / f"{row}_{f:04d}.png") for f in frames]
+        images[row] = [np.asarray(Image.fromarray(load_image(folder / f"{row}_{f:04d}.png")).resize(
+            (width, height), Image.BILINEAR)) for f in frames]
     return ["source"] + samples["rows"], frames, images
 
 

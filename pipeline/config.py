@@ -162,21 +162,14 @@ class MonkeyNetParams:
 
 @dataclass(frozen=True)
 class X2FaceParams:
-    """X2Face (Wiles et al., ECCV 2018); see fomm/baselines/x2face.py.
-    Defaults are configs/x2face-vox-256.yaml's architecture."""
-    # Both networks: encoder-decoders of num_blocks down/up blocks, channels
-    # min(max_features, block_expansion * 2^(i+1)); the embedding one has skips.
-    block_expansion: int = 32
-    max_features: int = 512
-    num_blocks: int = 6
-    # Predicted grids are identity + max_offset * tanh(offsets).
-    max_offset: float = 1.0
-    # Scale of the grid heads' initial weights (bias zero): grids start near identity.
-    init_scale: float = 0.001
-    # Normalisation in both networks: "batch" as the original X2Face; "instance" has no
-    # running statistics, so short runs and small batches behave the same in train and
-    # eval mode (BatchNorm's running statistics lag behind weights that still move fast).
-    norm: Literal["batch", "instance"] = "batch"
+    """X2Face (Wiles et al., ECCV 2018) as train_model.py builds it,
+    `UnwrappedFaceWeightedAverage(output_num_channels=2, input_num_channels=3, inner_nc=128)`;
+    see fomm/baselines/x2face.py. Both networks are pix2pix U-Nets of 8 levels with
+    BatchNorm, so frames are square with a side that is a multiple of 256."""
+    # Width of both U-Nets (pix2pix's ngf): ngf, 2ngf, 4ngf, then 8ngf channels per level.
+    ngf: int = 64
+    # Channels of the driving network's 1x1 bottleneck (train_model.py --inner_nc).
+    inner_nc: int = 128
 
 
 @dataclass(frozen=True)
@@ -231,6 +224,10 @@ class TrainParams:
     transform_params: TransformParams = TransformParams()
     loss_weights: LossWeights = LossWeights()
     # ---- the project's additions (absent from the original files) ----
+    # Optimiser of every group: "adam" (betas 0.5, 0.999; FOMM and Monkey-Net) or "sgd"
+    # with `momentum` (X2Face's train_model.py: SGD, momentum 0.9).
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.0
     # Stop after this many optimiser steps (None: run num_epochs).
     max_steps: Optional[int] = None
     # ImageNet VGG19 for the perceptual loss: "torchvision" looks in torch's hub cache

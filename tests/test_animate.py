@@ -320,7 +320,8 @@ def test_baselines_animate_through_the_same_contract(config_name, d12_short, tmp
     assert run_cli(config_name, path, shared_data / "faces/sadtalker/happy.png", d12_short, out,
                    "--max-frames", "3", "--layout", "side-by-side", "--show-keypoints") == 0
     info = probe(out)
-    assert (info.num_frames, info.width, info.height) == (3, 192, 64)
+    size = baseline_config.dataset_params.frame_shape[0]  # 64; X2Face's U-Nets need 256
+    assert (info.num_frames, info.width, info.height) == (3, 3 * size, size)
 
 
 # --------------------------------------------------------------------------- memory

@@ -109,7 +109,9 @@ def test_checkpoint_without_config_asks_for_one(tmp_path):
 
 # --------------------------------------------------------------------------- runs
 def test_benchmark_of_three_models_on_sample_data(sample_data, tmp_path):
-    models = ",".join(f"{name}={_checkpoint(tmp_path, name)}" for name in ("fomm", "monkey-net", "x2face"))
+    sizes = {"x2face": 256}  # X2Face's 8-level U-Nets need 256x256 frames
+    models = ",".join(f"{name}={_checkpoint(tmp_path, name, sizes.get(name, 64))}"
+                      for name in ("fomm", "monkey-net", "x2face"))
     out = tmp_path / "bench"
     record = benchmark.run(_args(dataset="sample", data=sample_data, models=models, out=out,
                                  bootstrap=200))
