@@ -124,7 +124,7 @@ def test_checkpoint_that_is_not_a_checkpoint(shared_data, out_dir, capsys):
 
 @pytest.mark.parametrize("extra, words", [
     (("--device", "cuda"), ("cuda", "--device cpu")),
-    (("--precision", "bf16"), ("bf16",)),
+    (("--precision", "fp16"), ("fp16",)),
     (("--batch-size", "0"), ("--batch-size 0",)),
 ])
 def test_bad_options(checkpoint, shared_data, out_dir, capsys, extra, words):
