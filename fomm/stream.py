@@ -84,8 +84,11 @@ def input_arguments(spec: str, realtime: bool = False) -> tuple[list[str], bool]
     # nobuffer: hand frames on as soon as they are decoded. (`-flags low_delay` would be the
     # next step, but it makes the h264 decoder drop streams with B-frames.)
     low_delay = ["-fflags", "nobuffer"]
+    # A pipe is probed on its first 32 KB / 0.2 s: ffmpeg's default (5 MB or 5 s of stream)
+    # holds back every frame of a producer that has sent less and then paused.
+    short_probe = ["-probesize", "32768", "-analyzeduration", "200000"]
     if spec == "-":  # nobuffer breaks probing a pipe (no frames come out): not here
-        return ["-i", "pipe:0"], True
+        return short_probe + ["-i", "pipe:0"], True
     if spec.startswith("/dev/video"):
         return ["-f", "v4l2"] + low_delay + ["-i", spec], False
     head, sep, rest = spec.partition(":")
@@ -98,8 +101,10 @@ def input_arguments(spec: str, realtime: bool = False) -> tuple[list[str], bool]
         raise UserError(f"--driving {spec!r} for --stream: expected a camera (/dev/videoN, "
                         f"FORMAT:DEVICE with FORMAT in {list(DEVICE_FORMATS)}), '-', a URL, "
                         "a named pipe or a video file")
-    pace = realtime_input_arguments() if realtime and stat.S_ISREG(path.stat().st_mode) else []
-    return pace + ["-i", str(path)], False
+    mode = path.stat().st_mode
+    pace = realtime_input_arguments() if realtime and stat.S_ISREG(mode) else []
+    probe = short_probe if stat.S_ISFIFO(mode) else []
+    return pace + probe + ["-i", str(path)], False
 
 
 def decoder_command(spec: str, width: int, height: int, crop: str, realtime: bool = False
@@ -440,3 +445,5 @@ def _write_batch(animator, items, box, source, writer, options, config, report, 
         writer.write(frame)
         report.latencies.append(time.perf_counter() - arrival)
         report.frames_out += 1
+        if report.frames_out == 1:
+            logger.info("stream: first frame written, %.0f ms after it arrived", 1000 * report.latencies[0])
