@@ -434,8 +434,12 @@ def _best_frame(source_image, source_box, driving_path, driving_box, end, option
 
 # --------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config name (vox-256) or yaml path")
+    parser.add_argument("--config", help="config name (vox-256) or yaml path (with --backend "
+                        "onnxruntime: the export's own)")
     parser.add_argument("--checkpoint", help="checkpoint file (state dicts per sub-network)")
+    parser.add_argument("--backend", nargs="+", default=["torch"], metavar="NAME",
+                        help="torch (default) or `onnxruntime DIR`: the graphs `pipeline run export` "
+                             "wrote to DIR, run on the CPU")
     parser.add_argument("--random-weights", action="store_true",
                         help="no checkpoint: random initialisation (smoke tests, benchmarks)")
     parser.add_argument("--model", choices=["fomm", "monkey-net", "x2face"],
@@ -498,10 +502,30 @@ def options_from_args(args: argparse.Namespace, config: Config) -> AnimateOption
         batch_size=args.batch_size, max_frames=args.max_frames, precision=args.precision)
 
 
+def _backend(args: argparse.Namespace) -> str | None:
+    """The ONNX export folder of `--backend onnxruntime DIR`, None for torch."""
+    name, *rest = args.backend
+    if name == "torch" and not rest:
+        return None
+    if name == "onnxruntime" and len(rest) == 1:
+        return rest[0]
+    raise UserError(f"--backend {' '.join(args.backend)!r}: expected torch or onnxruntime DIR")
+
+
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    if args.checkpoint is None and not args.random_weights:
-        raise UserError("--checkpoint is required (or --random-weights for a smoke test)")
+    onnx_dir = _backend(args)
+    onnx_model = None
+    if onnx_dir is not None:
+        from fomm.export import OnnxFomm
+        onnx_model = OnnxFomm(onnx_dir)
+        config = onnx_model.config if args.config is None else load_config(args.config, args.overrides)
+        args.precision = "fp32"  # the graphs are fp32
+    else:
+        if args.config is None:
+            raise UserError("--config is required (a name like vox-256 or a yaml path)")
+        config = load_config(args.config, args.overrides)
+        if args.checkpoint is None and not args.random_weights:
+            raise UserError("--checkpoint is required (or --random-weights for a smoke test)")
     options = options_from_args(args, config)
     live_target = False
     if args.stream:
@@ -513,8 +537,9 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     precision.keep_freed_memory()
     chosen = precision.resolve(options.precision, device)
-    logger.info("animate: %s, batch %d", chosen, batch_size(options, device))
-    model = load_animation_model(config, args.checkpoint, device, args.model)
+    logger.info("animate: %s, batch %d%s", chosen, batch_size(options, device),
+                f", onnxruntime graphs from {onnx_dir}" if onnx_dir else "")
+    model = onnx_model or load_animation_model(config, args.checkpoint, device, args.model)
     if args.stream:
         report = stream.run_stream(model, config, args.source, args.driving, args.out, options,
                                    fps=args.stream_fps, queue_size=args.queue, drop=args.drop,
