@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=["train", "test"])
     parser.add_argument("--batch-size", type=int, default=16, help="driving frames per forward pass")
     parser.add_argument("--num-videos", type=int, help="at most this many clips (default: reconstruction_params.num_videos)")
+    parser.add_argument("--precision", default="fp32", help="fp32 (default: L1 comparable across machines), "
+                        "bf16 or auto (fomm/precision.py)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
 
 
@@ -63,11 +65,14 @@ def save_frame(path: Path, frame: np.ndarray) -> None:
     Image.fromarray(frame).save(path, format="PNG")
 
 
-@torch.no_grad()
-def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, device: str) -> dict:
+def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, device: str,
+                     precision: str = "fp32") -> dict:
     """Reconstruct one clip batch by batch; returns its l1.csv row."""
+    from fomm.precision import resolve
     from fomm.visualize import to_uint8
     from pipeline.media import VideoWriter
+    path = resolve(precision, device)  # --precision (fomm/precision.py)
+    path.prepare_model(model)
     final_dir = out_dir / clip
     part_dir = out_dir / f".{clip}.part"
     shutil.rmtree(part_dir, ignore_errors=True)
@@ -76,10 +81,11 @@ def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, devic
     try:
         with VideoWriter(out_dir / f"{clip}.mp4", fps) as writer:
             for driving in batches:
-                driving = driving.to(device)  # (n, 3, H, W)
+                driving = path.prepare_input(driving.to(device))  # (n, 3, H, W)
                 if source is None:
                     source = driving[:1]  # the first frame drives nothing: it is the source
-                prediction = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)["prediction"]
+                with path.context():
+                    prediction = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)["prediction"]
                 abs_sum += float((prediction.float() - driving).abs().sum(dtype=torch.float64))
                 count += prediction.numel()
                 for frame in prediction:
@@ -97,7 +103,8 @@ def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, devic
 
 
 def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Path, split: str = "test",
-                batch_size: int = 16, num_videos: int | None = None, device: str | None = None) -> list[dict]:
+                batch_size: int = 16, num_videos: int | None = None, device: str | None = None,
+                precision: str = "fp32") -> list[dict]:
     """Run the protocol over a split; returns the l1.csv rows (also written)."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
@@ -118,7 +125,7 @@ def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Pat
         if clip in done and (out_dir / f"{clip}.mp4").is_file() and (out_dir / clip).is_dir():
             rows.append({k: done[clip][k] for k in L1_FIELDS})
             continue
-        row = reconstruct_clip(model, clip, batches, out_dir, store.fps(clip), device)
+        row = reconstruct_clip(model, clip, batches, out_dir, store.fps(clip), device, precision)
         log.info("%s: %d frames, L1 %.4f", clip, row["num_frames"], row["l1"])
         rows.append(row)
         write_l1_csv(csv_path, rows + [r for c, r in done.items() if c not in {x["clip"] for x in rows}])
@@ -144,5 +151,6 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("no data: pass --data or set dataset_params.root_dir")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(config, args.checkpoint, device=device)
-    reconstruct(model, config, data, args.out, args.split, args.batch_size, args.num_videos, device)
+    reconstruct(model, config, data, args.out, args.split, args.batch_size, args.num_videos, device,
+                args.precision)
     return 0

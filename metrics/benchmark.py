@@ -122,19 +122,23 @@ def _resize(frames, size: tuple[int, int]):
 
 
 def reconstruct_clip(model, frames: np.ndarray, size: tuple[int, int], batch_size: int = 16,
-                     device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                     device: str = "cpu", precision: str = "fp32"
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Paper protocol on one clip: frame 0 drives nothing, every frame drives the source.
 
     Returns real frames (T, h, w, 3) uint8 at the model's size, predictions (T, h, w, 3)
     uint8, and the deformation (T, g, g, 2) float32 when the family outputs one.
     """
     import torch
+    from fomm.precision import resolve
+    path = resolve(precision, device)  # --precision (fomm/precision.py)
+    path.prepare_model(model)
     video = _resize(frames, size)  # (T, 3, h, w)
-    source = video[:1].to(device)  # (1, 3, h, w)
+    source = path.prepare_input(video[:1].to(device))  # (1, 3, h, w)
     predictions, deformations = [], []
-    with torch.no_grad():
+    with path.context():
         for start in range(0, len(video), batch_size):
-            driving = video[start:start + batch_size].to(device)  # (B, 3, h, w)
+            driving = path.prepare_input(video[start:start + batch_size].to(device))  # (B, 3, h, w)
             out = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)
             predictions.append(out["prediction"].float().clamp(0, 1).cpu())
             if out.get("deformation") is not None:
@@ -207,7 +211,8 @@ def score_model(spec: ModelSpec, store, clips: list[str], args, pose, identity, 
     rows = []
     for index, clip in enumerate(clips):
         frames = read_clip(store, clip, args.max_frames)
-        real, fake, deformation = reconstruct_clip(model, frames, size, args.batch_size, args.device)
+        real, fake, deformation = reconstruct_clip(model, frames, size, args.batch_size, args.device,
+                                                   getattr(args, "precision", "fp32"))
         real_kp, real_emb = _real_detections(cache, clip, real, pose, identity)
         scores = score_clip(real, fake, pose=pose, identity=identity, lpips=args.lpips,
                             real_keypoints=real_kp, real_embeddings=real_emb)
@@ -302,6 +307,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--precision", default="fp32", help="fp32 (default: scores comparable across "
+                        "machines), bf16 or auto (fomm/precision.py)")
 
 
 def command_line(args: argparse.Namespace) -> list[str]:
