@@ -161,7 +161,8 @@ class Animator:
     def motion(self, driving: torch.Tensor) -> tuple[Motion, Motion]:
         """(detected driving motion, transferred motion) for a batch (B, 3, H, W)."""
         batch = driving.shape[0]
-        motion_driving = self.model.detect(driving)
+        with self.precision.context():
+            motion_driving = self.model.detect(self.precision.prepare_input(driving))
         transferred = self.model.transfer(
             expand_motion(self.motion_source, batch), motion_driving,
             expand_motion(self.motion_initial, batch), relative=self.options.relative,

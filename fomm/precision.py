@@ -116,12 +116,13 @@ def _native_bf16(device_type: str) -> bool:
     return False
 
 
-# Frames per model call when --batch-size is not given, per (device, precision), measured by
-# benchmarks/animate.py (`batch sweep` table). On CPU a batch beyond a few frames only adds
-# memory traffic: the activations of a 256 px batch of 8 (~130 MB each in fp32) no longer fit
-# in cache, and every such buffer is a fresh mmap whose pages the kernel must zero (the system
-# time of the old default of 8).
-DEFAULT_BATCH = {("cpu", "fp32"): 1, ("cpu", "bf16"): 2, ("cuda", "fp32"): 32, ("cuda", "bf16"): 32}
+# Frames per model call when --batch-size is not given, per (device, precision), from the
+# batch sweep of benchmarks/animate.py (vox-256, 256 px, 2-core AMX Xeon): CPU seconds per
+# frame fall from batch 1 to 4 (fp32 2.7 -> 1.6, bf16 2.3 -> 0.86) and little beyond, while
+# latency and memory grow with the batch. (The old default of 8 spent most of its system time
+# in page faults: see keep_freed_memory.) GPU values are a starting point until
+# benchmarks/gpu.py has run on one.
+DEFAULT_BATCH = {("cpu", "fp32"): 4, ("cpu", "bf16"): 4, ("cuda", "fp32"): 32, ("cuda", "bf16"): 32}
 
 
 def default_batch_size(resolved: Precision) -> int:

@@ -14,15 +14,6 @@ from pipeline.config import load_config
 from pipeline.errors import UserError
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from fomm.registry import build_model
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(build_model(load_config("tiny")).checkpoint_state(), path)
-    return path
-
-
 @pytest.fixture
 def out_dir(tmp_path):
     directory = tmp_path / "out"

@@ -8,19 +8,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-import torch
 
 from pipeline import cli
-from pipeline.config import load_config
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from fomm.registry import build_model
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(build_model(load_config("tiny")).checkpoint_state(), path)
-    return path
 
 
 @pytest.fixture

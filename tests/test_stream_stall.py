@@ -13,21 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from pipeline.config import load_config
 from pipeline.media import ffmpeg_exe, probe
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from fomm.registry import build_model
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(build_model(load_config("tiny")).checkpoint_state(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
