@@ -101,11 +101,16 @@ def resolve(precision: str, device: torch.device | str) -> Precision:
     if precision == "bf16" and not native:
         if device_type == "cuda":
             raise UserError("--precision bf16: this GPU has no bf16 support; use fp32 or auto")
-        logger.warning("--precision bf16 on a CPU without native bf16 (flags %s): emulated, "
-                       "likely slower than fp32", "/".join(NATIVE_BF16_FLAGS))
+        _warn_emulated_bf16()
     # channels_last pays where bf16 convolutions run on oneDNN or tensor cores; on fp32 CPU
     # paths the contiguous layout measured as fast or faster (benchmarks/animate.py).
     return Precision(device_type, precision, channels_last=precision == "bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_emulated_bf16() -> None:
+    logger.warning("--precision bf16 on a CPU without native bf16 (flags %s): emulated, "
+                   "likely slower than fp32", "/".join(NATIVE_BF16_FLAGS))
 
 
 def _native_bf16(device_type: str) -> bool:
@@ -117,12 +122,13 @@ def _native_bf16(device_type: str) -> bool:
 
 
 # Frames per model call when --batch-size is not given, per (device, precision), from the
-# batch sweep of benchmarks/animate.py (vox-256, 256 px, 2-core AMX Xeon): CPU seconds per
-# frame fall from batch 1 to 4 (fp32 2.7 -> 1.6, bf16 2.3 -> 0.86) and little beyond, while
-# latency and memory grow with the batch. (The old default of 8 spent most of its system time
-# in page faults: see keep_freed_memory.) GPU values are a starting point until
+# batch sweep of benchmarks/animate.py (vox-256, 256 px, 2-core AMX Xeon, CPU seconds per
+# frame at batch 1/2/4/8): fp32 2.7/2.1/1.6/1.4 with wall-clock frames/s flat from 4 on, so 4
+# (half the memory of 8); bf16 + channels_last 2.3/1.2/0.86/0.58, still falling at 8 (AMX tiles
+# fill up with larger batches). The old default of 8 spent most of its system time in page
+# faults, not in the batch (see keep_freed_memory). GPU values are a starting point until
 # benchmarks/gpu.py has run on one.
-DEFAULT_BATCH = {("cpu", "fp32"): 4, ("cpu", "bf16"): 4, ("cuda", "fp32"): 32, ("cuda", "bf16"): 32}
+DEFAULT_BATCH = {("cpu", "fp32"): 4, ("cpu", "bf16"): 8, ("cuda", "fp32"): 32, ("cuda", "bf16"): 32}
 
 
 def default_batch_size(resolved: Precision) -> int:

@@ -36,6 +36,7 @@ def test_forced_paths_and_bad_names(cpu_with, caplog):
     cpu_with("amx_bf16")
     assert precision.resolve("fp32", "cpu").name == "fp32"
     cpu_with()
+    precision._warn_emulated_bf16.cache_clear()
     assert precision.resolve("bf16", "cpu").name == "bf16"  # allowed, with a warning
     assert "emulated" in caplog.text
     with pytest.raises(UserError, match="fp16"):
