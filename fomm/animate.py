@@ -19,7 +19,6 @@ relative motion, with the adapt-scale factor of the original demo).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import subprocess
@@ -32,7 +31,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from fomm import source_crop
+from fomm import precision, source_crop
 from fomm.api import Motion, MotionTransferModel
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
@@ -55,9 +54,9 @@ class AnimateOptions:
     layout: str = "result"             # result | side-by-side
     show_keypoints: bool = False
     audio: bool = True
-    batch_size: int = 8
+    batch_size: int | None = None      # None: the measured default for the device (fomm/precision.py)
     max_frames: int | None = None
-    precision: str = "fp32"            # fp32 | bf16 (bf16 autocast, CUDA only)
+    precision: str = "auto"            # auto | fp32 | bf16 (fomm/precision.py)
     provenance: bool = True            # watermark, C2PA manifest, AI-generated tag (pipeline/provenance.py)
 
 
@@ -88,15 +87,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA for `precision == 'bf16'`; fp32 everywhere else."""
-    if precision not in ("fp32", "bf16"):
-        raise UserError(f"--precision {precision!r}: expected fp32 or bf16")
-    if precision == "bf16":
-        if device.type != "cuda":
-            raise UserError("--precision bf16 needs --device cuda; on CPU use fp32")
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def model_device(model) -> torch.device:
+    """The device a model's parameters live on (CPU for a parameterless ONNX runner)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def batch_size(options: AnimateOptions, device: torch.device) -> int:
+    """`options.batch_size`, or the measured default for the device and precision."""
+    if options.batch_size is not None:
+        return options.batch_size
+    return precision.default_batch_size(precision.resolve(options.precision, device))
 
 
 # --------------------------------------------------------------------------- model
@@ -151,15 +152,18 @@ class Animator:
     def __init__(self, model: MotionTransferModel, source: torch.Tensor, initial: torch.Tensor,
                  options: AnimateOptions, device: torch.device):
         self.model, self.options, self.device = model, options, device
-        self.source = source                                     # (1, 3, H, W)
-        with torch.inference_mode(), autocast(device, options.precision):
-            self.motion_source = model.detect(source)
-            self.motion_initial = model.detect(initial)
+        self.precision = precision.resolve(options.precision, device)
+        self.precision.prepare_model(model)
+        self.source = self.precision.prepare_input(source)      # (1, 3, H, W)
+        with self.precision.context():
+            self.motion_source = model.detect(self.source)
+            self.motion_initial = model.detect(self.precision.prepare_input(initial))
 
     def motion(self, driving: torch.Tensor) -> tuple[Motion, Motion]:
         """(detected driving motion, transferred motion) for a batch (B, 3, H, W)."""
         batch = driving.shape[0]
-        motion_driving = self.model.detect(driving)
+        with self.precision.context():
+            motion_driving = self.model.detect(self.precision.prepare_input(driving))
         transferred = self.model.transfer(
             expand_motion(self.motion_source, batch), motion_driving,
             expand_motion(self.motion_initial, batch), relative=self.options.relative,
@@ -169,7 +173,8 @@ class Animator:
 
     def __call__(self, driving: torch.Tensor) -> dict[str, torch.Tensor | Motion]:
         """Predictions (B, 3, H, W) and the motions behind them for a driving batch."""
-        with torch.inference_mode(), autocast(self.device, self.options.precision):
+        driving = self.precision.prepare_input(driving)
+        with self.precision.context():
             motion_driving, transferred = self.motion(driving)
             batch = driving.shape[0]
             out = self.model.generate(self.source.expand(batch, -1, -1, -1),
@@ -226,12 +231,26 @@ def check_options(options: AnimateOptions, out_path: Path | str, live_target: bo
         raise UserError(f"--layout {options.layout!r}: expected one of {list(LAYOUTS)}")
     if options.crop not in source_crop.CROP_MODES:
         raise UserError(f"--crop {options.crop!r}: expected one of {list(source_crop.CROP_MODES)}")
-    if options.batch_size < 1:
+    if options.batch_size is not None and options.batch_size < 1:
         raise UserError(f"--batch-size {options.batch_size}: expected 1 or more")
     if options.max_frames is not None and options.max_frames < 1:
         raise UserError(f"--max-frames {options.max_frames}: expected 1 or more")
-    if options.precision not in ("fp32", "bf16"):
-        raise UserError(f"--precision {options.precision!r}: expected fp32 or bf16")
+    if options.precision not in precision.PRECISIONS:
+        raise UserError(f"--precision {options.precision!r}: expected one of {list(precision.PRECISIONS)}")
+
+
+def check_out_is_not_an_input(out_path: str | Path, **inputs: str | Path) -> None:
+    """UserError when `--out` names one of the input files (`source=..., driving=...`):
+    the same path once symlinks and `..` are resolved, or the same file (a hard link)."""
+    out = Path(out_path)
+    for name, value in inputs.items():
+        given = Path(value)
+        same = out.resolve() == given.resolve()
+        if not same and out.exists() and given.exists():
+            same = os.path.samefile(out, given)
+        if same:
+            raise UserError(f"--out {str(out_path)!r} is the --{name} file {str(value)!r}: writing it "
+                            "would destroy the input; expected another output path")
 
 
 def nth_frame(path: str | Path, index: int) -> np.ndarray:
@@ -289,12 +308,13 @@ def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
     Everything that can be wrong with the inputs raises UserError here, before any file
     is opened for writing.
     """
-    from pipeline.media import load_image, probe
+    from pipeline.media import probe
     out_path, driving_path = Path(out_path), Path(driving_path)
     check_options(options, out_path)
-    device = next(model.parameters()).device
+    check_out_is_not_an_input(out_path, source=source_path, driving=driving_path)
+    device = model_device(model)
     size = tuple(config.dataset_params.frame_shape[:2])
-    source_image = load_image(source_path)
+    source_image = source_crop.load_source(source_path)
     info = probe(driving_path)
     end = info.num_frames if options.max_frames is None else min(info.num_frames, options.max_frames)
     if end <= 0:
@@ -363,7 +383,7 @@ def _animate_frames(animator, source, driving_path, driving_box, end, size, writ
     from pipeline.media import iter_frames
     done = 0
     frames = (source_crop.prepare(f, driving_box, size) for f in iter_frames(driving_path, 0, end))
-    for batch in batched(frames, options.batch_size):
+    for batch in batched(frames, batch_size(options, animator.device)):
         outputs = animator(to_tensor(batch, animator.device))
         results = to_frames(outputs["prediction"])
         for frame in compose(results, batch, source, outputs, animator, options,
@@ -421,8 +441,12 @@ def _best_frame(source_image, source_box, driving_path, driving_box, end, option
 
 # --------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config name (vox-256) or yaml path")
+    parser.add_argument("--config", help="config name (vox-256) or yaml path (with --backend "
+                        "onnxruntime: the export's own)")
     parser.add_argument("--checkpoint", help="checkpoint file (state dicts per sub-network)")
+    parser.add_argument("--backend", nargs="+", default=["torch"], metavar="NAME",
+                        help="torch (default) or `onnxruntime DIR`: the graphs `pipeline run export` "
+                             "wrote to DIR, run on the CPU")
     parser.add_argument("--random-weights", action="store_true",
                         help="no checkpoint: random initialisation (smoke tests, benchmarks)")
     parser.add_argument("--model", choices=["fomm", "monkey-net", "x2face"],
@@ -449,11 +473,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", default="result", choices=list(LAYOUTS))
     parser.add_argument("--show-keypoints", action="store_true")
     parser.add_argument("--no-audio", dest="audio", action="store_false")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="frames per model call (default: measured per device and precision, "
+                             "fomm/precision.py DEFAULT_BATCH)")
     parser.add_argument("--max-frames", type=int, help="animate only the first N driving frames")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="bf16 autocast (CUDA only)")
+    parser.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16}",
+                        help="auto: bf16 autocast + channels_last where the device has native bf16 "
+                             "(AMX/AVX512-BF16 CPUs, bf16 GPUs), else fp32")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config override, e.g. model_params.align_corners=true")
     parser.add_argument("--stream", action="store_true",
@@ -464,6 +491,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--stream: frames waiting at most; older ones are dropped")
     parser.add_argument("--no-drop", dest="drop", action="store_false",
                         help="--stream: never drop frames (latency may grow)")
+    parser.add_argument("--stall-timeout", type=float, default=None,
+                        help="--stream: end the run (keeping what was written) after this many "
+                             "seconds without a new frame (default 10)")
     parser.add_argument("--realtime", action="store_true",
                         help="--stream with a file: read it at its native rate, like a camera")
     from pipeline.provenance import add_argument
@@ -482,22 +512,49 @@ def options_from_args(args: argparse.Namespace, config: Config) -> AnimateOption
         provenance=args.provenance)
 
 
+def _backend(args: argparse.Namespace) -> str | None:
+    """The ONNX export folder of `--backend onnxruntime DIR`, None for torch."""
+    name, *rest = args.backend
+    if name == "torch" and not rest:
+        return None
+    if name == "onnxruntime" and len(rest) == 1:
+        return rest[0]
+    raise UserError(f"--backend {' '.join(args.backend)!r}: expected torch or onnxruntime DIR")
+
+
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    if args.checkpoint is None and not args.random_weights:
-        raise UserError("--checkpoint is required (or --random-weights for a smoke test)")
+    onnx_dir = _backend(args)
+    onnx_model = None
+    if onnx_dir is not None:
+        from fomm.export import OnnxFomm
+        onnx_model = OnnxFomm(onnx_dir)
+        config = onnx_model.config if args.config is None else load_config(args.config, args.overrides)
+        args.precision = "fp32"  # the graphs are fp32
+    else:
+        if args.config is None:
+            raise UserError("--config is required (a name like vox-256 or a yaml path)")
+        config = load_config(args.config, args.overrides)
+        if args.checkpoint is None and not args.random_weights:
+            raise UserError("--checkpoint is required (or --random-weights for a smoke test)")
     options = options_from_args(args, config)
     live_target = False
     if args.stream:
         from fomm import stream
         live_target = stream.is_live_target(args.out)
     check_options(options, args.out, live_target)
+    if not live_target:
+        check_out_is_not_an_input(args.out, source=args.source, driving=args.driving)
     device = resolve_device(args.device)
-    model = load_animation_model(config, args.checkpoint, device, args.model)
+    precision.keep_freed_memory()
+    chosen = precision.resolve(options.precision, device)
+    logger.info("animate: %s, batch %d%s", chosen, batch_size(options, device),
+                f", onnxruntime graphs from {onnx_dir}" if onnx_dir else "")
+    model = onnx_model or load_animation_model(config, args.checkpoint, device, args.model)
     if args.stream:
         report = stream.run_stream(model, config, args.source, args.driving, args.out, options,
                                    fps=args.stream_fps, queue_size=args.queue, drop=args.drop,
-                                   realtime=args.realtime)
+                                   realtime=args.realtime, stall_timeout=stream.STALL_TIMEOUT
+                                   if args.stall_timeout is None else args.stall_timeout)
         # stdout may be carrying the video itself
         print(report.summary(), file=sys.stderr if args.out == "-" else sys.stdout)
         return 0

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=["train", "test"])
     parser.add_argument("--batch-size", type=int, default=16, help="driving frames per forward pass")
     parser.add_argument("--num-videos", type=int, help="at most this many clips (default: reconstruction_params.num_videos)")
+    parser.add_argument("--precision", default="fp32", help="fp32 (default: L1 comparable across machines), "
+                        "bf16 or auto (fomm/precision.py)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     from pipeline.provenance import add_argument
     add_argument(parser)
@@ -65,14 +67,16 @@ def save_frame(path: Path, frame: np.ndarray) -> None:
     Image.fromarray(frame).save(path, format="PNG")
 
 
-@torch.no_grad()
 def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, device: str,
-                     generation=None) -> dict:
+                     generation=None, precision: str = "fp32") -> dict:
     """Reconstruct one clip batch by batch; returns its l1.csv row. L1 and the png frames come
     from the unmarked output; the mp4 carries the provenance marks of `generation`."""
+    from fomm.precision import resolve
     from fomm.visualize import to_uint8
     from pipeline import provenance
     from pipeline.media import VideoWriter
+    path = resolve(precision, device)  # --precision (fomm/precision.py)
+    path.prepare_model(model)
     final_dir = out_dir / clip
     part_dir = out_dir / f".{clip}.part"
     shutil.rmtree(part_dir, ignore_errors=True)
@@ -82,10 +86,11 @@ def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, devic
         with VideoWriter(out_dir / f"{clip}.mp4", fps) as video:
             writer = provenance.marking(video, generation)
             for driving in batches:
-                driving = driving.to(device)  # (n, 3, H, W)
+                driving = path.prepare_input(driving.to(device))  # (n, 3, H, W)
                 if source is None:
                     source = driving[:1]  # the first frame drives nothing: it is the source
-                prediction = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)["prediction"]
+                with path.context():
+                    prediction = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)["prediction"]
                 abs_sum += float((prediction.float() - driving).abs().sum(dtype=torch.float64))
                 count += prediction.numel()
                 for frame in prediction:
@@ -105,7 +110,7 @@ def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, devic
 
 def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Path, split: str = "test",
                 batch_size: int = 16, num_videos: int | None = None, device: str | None = None,
-                provenance: bool = True) -> list[dict]:
+                provenance: bool = True, precision: str = "fp32") -> list[dict]:
     """Run the protocol over a split; returns the l1.csv rows (also written)."""
     from pipeline.provenance import generation_or_warn
     if batch_size < 1:
@@ -128,7 +133,7 @@ def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Pat
         if clip in done and (out_dir / f"{clip}.mp4").is_file() and (out_dir / clip).is_dir():
             rows.append({k: done[clip][k] for k in L1_FIELDS})
             continue
-        row = reconstruct_clip(model, clip, batches, out_dir, store.fps(clip), device, generation)
+        row = reconstruct_clip(model, clip, batches, out_dir, store.fps(clip), device, generation, precision)
         log.info("%s: %d frames, L1 %.4f", clip, row["num_frames"], row["l1"])
         rows.append(row)
         write_l1_csv(csv_path, rows + [r for c, r in done.items() if c not in {x["clip"] for x in rows}])
@@ -166,5 +171,5 @@ def main(args: argparse.Namespace) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(config, args.checkpoint, device=device)
     reconstruct(model, config, data, args.out, args.split, args.batch_size, args.num_videos, device,
-                args.provenance)
+                args.provenance, args.precision)
     return 0

@@ -27,6 +27,24 @@ from pipeline.errors import UserError
 logger = logging.getLogger(__name__)
 
 CROP_MODES = ("auto", "center", "none")
+MIN_SOURCE_SIDE = 32  # px: below this a photo holds no face to animate (and resizing only blurs)
+
+
+def load_source(path: str | Path) -> np.ndarray:
+    """The source photo as RGB uint8 (H, W, 3); UserError for a decompression bomb (PIL's
+    pixel limit, about 179 Mpx) and for an image under MIN_SOURCE_SIDE px on a side."""
+    from PIL import Image
+    from pipeline.media import load_image
+    try:
+        image = load_image(path)
+    except Image.DecompressionBombError as err:
+        raise UserError(f"--source {str(path)!r} is too large to decode safely ({err}); "
+                        "expected a photo under 179 million pixels") from None
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_SOURCE_SIDE:
+        raise UserError(f"--source {str(path)!r} is {width}x{height} px; expected at least "
+                        f"{MIN_SOURCE_SIDE}x{MIN_SOURCE_SIDE}")
+    return image
 
 
 @dataclass(frozen=True)

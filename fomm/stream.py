@@ -18,12 +18,17 @@ Inputs (`--driving`):
 
 Relative motion starts from the first frame that arrives (no look-ahead, so no best-frame
 search); with `--crop auto` the crop box is fixed from the first frame that shows a face.
+
+A run ends at the end of the input, after `stall_timeout` seconds without a new frame (a
+producer that stopped sending but keeps its pipe open), or on SIGINT/SIGTERM; in each case
+the frames written so far are finished into a valid file.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import queue
+import signal
 import stat
 import subprocess
 import sys
@@ -35,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from fomm import source_crop
-from fomm.animate import AnimateOptions, Animator, compose, to_frames, to_tensor
+from fomm.animate import (AnimateOptions, Animator, batch_size, compose, model_device, to_frames,
+                          to_tensor)
 from fomm.api import MotionTransferModel
 from pipeline.config import Config
 from pipeline.errors import UserError
@@ -46,6 +52,7 @@ logger = logging.getLogger(__name__)
 DEVICE_FORMATS = ("v4l2", "avfoundation", "dshow", "x11grab", "gdigrab", "lavfi")
 URL_SCHEMES = ("rtsp://", "rtmp://", "udp://", "tcp://", "http://", "https://", "srt://", "rtp://")
 FACE_SEARCH_FRAMES = 50  # --crop auto gives up when this many first frames show no face
+STALL_TIMEOUT = 10.0     # s without a new frame before a live run is ended (--stall-timeout)
 
 
 @dataclass
@@ -58,6 +65,7 @@ class StreamReport:
     latencies: list[float] = field(default_factory=list)
     steps: list[float] = field(default_factory=list)  # seconds per model call (one batch)
     crop_box: source_crop.CropBox | None = None          # --crop auto: in the decoded frames
+    ended_by: str = "end of input"                       # or "stall", "SIGTERM", "SIGINT"
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
@@ -67,7 +75,8 @@ class StreamReport:
                 f"({self.dropped} dropped) in {self.seconds:.1f} s; latency p50 "
                 f"{1000 * self.percentile(50):.0f} ms, p95 {1000 * self.percentile(95):.0f} ms, "
                 f"max {1000 * max(self.latencies, default=float('nan')):.0f} ms; model "
-                f"{1000 * float(np.median(self.steps)) if self.steps else float('nan'):.0f} ms a batch")
+                f"{1000 * float(np.median(self.steps)) if self.steps else float('nan'):.0f} ms a batch; "
+                f"ended by {self.ended_by}")
 
 
 def input_arguments(spec: str, realtime: bool = False) -> tuple[list[str], bool]:
@@ -75,8 +84,11 @@ def input_arguments(spec: str, realtime: bool = False) -> tuple[list[str], bool]
     # nobuffer: hand frames on as soon as they are decoded. (`-flags low_delay` would be the
     # next step, but it makes the h264 decoder drop streams with B-frames.)
     low_delay = ["-fflags", "nobuffer"]
+    # A pipe is probed on its first 32 KB / 0.2 s: ffmpeg's default (5 MB or 5 s of stream)
+    # holds back every frame of a producer that has sent less and then paused.
+    short_probe = ["-probesize", "32768", "-analyzeduration", "200000"]
     if spec == "-":  # nobuffer breaks probing a pipe (no frames come out): not here
-        return ["-i", "pipe:0"], True
+        return short_probe + ["-i", "pipe:0"], True
     if spec.startswith("/dev/video"):
         return ["-f", "v4l2"] + low_delay + ["-i", spec], False
     head, sep, rest = spec.partition(":")
@@ -89,8 +101,10 @@ def input_arguments(spec: str, realtime: bool = False) -> tuple[list[str], bool]
         raise UserError(f"--driving {spec!r} for --stream: expected a camera (/dev/videoN, "
                         f"FORMAT:DEVICE with FORMAT in {list(DEVICE_FORMATS)}), '-', a URL, "
                         "a named pipe or a video file")
-    pace = realtime_input_arguments() if realtime and stat.S_ISREG(path.stat().st_mode) else []
-    return pace + ["-i", str(path)], False
+    mode = path.stat().st_mode
+    pace = realtime_input_arguments() if realtime and stat.S_ISREG(mode) else []
+    probe = short_probe if stat.S_ISFIFO(mode) else []
+    return pace + probe + ["-i", str(path)], False
 
 
 def decoder_command(spec: str, width: int, height: int, crop: str, realtime: bool = False
@@ -169,9 +183,17 @@ class FrameReader(threading.Thread):
                     pass
 
 
-def _take_waiting(reader: FrameReader, limit: int) -> tuple[list, bool]:
-    """The next frame (blocking) plus whatever else is already waiting, up to `limit`."""
-    first = reader.frames.get()
+class Stalled(Exception):
+    """No frame arrived within the stall timeout."""
+
+
+def _take_waiting(reader: FrameReader, limit: int, timeout: float | None = None) -> tuple[list, bool]:
+    """The next frame (waiting at most `timeout` s, else Stalled) plus whatever else is
+    already waiting, up to `limit`."""
+    try:
+        first = reader.frames.get(timeout=timeout)
+    except queue.Empty:
+        raise Stalled from None
     if first is None:
         return [], True
     items, ended = [first], False
@@ -249,22 +271,27 @@ def stream_fps(spec: str, fps: float | None) -> float:
 def run_stream(model: MotionTransferModel, config: Config, source_path: str | Path, driving: str,
                out_path: str | Path, options: AnimateOptions = AnimateOptions(),
                fps: float | None = None, queue_size: int = 2, drop: bool = True,
-               realtime: bool = False, stdin=None, stdout=None) -> StreamReport:
+               realtime: bool = False, stdin=None, stdout=None,
+               stall_timeout: float = STALL_TIMEOUT) -> StreamReport:
     """Animate `source_path` live from `driving` into `out_path`: an mp4/gif file (complete on
-    return, including after Ctrl-C), or '-' / a URL, encoded as the frames come (see
-    LiveWriter). `options.max_frames` stops after that many received frames; `stdin` and
-    `stdout` replace the process's for '-' (tests)."""
+    return, including after Ctrl-C, SIGTERM or a stall of `stall_timeout` s), or '-' / a URL,
+    encoded as the frames come (see LiveWriter). `options.max_frames` stops after that many
+    received frames; `stdin` and `stdout` replace the process's for '-' (tests)."""
     from pipeline import provenance
-    from pipeline.media import VideoWriter, load_image
-    from fomm.animate import check_options
+    from pipeline.media import VideoWriter
+    from fomm.animate import check_options, check_out_is_not_an_input
     live_target = is_live_target(str(out_path))
     out_path = str(out_path) if live_target else Path(out_path)
     check_options(options, out_path, live_target)
+    if not live_target and driving != "-":
+        check_out_is_not_an_input(out_path, source=source_path, driving=driving)
+    if not stall_timeout > 0:
+        raise UserError(f"--stall-timeout {stall_timeout}: expected a positive number of seconds")
     if options.find_best_frame:
         raise UserError("--find-best-frame needs the whole driving video; it cannot be used with --stream")
-    device = next(model.parameters()).device
+    device = model_device(model)
     height, width = config.dataset_params.frame_shape[:2]
-    source_image = load_image(source_path)
+    source_image = source_crop.load_source(source_path)
     source = source_crop.prepare(source_image, source_crop.source_box(
         source_image, options.crop, options.crop_increase), (height, width))
     analysis = (height, width) if options.crop != "auto" else (max(2 * height, 256), max(2 * width, 256))
@@ -282,10 +309,13 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     reader.start()
     try:
         writer = LiveWriter(out_path, output_fps, stdout) if live_target else VideoWriter(out_path, output_fps)
-        with writer:
+        with writer, _signals_end_the_run():
             _animate_live(model, source, reader, provenance.marking(writer, generation), options, config,
-                          device, report)
-            if report.frames_out == 0:
+                          device, report, stall_timeout)
+            if report.frames_out == 0 and report.ended_by == "stall":
+                raise UserError(f"--driving {driving!r}: no frame arrived within {stall_timeout:g} s "
+                                "(--stall-timeout)")
+            if report.frames_out == 0 and report.ended_by == "end of input":
                 proc.wait(timeout=10)
                 error = proc.stderr.read().decode(errors="replace").strip()
                 raise UserError(f"--driving {driving!r}: no frames could be read"
@@ -304,6 +334,31 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     report.seconds = time.perf_counter() - start
     logger.info(report.summary())
     return report
+
+
+class _Signalled(KeyboardInterrupt):
+    """SIGTERM turned into an interrupt, so the run finishes its file as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _signals_end_the_run():
+    """While live: SIGTERM (and SIGINT, as always) interrupt the loop, which then finishes the
+    output. A second signal during the finishing gets the previous handler. Main thread only
+    (Python delivers signals there); elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        signal.signal(signal.SIGTERM, previous)
+        raise _Signalled("SIGTERM")
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def live_batch_sizes(batch_size: int) -> list[int]:
@@ -325,21 +380,23 @@ def warm_up(model: MotionTransferModel, source: np.ndarray, options: AnimateOpti
     frames do not pay for lazy kernel selection and allocation."""
     image = to_tensor(source, device)
     animator = Animator(model, image, image, options, device)
-    for batch in live_batch_sizes(options.batch_size):
+    for batch in live_batch_sizes(batch_size(options, device)):
         animator(image.expand(batch, -1, -1, -1))
     if device.type == "cuda":
         import torch
         torch.cuda.synchronize(device)
 
 
-def _animate_live(model, source, reader, writer, options, config, device, report) -> None:
+def _animate_live(model, source, reader, writer, options, config, device, report,
+                  stall_timeout: float | None = None) -> None:
     """The live loop: crop box and initial frame from the first usable frame, then batches
-    of whatever is waiting. Ctrl-C ends the loop and keeps what was written."""
+    of whatever is waiting. Ctrl-C, SIGTERM or a stall end the loop and keep what was written."""
     height, width = config.dataset_params.frame_shape[:2]
     animator, box, searched = None, None, 0
+    limit = batch_size(options, device)
     try:
         while True:
-            items, ended = _take_waiting(reader, options.batch_size)
+            items, ended = _take_waiting(reader, limit, stall_timeout)
             if animator is None and items:
                 if options.crop == "auto":
                     box, searched, items = _find_face_box(items, options, searched)
@@ -355,8 +412,12 @@ def _animate_live(model, source, reader, writer, options, config, device, report
                 _write_batch(animator, items, box, source, writer, options, config, report, device)
             if ended:
                 break
-    except KeyboardInterrupt:
-        logger.info("stream: interrupted, finishing the output")
+    except Stalled:
+        report.ended_by = "stall"
+        logger.warning("stream: no frame for %.1f s; finishing the output", stall_timeout)
+    except KeyboardInterrupt as interrupt:
+        report.ended_by = "SIGTERM" if isinstance(interrupt, _Signalled) else "SIGINT"
+        logger.info("stream: %s, finishing the output", report.ended_by)
 
 
 def _find_face_box(items, options, searched):
@@ -378,7 +439,7 @@ def _find_face_box(items, options, searched):
 def _write_batch(animator, items, box, source, writer, options, config, report, device) -> None:
     height, width = config.dataset_params.frame_shape[:2]
     frames = [source_crop.prepare(frame, box, (height, width)) for _, frame in items]
-    padded = next(size for size in live_batch_sizes(options.batch_size) if size >= len(frames))
+    padded = next(size for size in live_batch_sizes(batch_size(options, device)) if size >= len(frames))
     frames += [frames[-1]] * (padded - len(frames))  # results past len(items) are not written
     step = time.perf_counter()
     outputs = animator(to_tensor(frames, device))
@@ -390,3 +451,5 @@ def _write_batch(animator, items, box, source, writer, options, config, report, 
         writer.write(frame)
         report.latencies.append(time.perf_counter() - arrival)
         report.frames_out += 1
+        if report.frames_out == 1:
+            logger.info("stream: first frame written, %.0f ms after it arrived", 1000 * report.latencies[0])

@@ -127,7 +127,7 @@ def _resize(frames, size: tuple[int, int]):
 
 
 def reconstruct_clip(model, frames: np.ndarray, size: tuple[int, int], batch_size: int = 16,
-                     device: str = "cpu", l1_out: list | None = None
+                     device: str = "cpu", l1_out: list | None = None, precision: str = "fp32"
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Paper protocol on one clip: frame 0 drives nothing, every frame drives the source.
 
@@ -137,12 +137,15 @@ def reconstruct_clip(model, frames: np.ndarray, size: tuple[int, int], batch_siz
     original's reconstruction.py and `pipeline run reconstruct` compute it (not on uint8).
     """
     import torch
+    from fomm.precision import resolve
+    path = resolve(precision, device)  # --precision (fomm/precision.py)
+    path.prepare_model(model)
     video = _resize(frames, size)  # (T, 3, h, w)
-    source = video[:1].to(device)  # (1, 3, h, w)
+    source = path.prepare_input(video[:1].to(device))  # (1, 3, h, w)
     predictions, deformations = [], []
-    with torch.no_grad():
+    with path.context():
         for start in range(0, len(video), batch_size):
-            driving = video[start:start + batch_size].to(device)  # (B, 3, h, w)
+            driving = path.prepare_input(video[start:start + batch_size].to(device))  # (B, 3, h, w)
             out = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)
             if l1_out is not None:
                 difference = (out["prediction"].float() - driving).abs()  # (B, 3, h, w)
@@ -222,7 +225,8 @@ def score_model(spec: ModelSpec, store, clips: list[str], args, pose, identity, 
     for index, clip in enumerate(clips):
         frames = read_clip(store, clip, args.max_frames)
         float_l1 = []
-        real, fake, deformation = reconstruct_clip(model, frames, size, args.batch_size, args.device, float_l1)
+        real, fake, deformation = reconstruct_clip(model, frames, size, args.batch_size, args.device, float_l1,
+                                                   getattr(args, "precision", "fp32"))
         real_kp, real_emb = _real_detections(cache, clip, real, pose, identity)
         scores = score_clip(real, fake, pose=pose, identity=identity, lpips=args.lpips,
                             real_keypoints=real_kp, real_embeddings=real_emb, protocol=args.protocol)
@@ -369,6 +373,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     from pipeline.provenance import add_argument
     add_argument(parser)
+    parser.add_argument("--precision", default="fp32", help="fp32 (default: scores comparable across "
+                        "machines), bf16 or auto (fomm/precision.py)")
 
 
 def command_line(args: argparse.Namespace) -> list[str]:

@@ -229,7 +229,8 @@ def test_static_driving_gives_source_keypoints(model, d12_short, shared_data):
     source = source_crop.prepare(load_image(shared_data / "faces/sadtalker/happy.png"), None, (64, 64))
     first = source_crop.prepare(next(iter_frames(d12_short)), None, (64, 64))
     static = to_tensor([first] * 4, CPU)  # a driving video whose frames all equal its first
-    relative = Animator(model, to_tensor(source, CPU), to_tensor(first, CPU), AnimateOptions(), CPU)
+    # fp32: an identity of the motion math, on every CPU (auto would take bf16 where native)
+    relative = Animator(model, to_tensor(source, CPU), to_tensor(first, CPU), AnimateOptions(precision="fp32"), CPU)
     with torch.inference_mode():
         detected, transferred = relative.motion(static)
     kp_source = model.keypoints(relative.motion_source).expand(4, -1, -1)
@@ -237,7 +238,8 @@ def test_static_driving_gives_source_keypoints(model, d12_short, shared_data):
     torch.testing.assert_close(transferred["jacobian"], relative.motion_source["jacobian"].expand(4, -1, -1, -1),
                                atol=1e-4, rtol=0)
     # Absolute motion gives the driving's own keypoints, which are not the source's.
-    absolute = Animator(model, to_tensor(source, CPU), to_tensor(first, CPU), AnimateOptions(relative=False), CPU)
+    absolute = Animator(model, to_tensor(source, CPU), to_tensor(first, CPU),
+                        AnimateOptions(relative=False, precision="fp32"), CPU)
     with torch.inference_mode():
         _, moved = absolute.motion(static)
     torch.testing.assert_close(model.keypoints(moved), model.keypoints(detected))
@@ -251,7 +253,7 @@ def test_adapt_scale_scales_the_displacement(model, d12_short, shared_data):
     kp = {}
     for adapt in (False, True):
         animator = Animator(model, to_tensor(source, CPU), to_tensor(frames[0], CPU),
-                            AnimateOptions(adapt_scale=adapt), CPU)
+                            AnimateOptions(adapt_scale=adapt, precision="fp32"), CPU)
         with torch.inference_mode():
             kp[adapt] = model.keypoints(animator.motion(batch)[1]) - model.keypoints(animator.motion_source)
     from fomm.model import movement_scale

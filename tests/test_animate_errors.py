@@ -14,15 +14,6 @@ from pipeline.config import load_config
 from pipeline.errors import UserError
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from fomm.registry import build_model
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(build_model(load_config("tiny")).checkpoint_state(), path)
-    return path
-
-
 @pytest.fixture
 def out_dir(tmp_path):
     directory = tmp_path / "out"
@@ -124,7 +115,7 @@ def test_checkpoint_that_is_not_a_checkpoint(shared_data, out_dir, capsys):
 
 @pytest.mark.parametrize("extra, words", [
     (("--device", "cuda"), ("cuda", "--device cpu")),
-    (("--precision", "bf16"), ("bf16",)),
+    (("--precision", "fp16"), ("fp16",)),
     (("--batch-size", "0"), ("--batch-size 0",)),
 ])
 def test_bad_options(checkpoint, shared_data, out_dir, capsys, extra, words):

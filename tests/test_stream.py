@@ -41,7 +41,7 @@ def test_input_arguments_for_devices_urls_and_pipes(tmp_path):
     args, _ = stream.input_arguments("dshow:video=Integrated Camera")
     assert args[-1] == "video=Integrated Camera"  # one argument, spaces and all: no shell
     assert stream.input_arguments("rtsp://camera.local/live")[0][-1] == "rtsp://camera.local/live"
-    assert stream.input_arguments("-") == (["-i", "pipe:0"], True)
+    assert stream.input_arguments("-")[0][-2:] == ["-i", "pipe:0"] and stream.input_arguments("-")[1]
     clip = tmp_path / "a.ts"
     clip.write_bytes(b"")
     assert stream.input_arguments(str(clip), realtime=True)[0][:-2] == realtime_input_arguments()

@@ -1,0 +1,299 @@
+"""`pipeline run export`: a FOMM's keypoint detector and generator as ONNX graphs.
+
+    pipeline run export --config vox-256 --checkpoint vox-cpk.pth.tar --format onnx --out vox-onnx/ \\
+        [--check-frames driving.mp4]
+    pipeline run animate --backend onnxruntime vox-onnx/ --source photo.jpg --driving video.mp4 --out a.mp4
+
+The folder holds `kp_detector.onnx` (frames (B, 3, H, W) in [0, 1] -> keypoints `value`
+(B, K, 2) and `jacobian` (B, K, 2, 2), FOMM Eq. 4), `generator.onnx` (source and the
+source and driving keypoints -> `prediction` (B, 3, H, W), the dense motion of Eq. 5-6 and
+the occlusion-aware generator of §3.3 inside), the resolved `config.yaml`, and
+`export.json` with the parity check. Batch is a dynamic axis of every input and output;
+the frame size is the config's.
+
+The relative motion transfer (§3.5, Eq. 8) stays outside the graphs, in Python, so
+animating with onnxruntime follows the same code as with torch (`OnnxFomm.transfer`).
+Before the folder appears, both graphs are run by onnxruntime on real frames
+(`--check-frames`; a smooth synthetic image otherwise) against the torch modules; a max abs
+difference above 1e-4 is an error and nothing is written.
+
+Graphs are traced in fp32 by torch's TorchScript exporter at opset 17: it measured exact
+(max diff ~1e-7) where the dynamo exporter's graph was ~6e-3 off on the generator. ONNX has
+no matrix inverse, so while tracing `torch.inverse` of the 2x2 jacobians is the closed form
+adj(J)/det(J). Monkey-Net and X2Face are not exported yet.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config import Config, config_to_yaml, load_config
+from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+KP_FILE, GENERATOR_FILE, CONFIG_FILE, REPORT_FILE = ("kp_detector.onnx", "generator.onnx", "config.yaml",
+                                                     "export.json")
+GENERATOR_INPUTS = ("source", "kp_source_value", "kp_source_jacobian", "kp_driving_value",
+                    "kp_driving_jacobian")
+TOLERANCE = 1e-4
+OPSET = 17
+
+
+# --------------------------------------------------------------------------- graphs
+class KeypointGraph(nn.Module):
+    """The keypoint detector with tuple outputs (ONNX graphs have no dicts)."""
+
+    def __init__(self, kp_detector: nn.Module):
+        super().__init__()
+        self.kp_detector = kp_detector
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kp = self.kp_detector(frames)
+        return kp["value"], kp["jacobian"]  # (B, K, 2), (B, K, 2, 2)
+
+
+class GeneratorGraph(nn.Module):
+    """The occlusion-aware generator taking keypoints as flat tensors; returns the prediction."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, source, kp_source_value, kp_source_jacobian, kp_driving_value, kp_driving_jacobian):
+        out = self.generator(source, kp_driving={"value": kp_driving_value, "jacobian": kp_driving_jacobian},
+                             kp_source={"value": kp_source_value, "jacobian": kp_source_jacobian})
+        return out["prediction"]  # (B, 3, H, W)
+
+# (Both wrappers are put in eval mode before export: the exporter restores the wrapper's
+# mode afterwards, recursively, and a wrapper left in train mode would leave the wrapped
+# BatchNorms in train mode too.)
+
+
+def inverse_2x2(matrix: torch.Tensor) -> torch.Tensor:
+    """(..., 2, 2) inverse as adj(M) / det(M): traceable into plain ONNX arithmetic."""
+    a, b = matrix[..., 0, 0], matrix[..., 0, 1]
+    c, d = matrix[..., 1, 0], matrix[..., 1, 1]
+    adjugate = torch.stack([torch.stack([d, -b], dim=-1), torch.stack([-c, a], dim=-1)], dim=-2)
+    return adjugate / (a * d - b * c)[..., None, None]
+
+
+@contextlib.contextmanager
+def traceable_inverse():
+    """`torch.inverse` as `inverse_2x2` while tracing (the dense motion network inverts the
+    driving jacobians, FOMM Eq. 4); restored afterwards."""
+    original = torch.inverse
+
+    def inverse(matrix, *args, **kwargs):
+        return inverse_2x2(matrix) if matrix.shape[-2:] == (2, 2) else original(matrix, *args, **kwargs)
+
+    torch.inverse = inverse
+    try:
+        yield
+    finally:
+        torch.inverse = original
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
+                          opset_version=OPSET, dynamo=False)
+
+
+def export_onnx(model, config: Config, out_dir: str | Path, check_frames: np.ndarray) -> dict:
+    """Write the graphs, config and parity report of `model` (a FOMM) to `out_dir`.
+
+    `check_frames` (N >= 2, H, W, 3) uint8 at the config's size: frame 0 is the source,
+    the others drive it. Returns the report (max abs differences per output)."""
+    if getattr(model, "name", None) != "fomm":
+        raise UserError(f"export supports the fomm family; {getattr(model, 'name', model)!r} is not "
+                        "exported yet")
+    if model.kp_detector.jacobian is None:
+        raise UserError("export needs common_params.estimate_jacobian: true (the graphs take jacobians)")
+    out_dir = Path(out_dir)
+    kp_detector = copy.deepcopy(model.kp_detector).float().eval()
+    generator = copy.deepcopy(model.generator).float().eval()
+    frames = _to_tensor(check_frames)
+    source, driving = frames[:1], frames[1:]
+    with torch.no_grad():
+        kp_source, kp_driving = kp_detector(source), kp_detector(driving)
+    batch = driving.shape[0]
+    generator_args = (source.expand(batch, -1, -1, -1).contiguous(),
+                      kp_source["value"].expand(batch, -1, -1).contiguous(),
+                      kp_source["jacobian"].expand(batch, -1, -1, -1).contiguous(),
+                      kp_driving["value"], kp_driving["jacobian"])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        with torch.no_grad(), traceable_inverse():
+            _export(KeypointGraph(kp_detector).eval(), (driving,), staging / KP_FILE, ["frames"], ["value", "jacobian"])
+            _export(GeneratorGraph(generator).eval(), generator_args, staging / GENERATOR_FILE,
+                    list(GENERATOR_INPUTS), ["prediction"])
+        report = check_parity(staging, kp_detector, generator, frames)
+        (staging / CONFIG_FILE).write_text(config_to_yaml(config))
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        worst = max(report["max_abs_diff"].values())
+        if worst > TOLERANCE:
+            raise UserError(f"onnxruntime differs from torch by {worst:.2e} (> {TOLERANCE:g}) on the check "
+                            f"frames: {report['max_abs_diff']}; nothing written")
+        staging.chmod(0o777 & ~_umask())  # mkdtemp made it 0700
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("export: %s and %s in %s, max abs diff %.2e", KP_FILE, GENERATOR_FILE, out_dir, worst)
+    return report
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(255)  # (N, 3, H, W)
+
+
+def check_parity(folder: Path, kp_detector: nn.Module, generator: nn.Module, frames: torch.Tensor) -> dict:
+    """Max abs differences between onnxruntime and torch on `frames` (0: source, rest: driving),
+    run at two batch sizes to exercise the dynamic axis."""
+    runner = OnnxFomm(folder, check_config=False)
+    source, driving = frames[:1], frames[1:]
+    diffs = {"value": 0.0, "jacobian": 0.0, "prediction": 0.0}
+    for batch in sorted({1, driving.shape[0]}):
+        chunk = driving[:batch]
+        with torch.no_grad():
+            want_kp = kp_detector(chunk)
+            want_source = kp_detector(source)
+            want = generator(source.expand(batch, -1, -1, -1), kp_driving=want_kp,
+                             kp_source={k: v.expand(batch, *v.shape[1:]) for k, v in want_source.items()})
+        got_kp = runner.detect(chunk)
+        got = runner.generate(source, runner.detect(source), got_kp)
+        for key in ("value", "jacobian"):
+            diffs[key] = max(diffs[key], float((got_kp[key] - want_kp[key]).abs().max()))
+        diffs["prediction"] = max(diffs["prediction"], float((got["prediction"] - want["prediction"]).abs().max()))
+    return {"frames": int(frames.shape[0]), "batches": sorted({1, int(driving.shape[0])}),
+            "max_abs_diff": diffs, "tolerance": TOLERANCE, "opset": OPSET}
+
+
+# --------------------------------------------------------------------------- runtime
+class OnnxFomm(nn.Module):
+    """The exported graphs behind the model contract animate uses (detect, transfer,
+    generate, keypoints), on the CPU with onnxruntime. No parameters: nothing for torch to run."""
+
+    name = "fomm"
+
+    def __init__(self, folder: str | Path, threads: int | None = None, check_config: bool = True):
+        super().__init__()
+        import onnxruntime as ort
+        folder = Path(folder)
+        missing = [f for f in (KP_FILE, GENERATOR_FILE) + ((CONFIG_FILE,) if check_config else ())
+                   if not (folder / f).is_file()]
+        if missing:
+            raise UserError(f"--backend onnxruntime {str(folder)!r}: expected a folder written by "
+                            f"`pipeline run export`; {missing} missing")
+        self.config = load_config(folder / CONFIG_FILE) if check_config else None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        providers = ["CPUExecutionProvider"]
+        self.kp_session = ort.InferenceSession(str(folder / KP_FILE), options, providers=providers)
+        self.generator_session = ort.InferenceSession(str(folder / GENERATOR_FILE), options, providers=providers)
+
+    def detect(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        value, jacobian = self.kp_session.run(None, {"frames": _numpy(frames)})
+        return {"value": torch.from_numpy(value), "jacobian": torch.from_numpy(jacobian)}
+
+    def generate(self, source: torch.Tensor, motion_source: dict, motion_driving: dict) -> dict[str, torch.Tensor]:
+        batch = motion_driving["value"].shape[0]
+        feeds = [source.expand(batch, -1, -1, -1), motion_source["value"].expand(batch, -1, -1),
+                 motion_source["jacobian"].expand(batch, -1, -1, -1), motion_driving["value"],
+                 motion_driving["jacobian"]]
+        (prediction,) = self.generator_session.run(None, {n: _numpy(t) for n, t in zip(GENERATOR_INPUTS, feeds)})
+        return {"prediction": torch.from_numpy(prediction)}
+
+    def transfer(self, motion_source, motion_driving, motion_initial, relative=True, relative_jacobian=True,
+                 adapt_movement_scale=False):
+        """FOMM's relative transfer (§3.5), the very code the torch model runs."""
+        from fomm.model import FirstOrderModel
+        if not relative:
+            return dict(motion_driving)
+        return FirstOrderModel._relative(dict(motion_driving), motion_source, motion_driving, motion_initial,
+                                         relative_jacobian, adapt_movement_scale)
+
+    def keypoints(self, motion: dict) -> torch.Tensor:
+        return motion["value"]
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().float().cpu().numpy())
+
+
+# --------------------------------------------------------------------------- check frames
+def check_frames(path: str | Path | None, size: tuple[int, int], count: int = 5) -> np.ndarray:
+    """(count, H, W, 3) uint8: the first `count` frames of a video (or an image repeated with
+    shifts), resized to `size`; without a path, a smooth synthetic image and shifted copies."""
+    from fomm import source_crop
+    if path is None:
+        logger.warning("export: no --check-frames; checking parity on a synthetic image")
+        y, x = np.mgrid[0:size[0], 0:size[1]] / max(size)
+        base = np.stack([np.sin(6 * x), np.cos(5 * y), np.sin(4 * (x + y))], -1) * 0.5 + 0.5
+        return np.stack([np.roll((base * 255).astype(np.uint8), 3 * i, axis=1) for i in range(count)])
+    from pipeline.media import iter_frames
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--check-frames {str(path)!r} does not exist; expected a video or an image")
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+        image = source_crop.resize(source_crop.load_source(path), size)
+        return np.stack([np.roll(image, 3 * i, axis=1) for i in range(count)])
+    frames = [source_crop.resize(frame, size) for frame in iter_frames(path, 0, count)]
+    if len(frames) < 2:
+        raise UserError(f"--check-frames {str(path)!r} has {len(frames)} frames; expected at least 2")
+    return np.stack(frames)
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config name (vox-256) or yaml path")
+    parser.add_argument("--checkpoint", help="checkpoint file (ours or a released FOMM one)")
+    parser.add_argument("--random-weights", action="store_true", help="no checkpoint (benchmarks, tests)")
+    parser.add_argument("--format", default="onnx", help="onnx (the only format so far)")
+    parser.add_argument("--out", required=True, help="output folder (replaced when the check passes)")
+    parser.add_argument("--check-frames", help="video or image whose frames the parity check runs on")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override")
+
+
+def main(args: argparse.Namespace) -> int:
+    from fomm.animate import load_animation_model
+    if args.format != "onnx":
+        raise UserError(f"--format {args.format!r}: expected onnx")
+    if args.checkpoint is None and not args.random_weights:
+        raise UserError("--checkpoint is required (or --random-weights for a smoke test)")
+    out = Path(args.out)
+    if out.exists() and not (out / KP_FILE).is_file():
+        raise UserError(f"--out {args.out!r} exists and is not an export folder; expected a new path "
+                        "or an earlier export to replace")
+    config = load_config(args.config, args.overrides)
+    model = load_animation_model(config, args.checkpoint, torch.device("cpu"))
+    frames = check_frames(args.check_frames, tuple(config.dataset_params.frame_shape[:2]))
+    report = export_onnx(model, config, out, frames)
+    diffs = ", ".join(f"{k} {v:.1e}" for k, v in report["max_abs_diff"].items())
+    print(f"{out}: {KP_FILE}, {GENERATOR_FILE}; onnxruntime vs torch max abs diff {diffs} "
+          f"(tolerance {TOLERANCE:g})")
+    return 0

@@ -1,0 +1,74 @@
+"""`--precision auto|fp32|bf16`: what `auto` picks from the CPU's flags (detection
+monkeypatched, so every machine checks both branches), and what each path runs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fomm import precision
+from fomm.animate import AnimateOptions, Animator, batch_size
+from pipeline.errors import UserError
+
+
+@pytest.fixture
+def cpu_with(monkeypatch):
+    def set_flags(*flags):
+        monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(("avx2", "avx512f", *flags)))
+    return set_flags
+
+
+@pytest.mark.parametrize("flag", ["amx_bf16", "avx512_bf16"])
+def test_auto_takes_bf16_and_channels_last_on_a_native_bf16_cpu(cpu_with, flag):
+    cpu_with(flag)
+    chosen = precision.resolve("auto", "cpu")
+    assert (chosen.name, chosen.channels_last) == ("bf16", True)
+    assert precision.default_batch_size(chosen) == precision.DEFAULT_BATCH[("cpu", "bf16")]
+
+
+def test_auto_is_fp32_on_a_cpu_without_bf16(cpu_with):
+    cpu_with()  # AVX-512 without its bf16 extension: oneDNN would emulate bf16
+    chosen = precision.resolve("auto", "cpu")
+    assert (chosen.name, chosen.channels_last) == ("fp32", False)
+    assert not isinstance(chosen.autocast(), torch.autocast)
+
+
+def test_forced_paths_and_bad_names(cpu_with, caplog):
+    cpu_with("amx_bf16")
+    assert precision.resolve("fp32", "cpu").name == "fp32"
+    cpu_with()
+    precision._warn_emulated_bf16.cache_clear()
+    assert precision.resolve("bf16", "cpu").name == "bf16"  # allowed, with a warning
+    assert "emulated" in caplog.text
+    with pytest.raises(UserError, match="fp16"):
+        precision.resolve("fp16", "cpu")
+
+
+def test_cpu_flags_come_from_proc_cpuinfo():
+    flags = precision.cpu_flags()
+    with open("/proc/cpuinfo") as handle:
+        text = handle.read()
+    assert flags and all(flag in text for flag in flags)
+    assert precision.cpu_has_native_bf16() == any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+
+
+def test_animator_runs_the_resolved_path(model, cpu_with):
+    """Without native bf16 the animator's tensors stay fp32 and contiguous; with it, the
+    model runs channels_last under bf16 autocast while keypoints and jacobians stay fp32."""
+    image = torch.rand(1, 3, 64, 64)
+    cpu_with()
+    plain = Animator(model, image, image, AnimateOptions(), torch.device("cpu"))
+    assert plain.precision.name == "fp32" and plain.source.is_contiguous()
+    assert batch_size(AnimateOptions(), torch.device("cpu")) == precision.DEFAULT_BATCH[("cpu", "fp32")]
+    cpu_with("amx_bf16")
+    fast = Animator(model, image, image, AnimateOptions(), torch.device("cpu"))
+    assert fast.precision.name == "bf16"
+    assert fast.source.is_contiguous(memory_format=torch.channels_last)
+    out = fast(image.expand(2, -1, -1, -1))
+    assert out["prediction"].dtype == torch.float32
+    assert out["motion_driving"]["value"].dtype == torch.float32
+    assert out["motion_transferred"]["jacobian"].dtype == torch.float32
+    model.to(memory_format=torch.contiguous_format)
+
+
+def test_allocator_keeps_freed_memory():
+    assert precision.keep_freed_memory() is True  # glibc on the Linux test machines
