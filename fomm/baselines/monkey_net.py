@@ -33,21 +33,18 @@ file). Resizing a deformation is bilinear with align_corners=False either way, a
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fomm.api import Motion, MotionTransferModel
 from fomm.baselines.common import full, heatmap_moments, keypoint_gaussians
-from fomm.blocks import (DownBlock2d, Encoder, ResBlock2d, SameBlock2d, UpBlock2d, full_precision,
+from fomm.blocks import (Encoder, ResBlock2d, SameBlock2d, UpBlock2d, full_precision,
                          make_coordinate_grid, warp)
 from fomm.model import movement_scale
 from pipeline.config import (Config, MonkeyNetDenseMotionParams, MonkeyNetDiscriminatorParams,
                              MonkeyNetEmbeddingParams, MonkeyNetGeneratorParams, MonkeyNetKpDetectorParams)
-
-log = logging.getLogger(__name__)
+from pipeline.errors import UserError
 
 
 def downscale(frames: torch.Tensor, scale_factor: float) -> torch.Tensor:
@@ -316,7 +313,6 @@ def original_to_2d(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, tensor in state.items():
         if tensor.dim() == 5:
             if tensor.shape[2] != 1:
-                from pipeline.errors import UserError
                 raise UserError(f"tensor {key} has shape {tuple(tensor.shape)}; expected a (out, in, 1, k, k) "
                                 f"Monkey-Net convolution (temporal kernels are not supported)")
             tensor = tensor[:, :, 0]
