@@ -1,16 +1,35 @@
 """Monkey-Net (Siarohin et al., "Animating Arbitrary Objects via Deep Motion Transfer",
-CVPR 2019), in the framework of the First Order Motion Model.
+CVPR 2019), re-implemented to the maths and parameter layout of the authors' code
+(github.com/AliaksandrSiarohin/monkey-net, commit 0c8aa4ea: modules/*.py, train.py,
+reconstruction.py, transfer.py).
 
-Motion is zeroth order: each keypoint k moves by a translation only, so the backward
-motion near keypoint k is T_k(z) = z - (p_d^k - p_s^k) (Monkey-Net Eq. 4). A dense motion
-network mixes the K translations and the identity (background) with softmax masks and
-adds a residual flow (Eq. 5). A U-Net generator warps its encoder's skip features by that
-motion and joins them with keypoint heatmap differences (Sec. 3.4). A discriminator
-conditioned on the driving keypoints gives the GAN and feature-matching losses (Sec. 3.5).
+- Keypoint detector (Sec. 3.2): the frame downscaled by nearest neighbour, an hourglass whose
+  last conv gives K heat maps, softmax with a temperature, mean and covariance of each map
+  (covariance rescaled to a smallest singular value of at least `clip_variance`).
+- Dense motion (Sec. 3.3, Eq. 4-5): a movement embedding (heat-map differences / norm_const
+  and the source warped by each keypoint's translation), grouped 1x1 blocks (one group per
+  keypoint and the background), an hourglass giving K+1 mask logits (zero weights,
+  background bias `bg_init`) and a 2-channel correction; F(z) = z + sum_k M_k(z)(p_s^k -
+  p_d^k) + R(z).
+- Generator (Sec. 3.4): an encoder of `num_blocks` blocks on the raw frame; every skip (the
+  frame itself included) is warped by the dense motion and joined with the keypoint
+  embedding; a decoder without last conv; `num_refinement_blocks` residual blocks, a 1x1
+  conv and a sigmoid.
+- Discriminator (Sec. 3.5): the frame joined with the driving keypoints' Gaussians
+  (/ norm_const); 4x4 unpadded convs, InstanceNorm after the first, leaky ReLU, 2x2 average
+  pooling after every block, max `max_features`; its maps feed the feature-matching loss.
 
-Deviations from the 2019 code, on purpose: frames, not video volumes (2-D convolutions);
-keypoints and grids share one coordinate frame, `fomm.blocks.identity_grid` for the
-config's `align_corners`, so 'deformation' is exactly the grid `grid_sample` reads.
+The original works on videos (B, C, T, H, W) with (1, k, k) 3-D convolutions; here frames
+(B*T, C, H, W) go through 2-D convolutions, which compute the same. The parameter names are
+the original's; the one mapping is shape: 5-D weights (out, in, 1, k, k) are (out, in, k, k)
+here (`state_from_checkpoint` converts released files). Two places see the time axis: the
+discriminator's InstanceNorm3d normalises over (T, H, W) together (`frames_per_video`), and
+the original's BatchNorm statistics over (B, T, H, W), which folding T into the batch keeps.
+
+Grids: keypoints and identity grids are Monkey-Net's `make_coordinate_grid` (-1/+1 on the
+border pixels' centres). `model_params.align_corners` only sets grid_sample's flag: True is
+how the released checkpoints ran (torch 0.4.1), False is torch's current default (the golden
+file). Resizing a deformation is bilinear with align_corners=False either way, as on 0.4.1.
 """
 from __future__ import annotations
 
@@ -18,261 +37,386 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fomm.api import MotionTransferModel, Motion
-from fomm.baselines.common import heatmap_moments, keypoint_gaussians
-from fomm.blocks import (AntiAliasInterpolation2d, Encoder, Hourglass, SameBlock2d, UpBlock2d,
-                         identity_grid, resize_grid, scale_key, warp)
-from fomm.discriminator import Discriminator
+from fomm.api import Motion, MotionTransferModel
+from fomm.baselines.common import full, heatmap_moments, keypoint_gaussians
+from fomm.blocks import (Encoder, ResBlock2d, SameBlock2d, UpBlock2d, full_precision,
+                         make_coordinate_grid, warp)
 from fomm.model import movement_scale
-from pipeline.config import Config, ConfigError, MonkeyNetParams, replace
+from pipeline.config import (Config, MonkeyNetDenseMotionParams, MonkeyNetDiscriminatorParams,
+                             MonkeyNetEmbeddingParams, MonkeyNetGeneratorParams, MonkeyNetKpDetectorParams)
+from pipeline.errors import UserError
 
 
-def check_discriminator_scales(config: Config, use_gan: bool) -> None:
-    """The discriminator reads LossKit's image pyramid: its scales must be train_params.scales."""
-    keys = {scale_key(s) for s in config.train_params.scales}
-    missing = [s for s in config.model_params.discriminator_params.scales if scale_key(s) not in keys]
-    if use_gan and missing:
-        raise ConfigError(f"model_params.discriminator_params.scales {missing} are not in "
-                          f"train_params.scales {list(config.train_params.scales)}")
+def downscale(frames: torch.Tensor, scale_factor: float) -> torch.Tensor:
+    """Nearest-neighbour resize by `scale_factor`, as the original's F.interpolate default."""
+    if scale_factor == 1:
+        return frames
+    return F.interpolate(frames, scale_factor=scale_factor, mode="nearest")
 
 
-def gaussians(kp: Motion, size: tuple[int, int], params: MonkeyNetParams, align_corners: bool
-              ) -> torch.Tensor:
-    """(B, K, h, w) keypoint Gaussians: with the detected covariance (plus a floor) or the
-    fixed isotropic `kp_variance` (Monkey-Net Eq. 3)."""
-    eye = torch.eye(2, device=kp["value"].device, dtype=torch.float32)
-    if params.use_covariance:
-        covariance = kp["covariance"].float() + params.kp_variance_floor * eye
-    else:
-        covariance = params.kp_variance * eye.expand(*kp["value"].shape[:2], 2, 2)
-    return keypoint_gaussians(kp["value"], covariance, size[0], size[1], align_corners)
+def resize_map(maps: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, H, W): nearest, or (tri/bi)linear with align_corners=False (the
+    default of torch 0.4.1 and now; a T->T trilinear resize is bilinear per frame)."""
+    if tuple(maps.shape[2:]) == tuple(size):
+        return maps
+    if mode == "nearest":
+        return F.interpolate(maps, size=tuple(size), mode="nearest")
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-class KeypointDetector(nn.Module):
-    """Hourglass -> K heatmaps, softmax over space with a temperature -> mean and
-    covariance of each (Monkey-Net Eq. 1-2)."""
+def detach_motion(motion: Motion) -> Motion:
+    return {key: value.detach() for key, value in motion.items()}
 
-    def __init__(self, num_kp: int, num_channels: int, params: MonkeyNetParams, align_corners: bool):
+
+class MovementEmbedding(nn.Module):
+    """What the other modules see of the motion (modules/movement_embedding.py): per keypoint
+    (and a zero background if `add_bg`) its heat map, its displacement p_s - p_d and the
+    source warped by that translation, channels grouped per keypoint."""
+
+    def __init__(self, num_kp: int, num_channels: int, kp_variance: str, params: MonkeyNetEmbeddingParams,
+                 align_corners: bool, add_bg: bool = False):
         super().__init__()
-        self.down = AntiAliasInterpolation2d(num_channels, params.scale_factor)
-        self.predictor = Hourglass(params.block_expansion, num_channels, params.num_blocks,
+        self.params, self.kp_variance, self.add_bg, self.align_corners = params, kp_variance, add_bg, align_corners
+        per_kp = params.use_heatmap + 2 * params.use_difference + num_channels * params.use_deformed_source_image
+        self.out_channels = per_kp * (num_kp + add_bg)
+
+    def heatmap(self, kp_driving: Motion, kp_source: Motion, size: tuple[int, int]) -> torch.Tensor:
+        heat = keypoint_gaussians(kp_driving, size, self.kp_variance) / self.params.norm_const
+        if self.params.heatmap_type == "difference":
+            heat = heat - keypoint_gaussians(kp_source, size, self.kp_variance) / self.params.norm_const
+        return heat  # (B, K, h, w)
+
+    def forward(self, source: torch.Tensor, kp_driving: Motion, kp_source: Motion) -> torch.Tensor:
+        source = downscale(source, self.params.scale_factor)
+        batch, _, height, width = source.shape
+        inputs = []
+        if self.params.use_heatmap:
+            heat = self.heatmap(kp_driving, kp_source, (height, width))
+            if self.add_bg:
+                heat = torch.cat([torch.zeros_like(heat[:, :1]), heat], dim=1)
+            inputs.append(heat.unsqueeze(2))  # (B, K', 1, h, w)
+        if self.params.use_difference or self.params.use_deformed_source_image:
+            shift = full(kp_source["value"]) - full(kp_driving["value"])  # (B, K, 2)
+            if self.add_bg:
+                shift = torch.cat([torch.zeros_like(shift[:, :1]), shift], dim=1)
+            num_maps = shift.shape[1]
+        if self.params.use_difference:
+            inputs.append(shift[..., None, None].expand(-1, -1, -1, height, width))  # (B, K', 2, h, w)
+        if self.params.use_deformed_source_image:
+            grid = make_coordinate_grid((height, width), shift.dtype, shift.device)
+            grids = grid + shift[:, :, None, None, :]  # (B, K', h, w, 2)
+            repeated = source.unsqueeze(1).expand(-1, num_maps, -1, -1, -1).flatten(0, 1)
+            deformed = warp(repeated, grids.flatten(0, 1), self.align_corners)
+            inputs.append(deformed.view(batch, num_maps, -1, height, width))  # (B, K', C, h, w)
+        dtype = torch.promote_types(inputs[0].dtype, inputs[-1].dtype)
+        return torch.cat([x.to(dtype) for x in inputs], dim=2).flatten(1, 2)  # (B, out_channels, h, w)
+
+
+class Decoder(nn.Module):
+    """The hourglass decoder of modules/util.py: `additional_features` more input channels per
+    block (the keypoint embedding joined to every skip) and an optional last 3x3 conv."""
+
+    def __init__(self, block_expansion: int, in_features: int, out_features: int, num_blocks: int,
+                 max_features: int, additional_features: int = 0, use_last_conv: bool = True):
+        super().__init__()
+        width = lambda i: min(max_features, block_expansion * 2 ** i)  # noqa: E731
+        self.up_blocks = nn.ModuleList(
+            UpBlock2d((1 if i == num_blocks - 1 else 2) * width(i + 1) + additional_features, width(i))
+            for i in reversed(range(num_blocks)))
+        self.out_filters = block_expansion + in_features + additional_features
+        self.conv = nn.Conv2d(self.out_filters, out_features, 3, padding=1) if use_last_conv else None
+
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        skips = list(skips)
+        out = skips.pop()
+        for block in self.up_blocks:
+            out = torch.cat([block(out), skips.pop()], dim=1)
+        return out if self.conv is None else self.conv(out)
+
+
+class Hourglass(nn.Module):
+    def __init__(self, block_expansion: int, in_features: int, out_features: int, num_blocks: int,
+                 max_features: int):
+        super().__init__()
+        self.encoder = Encoder(block_expansion, in_features, num_blocks, max_features)
+        self.decoder = Decoder(block_expansion, in_features, out_features, num_blocks, max_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class KPDetector(nn.Module):
+    """Heat maps from the hourglass's own last conv, softmax(h / temperature) over space, then
+    moments (Monkey-Net Eq. 1-2) -> {'value': (B, K, 2), 'var': (B, K, 2, 2)}."""
+
+    def __init__(self, num_kp: int, num_channels: int, kp_variance: str, params: MonkeyNetKpDetectorParams):
+        super().__init__()
+        self.predictor = Hourglass(params.block_expansion, num_channels, num_kp, params.num_blocks,
                                    params.max_features)
-        self.kp = nn.Conv2d(self.predictor.out_filters, num_kp, kernel_size=7, padding=3)
-        self.temperature = params.temperature
-        self.align_corners = align_corners
+        self.params, self.kp_variance = params, kp_variance
 
     def forward(self, frames: torch.Tensor) -> Motion:
-        logits = self.kp(self.predictor(self.down(frames)))  # (B, K, h, w)
-        batch, num_kp, height, width = logits.shape
-        heatmap = F.softmax(logits.float().reshape(batch, num_kp, -1) / self.temperature, dim=2)
-        heatmap = heatmap.view(batch, num_kp, height, width)  # sums to 1 over space
-        return heatmap_moments(heatmap, self.align_corners)  # value (B, K, 2), covariance (B, K, 2, 2)
-
-
-def sparse_motions(kp_source: Motion, kp_driving: Motion, size: tuple[int, int],
-                   align_corners: bool) -> torch.Tensor:
-    """(B, K+1, h, w, 2) backward grids: identity (background) then, per keypoint, the pure
-    translation T_k(z) = z - (p_d^k - p_s^k) (Monkey-Net Eq. 4, zeroth order)."""
-    value_source, value_driving = kp_source["value"], kp_driving["value"]
-    grid = identity_grid(size, align_corners, value_source.dtype, value_source.device)  # (h, w, 2)
-    shift = (value_driving - value_source)[:, :, None, None, :]  # (B, K, 1, 1, 2)
-    translated = grid - shift  # (B, K, h, w, 2)
-    background = grid.expand(value_source.shape[0], 1, *grid.shape)  # (B, 1, h, w, 2)
-    return torch.cat([background, translated], dim=1)
+        logits = self.predictor(downscale(frames, self.params.scale_factor))  # (B, K, h, w)
+        with full_precision(logits):
+            flat = full(logits).flatten(2) / self.params.temperature
+            heatmap = F.softmax(flat, dim=2).view(logits.shape)  # sums to one over space
+            return heatmap_moments(heatmap, self.kp_variance, self.params.clip_variance)
 
 
 class DenseMotion(nn.Module):
-    """Softmax masks over the K+1 sparse motions plus a residual flow (Monkey-Net Eq. 5):
-    F(z) = sum_k M_k(z) T_k(z) + R(z). Input: heatmap differences and the source warped by
-    each T_k, at `scale_factor` of the frame."""
+    """Masks over the K+1 translations (background first) plus a correction (Eq. 5):
+    returns 'deformation' (B, h, w, 2), the grid that grid_sample reads, at scale_factor."""
 
-    def __init__(self, num_kp: int, num_channels: int, params: MonkeyNetParams, align_corners: bool):
+    def __init__(self, num_kp: int, num_channels: int, kp_variance: str, params: MonkeyNetDenseMotionParams,
+                 align_corners: bool):
         super().__init__()
-        self.down = AntiAliasInterpolation2d(num_channels, params.scale_factor)
-        in_features = (num_kp + 1) * (num_channels + 1)
-        self.hourglass = Hourglass(params.dense_motion_block_expansion, in_features,
-                                   params.dense_motion_num_blocks, params.dense_motion_max_features)
-        self.mask = nn.Conv2d(self.hourglass.out_filters, num_kp + 1, kernel_size=7, padding=3)
-        self.residual = nn.Conv2d(self.hourglass.out_filters, 2, kernel_size=7, padding=3)
-        # The residual starts at zero: at first the motion is the pure mask mixture.
-        nn.init.zeros_(self.residual.weight)
-        nn.init.zeros_(self.residual.bias)
-        self.params, self.align_corners = params, align_corners
-        self.use_residual_flow = params.use_residual_flow
+        self.mask_embedding = MovementEmbedding(num_kp, num_channels, kp_variance, params.mask_embedding_params,
+                                                align_corners, add_bg=True)
+        self.difference_embedding = MovementEmbedding(
+            num_kp, num_channels, kp_variance,
+            MonkeyNetEmbeddingParams(use_heatmap=False, use_difference=True), align_corners, add_bg=True)
+        channels = self.mask_embedding.out_channels
+        self.group_blocks = nn.ModuleList(
+            SameBlock2d(channels, channels, kernel_size=1, padding=0, groups=num_kp + 1)
+            for _ in range(params.num_group_blocks))
+        outputs = (num_kp + 1) * params.use_mask + 2 * params.use_correction
+        self.hourglass = Hourglass(params.block_expansion, channels, outputs, params.num_blocks,
+                                   params.max_features)
+        head = self.hourglass.decoder.conv
+        # Start as "every pixel follows the background": zero weights, background logit bg_init.
+        nn.init.zeros_(head.weight)
+        bias = [params.bg_init] + [0.0] * num_kp if params.use_mask else []
+        head.bias.data.copy_(torch.tensor(bias + [0.0, 0.0] * params.use_correction))
+        self.num_kp, self.params = num_kp, params
 
-    def inputs(self, source: torch.Tensor, kp_source: Motion, kp_driving: Motion,
-               motions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hourglass input (B, (K+1)(C+1), h, w): per motion its heatmap difference and the
-        source warped by it; and those warped sources (B, K+1, C, h, w)."""
-        batch, num_motions, height, width, _ = motions.shape
-        size = (height, width)
-        heat = (gaussians(kp_driving, size, self.params, self.align_corners)
-                - gaussians(kp_source, size, self.params, self.align_corners))  # (B, K, h, w)
-        heat = torch.cat([torch.zeros_like(heat[:, :1]), heat], dim=1)  # (B, K+1, h, w)
-        repeated = source.unsqueeze(1).expand(-1, num_motions, -1, -1, -1).flatten(0, 1)
-        deformed = warp(repeated, motions.flatten(0, 1), self.align_corners)  # (B(K+1), C, h, w)
-        deformed = deformed.reshape(batch, num_motions, -1, height, width)
-        return torch.cat([heat.unsqueeze(2).to(deformed.dtype), deformed], dim=2).flatten(1, 2), deformed
-
-    def forward(self, source: torch.Tensor, kp_source: Motion, kp_driving: Motion,
-                mask_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """`mask_logits` (B, K+1, h, w), if given, replaces the predicted ones (diagnostics)."""
-        source = self.down(source)  # (B, C, h, w)
-        motions = sparse_motions(kp_source, kp_driving, source.shape[2:], self.align_corners)
-        features_in, deformed = self.inputs(source, kp_source, kp_driving, motions)
-        features = self.hourglass(features_in)
-        logits = self.mask(features) if mask_logits is None else mask_logits
-        mask = F.softmax(logits.float(), dim=1)  # (B, K+1, h, w)
-        mixed = (mask.unsqueeze(-1) * motions.float()).sum(dim=1)  # (B, h, w, 2)
-        residual = self.residual(features).permute(0, 2, 3, 1).float()  # (B, h, w, 2)
-        deformation = mixed + residual if self.use_residual_flow else mixed
-        return {"mask": mask, "sparse_deformed": deformed, "residual_flow": residual,
-                "deformation_no_residual": mixed, "deformation": deformation}
+    def forward(self, source: torch.Tensor, kp_driving: Motion, kp_source: Motion) -> dict[str, torch.Tensor]:
+        source = downscale(source, self.params.scale_factor)
+        batch, _, height, width = source.shape
+        prediction = self.mask_embedding(source, kp_driving, kp_source)
+        for block in self.group_blocks:
+            prediction = F.leaky_relu(block(prediction), 0.2)
+        prediction = self.hourglass(prediction)  # (B, (K+1) + 2, h, w)
+        out = {}
+        with full_precision(prediction):
+            relative = torch.zeros(batch, 2, height, width, dtype=full(prediction).dtype, device=source.device)
+            if self.params.use_mask:
+                mask = F.softmax(full(prediction[:, :self.num_kp + 1]), dim=1)  # (B, K+1, h, w)
+                shifts = self.difference_embedding(source, kp_driving, kp_source)
+                shifts = shifts.view(batch, self.num_kp + 1, 2, height, width)
+                relative = relative + (shifts * mask.unsqueeze(2)).sum(dim=1)
+                out["mask"] = mask
+            if self.params.use_correction:
+                out["correction"] = full(prediction[:, -2:])
+                relative = relative + out["correction"]
+            grid = make_coordinate_grid((height, width), relative.dtype, relative.device)
+            out["deformation"] = relative.permute(0, 2, 3, 1) + grid  # (B, h, w, 2)
+        return out
 
 
 class Generator(nn.Module):
-    """U-Net on the source whose skip features are warped by the dense motion and joined
-    with the keypoint heatmap differences at every level (Monkey-Net Sec. 3.4)."""
+    """modules/generator.py's MotionTransferGenerator on frames (see the module docstring)."""
 
-    def __init__(self, num_kp: int, num_channels: int, params: MonkeyNetParams, align_corners: bool):
+    def __init__(self, num_kp: int, num_channels: int, kp_variance: str, params: MonkeyNetGeneratorParams,
+                 align_corners: bool):
         super().__init__()
-        expansion, most, blocks = (params.generator_block_expansion, params.generator_max_features,
-                                   params.generator_num_blocks)
-        widths = [min(most, expansion * 2 ** i) for i in range(blocks + 1)]  # per level, full res first
-        self.first = SameBlock2d(num_channels, expansion, kernel_size=7, padding=3)
-        self.encoder = Encoder(expansion, expansion, blocks, most)
-        self.up_blocks = nn.ModuleList()
-        channels = widths[blocks] + num_kp
-        for level in reversed(range(blocks)):
-            self.up_blocks.append(UpBlock2d(channels, widths[level]))
-            channels = 2 * widths[level] + num_kp
-        self.final = nn.Conv2d(channels, num_channels, kernel_size=7, padding=3)
-        self.dense_motion = DenseMotion(num_kp, num_channels, params, align_corners)
-        self.params, self.align_corners = params, align_corners
+        self.appearance_encoder = Encoder(params.block_expansion, num_channels, params.num_blocks,
+                                          params.max_features)
+        if params.kp_embedding_params is not None:
+            self.kp_embedding_module = MovementEmbedding(num_kp, num_channels, kp_variance,
+                                                         params.kp_embedding_params, align_corners)
+            embedding = self.kp_embedding_module.out_channels
+        else:
+            self.kp_embedding_module, embedding = None, 0
+        self.dense_motion_module = DenseMotion(num_kp, num_channels, kp_variance, params.dense_motion_params,
+                                               align_corners)
+        self.video_decoder = Decoder(params.block_expansion, num_channels, num_channels, params.num_blocks,
+                                     params.max_features, embedding, use_last_conv=False)
+        features = self.video_decoder.out_filters
+        self.refinement_module = nn.Sequential()
+        for i in range(params.num_refinement_blocks):
+            self.refinement_module.add_module(f"r{i}", ResBlock2d(features, kernel_size=3, padding=1))
+        self.refinement_module.add_module("conv-last", nn.Conv2d(features, num_channels, kernel_size=1))
+        self.mode, self.align_corners = params.interpolation_mode, align_corners
 
-    def skip(self, features: torch.Tensor, deformation: torch.Tensor, kp_source: Motion,
-             kp_driving: Motion) -> torch.Tensor:
-        size = tuple(features.shape[2:])
-        warped = warp(features, resize_grid(deformation, size, self.align_corners), self.align_corners)
-        heat = (gaussians(kp_driving, size, self.params, self.align_corners)
-                - gaussians(kp_source, size, self.params, self.align_corners))  # (B, K, h, w)
-        return torch.cat([warped, heat.to(warped.dtype)], dim=1)
+    def deform(self, features: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
+        """`features` warped by the dense motion resized to their size (generator.deform_input)."""
+        grid = resize_map(deformation.permute(0, 3, 1, 2), features.shape[2:], self.mode)
+        return warp(features, grid.permute(0, 2, 3, 1), self.align_corners)
 
-    def forward(self, source: torch.Tensor, kp_source: Motion, kp_driving: Motion,
-                mask_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        out = self.dense_motion(source, kp_source, kp_driving, mask_logits)
-        features = self.encoder(self.first(source))  # [(B, w_0, H, W), (B, w_1, H/2, W/2), ...]
-        x = self.skip(features[-1], out["deformation"], kp_source, kp_driving)
-        for block, level_features in zip(self.up_blocks, reversed(features[:-1])):
-            x = torch.cat([block(x), self.skip(level_features, out["deformation"], kp_source,
-                                                kp_driving)], dim=1)
-        out["prediction"] = torch.sigmoid(self.final(x))  # (B, C, H, W)
-        full = resize_grid(out["deformation"], tuple(source.shape[2:]), self.align_corners)
-        out["deformed"] = warp(source, full, self.align_corners)  # the source moved by the motion alone
+    def forward(self, source: torch.Tensor, kp_source: Motion, kp_driving: Motion) -> dict[str, torch.Tensor]:
+        skips = self.appearance_encoder(source)  # [frame, down_1, ..., down_n]
+        out = self.dense_motion_module(source, kp_driving, kp_source)
+        skips = [self.deform(skip, out["deformation"]).to(skip.dtype) for skip in skips]
+        if self.kp_embedding_module is not None:
+            embedding = self.kp_embedding_module(source, kp_driving, kp_source)  # (B, K, h, w)
+            skips = [torch.cat([skip, resize_map(embedding, skip.shape[2:], self.mode).to(skip.dtype)], dim=1)
+                     for skip in skips]
+        out["deformed"] = self.deform(source, out["deformation"])  # the source moved by the motion alone
+        out["prediction"] = torch.sigmoid(self.refinement_module(self.video_decoder(skips)))
         return out
 
 
-class KeypointDiscriminator(nn.Module):
-    """FOMM's multi-scale patch discriminator fed the frame joined with the driving
-    keypoints' Gaussians with their covariances (Monkey-Net Sec. 3.5). Returns the
-    `MultiScaleDiscriminator` dict (`feature_maps_<s>`, `prediction_map_<s>`) that
-    `LossKit`'s GAN and feature-matching losses read."""
+class DiscriminatorBlock(nn.Module):
+    """4x4 unpadded conv, InstanceNorm3d over each video's (T, H, W), leaky ReLU, 2x2 average pool."""
 
-    def __init__(self, config: Config):
+    def __init__(self, in_features: int, out_features: int, norm: bool):
         super().__init__()
-        model = config.model_params
-        params, num_kp = model.discriminator_params, model.common_params.num_kp
-        channels = model.common_params.num_channels + (num_kp if params.use_kp else 0)
-        # The Gaussians are joined here, so the inner discriminators take them as channels.
-        inner = replace(params, use_kp=False)
-        self.discs = nn.ModuleDict({scale_key(s): Discriminator(inner, channels, num_kp)
-                                    for s in params.scales})
-        self.use_kp, self.params, self.align_corners = params.use_kp, model.monkey_net_params, model.align_corners
+        self.conv = nn.Conv2d(in_features, out_features, kernel_size=4)
+        self.norm = nn.InstanceNorm3d(out_features, affine=True) if norm else None
 
-    def forward(self, pyramid: dict[str, torch.Tensor], kp: Motion) -> dict[str, object]:
-        out = {}
-        for key, disc in self.discs.items():
-            scale = key.replace("-", ".")
-            frames = pyramid["prediction_" + scale]  # (B, C, H*s, W*s)
-            if self.use_kp:
-                detached = {name: value.detach() for name, value in kp.items()}
-                heat = gaussians(detached, tuple(frames.shape[2:]), self.params, self.align_corners)
-                frames = torch.cat([frames, heat.to(frames.dtype)], dim=1)
-            out["feature_maps_" + scale], out["prediction_map_" + scale] = disc(frames)
-        return out
+    def forward(self, x: torch.Tensor, frames_per_video: int) -> torch.Tensor:
+        out = self.conv(x)  # (B*T, C, h, w)
+        if self.norm is not None:
+            videos = out.view(-1, frames_per_video, *out.shape[1:]).transpose(1, 2)  # (B, C, T, h, w)
+            out = self.norm(videos).transpose(1, 2).reshape(out.shape)
+        return F.avg_pool2d(F.leaky_relu(out, 0.2), 2)
+
+
+class Discriminator(nn.Module):
+    """modules/discriminator.py: returns [frame, block_1, ..., block_n, prediction map]."""
+
+    def __init__(self, num_kp: int, num_channels: int, kp_variance: str, params: MonkeyNetDiscriminatorParams,
+                 align_corners: bool):
+        super().__init__()
+        if params.kp_embedding_params is not None:
+            self.kp_embedding = MovementEmbedding(num_kp, num_channels, kp_variance, params.kp_embedding_params,
+                                                  align_corners)
+            embedding = self.kp_embedding.out_channels
+        else:
+            self.kp_embedding, embedding = None, 0
+        width = lambda i: min(params.max_features, params.block_expansion * 2 ** i)  # noqa: E731
+        self.down_blocks = nn.ModuleList(
+            DiscriminatorBlock(num_channels + embedding if i == 0 else width(i), width(i + 1), norm=i != 0)
+            for i in range(params.num_blocks))
+        self.conv = nn.Conv2d(width(params.num_blocks), 1, kernel_size=1)
+        self.scale_factor = params.scale_factor
+
+    def forward(self, frames: torch.Tensor, kp_driving: Motion, kp_source: Motion,
+                frames_per_video: int = 1) -> list[torch.Tensor]:
+        """`frames` (B*T, C, H, W), video-major; `frames_per_video` T as the original's
+        InstanceNorm3d sees it (training compares single frames: T = 1)."""
+        maps = [frames]
+        x = downscale(frames, self.scale_factor)
+        if self.kp_embedding is not None:
+            x = torch.cat([x, self.kp_embedding(x, kp_driving, kp_source).to(x.dtype)], dim=1)
+        for block in self.down_blocks:
+            x = block(x, frames_per_video)
+            maps.append(x)
+        maps.append(self.conv(x))
+        return maps
+
+
+def original_to_2d(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A released sub-network state dict with 5-D (out, in, 1, k, k) conv weights as 2-D
+    (out, in, k, k); BatchNorm's num_batches_tracked (absent before torch 0.4.1) filled with 0."""
+    converted = {}
+    for key, tensor in state.items():
+        if tensor.dim() == 5:
+            if tensor.shape[2] != 1:
+                raise UserError(f"tensor {key} has shape {tuple(tensor.shape)}; expected a (out, in, 1, k, k) "
+                                f"Monkey-Net convolution (temporal kernels are not supported)")
+            tensor = tensor[:, :, 0]
+        converted[key] = tensor
+        if key.endswith(".running_var"):
+            converted.setdefault(key[:-len("running_var")] + "num_batches_tracked", torch.tensor(0))
+    return converted
 
 
 class MonkeyNet(MotionTransferModel):
-    """Monkey-Net under the `fomm.api` contract; motion = {'value': (B, K, 2),
-    'covariance': (B, K, 2, 2)}."""
+    """Monkey-Net under the `fomm.api` contract; motion = {'value': (B, K, 2), 'var'}."""
     name = "monkey-net"
 
     def __init__(self, config: Config):
         super().__init__()
         model = config.model_params
-        params, num_kp = model.monkey_net_params, model.common_params.num_kp
-        channels, align = model.common_params.num_channels, model.align_corners
-        self.kp_detector = KeypointDetector(num_kp, channels, params, align)
-        self.generator = Generator(num_kp, channels, params, align)
-        self.discriminator = KeypointDiscriminator(config)
-        self.use_gan = config.train_params.loss_weights.generator_gan > 0
-        check_discriminator_scales(config, self.use_gan)
+        params, num_kp, channels = model.monkey_net_params, model.common_params.num_kp, model.common_params.num_channels
+        align = model.align_corners
+        self.kp_detector = KPDetector(num_kp, channels, params.kp_variance, params.kp_detector_params)
+        self.generator = Generator(num_kp, channels, params.kp_variance, params.generator_params, align)
+        self.discriminator = Discriminator(num_kp, channels, params.kp_variance, params.discriminator_params, align)
+        self.params, self.loss_weights = params, config.train_params.loss_weights
 
     # ------------------------------------------------------------------ inference
     def detect(self, frames: torch.Tensor) -> Motion:
         return self.kp_detector(frames)
 
-    def generate(self, source: torch.Tensor, motion_source: Motion, motion_driving: Motion
-                 ) -> dict[str, torch.Tensor]:
+    def generate(self, source: torch.Tensor, motion_source: Motion, motion_driving: Motion) -> dict[str, torch.Tensor]:
         return self.generator(source, motion_source, motion_driving)
 
     def transfer(self, motion_source: Motion, motion_driving: Motion, motion_initial: Motion,
                  relative: bool = True, relative_jacobian: bool = True,
                  adapt_movement_scale: bool = False) -> Motion:
-        """Relative transfer h_s + (h_t - h_1) (Monkey-Net Sec. 3.6), scaled by the FOMM
-        convex-hull factor if asked. Zeroth-order motion has no jacobian; its analogue, the
-        covariance, stays the source's with `relative_jacobian` and is the driving's without."""
-        if not relative:
-            return dict(motion_driving)
-        displacement = motion_driving["value"] - motion_initial["value"]  # (B, K, 2)
-        if adapt_movement_scale:
-            displacement = displacement * movement_scale(motion_source, motion_initial)
-        covariance = motion_source["covariance"] if relative_jacobian else motion_driving["covariance"]
-        return {"value": motion_source["value"] + displacement,
-                "covariance": covariance.expand_as(motion_driving["covariance"])}
+        """transfer.py's normalize_kp: `relative` (move_location) p_s + (p_t - p_1) times the
+        hull-area factor if `adapt_movement_scale` (movement_mult); `relative_jacobian`
+        (adapt_variance) Sigma_t Sigma_1^-1 Sigma_s made symmetric positive definite
+        (eigenvalues <= 0 set to 1e-6); otherwise the driving covariance is kept."""
+        out = dict(motion_driving)
+        if relative:
+            scale = movement_scale(motion_source, motion_initial) if adapt_movement_scale else 1
+            out["value"] = (motion_driving["value"] - motion_initial["value"]) * scale + motion_source["value"]
+        if relative_jacobian and motion_driving["var"].shape[-1] == 2:
+            with full_precision(motion_driving["var"]):
+                var = full(motion_driving["var"]) @ torch.linalg.inv(full(motion_initial["var"]))
+                var = var @ full(motion_source["var"])
+                eigenvalues, vectors = torch.linalg.eigh((var + var.transpose(-1, -2)) / 2)
+                eigenvalues = torch.where(eigenvalues <= 0, torch.full_like(eigenvalues, 1e-6), eigenvalues)
+                out["var"] = vectors @ torch.diag_embed(eigenvalues) @ vectors.transpose(-1, -2)
+        return out
 
     # ------------------------------------------------------------------ training
     def generator_losses(self, source, driving, kit):
-        """L1 reconstruction and perceptual (each if weighted), LSGAN generator loss and
-        discriminator feature matching (Monkey-Net Eq. 7-8), through `kit` like FOMM."""
-        weights = kit.weights
-        kp_source, kp_driving = self.detect(source), self.detect(driving)
-        generated = self.generate(source, kp_source, kp_driving)
+        """train.py's generator step: both frames through the detector in one call (its
+        BatchNorm statistics cover both), the generator, then L1 between the discriminator's
+        maps of the driving frame and of the prediction: weight reconstruction_l1 on the
+        frame itself, feature_matching on each block (the original's `reconstruction` list),
+        and the LSGAN term w (1 - D(x_hat))^2."""
+        weights = self.loss_weights
+        kp_joined = self.kp_detector(torch.cat([source, driving]))
+        batch = source.shape[0]
+        kp_source = {k: v[:batch] for k, v in kp_joined.items()}
+        kp_driving = {k: v[batch:] for k, v in kp_joined.items()}
+        detach_gen = detach_motion if self.params.detach_kp_generator else dict
+        generated = self.generator(source, detach_gen(kp_source), detach_gen(kp_driving))
         generated.update(kp_source=kp_source, kp_driving=kp_driving)
         prediction = generated["prediction"]
         losses = {}
         if weights.reconstruction_l1:
-            losses["reconstruction_l1"] = kit.reconstruction_l1(prediction, driving)
-        if sum(weights.perceptual) != 0:
-            losses["perceptual"] = kit.perceptual(prediction, driving)
-        if self.use_gan:
-            disc_fake = self.discriminator(kit.pyramid(prediction), kp_driving)
-            disc_real = self.discriminator(kit.pyramid(driving), kp_driving)
-            losses["gen_gan"] = kit.gan_generator_loss(disc_fake)
-            if sum(weights.feature_matching) != 0:
-                losses["feature_matching"] = kit.feature_matching(disc_real, disc_fake)
+            losses["reconstruction_l1"] = weights.reconstruction_l1 * (prediction - driving).abs().float().mean()
+        if self.params.reconstruction_deformed:
+            losses["reconstruction_deformed"] = (self.params.reconstruction_deformed
+                                                 * (generated["deformed"] - driving).abs().float().mean())
+        if any(weights.feature_matching) or weights.generator_gan:
+            detach_disc = detach_motion if self.params.detach_kp_discriminator else dict
+            kp = (detach_disc(kp_driving), detach_disc(kp_source))
+            fake = self.discriminator(prediction, *kp)
+            real = self.discriminator(driving, *kp)
+            matching = [w * (a - b).abs().float().mean()
+                        for w, a, b in zip(weights.feature_matching, real[1:-1], fake[1:-1]) if w]
+            if matching:
+                losses["feature_matching"] = sum(matching)
+            if weights.generator_gan:
+                losses["gen_gan"] = weights.generator_gan * ((1 - fake[-1].float()) ** 2).mean()
         return losses, generated
 
     def discriminator_losses(self, source, driving, generated, kit):
-        """LSGAN: (1 - D(real))^2 + D(fake)^2, both conditioned on the driving keypoints."""
-        if not self.use_gan:
+        """LSGAN w ((1 - D(x))^2 + D(x_hat)^2) with the keypoints detached. (With
+        detach_kp_discriminator false the original also steps the keypoint detector on this
+        loss; the shared loop steps only the discriminator here.)"""
+        if not self.loss_weights.discriminator_gan:
             return {}
-        kp_driving = generated["kp_driving"]
-        disc_fake = self.discriminator(kit.pyramid(generated["prediction"].detach()), kp_driving)
-        disc_real = self.discriminator(kit.pyramid(driving), kp_driving)
-        return {"disc_gan": kit.gan_discriminator_loss(disc_real, disc_fake)}
+        kp = (detach_motion(generated["kp_driving"]), detach_motion(generated["kp_source"]))
+        fake = self.discriminator(generated["prediction"].detach(), *kp)[-1].float()
+        real = self.discriminator(driving, *kp)[-1].float()
+        return {"disc_gan": self.loss_weights.discriminator_gan * ((1 - real) ** 2 + fake ** 2).mean()}
 
     def optimizer_groups(self):
         return {"generator": list(self.generator.parameters()),
                 "kp_detector": list(self.kp_detector.parameters()),
                 "discriminator": list(self.discriminator.parameters())}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_from_checkpoint(self, checkpoint: dict) -> dict[str, dict[str, torch.Tensor]]:
+        """The project's checkpoints, or a released Monkey-Net file (logger.py save_cpk:
+        {generator, kp_detector, discriminator, optimizer_*, epoch, it} with 5-D weights)."""
+        state = super().state_from_checkpoint(checkpoint)
+        return {name: original_to_2d(sd) for name, sd in state.items()}
