@@ -66,13 +66,16 @@ def test_heatmap_moments_recover_mean_and_covariance_and_clip():
     heatmap = (density / density.sum()).view(1, 1, 128, 128)
     moments = heatmap_moments(heatmap, "matrix", clip_variance=1e-3)
     assert torch.allclose(moments["value"][0, 0], mean, atol=1e-4)
-    assert torch.allclose(moments["var"][0, 0], covariance, atol=2e-4)  # s_min 0.0064 > floor: unchanged
+    # The original adds 1e-7 to every pixel of the heat map (empty maps stay finite): over 128x128
+    # pixels that uniform floor widens the covariance by 1e-7 * sum_z (z - p)(z - p)^T (~6e-4).
+    floor = 1e-7 * torch.einsum("hwi,hwj->ij", centred, centred)
+    assert torch.allclose(moments["var"][0, 0], covariance + floor, atol=2e-4)  # s_min 0.0064 > clip: unchanged
     clipped = heatmap_moments(heatmap, "matrix", clip_variance=0.05)["var"][0, 0]
     assert torch.isclose(torch.linalg.svdvals(clipped).min(), torch.tensor(0.05, dtype=torch.float64))
     direction = clipped / clipped.norm()
     assert torch.allclose(direction, moments["var"][0, 0] / moments["var"][0, 0].norm())  # only rescaled
     single = heatmap_moments(heatmap, "single")["var"][0, 0, 0, 0]
-    assert torch.isclose(single, covariance.diagonal().mean(), atol=2e-4)
+    assert torch.isclose(single, (covariance + floor).diagonal().mean(), atol=2e-4)
 
 
 def test_monkey_net_keypoints_on_real_frames(taichi_frames):
