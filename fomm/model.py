@@ -51,8 +51,8 @@ def convex_hull_area(points: np.ndarray) -> float:
 
 def movement_scale(kp_source: Motion, kp_initial: Motion) -> float:
     """adapt_movement_scale = sqrt(hull area of source keypoints / that of the initial driving frame's)."""
-    source_area = convex_hull_area(kp_source["value"][0].detach().float().cpu().numpy())
-    initial_area = convex_hull_area(kp_initial["value"][0].detach().float().cpu().numpy())
+    source_area = convex_hull_area(kp_source["value"][0].detach().double().cpu().numpy())
+    initial_area = convex_hull_area(kp_initial["value"][0].detach().double().cpu().numpy())
     if initial_area <= 0:
         return 1.0
     return float(np.sqrt(source_area) / np.sqrt(initial_area))
