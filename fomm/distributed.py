@@ -40,14 +40,20 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     if dist_ctx.device == "cpu":
         torch.set_num_threads(loop_config["threads_per_worker"])
     config = config_from_dict(loop_config["config"])
+    # train_distributed cleared an --overwrite'd folder before the workers started.
     last = train(config, loop_config["data"], loop_config["out"], resume=loop_config["resume"], dist_ctx=dist_ctx)
     ray.train.report({f"final_{k}": v for k, v in last.items()})
 
 
 def train_distributed(config: Config, data_root: str | Path, out_dir: str | Path, num_workers: int,
                       ray_address: str | None = None, resume: bool = False,
-                      threads_per_worker: int = 1) -> Path:
-    """Train on `num_workers` Ray Train workers (DDP); returns `out_dir`."""
+                      threads_per_worker: int = 1, overwrite: bool = False) -> Path:
+    """Train on `num_workers` Ray Train workers (DDP); returns `out_dir`.
+
+    The run folder is checked here, before any worker starts, so another run in `out_dir`
+    is refused (or replaced with `overwrite`) with one line rather than a worker's traceback.
+    """
+    from fomm.train import check_run_folder
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -55,6 +61,7 @@ def train_distributed(config: Config, data_root: str | Path, out_dir: str | Path
 
     use_gpu = torch.cuda.is_available()
     out_dir = Path(out_dir).resolve()
+    check_run_folder(out_dir, resume, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     started_here = ray_address is None
     init_ray(address=ray_address, num_cpus=None if ray_address else max(num_workers, os.cpu_count() or 1))
