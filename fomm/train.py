@@ -354,6 +354,9 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
     seed_everything(tp.seed)
     from fomm.registry import build_model
     model = build_model(config).to(device)
+    if dist_ctx.world_size > 1:  # batch statistics over all workers, as the original's synchronised BN
+        from fomm.distributed import synchronize_batch_norm
+        model = synchronize_batch_norm(model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizers = build_optimizers(model, config)
