@@ -43,8 +43,10 @@ _INFERENCE_OPTIONAL = {"discriminator"}
 # needs beyond torch's allowlist: a uint32 array. ndarray reconstruction builds an array
 # and fills it from bytes or from objects the same restricted unpickler produced, so it
 # runs no code of the file's choosing. numpy 1.x pickles name numpy.core.*.
-_NUMPY_RNG_GLOBALS = [np._core.multiarray._reconstruct, (np._core.multiarray._reconstruct,
-                      "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype, np.dtypes.UInt32DType]
+_reconstruct = (np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct  # numpy 2 / 1.x
+_NUMPY_RNG_GLOBALS = [_reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"),
+                      (_reconstruct, "numpy._core.multiarray._reconstruct"), np.ndarray, np.dtype,
+                      type(np.dtype(np.uint32))]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

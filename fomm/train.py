@@ -87,7 +87,8 @@ def main(args: argparse.Namespace) -> int:
     data = args.data or config.dataset_params.root_dir
     if not data:
         raise UserError("no data: pass --data or set dataset_params.root_dir")
-    check_run_folder(Path(args.out), args.resume, args.overwrite)
+    if not args.overwrite:  # refuse early; an --overwrite deletes only once the run's inputs are checked
+        check_run_folder(Path(args.out), args.resume, overwrite=False)
     if args.workers > 1 or args.ray_address:
         from fomm.distributed import train_distributed
         train_distributed(config, data, args.out, num_workers=args.workers,
