@@ -19,12 +19,16 @@ log = logging.getLogger(__name__)
 
 
 def random_flip(frames: np.ndarray, params: FlipParams, rng: np.random.Generator) -> np.ndarray:
-    """Reverse time and/or mirror left-right, each with probability 1/2."""
+    """Reverse time (probability 1/2) or else mirror left-right (probability 1/2).
+
+    As the original's `RandomFlip`, a time flip returns at once: the two never combine, so
+    with both enabled a clip is time-flipped 1/2, mirrored 1/4 and unchanged 1/4 of the time.
+    """
     if params.time_flip and rng.random() < 0.5:
-        frames = frames[::-1]
+        return np.ascontiguousarray(frames[::-1])
     if params.horizontal_flip and rng.random() < 0.5:
-        frames = frames[:, :, ::-1]
-    return np.ascontiguousarray(frames)
+        return np.ascontiguousarray(frames[:, :, ::-1])
+    return frames
 
 
 def random_rotation(frames: np.ndarray, params: RotationParams, rng: np.random.Generator) -> np.ndarray:

@@ -44,6 +44,12 @@ def identity_grid(spatial_size: tuple[int, int], align_corners: bool,
     return torch.stack([x.view(1, w).expand(h, w), y.view(h, 1).expand(h, w)], dim=-1)
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in fp32 if it is a half type (bf16/fp16 under autocast), else unchanged: float64
+    runs (the golden tests) must stay float64 all the way through."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def full_precision(tensor: torch.Tensor):
     """Context that turns autocast off on `tensor`'s device: coordinates, jacobian inverses and
     sampling grids stay fp32 under bf16 autocast (bf16 would move points by ~0.5 px at 256)."""

@@ -1,28 +1,52 @@
-"""Checkpoint files: written atomically, read in both the released and the project's format.
+"""Checkpoint files: written atomically, read in both the released and the project's format,
+and only ever through torch's restricted unpickler.
 
 Released FOMM checkpoints (`vox-cpk.pth.tar`, `taichi-cpk.pth.tar`, ...) are a dict
 `{'generator': sd, 'kp_detector': sd, 'discriminator': sd, 'optimizer_generator': ...,
 'epoch': n}`. The project's training loop writes the same layout plus `'config'` (the
-resolved config dict), scheduler, step and RNG states; a `{'model': {sub-network: sd},
-'config': ...}` nesting is accepted too. `load_model` reads all of them.
+resolved config dict), scheduler, step and RNG states, all as tensors and plain Python
+values; a `{'model': {sub-network: sd}, 'config': ...}` nesting is accepted too.
+`load_model` reads all of them.
+
+Safety: a pickle can name any Python callable, and unpickling calls it, so a crafted
+`.pth` file runs code when loaded with `weights_only=False`. Every file is read with
+`weights_only=True` (tensors, dicts, lists, numbers, strings; plus the numpy RNG arrays of
+checkpoints the project wrote before its RNG states became tensors). A file that needs
+anything else is refused with a UserError naming it and the Python object it asks for. The
+one opt-in: the environment variable FOMM_TRUST_PICKLE naming that exact file (several
+joined by the path separator, ':' on Linux) lets the full unpickler read it; never a
+silent fallback.
 """
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from pipeline.config import Config, config_from_dict
+from pipeline.config import Config, config_from_dict, resolve_align_corners
 from pipeline.errors import UserError
 from pipeline.media import atomic_path
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "motion-transfer/1"
+TRUST_PICKLE_ENV = "FOMM_TRUST_PICKLE"
 # Sub-networks needed to run a model; others (the discriminator) may be absent for inference.
 _INFERENCE_OPTIONAL = {"discriminator"}
+# What numpy's legacy RNG state (the project's checkpoints before RNG states became tensors)
+# needs beyond torch's allowlist: a uint32 array. ndarray reconstruction builds an array
+# and fills it from bytes or from objects the same restricted unpickler produced, so it
+# runs no code of the file's choosing. numpy 1.x pickles name numpy.core.*.
+_reconstruct = (np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct  # numpy 2 / 1.x
+_NUMPY_RNG_GLOBALS = [_reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"),
+                      (_reconstruct, "numpy._core.multiarray._reconstruct"), np.ndarray, np.dtype,
+                      type(np.dtype(np.uint32))]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -33,22 +57,61 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+def _trusted(path: Path) -> bool:
+    """Whether the user named `path` in FOMM_TRUST_PICKLE (the documented opt-in)."""
+    named = [p for p in os.environ.get(TRUST_PICKLE_ENV, "").split(os.pathsep) if p.strip()]
+    return any(Path(p).expanduser().resolve() == path.resolve() for p in named)
+
+
+def _refusal_reason(err: Exception) -> str | None:
+    """The Python object a file asks the unpickler for, or None when it is no pickle at all."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return match.group(1) if match else None
+
+
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint dict; UserError when the file is missing or not a checkpoint."""
+    """Read a checkpoint dict with torch's restricted unpickler (weights_only=True).
+
+    UserError when the file is missing, not a checkpoint, or needs the full unpickler (it
+    names a Python object to call) and is not named in FOMM_TRUST_PICKLE.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; expected a .pth/.pth.tar file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as safe_err:  # numpy RNG states or old pickles need the full unpickler
-        log.debug("weights_only load of %s failed (%s); using the full unpickler", path, safe_err)
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as err:
-            raise UserError(f"checkpoint {path} could not be read as a torch file: {err}") from None
+        with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        needs = _refusal_reason(err)
+        if needs is None:
+            raise UserError(f"checkpoint {path} could not be read as a torch file: {_summary(err)}") from None
+        if not _trusted(path):
+            raise UserError(f"checkpoint {path} refused: it asks the unpickler for the Python object {needs}, "
+                            f"which a checkpoint of tensors never needs and which could run code; if you trust "
+                            f"this file, set {TRUST_PICKLE_ENV}={path} to load it") from None
+        log.warning("%s needs the full unpickler (%s); loading it because %s names it", path, needs,
+                    TRUST_PICKLE_ENV)
+        state = _load_trusted_pickle(path, map_location)
+    except Exception as err:
+        raise UserError(f"checkpoint {path} could not be read as a torch file: {_summary(err)}") from None
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} holds a {type(state).__name__}; expected a dict of state dicts")
     return state
+
+
+def _load_trusted_pickle(path: Path, map_location: Any) -> Any:
+    """The full unpickler, only ever for a file the user named in FOMM_TRUST_PICKLE."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise UserError(f"checkpoint {path} could not be read as a torch file: {_summary(err)}") from None
+
+
+def _summary(err: Exception) -> str:
+    """One line of a torch.load error: its last line that is not the pointer to the docs."""
+    lines = [line.strip() for line in str(err).splitlines()
+             if line.strip() and not line.strip().startswith("Check the documentation")]
+    return (lines[-1] if lines else type(err).__name__)[:200]
 
 
 def model_state(checkpoint: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
@@ -64,6 +127,16 @@ def checkpoint_config(checkpoint: dict[str, Any]) -> Config | None:
     return config_from_dict(data) if isinstance(data, dict) else None
 
 
+def checkpoint_align_corners(saved: Config | None) -> bool:
+    """The grid convention a checkpoint's weights were trained with: its recorded value for a
+    project checkpoint (False where it recorded none: the project trains with False), True
+    for a file without the project's config (the released checkpoints predate torch 1.3,
+    whose grid_sample behaved as align_corners=True)."""
+    if saved is None:
+        return True
+    return bool(saved.model_params.align_corners)
+
+
 def _strip_module_prefix(state: dict) -> dict:
     # Checkpoints saved from DataParallel/DDP wrappers prefix every key with "module.".
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
@@ -74,21 +147,25 @@ def _strip_module_prefix(state: dict) -> dict:
 def load_model(config: Config | None, path: str | Path, device: Any = None, strict: bool = True):
     """Build the model the config describes, load the checkpoint at `path`, return it in eval mode.
 
-    `config` None uses the config a project checkpoint carries. Raises UserError naming
-    the first tensor that is missing, unexpected or of another shape than the config builds.
+    `config` None uses the config a project checkpoint carries. `model_params.align_corners`
+    left automatic (None) takes the checkpoint's convention (checkpoint_align_corners); an
+    explicit value wins. Raises UserError naming the first tensor that is missing,
+    unexpected or of another shape than the config builds.
     """
     from fomm.registry import build_model
 
     checkpoint = load_checkpoint_file(path)
+    saved = checkpoint_config(checkpoint)
     if config is None:
-        config = checkpoint_config(checkpoint)
+        config = saved
         if config is None:
             raise UserError(f"checkpoint {path} carries no config (a released checkpoint); "
                             f"pass --config with the yaml it was trained with")
-    elif checkpoint_config(checkpoint) is None and not config.model_params.align_corners:
-        log.warning("%s has no config of its own (a released checkpoint?): those were trained when "
-                    "grid_sample behaved as align_corners=True; pass model_params.align_corners=true to "
-                    "run them exactly as trained", path)
+    config = resolve_align_corners(config, checkpoint_align_corners(saved))
+    if saved is None and not config.model_params.align_corners:
+        log.info("%s has no config of its own (a released checkpoint?) and runs with "
+                 "model_params.align_corners=false as configured; released checkpoints were trained "
+                 "with align_corners=True", path)
     model = build_model(config)
     state = model.state_from_checkpoint(checkpoint)
     needed = {name for name, _ in model.named_children()} - _INFERENCE_OPTIONAL

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fomm.blocks import (AntiAliasInterpolation2d, Hourglass, full_precision, kp2gaussian,
-                         make_coordinate_grid, warp)
+from fomm.blocks import (AntiAliasInterpolation2d, Hourglass, at_least_fp32, full_precision,
+                         kp2gaussian, make_coordinate_grid, warp)
 from pipeline.config import DenseMotionParams
 
 
@@ -48,13 +48,13 @@ class DenseMotionNetwork(nn.Module):
 
     def _sparse_motions(self, spatial_size, kp_driving, kp_source) -> torch.Tensor:
         h, w = spatial_size
-        value_d, value_s = kp_driving["value"].float(), kp_source["value"].float()
+        value_d, value_s = at_least_fp32(kp_driving["value"]), at_least_fp32(kp_source["value"])
         bs = value_d.shape[0]
         grid = make_coordinate_grid((h, w), value_s.dtype, value_s.device).view(1, 1, h, w, 2)
         coords = grid - value_d.view(bs, self.num_kp, 1, 1, 2)  # (B, K, h, w, 2)
         if "jacobian" in kp_driving and "jacobian" in kp_source:
-            jacobian = torch.matmul(kp_source["jacobian"].float(),
-                                    torch.inverse(kp_driving["jacobian"].float()))  # (B, K, 2, 2)
+            jacobian = torch.matmul(at_least_fp32(kp_source["jacobian"]),
+                                    torch.inverse(at_least_fp32(kp_driving["jacobian"])))  # (B, K, 2, 2)
             jacobian = jacobian.view(bs, self.num_kp, 1, 1, 2, 2)
             coords = torch.matmul(jacobian, coords.unsqueeze(-1)).squeeze(-1)
         driving_to_source = coords + value_s.view(-1, self.num_kp, 1, 1, 2)
@@ -79,7 +79,7 @@ class DenseMotionNetwork(nn.Module):
         deformed = self.deformed_sources(source, motions)  # (B, K+1, C, h, w)
         net_in = torch.cat([heatmaps.to(deformed.dtype), deformed], dim=2).view(bs, -1, h, w)
         features = self.hourglass(net_in)
-        mask = F.softmax(self.mask(features).float(), dim=1)  # (B, K+1, h, w)
+        mask = F.softmax(at_least_fp32(self.mask(features)), dim=1)  # (B, K+1, h, w)
         with full_precision(mask):
             deformation = (motions.permute(0, 1, 4, 2, 3) * mask.unsqueeze(2)).sum(dim=1)  # (B, 2, h, w)
         out = {"sparse_deformed": deformed, "mask": mask,

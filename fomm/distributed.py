@@ -9,8 +9,12 @@ with `batch_size`. DDP averages generator-side gradients; the loop all-reduces t
 discriminator's itself (its backward runs outside the DDP forward). Rank 0 writes the
 run directory, so on several nodes `--out` must be storage every node sees.
 
-BatchNorm statistics are per worker (as the original's DataParallel), so a 2-worker curve
-matches a 1-process curve within noise, not bit for bit.
+BatchNorm statistics are synchronised across workers, as the original trains with
+`SynchronizedBatchNorm2d` over its GPUs: every worker normalises with the mean and variance
+of the whole batch (synchronize_batch_norm). On CUDA that is torch's SyncBatchNorm; torch's
+refuses CPU tensors, so CPU workers (gloo) use GlooSyncBatchNorm, the same statistics
+all-reduced through torch.distributed.nn's differentiable all_reduce. A 2-worker curve still
+matches a 1-process curve only within noise (equivariance transforms are drawn per worker).
 """
 from __future__ import annotations
 
@@ -21,9 +25,81 @@ from typing import Any
 
 import torch
 
+from torch import nn
+
 from pipeline.config import Config, config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
+
+
+class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the batch of every worker in the default process group, for any device
+    and backend (torch.nn.SyncBatchNorm accepts GPU tensors only).
+
+    As the original's SynchronizedBatchNorm2d: each worker all-reduces its per-channel sum,
+    sum of squares and count; mean and biased variance normalise, the unbiased variance
+    feeds the running statistics. The all_reduce is differentiable, so gradients through the
+    statistics are summed over workers as well. Outside training, or in one process, it is
+    plain BatchNorm. Tensors and state dict keys are BatchNorm's.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions (B, C, ...), got {input.dim()}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+        channels, dims = x.shape[1], [0, *range(2, x.dim())]
+        count = x.new_full((1,), x.numel() / channels)
+        totals = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # (2C + 1,)
+        n = totals[-1]
+        mean = totals[:channels] / n
+        var = (totals[channels:2 * channels] / n - mean * mean).clamp_min(0)  # biased, (C,)
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach() * n.detach() / (n.detach() - 1).clamp_min(1))
+        shape = (1, channels) + (1,) * (x.dim() - 2)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
+        self.num_batches_tracked += 1
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        self.running_mean.mul_(1 - momentum).add_(momentum * mean)
+        self.running_var.mul_(1 - momentum).add_(momentum * unbiased_var)
+
+
+def _to_gloo_sync(module: nn.Module) -> nn.Module:
+    """`module` with every BatchNorm replaced by GlooSyncBatchNorm sharing its parameters and buffers."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlooSyncBatchNorm):
+        sync = GlooSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                 module.track_running_stats)
+        if module.affine:
+            sync.weight, sync.bias = module.weight, module.bias
+        if module.track_running_stats:
+            sync.running_mean, sync.running_var = module.running_mean, module.running_var
+            sync.num_batches_tracked = module.num_batches_tracked
+        sync.train(module.training)
+        return sync
+    for name, child in module.named_children():
+        module.add_module(name, _to_gloo_sync(child))
+    return module
+
+
+def synchronize_batch_norm(model: nn.Module, device: str) -> nn.Module:
+    """Make every BatchNorm of `model` normalise over all workers' batches (in place; returned).
+
+    CUDA workers get torch.nn.SyncBatchNorm; CPU workers GlooSyncBatchNorm. The state dict
+    keeps its keys, so checkpoints are unchanged.
+    """
+    if device.startswith("cuda"):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _to_gloo_sync(model)
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
@@ -40,14 +116,20 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     if dist_ctx.device == "cpu":
         torch.set_num_threads(loop_config["threads_per_worker"])
     config = config_from_dict(loop_config["config"])
+    # train_distributed cleared an --overwrite'd folder before the workers started.
     last = train(config, loop_config["data"], loop_config["out"], resume=loop_config["resume"], dist_ctx=dist_ctx)
     ray.train.report({f"final_{k}": v for k, v in last.items()})
 
 
 def train_distributed(config: Config, data_root: str | Path, out_dir: str | Path, num_workers: int,
                       ray_address: str | None = None, resume: bool = False,
-                      threads_per_worker: int = 1) -> Path:
-    """Train on `num_workers` Ray Train workers (DDP); returns `out_dir`."""
+                      threads_per_worker: int = 1, overwrite: bool = False) -> Path:
+    """Train on `num_workers` Ray Train workers (DDP); returns `out_dir`.
+
+    The run folder is checked here, before any worker starts, so another run in `out_dir`
+    is refused (or replaced with `overwrite`) with one line rather than a worker's traceback.
+    """
+    from fomm.train import check_run_folder
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -55,6 +137,7 @@ def train_distributed(config: Config, data_root: str | Path, out_dir: str | Path
 
     use_gpu = torch.cuda.is_available()
     out_dir = Path(out_dir).resolve()
+    check_run_folder(out_dir, resume, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     started_here = ray_address is None
     init_ray(address=ray_address, num_cpus=None if ray_address else max(num_workers, os.cpu_count() or 1))

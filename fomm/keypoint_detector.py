@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fomm.blocks import AntiAliasInterpolation2d, Hourglass, make_coordinate_grid
+from fomm.blocks import AntiAliasInterpolation2d, Hourglass, at_least_fp32, make_coordinate_grid
 from pipeline.config import CommonParams, KpDetectorParams
 
 
@@ -52,10 +52,10 @@ class KPDetector(nn.Module):
         logits = self.kp(features)  # (B, K, h', w')
         b, k, h, w = logits.shape
         # softmax in fp32: with temperature 0.1 bf16 logits lose the peak's position.
-        heatmap = F.softmax(logits.float().view(b, k, -1) / self.temperature, dim=2).view(b, k, h, w)
+        heatmap = F.softmax(at_least_fp32(logits).view(b, k, -1) / self.temperature, dim=2).view(b, k, h, w)
         out = {"value": self.heatmap_to_keypoints(heatmap)}
         if self.jacobian is not None:
-            maps = self.jacobian(features).float().reshape(b, self.num_jacobian_maps, 4, h, w)
+            maps = at_least_fp32(self.jacobian(features)).reshape(b, self.num_jacobian_maps, 4, h, w)
             jacobian = (heatmap.unsqueeze(2) * maps).view(b, k, 4, -1).sum(dim=-1)  # (B, K, 4)
             out["jacobian"] = jacobian.view(b, k, 2, 2)
         return out

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fomm.blocks import ImagePyramid, full_precision, identity_grid, make_coordinate_grid, warp
+from fomm.blocks import ImagePyramid, at_least_fp32, full_precision, identity_grid, make_coordinate_grid, warp
 from fomm.vgg import Vgg19
 from pipeline.config import LossWeights, TrainParams, TransformParams
 
@@ -62,23 +62,23 @@ class Transform:
     def transform_frame(self, frames: torch.Tensor) -> torch.Tensor:
         """Warp (B, C, H, W) frames: out(z) = frames(T(z)), reflection padding as the original."""
         h, w = frames.shape[2:]
-        grid = identity_grid((h, w), self.align_corners, torch.float32, frames.device).view(1, h * w, 2)
+        grid = identity_grid((h, w), self.align_corners, at_least_fp32(frames).dtype, frames.device).view(1, h * w, 2)
         grid = self.warp_coordinates(grid.expand(self.batch_size, h * w, 2)).view(self.batch_size, h, w, 2)
         return warp(frames, grid, self.align_corners, padding_mode="reflection")
 
     def warp_coordinates(self, coordinates: torch.Tensor) -> torch.Tensor:
         """(B, N, 2) points -> T(points) (B, N, 2), in fp32 even under autocast."""
         with full_precision(coordinates):
-            return self._warp_coordinates(coordinates.float())
+            return self._warp_coordinates(at_least_fp32(coordinates))
 
     def _warp_coordinates(self, coordinates: torch.Tensor) -> torch.Tensor:
-        theta = self.theta.to(coordinates.device).unsqueeze(1)  # (B, 1, 2, 3)
+        theta = self.theta.to(coordinates.device, coordinates.dtype).unsqueeze(1)  # (B, 1, 2, 3)
         out = torch.matmul(theta[..., :2], coordinates.unsqueeze(-1)) + theta[..., 2:]
         out = out.squeeze(-1)  # (B, N, 2)
         if self.tps:
-            points = self.control_points.to(coordinates.device)
+            points = self.control_points.to(coordinates.device, coordinates.dtype)
             dist = (coordinates.view(coordinates.shape[0], -1, 1, 2) - points.view(1, 1, -1, 2)).abs().sum(-1)
-            radial = dist ** 2 * torch.log(dist + 1e-6) * self.control_params.to(coordinates.device)
+            radial = dist ** 2 * torch.log(dist + 1e-6) * self.control_params.to(coordinates.device, coordinates.dtype)
             out = out + radial.sum(dim=2).view(self.batch_size, coordinates.shape[1], 1)
         return out
 
@@ -111,12 +111,12 @@ class LossKit(nn.Module):
         if self.vgg is None:
             return prediction.new_zeros(())
         pred_pyr, real_pyr = self.pyramid(prediction), self.pyramid(target)
-        total = prediction.new_zeros((), dtype=torch.float32)
+        total = prediction.new_zeros((), dtype=at_least_fp32(prediction).dtype)
         for key in pred_pyr:
             pred_feats, real_feats = self.vgg(pred_pyr[key]), self.vgg(real_pyr[key])
             for weight, a, b in zip(self.weights.perceptual, pred_feats, real_feats):
                 if weight:
-                    total = total + weight * (a - b.detach()).abs().float().mean()
+                    total = total + weight * at_least_fp32((a - b.detach()).abs()).mean()
         return total
 
     def random_transform(self, batch_size: int, device=None, identity: bool = False) -> Transform:
@@ -130,11 +130,11 @@ class LossKit(nn.Module):
     def _equivariance(self, kp_driving: dict, kp_transformed: dict, transform: Transform) -> dict[str, torch.Tensor]:
         losses = {}
         if self.weights.equivariance_value:
-            value = (kp_driving["value"].float() - transform.warp_coordinates(kp_transformed["value"])).abs().mean()
+            value = (at_least_fp32(kp_driving["value"]) - transform.warp_coordinates(kp_transformed["value"])).abs().mean()
             losses["equivariance_value"] = self.weights.equivariance_value * value
         if self.weights.equivariance_jacobian and "jacobian" in kp_driving:
-            transformed = torch.matmul(transform.jacobian(kp_transformed["value"]), kp_transformed["jacobian"].float())
-            product = torch.matmul(torch.inverse(kp_driving["jacobian"].float()), transformed)
+            transformed = torch.matmul(transform.jacobian(kp_transformed["value"]), at_least_fp32(kp_transformed["jacobian"]))
+            product = torch.matmul(torch.inverse(at_least_fp32(kp_driving["jacobian"])), transformed)
             eye = torch.eye(2, device=product.device, dtype=product.dtype).view(1, 1, 2, 2)
             losses["equivariance_jacobian"] = self.weights.equivariance_jacobian * (eye - product).abs().mean()
         return losses
@@ -147,7 +147,7 @@ class LossKit(nn.Module):
         """LSGAN generator term: w_gan * sum_s mean((1 - D_s(x_hat))^2)."""
         total = 0.0
         for scale in self._scales(disc_generated):
-            total = total + ((1 - disc_generated["prediction_map_" + scale].float()) ** 2).mean()
+            total = total + ((1 - at_least_fp32(disc_generated["prediction_map_" + scale])) ** 2).mean()
         return self.weights.generator_gan * total
 
     def feature_matching(self, disc_real: dict, disc_generated: dict) -> torch.Tensor:
@@ -157,17 +157,17 @@ class LossKit(nn.Module):
             pairs = zip(disc_real["feature_maps_" + scale], disc_generated["feature_maps_" + scale])
             for weight, (real, fake) in zip(self.weights.feature_matching, pairs):
                 if weight:
-                    total = total + weight * (real.float() - fake.float()).abs().mean()
+                    total = total + weight * (at_least_fp32(real) - at_least_fp32(fake)).abs().mean()
         return torch.as_tensor(total) if not torch.is_tensor(total) else total
 
     def gan_discriminator_loss(self, disc_real: dict, disc_generated: dict) -> torch.Tensor:
         """LSGAN discriminator term: w_disc * sum_s mean((1 - D_s(x))^2 + D_s(x_hat)^2)."""
         total = 0.0
         for scale in self._scales(disc_real):
-            real = disc_real["prediction_map_" + scale].float()
-            fake = disc_generated["prediction_map_" + scale].float()
+            real = at_least_fp32(disc_real["prediction_map_" + scale])
+            fake = at_least_fp32(disc_generated["prediction_map_" + scale])
             total = total + ((1 - real) ** 2 + fake ** 2).mean()
         return self.weights.discriminator_gan * total
 
     def reconstruction_l1(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.weights.reconstruction_l1 * (prediction.float() - target.float()).abs().mean()
+        return self.weights.reconstruction_l1 * (at_least_fp32(prediction) - at_least_fp32(target)).abs().mean()

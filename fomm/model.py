@@ -6,10 +6,10 @@ built (released checkpoints carry one) but only trained when `generator_gan > 0`
 
 Conventions: keypoints and the identity/background motion use the original's coordinate
 grid (-1 and 1 at the centres of the extreme pixels); `model_params.align_corners`
-(default False, which reproduces reference/fomm-golden-tiny.pt) is passed to every
-grid_sample and interpolate. With False the background motion is thus a (W-1)/W zoom,
-exactly as in the original run with current torch; True is how the released checkpoints
-were trained. `generate(...)['deformation']` is the dense backward grid (B, h, w, 2) at the
+(False for a new model, which reproduces reference/fomm-golden-f64.pt; True when a
+released checkpoint is loaded without an explicit value) is passed to every grid_sample
+and interpolate. With False the background motion is thus a (W-1)/W zoom, exactly as in
+the original run with current torch; True is how the released checkpoints were trained. `generate(...)['deformation']` is the dense backward grid (B, h, w, 2) at the
 dense motion network's resolution (frame size x dense_motion_params.scale_factor), in the
 grid_sample convention `align_corners` names: prediction ~ grid_sample(source, deformation).
 """
@@ -24,7 +24,7 @@ from fomm.blocks import full_precision, scale_key
 from fomm.discriminator import MultiScaleDiscriminator
 from fomm.generator import OcclusionAwareGenerator
 from fomm.keypoint_detector import KPDetector
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, resolve_align_corners
 
 
 def convex_hull_area(points: np.ndarray) -> float:
@@ -51,8 +51,8 @@ def convex_hull_area(points: np.ndarray) -> float:
 
 def movement_scale(kp_source: Motion, kp_initial: Motion) -> float:
     """adapt_movement_scale = sqrt(hull area of source keypoints / that of the initial driving frame's)."""
-    source_area = convex_hull_area(kp_source["value"][0].detach().float().cpu().numpy())
-    initial_area = convex_hull_area(kp_initial["value"][0].detach().float().cpu().numpy())
+    source_area = convex_hull_area(kp_source["value"][0].detach().double().cpu().numpy())
+    initial_area = convex_hull_area(kp_initial["value"][0].detach().double().cpu().numpy())
     if initial_area <= 0:
         return 1.0
     return float(np.sqrt(source_area) / np.sqrt(initial_area))
@@ -63,6 +63,7 @@ class FirstOrderModel(MotionTransferModel):
 
     def __init__(self, config: Config):
         super().__init__()
+        config = resolve_align_corners(config, None)  # built directly: a new model
         mp = config.model_params
         self.config = config
         self.align_corners = mp.align_corners

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from pipeline.config import CONFIG_DIR, Config, replace
+from pipeline.config import CONFIG_DIR, Config, replace, resolve_align_corners
 from pipeline.errors import UserError
 
 # name -> "module:Class"; imported on use so a run loads only its own family.
@@ -19,7 +19,10 @@ def build_model(config: Config, name: str | None = None):
 
     Families read `config.model_params` for their architecture and
     `config.train_params.loss_weights` to decide which heads train (e.g. the discriminator).
+    `model_params.align_corners` left automatic (None) means a new model: False; loading a
+    released checkpoint decides it before this (fomm.checkpoint.load_model).
     """
+    config = resolve_align_corners(config, None)
     name = name or config.model_params.name
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")

@@ -1,7 +1,7 @@
 """The `pipeline run train` stage: one plain training loop for every model family.
 
     pipeline run train --config tiny --data data/sample --out runs/tiny [--model fomm]
-                       [--workers N] [--ray-address ADDR] [--resume] [key=value ...]
+                       [--workers N] [--ray-address ADDR] [--resume | --overwrite] [key=value ...]
 
 `train()` is the loop, read top to bottom: Adam (betas 0.5, 0.999) per optimizer group
 with `train_params.lr_<group>`, MultiStepLR (x0.1) at `epoch_milestones` stepped per
@@ -11,6 +11,10 @@ step, epoch, position within the epoch and every RNG state, so a stopped run res
 with `--resume` ends with the same weights, bit for bit, as an unbroken one. With
 `--workers N` the same function runs on N Ray Train workers under DDP
 (fomm/distributed.py).
+
+A folder that already holds a run (config.yaml, metrics.jsonl, checkpoints/ or images/)
+is continued with `--resume`, replaced with `--overwrite` (its old outputs are deleted
+first), and otherwise refused: a second run never mixes its files with the first's.
 
 Outputs under `--out`: `config.yaml` (resolved), `metrics.jsonl` (one line per step),
 `images/step-XXXXXXX.png` (source | driving with keypoints | deformed source | occlusion
@@ -38,7 +42,8 @@ from torch.utils.data import DataLoader
 
 from fomm.checkpoint import load_checkpoint_file, save_checkpoint
 from fomm.data import EpochSampler, FramePairs, collate_pairs, open_clips
-from pipeline.config import Config, config_to_dict, config_to_yaml, load_config, replace
+from pipeline.config import (Config, config_to_dict, config_to_yaml, load_config, replace,
+                             resolve_align_corners)
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP); 1 trains in this process")
     parser.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="--out holds another run: delete its config, metrics, images and checkpoints "
+                             "and start afresh (without this or --resume such a folder is refused)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train_params.max_steps=100")
 
 
@@ -66,22 +74,27 @@ def resolve_run_config(config_name: str, overrides: list[str], model: str | None
     config = load_config(family_config(config_name, model), overrides)
     if model and model != config.model_params.name:
         config = replace(config, model_params=replace(config.model_params, name=model))
-    return config
+    # Training decides the grid convention now, so config.yaml and every checkpoint record it.
+    return resolve_align_corners(config, None)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other: continue the run in --out, or replace it")
     config = resolve_run_config(args.config, args.overrides, args.model)
     data = args.data or config.dataset_params.root_dir
     if not data:
         raise UserError("no data: pass --data or set dataset_params.root_dir")
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if not args.overwrite:  # refuse early; an --overwrite deletes only once the run's inputs are checked
+        check_run_folder(Path(args.out), args.resume, overwrite=False)
     if args.workers > 1 or args.ray_address:
         from fomm.distributed import train_distributed
         train_distributed(config, data, args.out, num_workers=args.workers,
-                          ray_address=args.ray_address, resume=args.resume)
+                          ray_address=args.ray_address, resume=args.resume, overwrite=args.overwrite)
     else:
-        train(config, data, args.out, resume=args.resume)
+        train(config, data, args.out, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -105,8 +118,15 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG the loop draws from (the data sampler's state is (epoch, position))."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG the loop draws from (the data sampler's state is (epoch, position)), as
+    tensors and plain Python values, so a checkpoint loads with weights_only=True."""
+    numpy_state = np.random.get_state(legacy=False)  # {'bit_generator', 'state': {'key', 'pos'}, ...}
+    state = {
+        "python": random.getstate(),  # (version, tuple of 625 ints, None)
+        "numpy": {**numpy_state, "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                                           "pos": int(numpy_state["state"]["pos"])}},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -114,7 +134,12 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["state"]["key"]
+        numpy_state = {**numpy_state, "state": {"key": np.asarray(key, dtype=np.int64).astype(np.uint32),
+                                                "pos": numpy_state["state"]["pos"]}}
+    np.random.set_state(numpy_state)  # a tuple: a checkpoint written before the states were tensors
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -196,6 +221,28 @@ def mean_over_workers(values: dict[str, float], dist_ctx: DistContext) -> dict[s
 # --------------------------------------------------------------------------- checkpoints
 def checkpoint_paths(out_dir: Path) -> list[Path]:
     return sorted((out_dir / CHECKPOINT_DIR).glob("step-*.pt"))
+
+
+# What a run writes in its folder (fomm/distributed.py adds Ray's own `ray/`, kept).
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "images", CHECKPOINT_DIR)
+
+
+def check_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an `out_dir` that holds another run unless `resume` continues it or `overwrite`
+    replaces it; with `overwrite`, delete that run's outputs (and nothing else) first."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; expected a run folder")
+    found = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
+    if not found or resume:
+        return
+    if not overwrite:
+        raise UserError(f"--out {out_dir} already holds a run ({', '.join(found)}); pass --resume to continue it, "
+                        f"--overwrite to replace it, or choose another folder")
+    import shutil
+    log.warning("--overwrite: deleting the earlier run's %s in %s", ", ".join(found), out_dir)
+    for name in found:
+        target = out_dir / name
+        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
 
 
 def save_training_checkpoint(path: Path, model, optimizers, schedulers, config: Config,
@@ -287,16 +334,17 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 # --------------------------------------------------------------------------- the loop
 def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bool = False,
-          dist_ctx: DistContext | None = None) -> dict[str, Any]:
-    """Train `config`'s model on `data_root`'s train split; returns the last step's losses."""
+          dist_ctx: DistContext | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Train `config`'s model on `data_root`'s train split; returns the last step's losses.
+
+    `out_dir` holding another run is refused unless `resume` or `overwrite` (check_run_folder).
+    """
     dist_ctx = dist_ctx or DistContext(device="cuda" if torch.cuda.is_available() else "cpu")
+    config = resolve_align_corners(config, None)
     tp = config.train_params
     out_dir, device = Path(out_dir), dist_ctx.device
     bf16 = use_bf16(config, device)
     channels_last = tp.channels_last and device.startswith("cuda")
-    if dist_ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(config_to_yaml(config))
 
     # ---- data: pairs of frames, a sampler whose state is (epoch, position)
     dataset = FramePairs(open_clips(data_root, "train"), config.dataset_params, tp.num_repeats)
@@ -308,12 +356,19 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
     if steps_per_epoch == 0:
         raise UserError(f"{len(dataset)} training items (clips x num_repeats) make no batch of "
                         f"{tp.batch_size}; raise train_params.num_repeats or lower batch_size")
-    total_steps = min(tp.max_steps or math.inf, tp.num_epochs * steps_per_epoch)
+    total_steps = min(tp.max_steps if tp.max_steps is not None else math.inf, tp.num_epochs * steps_per_epoch)
+    if dist_ctx.is_main:  # after the checks above: a refused run deletes and writes nothing
+        check_run_folder(out_dir, resume, overwrite)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(config_to_yaml(config))
 
     # ---- model, optimisers, schedules, losses
     seed_everything(tp.seed)
     from fomm.registry import build_model
     model = build_model(config).to(device)
+    if dist_ctx.world_size > 1:  # batch statistics over all workers, as the original's synchronised BN
+        from fomm.distributed import synchronize_batch_norm
+        model = synchronize_batch_norm(model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizers = build_optimizers(model, config)

@@ -294,18 +294,32 @@ class X2FaceParams:
 class ModelParams:
     # Which model family the run builds: fomm, monkey-net or x2face.
     name: Literal["fomm", "monkey-net", "x2face"] = "fomm"
-    # Grid-sampling convention for every grid_sample/interpolate in the models.
-    # False (the default) is torch's current default and reproduces
-    # ../shared/reference/fomm-golden-tiny.pt; the released checkpoints were trained
-    # when grid_sample behaved as align_corners=True, so set True to animate with them
-    # exactly as they were trained.
-    align_corners: bool = False
+    # Grid-sampling convention for every grid_sample/interpolate in every family. None
+    # (the default) decides by where the weights come from (see resolve_align_corners):
+    # True for a released checkpoint (trained on torch 0.2-1.0, when grid_sample behaved as
+    # align_corners=True), False for a new training run (torch's current default; the
+    # golden files use it). An explicit true/false, in a yaml or as an override, wins.
+    align_corners: Optional[bool] = None
     common_params: CommonParams = CommonParams()
     kp_detector_params: KpDetectorParams = KpDetectorParams()
     generator_params: GeneratorParams = GeneratorParams()
     discriminator_params: DiscriminatorParams = DiscriminatorParams()
     monkey_net_params: MonkeyNetParams = MonkeyNetParams()
     x2face_params: X2FaceParams = X2FaceParams()
+
+
+def resolve_align_corners(config: "Config", released: bool | None) -> "Config":
+    """`config` with `model_params.align_corners` decided, so that families always get a bool.
+
+    An explicit value is kept. None (auto) becomes `released` when that is a bool: True for
+    a checkpoint without the project's config (the released files, trained when grid_sample
+    behaved as align_corners=True), or a project checkpoint's recorded value; False for a
+    new model (training, random weights), torch's default since 1.3.
+    """
+    if config.model_params.align_corners is not None:
+        return config
+    value = bool(released) if released is not None else False
+    return replace(config, model_params=replace(config.model_params, align_corners=value))
 
 
 # --------------------------------------------------------------------------- training
@@ -498,8 +512,23 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, A
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train_params.batch_size=8")
         key, raw = item.split("=", 1)
-        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: {_yaml_problem(err)}") from None
+        parsed.append((key.strip(), value))
     return parsed
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a yaml error: where, what, and what a config may hold."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if "tag" in problem:
+        return (f"{where}{problem}; a config is plain yaml (mappings, lists, numbers, strings, booleans), "
+                f"so tags such as !!python are refused")
+    return f"{where}{problem}; expected plain yaml"
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -519,14 +548,42 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     tree = translate_monkey_net_yaml(tree)  # the original Monkey-Net yamls' layout
     for key, value in parse_overrides(overrides):
         _set_path(tree, key, value)
-    return _build(Config, tree)
+    config = _build(Config, tree)
+    _check_counts(config)
+    return config
+
+
+# Counts that must be at least this; the loop would otherwise read 0 as "no limit" (max_steps),
+# divide by it (*_every) or loop forever. None still means "no limit" where the field allows it.
+_MINIMUMS = {
+    "train_params.num_epochs": 1, "train_params.num_repeats": 1, "train_params.batch_size": 1,
+    "train_params.max_steps": 1, "train_params.log_every": 1, "train_params.image_every": 1,
+    "train_params.checkpoint_every": 1, "train_params.checkpoint_freq": 1,
+    "train_params.dataloader_workers": 0, "reconstruction_params.num_videos": 1,
+    "animate_params.num_pairs": 1, "model_params.common_params.num_kp": 1,
+    "model_params.common_params.num_channels": 1,
+}
+
+
+def _check_counts(config: Config) -> None:
+    for dotted, minimum in _MINIMUMS.items():
+        value: Any = config
+        for name in dotted.split("."):
+            value = getattr(value, name)
+        if value is not None and value < minimum:
+            unset = " (null means no limit)" if value == 0 and minimum == 1 else ""
+            raise ConfigError(f"{dotted}: {value} is out of range; expected an integer >= {minimum}{unset}")
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a yaml config (ours or the original repository's) and apply `key=value` overrides."""
     path = resolve_config_path(path)
-    with open(path) as handle:
-        data = yaml.safe_load(handle)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: {_yaml_problem(err)}") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"{path}: cannot be read as a utf-8 yaml file ({type(err).__name__})") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     try:

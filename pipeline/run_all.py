@@ -187,8 +187,8 @@ def run(args: argparse.Namespace) -> dict:
             log.info("%s: done in an earlier run, skipped", name)
             continue
         ran = True
-        if stage == "train" and latest_checkpoint(Path(argv[argv.index("--out") + 1])) and not args.force:
-            argv_run = [*argv, "--resume"]  # continue from the latest checkpoint
+        if stage == "train":  # continue from the latest checkpoint (if any); --force starts afresh
+            argv_run = [*argv, "--overwrite" if args.force else "--resume"]
         else:
             argv_run = argv
         log.info("%s: pipeline run %s %s", name, stage, " ".join(argv_run))

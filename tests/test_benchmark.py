@@ -220,7 +220,9 @@ def test_released_checkpoint_needs_and_takes_a_config(sample_data, tmp_path):
     reconstructs exactly as the same weights saved in the project's format."""
     from fomm.registry import build_model
     torch.manual_seed(1)
+    # align_corners explicit: left automatic, a file without config would run with the released True
     config = _tiny_config("fomm")
+    config = config_from_dict(config_to_dict(config), ["model_params.align_corners=false"])
     model = build_model(config).eval()
     released = tmp_path / "released.pth.tar"
     torch.save({**model.checkpoint_state(), "epoch": 99}, released)

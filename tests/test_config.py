@@ -63,3 +63,40 @@ def test_a_baseline_trains_with_its_own_variant_of_a_dataset_config():
     # X2Face trains on the L1 photometric loss alone, not FOMM's perceptual pyramid.
     assert x2face.train_params.loss_weights.reconstruction_l1 > 0
     assert not any(x2face.train_params.loss_weights.perceptual)
+
+
+def test_python_tags_are_refused_before_anything_runs(tmp_path, capsys):
+    """yaml.safe_load refuses !!python tags; the loader turns that into one line and exit 2."""
+    from pipeline.cli import main as cli_main
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.yaml"
+    path.write_text("train_params:\n"
+                    f"  seed: !!python/object/apply:exec [\"open({str(marker)!r}, 'w')\"]\n")
+    with pytest.raises(ConfigError, match=r"line 2: .*python/object/apply:exec.*refused"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="override 'train_params.seed=!!python/name:os.system'"):
+        config_from_dict({}, ["train_params.seed=!!python/name:os.system"])
+    out = tmp_path / "run"
+    assert cli_main(["run", "train", "--config", str(path), "--data", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err
+    assert not marker.exists() and not out.exists()
+    (tmp_path / "latin1.yaml").write_bytes("train_params:\n  seed: 1 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="utf-8"):
+        load_config(tmp_path / "latin1.yaml")
+
+
+@pytest.mark.parametrize("override", ["train_params.max_steps=0", "train_params.num_epochs=0",
+                                      "train_params.batch_size=-4", "train_params.log_every=0",
+                                      "train_params.dataloader_workers=-1", "reconstruction_params.num_videos=0",
+                                      "animate_params.num_pairs=0", "model_params.common_params.num_kp=0"])
+def test_non_positive_counts_are_rejected(override):
+    """0 must not silently mean 'no limit' (max_steps) or divide by zero (log_every)."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"{key}: .* expected an integer >="):
+        config_from_dict({}, [override])
+
+
+def test_null_still_means_no_limit():
+    assert config_from_dict({}, ["train_params.max_steps=null"]).train_params.max_steps is None
+    assert config_from_dict({}, ["train_params.dataloader_workers=0"]).train_params.dataloader_workers == 0

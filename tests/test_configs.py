@@ -46,7 +46,7 @@ def test_paper_hyper_parameters():
     assert taichi.train_params.num_repeats == 150 and taichi.train_params.batch_size == 30
     assert vox.train_params.loss_weights.generator_gan == 0 and adv.train_params.loss_weights.generator_gan > 0
     assert vox.train_params.loss_weights.perceptual == (10.0,) * 5
-    assert vox.model_params.align_corners is False  # the documented default: the golden vectors
+    assert vox.model_params.align_corners is None  # automatic: False to train, True for a released file
     assert adv.model_params.discriminator_params.use_kp and not adv.model_params.discriminator_params.sn
     assert taichi.dataset_params.id_sampling
     assert load_config("taichi-adv-256").train_params.lr_kp_detector == 0

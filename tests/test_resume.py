@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,3 +70,61 @@ def test_resume_with_other_model_params_is_refused(taichi_root, tmp_path):
     code = cli_main(["run", "train", "--data", str(taichi_root), "--out", str(out), *COMMON,
                      "train_params.max_steps=2", "model_params.common_params.num_kp=3", "--resume"])
     assert code == 2
+
+
+def _files(out: Path) -> dict[Path, tuple[bytes, int]]:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_own_checkpoints_resume_through_the_safe_path(taichi_root, tmp_path, monkeypatch):
+    """The loop's checkpoints hold only tensors and plain values (torch.load with weights_only=True
+    and no allowlist reads them), and --resume never calls the full unpickler, also for a
+    checkpoint written before RNG states were tensors (numpy's state tuple)."""
+    out = tmp_path / "run"
+    _run(taichi_root, out, 1)
+    state = torch.load(out / "checkpoints" / "step-0000001.pt", weights_only=True)
+    assert torch.is_tensor(state["rng"]["numpy"]["state"]["key"])
+
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    _run(taichi_root, out, 2, "--resume")
+    legacy = load_checkpoint_file(out / "checkpoints" / "step-0000002.pt")
+    np.random.seed(7)
+    legacy["rng"]["numpy"] = np.random.get_state()  # what the loop wrote before
+    torch.save(legacy, out / "checkpoints" / "step-0000002.pt")
+    _run(taichi_root, out, 3, "--resume")
+    assert len(calls) >= 3 and all(flag is True for flag in calls), calls
+    assert load_checkpoint_file(out / "checkpoints" / "step-0000003.pt")["step"] == 3
+
+
+def test_a_folder_holding_another_run_is_refused_unless_resume_or_overwrite(taichi_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    _run(taichi_root, out, 2)
+    before = _files(out)
+    argv = ["run", "train", "--data", str(taichi_root), "--out", str(out), *COMMON, "train_params.max_steps=1"]
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--resume" in err and "--overwrite" in err, err
+    assert _files(out) == before  # nothing of the old run touched, nothing added
+    assert cli_main([*argv, "--resume", "--overwrite"]) == 2 and _files(out) == before
+
+    assert cli_main([*argv, "--overwrite"]) == 0  # a fresh run: none of the old files remain
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-0000001.pt"]
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+@pytest.mark.parametrize("bad", [["--workers", "-1"], ["--workers", "0"], ["train_params.max_steps=0"],
+                                 ["train_params.num_repeats=0"], ["train_params.checkpoint_every=0"]])
+def test_bad_counts_are_one_line_errors(taichi_root, tmp_path, capsys, bad):
+    out = tmp_path / "run"
+    assert cli_main(["run", "train", "--data", str(taichi_root), "--out", str(out), *COMMON, *bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and bad[-1].split("=")[0].lstrip("-") in err, err
+    assert not out.exists()
