@@ -232,10 +232,17 @@ def _original_checkpoint(golden, path: Path) -> Path:
 
 def test_original_checkpoint_loads_and_matches_golden_in_float32(golden, tmp_path):
     """fomm.checkpoint.load_model (what --checkpoint uses) reads the original format with no
-    other option; in float32 the outputs stay within 2/255 of the float64 golden ones."""
+    other option, and runs it as released (grid_sample as align_corners=True); with the golden
+    file's convention named explicitly (align_corners=false wins), the float32 outputs stay
+    within 2/255 of the float64 golden ones."""
     from fomm.checkpoint import load_model
+    from pipeline.config import replace
     config = config_from_dict(original_yaml(golden))
-    model = load_model(config, _original_checkpoint(golden, tmp_path / "monkey-net.pth.tar"))
+    path = _original_checkpoint(golden, tmp_path / "monkey-net.pth.tar")
+    assert load_model(config, path).align_corners is True
+    explicit = replace(config, model_params=replace(config.model_params, align_corners=False))
+    model = load_model(explicit, path)
+    assert model.align_corners is False
     got = run_golden_calls(model, golden, torch.float32)
     expected = golden_outputs(golden)
     for name in ("generator_reconstruction.video_prediction", "generator_reconstruction.video_deformed",

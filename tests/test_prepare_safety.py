@@ -402,18 +402,19 @@ BAD_MANIFESTS = {
                   "is not UTF-8"),
     "empty": (b"", "is empty"),
     "header only": (f"{HEADER}\n".encode(), "no rows"),
+    # vox keeps its upstream conflicts in test by default (manifests/vox.yaml): refuse explicitly
     "two splits": (f"{HEADER}\n{GOOD_ROW}\n{GOOD_ROW.replace('train', 'test')}\n".encode(),
-                   "listed in both train and test"),
+                   "listed in both train and test", "--split-conflicts", "error"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_MANIFESTS))
 def test_bad_manifest_is_one_line_exit_2_nothing_written(tmp_path, mirror, capsys, case):
-    content, expected = BAD_MANIFESTS[case]
+    content, expected, *extra = BAD_MANIFESTS[case]
     manifest = tmp_path / "m.csv"
     manifest.write_bytes(content)
     out = tmp_path / "out"
-    assert _prepare(out, manifest, mirror) == 2
+    assert _prepare(out, manifest, mirror, *extra) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err, err
     assert not out.exists()

@@ -104,9 +104,9 @@ def test_outputs_equal_the_original_code_in_float64(golden, released_weights):
     twice), forward = model(driving, source), forward_multiview = model(driving[:1], source[:1],
     source[1:2]), all at atol = rtol = 1e-9 (re-batching alone moves them by 7e-14)."""
     config = full_config()
-    assert config.model_params.align_corners is False  # the golden file's convention
     with torch.device("meta"):
         model = build_model(config)
+    assert model.align_corners is False  # a new model: the golden file's convention
     parts = from_released(released_weights)
     for name, module in model.named_children():
         module.load_state_dict(parts[name], strict=True, assign=True)  # float64, shared with the fixture
@@ -127,14 +127,19 @@ def test_outputs_equal_the_original_code_in_float64(golden, released_weights):
 
 def test_released_file_loads_with_no_flag_and_matches_in_float32(golden, released_weights, tmp_path):
     """A file as train_model.py saves it on pytorch 0.2 ({'state_dict': ...}, float32, no
-    num_batches_tracked) loads through load_model with only the config; its float32 output is
-    the golden forward within 2/255."""
+    num_batches_tracked) loads through load_model with only the config and runs as released
+    (align_corners=True); with the golden file's convention named explicitly (an explicit
+    align_corners=false wins), its float32 output is the golden forward within 2/255."""
     from fomm.checkpoint import load_model
+    from pipeline.config import replace
     state = {k: v.float() for k, v in released_weights.items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "x2face_model.pth"
     torch.save({"state_dict": state}, path)
     del state
-    model = load_model(full_config(), path)
+    config = full_config()
+    assert load_model(config, path).align_corners is True
+    model = load_model(replace(config, model_params=replace(config.model_params, align_corners=False)), path)
+    assert model.align_corners is False
     source, driving = (golden["inputs"][k].float() for k in ("source", "driving"))
     with torch.no_grad():
         prediction = model.reconstruct(source, driving)["prediction"]

@@ -330,7 +330,7 @@ class MonkeyNet(MotionTransferModel):
         super().__init__()
         model = config.model_params
         params, num_kp, channels = model.monkey_net_params, model.common_params.num_kp, model.common_params.num_channels
-        align = model.align_corners
+        align = self.align_corners = model.align_corners  # grid_sample's convention (module doc)
         self.kp_detector = KPDetector(num_kp, channels, params.kp_variance, params.kp_detector_params)
         self.generator = Generator(num_kp, channels, params.kp_variance, params.generator_params, align)
         self.discriminator = Discriminator(num_kp, channels, params.kp_variance, params.discriminator_params, align)
