@@ -155,14 +155,14 @@ class Animator:
         self.precision = precision.resolve(options.precision, device)
         self.precision.prepare_model(model)
         self.source = self.precision.prepare_input(source)      # (1, 3, H, W)
-        with self.precision.context():
+        with self.precision.keypoint_context():
             self.motion_source = model.detect(self.source)
             self.motion_initial = model.detect(self.precision.prepare_input(initial))
 
     def motion(self, driving: torch.Tensor) -> tuple[Motion, Motion]:
         """(detected driving motion, transferred motion) for a batch (B, 3, H, W)."""
         batch = driving.shape[0]
-        with self.precision.context():
+        with self.precision.keypoint_context():
             motion_driving = self.model.detect(self.precision.prepare_input(driving))
         transferred = self.model.transfer(
             expand_motion(self.motion_source, batch), motion_driving,

@@ -2,6 +2,7 @@
 monkeypatched, so every machine checks both branches), and what each path runs."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,6 +69,30 @@ def test_animator_runs_the_resolved_path(model, cpu_with):
     assert out["motion_driving"]["value"].dtype == torch.float32
     assert out["motion_transferred"]["jacobian"].dtype == torch.float32
     model.to(memory_format=torch.contiguous_format)
+
+
+def test_keypoints_are_detected_in_fp32_on_the_bf16_path(model, cpu_with, shared_data):
+    """The detector runs with autocast off on every path (a bf16 detector alone broke the
+    error budget): on real frames the bf16 path's keypoints and jacobians equal the fp32
+    path's to float32 rounding (only the memory layout differs), while its predictions do
+    differ (the generator does run in bf16)."""
+    from fomm import source_crop
+    from fomm.animate import to_tensor
+    from pipeline.media import iter_frames
+    clip = shared_data / "faces" / "fomm-demo" / "04.mp4"
+    frames = to_tensor(np.stack([source_crop.resize(f, (64, 64)) for f in iter_frames(clip, 0, 6)]),
+                       torch.device("cpu"))
+    outputs = {}
+    for flag, name in ((None, "fp32"), ("amx_bf16", "bf16")):
+        cpu_with(*([flag] if flag else []))
+        animator = Animator(model, frames[:1], frames[1:2], AnimateOptions(), torch.device("cpu"))
+        assert animator.precision.name == name
+        outputs[name] = animator(frames[1:])
+        model.to(memory_format=torch.contiguous_format)
+    for key in ("value", "jacobian"):
+        torch.testing.assert_close(outputs["bf16"]["motion_driving"][key], outputs["fp32"]["motion_driving"][key],
+                                   atol=1e-5, rtol=1e-5)
+    assert (outputs["bf16"]["prediction"] - outputs["fp32"]["prediction"]).abs().max() > 1e-4
 
 
 def test_allocator_keeps_freed_memory():
