@@ -269,8 +269,7 @@ def test_reconstruct_stage_with_original_checkpoint(golden, shared_data, tmp_pat
     assert 0 < float(rows[1].split(",")[2]) < 1
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(3600)  # two 50-step runs: over 15 min on a heavily loaded 2-core machine
+# Two 50-step runs: about 15 s on an idle 2-core machine (far longer under load).
 def test_training_beats_an_lr0_control(shared_data, tmp_path):
     """50 steps of fomm.train.train with the tiny config (the original's options and losses)
     on real Tai-Chi frames: the reconstruction L1 of the last 10 steps is lower than that of a

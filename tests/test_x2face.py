@@ -222,7 +222,7 @@ def test_training_loop_uses_sgd_with_momentum_as_train_model_py():
         build_optimizers(model, load_config("x2face-tiny", ["train_params.momentum=1.5"]))
 
 
-@pytest.mark.slow  # 50 steps at 256x256: about 10 min on a loaded 2-core machine
+# Two 50-step runs at 256x256 (tiny widths): about 15 s on an idle 2-core machine.
 def test_fifty_sgd_steps_at_the_original_settings_lower_the_loss(face_frames, tmp_path, monkeypatch):
     """50 steps of fomm.train.train with the tiny config (the original's BatchNorm U-Nets at
     1/16 width, SGD lr 1e-3 momentum 0.9, L1, no augmentation) on real frames, batch 4 to keep
