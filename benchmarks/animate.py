@@ -63,8 +63,8 @@ def demo_loop(config_name: str, source_path: Path, driving_path: Path, out_path:
     """
     from fomm import source_crop
     from fomm.animate import load_animation_model
-    from pipeline.config import load_config
-    from pipeline.media import VideoWriter, iter_frames, load_image, probe
+    from core.config import load_config
+    from core.media import VideoWriter, iter_frames, load_image, probe
     config = load_config(config_name)
     size = tuple(config.dataset_params.frame_shape[:2])
     torch.manual_seed(seed)
@@ -131,7 +131,7 @@ def process_rows(clip: Path, frames: int, onnx_dir: Path, tmp: Path) -> list[dic
 # --------------------------------------------------------------------------- batch sweep
 def sweep(model, batches: tuple[int, ...], frames: int) -> list[dict]:
     from fomm.animate import AnimateOptions, Animator
-    from fomm.precision import cpu_has_native_bf16
+    from core.devices import cpu_has_native_bf16
     rows = []
     cpu = torch.device("cpu")
     image = torch.rand(1, 3, 256, 256)
@@ -176,7 +176,7 @@ def error_budget(model, frames: np.ndarray, label: str) -> dict:
 
 def train_error_checkpoint(steps: int, tmp: Path) -> Path:
     """The tiny FOMM trained `steps` steps on real face frames (three fomm-demo clips)."""
-    from pipeline.media import ffmpeg_exe
+    from core.media import ffmpeg_exe
     data = tmp / "faces"
     for name in TRAIN_CLIPS:
         folder = data / "train" / f"demo{name}"
@@ -192,13 +192,13 @@ def train_error_checkpoint(steps: int, tmp: Path) -> Path:
 
 def clip_frames(path: Path, count: int, size: tuple[int, int]) -> np.ndarray:
     from fomm import source_crop
-    from pipeline.media import iter_frames
+    from core.media import iter_frames
     return np.stack([source_crop.resize(f, size) for f in iter_frames(path, 0, count)])
 
 
 # --------------------------------------------------------------------------- main
 def cpu_description() -> str:
-    from fomm.precision import cpu_flags
+    from core.devices import cpu_flags
     flags = cpu_flags()
     shown = ", ".join(f for f in CPU_FLAGS if f in flags) or "none of " + ", ".join(CPU_FLAGS)
     return f"CPU flags that matter here: {shown}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
@@ -223,9 +223,9 @@ def main() -> None:
         return
     from fomm.animate import load_animation_model
     from fomm.export import export_onnx
-    from fomm.precision import keep_freed_memory
-    from pipeline.config import load_config
-    from pipeline.media import ffmpeg_exe
+    from core.devices import keep_freed_memory
+    from core.config import load_config
+    from core.media import ffmpeg_exe
     keep_freed_memory()
     load_start = load_text()
     with tempfile.TemporaryDirectory() as name:

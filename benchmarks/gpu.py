@@ -70,7 +70,7 @@ def peak_gib(device: torch.device) -> float:
 def build_animator(model, variant, device, size, smoke: bool):
     """An Animator running `variant`; the compiled variant compiles copies of the two networks."""
     from fomm.animate import AnimateOptions, Animator
-    from fomm.precision import Precision
+    from core.devices import Precision
     _, name, channels_last, compiled = variant
     if compiled:
         model = copy.deepcopy(model)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-training", dest="training", action="store_false", help="animate rows only")
     args = parser.parse_args(argv)
     from fomm.animate import load_animation_model
-    from pipeline.config import load_config
+    from core.config import load_config
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not args.smoke and device.type != "cuda":
         parser.error("no GPU here: run with --smoke for the CPU check")

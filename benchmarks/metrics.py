@@ -35,12 +35,12 @@ def best_seconds(run, repeats: int) -> tuple[float, float]:
 
 
 def face_frames(count: int) -> np.ndarray:
-    from pipeline.media import read_frames
+    from core.media import read_frames
     return read_frames(SHARED_DATA / "faces/fomm-demo/04.mp4", 0, count)  # (T, 256, 256, 3)
 
 
 def body_frames(count: int) -> np.ndarray:
-    from pipeline.media import load_image
+    from core.media import load_image
     files = sorted((SHARED_DATA / "bodies/dwnet-taichi/1").glob("*.png"))[:count]
     return np.stack([load_image(path) for path in files])  # (T, 256, 256, 3)
 

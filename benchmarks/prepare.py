@@ -29,7 +29,7 @@ from pathlib import Path
 
 from benchmarks._results import markdown_table, write_section
 from pipeline.crop import cut_clip, cut_clips
-from pipeline.media import ffmpeg_exe, probe
+from core.media import ffmpeg_exe, probe
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -114,7 +114,7 @@ def worker_memory(video: Path, frames: int) -> dict:
         "import json, resource, sys, tempfile\n"
         "from pathlib import Path\n"
         "from pipeline.crop import cut_clip\n"
-        "from pipeline.media import probe\n"
+        "from core.media import probe\n"
         "from benchmarks.prepare import centre_box, SIZE\n"
         "video, frames = Path(sys.argv[1]), int(sys.argv[2])\n"
         "info = probe(video)\n"
@@ -131,7 +131,7 @@ def worker_memory(video: Path, frames: int) -> dict:
 def ray_speedup(video: Path, frames: int, clips: int = 6) -> tuple[float, float]:
     """Wall time of `clips` crops as Ray tasks with 1, then 2, in flight."""
     import ray
-    from pipeline.ray_runner import init_ray, shutdown_ray
+    from core.ray_runner import init_ray, shutdown_ray
     info = probe(video)
     box = centre_box(info.width, info.height)
 
@@ -170,7 +170,7 @@ def shard_reads(folder: Path, items: int) -> list[dict]:
     (clip-aligned groups of <= 8 frames) and in the former one (one row group per shard)."""
     import pyarrow.parquet as pq
     from fomm.data import EpochSampler, FramePairs, ParquetStore
-    from pipeline.config import DatasetParams
+    from core.config import DatasetParams
     from pipeline.shards import write_shards
     video = SHARED / "faces" / "liveportrait" / "d11.mp4"
     info = probe(video)

@@ -1,4 +1,4 @@
-"""Robustness and cost of the generated-content marks (pipeline/provenance.py).
+"""Robustness and cost of the generated-content marks (core/provenance.py).
 
     python benchmarks/provenance.py [--frames 40] [--riva-frames 8]
 
@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import provenance, watermark  # noqa: E402
-from pipeline.media import ffmpeg_exe, read_frames, write_video  # noqa: E402
+from core import provenance, watermark  # noqa: E402
+from core.media import ffmpeg_exe, read_frames, write_video  # noqa: E402
 
 DATA = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CLIPS = ["faces/fomm-demo/00.mp4", "faces/fomm-demo/04.mp4", "faces/fomm-demo/08.mp4"]
@@ -145,7 +145,7 @@ def measure(method, clips: list[np.ndarray], folder: Path) -> dict:
 
 
 def c2pa_states(frames: np.ndarray, folder: Path) -> dict:
-    from pipeline.config import load_config
+    from core.config import load_config
     from pipeline.verify import read_c2pa
     generation = provenance.Generation.of(load_config("tiny"), "benchmark")
     path = write_video(folder / "signed.mp4", [generation.marker()(f) for f in frames], 25)

@@ -40,7 +40,7 @@ def _frames(batch_size: int, size: int):
 
 def _vgg_available(spec: str) -> bool:
     from fomm.vgg import resolve_weights
-    from pipeline.errors import UserError
+    from core.errors import UserError
     try:
         return resolve_weights(spec) is not None
     except UserError:

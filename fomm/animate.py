@@ -31,10 +31,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from fomm import precision, source_crop
+from core import devices as precision
+
+from fomm import source_crop
 from fomm.api import Motion, MotionTransferModel
-from pipeline.config import Config, load_config
-from pipeline.errors import UserError
+from core.config import Config, load_config
+from core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +56,10 @@ class AnimateOptions:
     layout: str = "result"             # result | side-by-side
     show_keypoints: bool = False
     audio: bool = True
-    batch_size: int | None = None      # None: the measured default for the device (fomm/precision.py)
+    batch_size: int | None = None      # None: the measured default for the device (core/devices.py)
     max_frames: int | None = None
-    precision: str = "auto"            # auto | fp32 | bf16 (fomm/precision.py)
-    provenance: bool = True            # watermark, C2PA manifest, AI-generated tag (pipeline/provenance.py)
+    precision: str = "auto"            # auto | fp32 | bf16 (core/devices.py)
+    provenance: bool = True            # watermark, C2PA manifest, AI-generated tag (core/provenance.py)
 
 
 @dataclass
@@ -108,7 +110,7 @@ def load_animation_model(config: Config, checkpoint: str | Path | None, device: 
     the config raises UserError). `checkpoint=None` keeps the random initialisation."""
     from fomm.checkpoint import load_model
     from fomm.registry import build_model
-    from pipeline.config import replace
+    from core.config import replace
     if name is not None and name != config.model_params.name:
         config = replace(config, model_params=replace(config.model_params, name=name))
     if checkpoint is None:
@@ -254,7 +256,7 @@ def check_out_is_not_an_input(out_path: str | Path, **inputs: str | Path) -> Non
 
 
 def nth_frame(path: str | Path, index: int) -> np.ndarray:
-    from pipeline.media import iter_frames
+    from core.media import iter_frames
     for frame in iter_frames(path, index, index + 1):
         return frame
     raise UserError(f"{str(path)!r} has no frame {index}")
@@ -308,7 +310,7 @@ def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
     Everything that can be wrong with the inputs raises UserError here, before any file
     is opened for writing.
     """
-    from pipeline.media import probe
+    from core.media import probe
     out_path, driving_path = Path(out_path), Path(driving_path)
     check_options(options, out_path)
     check_out_is_not_an_input(out_path, source=source_path, driving=driving_path)
@@ -342,8 +344,8 @@ def run(plan: AnimationPlan, progress: Callable[[int], None] | None = None) -> A
     An error on the way aborts the writer and removes every temporary file.
     `progress(n)` is called with the number of frames done after each batch.
     """
-    from pipeline import provenance
-    from pipeline.media import VideoWriter, atomic_path
+    from core import provenance
+    from core.media import VideoWriter, atomic_path
     start = time.perf_counter()
     size = tuple(plan.config.dataset_params.frame_shape[:2])
     generation = provenance.generation_or_warn(plan.options.provenance, plan.config,
@@ -380,7 +382,7 @@ def animate(model: MotionTransferModel, config: Config, source_path: str | Path,
 def _animate_frames(animator, source, driving_path, driving_box, end, size, writer, options,
                     config, progress) -> int:
     """Stream driving frames [0, end) through the animator in batches into `writer`."""
-    from pipeline.media import iter_frames
+    from core.media import iter_frames
     done = 0
     frames = (source_crop.prepare(f, driving_box, size) for f in iter_frames(driving_path, 0, end))
     for batch in batched(frames, batch_size(options, animator.device)):
@@ -414,7 +416,7 @@ def mux_audio(video: Path, audio_from: str | Path, out: Path, duration: float) -
     `-shortest` while encoding: -shortest overshoots when the audio is read ahead of a
     piped video, and cuts the video when the audio is shorter.
     """
-    from pipeline.media import ffmpeg_exe
+    from core.media import ffmpeg_exe
     video_start, _ = stream_starts(audio_from)
     command = [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(video)]
     if video_start > 0:
@@ -431,7 +433,7 @@ def mux_audio(video: Path, audio_from: str | Path, out: Path, duration: float) -
 def _best_frame(source_image, source_box, driving_path, driving_box, end, options) -> int:
     """Best-frame search on crops at 256 px (dlib's detector needs faces of ~80 px)."""
     from fomm.best_frame import find_best_frame
-    from pipeline.media import iter_frames
+    from core.media import iter_frames
     side = (256, 256)
     source = source_crop.prepare(source_image, source_box, side) if source_box else source_image
     frames = (source_crop.prepare(f, driving_box, side) if driving_box else f
@@ -475,7 +477,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-audio", dest="audio", action="store_false")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="frames per model call (default: measured per device and precision, "
-                             "fomm/precision.py DEFAULT_BATCH)")
+                             "core/devices.py DEFAULT_BATCH)")
     parser.add_argument("--max-frames", type=int, help="animate only the first N driving frames")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16}",
@@ -496,7 +498,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "seconds without a new frame (default 10)")
     parser.add_argument("--realtime", action="store_true",
                         help="--stream with a file: read it at its native rate, like a camera")
-    from pipeline.provenance import add_argument
+    from core.provenance import add_argument
     add_argument(parser)
 
 

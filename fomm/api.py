@@ -92,7 +92,7 @@ class MotionTransferModel(nn.Module, ABC):
 
         Raises UserError naming the first missing/unexpected tensor or shape mismatch.
         """
-        from pipeline.errors import UserError
+        from core.errors import UserError
         for name, module in self.named_children():
             if name not in state:
                 if strict:

@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from pipeline.config import AugmentationParams, CropParams, FlipParams, JitterParams, ResizeParams, RotationParams
+from core.config import AugmentationParams, CropParams, FlipParams, JitterParams, ResizeParams, RotationParams
 
 log = logging.getLogger(__name__)
 

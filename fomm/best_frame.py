@@ -8,7 +8,7 @@ with the smallest summed squared distance to the source's wins.
 
 Landmarks come from face-alignment (2D-FAN) when it is importable and its weights are
 already in torch's hub cache (no download at run time), else from dlib's offline 68-point
-predictor (pipeline/faces.py).
+predictor (core/faces.py).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def landmarks_fn(backend: str) -> Callable[[np.ndarray], np.ndarray | None]:
             found = _face_alignment_model().get_landmarks(image)
             return None if not found else np.asarray(found[0][:, :2], dtype=np.float64)
         return detect
-    from pipeline import faces
+    from core import faces
     return faces.landmarks
 
 

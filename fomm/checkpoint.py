@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import Config, config_from_dict, resolve_align_corners
-from pipeline.errors import UserError
-from pipeline.media import atomic_path
+from core.config import Config, config_from_dict, resolve_align_corners
+from core.errors import UserError
+from core.media import atomic_path
 
 log = logging.getLogger(__name__)
 

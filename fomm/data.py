@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from fomm.augment import Augmentation, resize_frames
-from pipeline.config import DatasetParams
-from pipeline.errors import UserError
+from core.config import DatasetParams
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class FolderStore(ClipStore):
         if clip not in self._decoded:
             path = self.paths[clip]
             if path.suffix.lower() in VIDEO_SUFFIXES:
-                from pipeline.media import read_frames
+                from core.media import read_frames
                 frames = read_frames(path)
             else:
                 strip = _load_image(path)  # (H, T * W, 3), square frames side by side
@@ -154,7 +154,7 @@ class FolderStore(ClipStore):
         if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
             yield from super().iter_batches(clip, batch_size)
             return
-        from pipeline.media import iter_frames  # stream long videos instead of decoding whole
+        from core.media import iter_frames  # stream long videos instead of decoding whole
         batch = []
         for frame in iter_frames(path):
             batch.append(frame)
@@ -167,7 +167,7 @@ class FolderStore(ClipStore):
     def fps(self, clip: str) -> float:
         path = self.paths[clip]
         if path.suffix.lower() in VIDEO_SUFFIXES:
-            from pipeline.media import probe
+            from core.media import probe
             return float(probe(path).fps)
         return 25.0
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from fomm.blocks import (AntiAliasInterpolation2d, Hourglass, at_least_fp32, full_precision,
                          kp2gaussian, make_coordinate_grid, warp)
-from pipeline.config import DenseMotionParams
+from core.config import DenseMotionParams
 
 
 class DenseMotionNetwork(nn.Module):

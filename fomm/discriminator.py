@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fomm.blocks import kp2gaussian, scale_key
-from pipeline.config import DiscriminatorParams
+from core.config import DiscriminatorParams
 
 
 def _conv(cin: int, cout: int, kernel_size: int, sn: bool) -> nn.Module:

@@ -27,7 +27,7 @@ import torch
 
 from torch import nn
 
-from pipeline.config import Config, config_from_dict, config_to_dict
+from core.config import Config, config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def train_distributed(config: Config, data_root: str | Path, out_dir: str | Path
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.ray_runner import init_ray, shutdown_ray
+    from core.ray_runner import init_ray, shutdown_ray
 
     use_gpu = torch.cuda.is_available()
     out_dir = Path(out_dir).resolve()

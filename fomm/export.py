@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import Config, config_to_yaml, load_config
-from pipeline.errors import UserError
+from core.config import Config, config_to_yaml, load_config
+from core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def check_frames(path: str | Path | None, size: tuple[int, int], count: int = 5)
         y, x = np.mgrid[0:size[0], 0:size[1]] / max(size)
         base = np.stack([np.sin(6 * x), np.cos(5 * y), np.sin(4 * (x + y))], -1) * 0.5 + 0.5
         return np.stack([np.roll((base * 255).astype(np.uint8), 3 * i, axis=1) for i in range(count)])
-    from pipeline.media import iter_frames
+    from core.media import iter_frames
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--check-frames {str(path)!r} does not exist; expected a video or an image")

@@ -13,7 +13,7 @@ from torch import nn
 
 from fomm.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, resize_grid, warp
 from fomm.dense_motion import DenseMotionNetwork
-from pipeline.config import CommonParams, GeneratorParams
+from core.config import CommonParams, GeneratorParams
 
 
 class OcclusionAwareGenerator(nn.Module):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fomm.blocks import AntiAliasInterpolation2d, Hourglass, at_least_fp32, make_coordinate_grid
-from pipeline.config import CommonParams, KpDetectorParams
+from core.config import CommonParams, KpDetectorParams
 
 
 class KPDetector(nn.Module):

@@ -28,7 +28,7 @@ from torch import nn
 
 from fomm.blocks import ImagePyramid, at_least_fp32, full_precision, identity_grid, make_coordinate_grid, warp
 from fomm.vgg import Vgg19
-from pipeline.config import LossWeights, TrainParams, TransformParams
+from core.config import LossWeights, TrainParams, TransformParams
 
 
 class Transform:

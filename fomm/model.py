@@ -24,7 +24,7 @@ from fomm.blocks import full_precision, scale_key
 from fomm.discriminator import MultiScaleDiscriminator
 from fomm.generator import OcclusionAwareGenerator
 from fomm.keypoint_detector import KPDetector
-from pipeline.config import Config, ConfigError, resolve_align_corners
+from core.config import Config, ConfigError, resolve_align_corners
 
 
 def convex_hull_area(points: np.ndarray) -> float:

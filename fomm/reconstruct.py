@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from fomm.data import ReconstructionClips, open_clips
-from pipeline.config import Config, config_from_dict, config_to_dict, config_to_yaml, load_config, replace
-from pipeline.errors import UserError
+from core.config import Config, config_from_dict, config_to_dict, config_to_yaml, load_config, replace
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="driving frames per forward pass")
     parser.add_argument("--num-videos", type=int, help="at most this many clips (default: reconstruction_params.num_videos)")
     parser.add_argument("--precision", default="fp32", help="fp32 (default: L1 comparable across machines), "
-                        "bf16 or auto (fomm/precision.py)")
+                        "bf16 or auto (core/devices.py)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
-    from pipeline.provenance import add_argument
+    from core.provenance import add_argument
     add_argument(parser)
 
 
@@ -54,7 +54,7 @@ def read_l1_csv(path: Path) -> dict[str, dict]:
 
 
 def write_l1_csv(path: Path, rows: list[dict]) -> None:
-    from pipeline.media import atomic_path
+    from core.media import atomic_path
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=L1_FIELDS)
@@ -71,11 +71,11 @@ def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, devic
                      generation=None, precision: str = "fp32") -> dict:
     """Reconstruct one clip batch by batch; returns its l1.csv row. L1 and the png frames come
     from the unmarked output; the mp4 carries the provenance marks of `generation`."""
-    from fomm.precision import resolve
+    from core.devices import resolve
     from fomm.visualize import to_uint8
-    from pipeline import provenance
-    from pipeline.media import VideoWriter
-    path = resolve(precision, device)  # --precision (fomm/precision.py)
+    from core import provenance
+    from core.media import VideoWriter
+    path = resolve(precision, device)  # --precision (core/devices.py)
     path.prepare_model(model)
     final_dir = out_dir / clip
     part_dir = out_dir / f".{clip}.part"
@@ -112,7 +112,7 @@ def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Pat
                 batch_size: int = 16, num_videos: int | None = None, device: str | None = None,
                 provenance: bool = True, precision: str = "fp32") -> list[dict]:
     """Run the protocol over a split; returns the l1.csv rows (also written)."""
-    from pipeline.provenance import generation_or_warn
+    from core.provenance import generation_or_warn
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     device = device or next(model.parameters()).device.type

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import importlib
 
-from pipeline.config import CONFIG_DIR, Config, replace, resolve_align_corners
-from pipeline.errors import UserError
+from core.config import CONFIG_DIR, Config, replace, resolve_align_corners
+from core.errors import UserError
 
 # name -> "module:Class"; imported on use so a run loads only its own family.
 MODELS = {

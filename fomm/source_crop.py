@@ -4,7 +4,7 @@ The released face models (vox-256) were trained on square crops around the head 
 margin (the original `crop-video.py` enlarges the detected box), so an uncropped photo or
 a 16:9 video puts the face at the wrong scale. Modes:
 
-- `auto`:   find the largest face (dlib HOG, pipeline/faces.py) and crop a square around
+- `auto`:   find the largest face (dlib HOG, core/faces.py) and crop a square around
             it, enlarged by `increase` on each side; a face must be found.
 - `center`: the largest centred square of the frame (no detection).
 - `none`:   the whole frame, resized to the model's input (aspect not kept), as the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def load_source(path: str | Path) -> np.ndarray:
     """The source photo as RGB uint8 (H, W, 3); UserError for a decompression bomb (PIL's
     pixel limit, about 179 Mpx) and for an image under MIN_SOURCE_SIDE px on a side."""
     from PIL import Image
-    from pipeline.media import load_image
+    from core.media import load_image
     try:
         image = load_image(path)
     except Image.DecompressionBombError as err:
@@ -106,7 +106,7 @@ def source_box(image: np.ndarray, mode: str, increase: float = 0.4, what: str = 
         return None
     if mode == "center":
         return center_box(image.shape)
-    from pipeline import faces
+    from core import faces
     face = _largest_face_any_scale(image, faces)
     if face is None:
         raise UserError(f"no face found in the {what} with --crop auto; "
@@ -142,7 +142,7 @@ def driving_box(frames, mode: str, increase: float = 0.4, what: str = "driving v
         raise UserError(f"the {what} has no frames to crop")
     if mode == "center":
         return center_box(frames[0].shape)
-    from pipeline import faces
+    from core import faces
     # Driving videos are mostly head-and-shoulders: 400 px finds their faces at a third of the cost.
     boxes = [b for b in (_largest_face_any_scale(f, faces, 400) for f in frames) if b is not None]
     if not boxes:
@@ -172,7 +172,7 @@ def sample_frames(path: str | Path, num_frames: int, count: int = 12, end: int |
     `seek_above` frames each sample is reached by seeking to the keyframe before it, so a
     10-minute video is not decoded whole just to place the crop.
     """
-    from pipeline.media import iter_frames
+    from core.media import iter_frames
     total = num_frames if end is None else min(num_frames, end)
     indices = sorted(set(np.linspace(0, max(total - 1, 0), num=min(count, max(total, 1))).round().astype(int)))
     if total > seek_above:

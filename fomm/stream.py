@@ -43,9 +43,9 @@ from fomm import source_crop
 from fomm.animate import (AnimateOptions, Animator, batch_size, compose, model_device, to_frames,
                           to_tensor)
 from fomm.api import MotionTransferModel
-from pipeline.config import Config
-from pipeline.errors import UserError
-from pipeline.media import FfmpegPipe, realtime_input_arguments
+from core.config import Config
+from core.errors import UserError
+from core.media import FfmpegPipe, realtime_input_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def decoder_command(spec: str, width: int, height: int, crop: str, realtime: boo
     `none` squeezes the whole frame (as file mode does); `center` and `auto` keep the aspect
     and cut the centred square (auto then crops the face inside it).
     """
-    from pipeline.media import ffmpeg_exe
+    from core.media import ffmpeg_exe
     inputs, needs_stdin = input_arguments(spec, realtime)
     if crop == "none":
         scale = f"scale={width}:{height}:flags=bicubic"
@@ -230,7 +230,7 @@ class LiveWriter(FfmpegPipe):
         self.frames_written = 0
 
     def _command(self, width: int, height: int) -> list[str]:
-        from pipeline.media import ffmpeg_exe
+        from core.media import ffmpeg_exe
         container = "flv" if self.target.startswith("rtmp://") else "mpegts"
         return [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
                 "-s", f"{width}x{height}", "-r", f"{self.fps:.6f}", "-i", "pipe:0",
@@ -263,7 +263,7 @@ def stream_fps(spec: str, fps: float | None) -> float:
         return fps
     path = Path(spec)
     if path.is_file():
-        from pipeline.media import probe
+        from core.media import probe
         return probe(path).fps
     return 25.0
 
@@ -277,8 +277,8 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     return, including after Ctrl-C, SIGTERM or a stall of `stall_timeout` s), or '-' / a URL,
     encoded as the frames come (see LiveWriter). `options.max_frames` stops after that many
     received frames; `stdin` and `stdout` replace the process's for '-' (tests)."""
-    from pipeline import provenance
-    from pipeline.media import VideoWriter
+    from core import provenance
+    from core.media import VideoWriter
     from fomm.animate import check_options, check_out_is_not_an_input
     live_target = is_live_target(str(out_path))
     out_path = str(out_path) if live_target else Path(out_path)
@@ -424,7 +424,7 @@ def _find_face_box(items, options, searched):
     """Crop box from the first frame (of the waiting ones) with a face; frames before it
     are skipped. UserError when none of the first FACE_SEARCH_FRAMES frames has one."""
     from fomm.source_crop import _largest_face_any_scale, square_around
-    from pipeline import faces
+    from core import faces
     for index, (_, frame) in enumerate(items):
         face = _largest_face_any_scale(frame, faces)
         searched += 1

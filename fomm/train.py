@@ -42,9 +42,9 @@ from torch.utils.data import DataLoader
 
 from fomm.checkpoint import load_checkpoint_file, save_checkpoint
 from fomm.data import EpochSampler, FramePairs, collate_pairs, open_clips
-from pipeline.config import (Config, config_to_dict, config_to_yaml, load_config, replace,
+from core.config import (Config, config_to_dict, config_to_yaml, load_config, replace,
                              resolve_align_corners)
-from pipeline.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def training_image(model, config: Config, source, driving, generated, num_rows: 
 def save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
-    from pipeline.media import atomic_path
+    from core.media import atomic_path
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def model_config(spec: ModelSpec):
     """The config a checkpoint was trained with: `@CONFIG` if given, else the embedded one,
     with `model_params.name` set to the spec's family."""
     from fomm.checkpoint import checkpoint_config, load_checkpoint_file
-    from pipeline.config import load_config, replace
+    from core.config import load_config, replace
     config = load_config(spec.config) if spec.config else checkpoint_config(load_checkpoint_file(spec.checkpoint))
     if config is None:
         raise UserError(f"checkpoint {str(spec.checkpoint)!r} embeds no config (a released checkpoint?); "
@@ -137,8 +137,8 @@ def reconstruct_clip(model, frames: np.ndarray, size: tuple[int, int], batch_siz
     original's reconstruction.py and `pipeline run reconstruct` compute it (not on uint8).
     """
     import torch
-    from fomm.precision import resolve
-    path = resolve(precision, device)  # --precision (fomm/precision.py)
+    from core.devices import resolve
+    path = resolve(precision, device)  # --precision (core/devices.py)
     path.prepare_model(model)
     video = _resize(frames, size)  # (T, 3, h, w)
     source = path.prepare_input(video[:1].to(device))  # (1, 3, h, w)
@@ -263,7 +263,7 @@ def no_motion_rows(clips: list[str], args, frame_size: tuple[int, int]) -> pd.Da
 
 # --------------------------------------------------------------------------- outputs
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    from pipeline.media import atomic_path
+    from core.media import atomic_path
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
 
@@ -272,7 +272,7 @@ def write_samples(samples: dict, out: Path, count: int = 4, generations: dict | 
     """PNGs of `count` evenly spaced frames of the first clip: driving, source, each model.
     Model frames carry the provenance marks of `generations[name]` (scores are already taken)."""
     from PIL import Image
-    from pipeline.provenance import save_marked_png
+    from core.provenance import save_marked_png
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     driving = samples["driving"]
@@ -371,10 +371,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    from pipeline.provenance import add_argument
+    from core.provenance import add_argument
     add_argument(parser)
     parser.add_argument("--precision", default="fp32", help="fp32 (default: scores comparable across "
-                        "machines), bf16 or auto (fomm/precision.py)")
+                        "machines), bf16 or auto (core/devices.py)")
 
 
 def command_line(args: argparse.Namespace) -> list[str]:
@@ -390,7 +390,7 @@ def command_line(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> dict:
     """The benchmark as a function; returns what benchmark.json records."""
     import torch
-    from pipeline.config import config_hash
+    from core.config import config_hash
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     for option in ("max_clips", "max_frames", "batch_size", "bootstrap"):
         value = getattr(args, option)
@@ -444,7 +444,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _generations(specs, args) -> dict:
-    from pipeline.provenance import Generation, warn_opt_out
+    from core.provenance import Generation, warn_opt_out
     if not getattr(args, "provenance", True):
         warn_opt_out()
         return {}

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from metrics import protocol as paper_protocol
-from pipeline.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def match_clips(real: dict[str, Path], generated: dict[str, Path]) -> list[tuple
 def read_clip(path: Path) -> np.ndarray:
     """(T, 256, 256, 3) uint8 frames of a video or a frame folder."""
     from metrics.evaluate import resize_frames
-    from pipeline.media import load_image, read_frames
+    from core.media import load_image, read_frames
     if path.is_dir():
         frames = [load_image(image) for image in _images(path)]
         shapes = {frame.shape for frame in frames}
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> dict:
     per_frame = pd.concat(parts, ignore_index=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from pipeline.media import atomic_path
+    from core.media import atomic_path
     with atomic_path(out / "per_frame.parquet") as tmp:
         per_frame.to_parquet(tmp, index=False)
     summary = summarise(per_frame, {"pose": backend_record(pose), "identity": backend_record(identity)},

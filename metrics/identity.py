@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 
 def _check(emb_real: np.ndarray, emb_fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 
 def _check(kp_real: np.ndarray, kp_fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 PROTOCOLS = ("paper", "project")
 MISSING = -1.0  # OpenPose's marker for a joint not found

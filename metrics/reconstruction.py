@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from metrics.backends import BackendUnavailable, check_frames
-from pipeline.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.datasets import sha256_of
-from pipeline.errors import UserError
+from core.media import sha256_of
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def environment() -> dict:
             gpu += f" (CUDA {torch.version.cuda})"
     except ImportError:
         pass
-    from pipeline.media import ffmpeg_exe
+    from core.media import ffmpeg_exe
     ffmpeg = _run([ffmpeg_exe(), "-hide_banner", "-version"]).splitlines()
     commit = _run(["git", "rev-parse", "HEAD"])
     dirty = bool(_run(["git", "status", "--porcelain", "--untracked-files=no"]))
@@ -241,7 +241,7 @@ def sample_rows(info: RunInfo) -> tuple[list[str], list[int], dict[str, list[np.
     """(row labels, frame numbers, label -> images) of the benchmark's sample frames."""
     from PIL import Image
 
-    from pipeline.media import load_image
+    from core.media import load_image
     samples = info.benchmark.get("samples")
     if not samples or info.benchmark_dir is None:
         return [], [], {}
@@ -398,7 +398,7 @@ def build_sections(info: RunInfo, env: dict) -> list[tuple[str, str, str]]:
     if per_clip:
         tables_html += "<p><b>Per clip</b> (mean over its frames; first 20 clips)</p>" + _html_table(per_clip)
         tables_md += "**Per clip** (mean over its frames; first 20 clips)\n\n" + _md_table(per_clip)
-    if tables_md:  # metrics/benchmark.py scores frames before pipeline/provenance.py marks them
+    if tables_md:  # metrics/benchmark.py scores frames before core/provenance.py marks them
         tables_html, tables_md = tables_html + f"<p>{MARKS_NOTE}</p>", tables_md + f"\n{MARKS_NOTE}\n"
     sections.append(("Metrics", tables_html or "<p>no benchmark found</p>", tables_md or "no benchmark found\n"))
 
@@ -456,7 +456,7 @@ def headline(info: RunInfo) -> list[str]:
 
 def write_report(run: str | Path) -> tuple[Path, Path]:
     """Write `report.html` and `report.md` (plus `report_samples.png`) into the run folder."""
-    from pipeline.media import atomic_path
+    from core.media import atomic_path
     info = find_run(Path(run))
     env = environment()
     sections = build_sections(info, env)

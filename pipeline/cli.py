@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 # stage name -> (module, one-line help)
 STAGES: dict[str, tuple[str, str]] = {

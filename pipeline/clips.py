@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def row_path(out: Path, split: str, name: str) -> Path:
 
 
 def write_row(out: Path, row: dict) -> None:
-    from pipeline.media import temp_file
+    from core.media import temp_file
     path = row_path(out, row["split"], row["clip"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_file(path.parent, ".", ".json.part")
@@ -288,7 +288,7 @@ def is_done(out: Path, row: dict | None, key: str | None = None) -> bool:
 
 def staging_dir(out: Path, split: str, name: str) -> Path:
     """A fresh temporary folder beside the clip's final folder (same file system)."""
-    from pipeline.media import temp_dir
+    from core.media import temp_dir
     parent = clip_dir(out, split, name).parent
     parent.mkdir(parents=True, exist_ok=True)
     return temp_dir(parent, ".tmp-")

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from pipeline import clips as clips_mod
-from pipeline.errors import UserError
-from pipeline.media import ffmpeg_exe
+from core.errors import UserError
+from core.media import ffmpeg_exe
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def crop_command(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], s
 def cut_clips(video: Path, cuts: list[tuple[int, int, tuple | None, Path]], size: int,
               pad_square: bool = False) -> list[int]:
     """Run one ffmpeg for all `cuts` of a video; the number of PNGs written for each."""
-    from pipeline.media import dies_with_parent
+    from core.media import dies_with_parent
     result = subprocess.run(crop_command(video, cuts, size, pad_square=pad_square),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, preexec_fn=dies_with_parent)
@@ -124,7 +124,7 @@ def resize_frame_folder(source: Path, size: int, folder: Path) -> int:
     """A folder of frame images (any names; natural order) resized to size x size PNGs."""
     import re
     from PIL import Image
-    from pipeline.media import load_image
+    from core.media import load_image
 
     def natural(path: Path):
         return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
@@ -242,7 +242,7 @@ def prepare_video(job, settings) -> list[dict]:
     """Fetch one video (once) and cut all of `job.clips` from it; one row per clip, each
     also written to disk as soon as it is final."""
     from pipeline import download
-    from pipeline.media import probe
+    from core.media import probe
     out = Path(settings.out)
     began = time.perf_counter()
     rows = []

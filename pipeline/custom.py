@@ -86,7 +86,7 @@ def detect_boxes(video: Path, every: int) -> tuple[list[tuple[int, np.ndarray]],
     """dlib boxes (in full-resolution pixels) on every `every`-th frame; also the number of
     frames and the (width, height). Only the frames used are converted to RGB."""
     import av
-    from pipeline import faces
+    from core import faces
     detections = []
     count = 0
     with av.open(str(video)) as container:
@@ -118,8 +118,8 @@ def prepare_video(video: Path, out: Path, size: int, policy,
     `finished` = (marker, text) records the video as finished."""
     import av
     from pipeline.crop import CropError, cut_clip
-    from pipeline.errors import UserError
-    from pipeline.media import probe
+    from core.errors import UserError
+    from core.media import probe
     began = time.perf_counter()
     video_id = video_id_of(video)
     try:

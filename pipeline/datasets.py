@@ -7,7 +7,6 @@ line per split), `source_dir` (mgif, nemo, bair: files the user already has), `c
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import urllib.request
 from dataclasses import dataclass, field
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import UserError
-from pipeline.media import atomic_path
+from core.errors import UserError
+from core.media import atomic_path, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +100,6 @@ def load_dataset(name_or_path: str) -> DatasetDef:
     if kind == "manifest" and definition.manifest is None:
         raise UserError(f"{where}: a 'manifest' dataset needs manifest: {{url, sha256}}")
     return definition
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(remote: RemoteFile, cache_dir: Path, timeout: float = 30) -> Path:

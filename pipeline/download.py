@@ -20,7 +20,7 @@ import urllib.parse
 from pathlib import Path
 
 from pipeline.clips import PLAIN_NAME
-from pipeline.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def download(url: str, video_id: str, cache_dir: Path,
     yt-dlp's socket timeout, and the whole download is given up (Unavailable) when it
     gains less than STALL_BYTES in `stall_timeout` seconds, as a server that trickles a
     few bytes at a time never trips a socket timeout."""
-    from pipeline.media import dies_with_parent
+    from core.media import dies_with_parent
     _check_id(video_id)
     cache_dir = Path(cache_dir)
     cached = cached_file(cache_dir, video_id)

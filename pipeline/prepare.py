@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import clips as clips_mod
-from pipeline.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def _task_failed(job: Job, settings: Settings, err: Exception) -> list[dict]:
 
 def _write_clips_table(out: Path, rows: list[dict]) -> Path:
     import pandas as pd
-    from pipeline.media import atomic_path
+    from core.media import atomic_path
     table = pd.DataFrame(rows, columns=list(clips_mod.result_row(status="done")))
     for column in ("start", "num_frames"):
         table[column] = table[column].astype("Int64")
@@ -521,8 +521,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(definition, args, settings: Settings, jobs: list[Job], began: float) -> dict:
     """Everything after the checks, with the writer lock held."""
-    from pipeline.media import atomic_path
-    from pipeline.ray_runner import init_ray, shutdown_ray
+    from core.media import atomic_path
+    from core.ray_runner import init_ray, shutdown_ray
     out = Path(settings.out)
     _remove_stale_staging(out)
     pending = _pending(jobs, out, settings)

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Timings:
         self.save()
 
     def save(self) -> None:
-        from pipeline.media import atomic_path
+        from core.media import atomic_path
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps(self.data, indent=2) + "\n")
 

@@ -168,7 +168,7 @@ def render_clip(clip: SampleClip) -> tuple[np.ndarray, np.ndarray]:
 
 def write_truth(path: Path, backward_grid: np.ndarray, clip: SampleClip) -> None:
     """Save the ground truth atomically (np.savez to a temp name, then rename)."""
-    from pipeline.media import atomic_path
+    from core.media import atomic_path
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, backward_grid=backward_grid, seed=np.int64(clip.seed),

@@ -103,7 +103,7 @@ def live_index(out: Path) -> dict:
 
 def new_shard_set(out: Path) -> Path:
     """A fresh folder for the next set, beside the live one (same file system)."""
-    from pipeline.media import temp_dir
+    from core.media import temp_dir
     sets = Path(out) / SETS_DIR
     sets.mkdir(parents=True, exist_ok=True)
     return temp_dir(sets, "set-")
@@ -117,7 +117,7 @@ def reuse_split(out: Path, new_set: Path, files: list[str]) -> None:
 
 def switch_to(out: Path, new_set: Path, index: dict) -> None:
     """Write the set's index, make it the live set with one rename, then drop older sets."""
-    from pipeline.media import atomic_path
+    from core.media import atomic_path
     out = Path(out)
     with atomic_path(new_set / "index.json") as tmp:
         tmp.write_text(json.dumps(index))

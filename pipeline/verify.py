@@ -2,7 +2,7 @@
 
 For each file: the C2PA manifest (valid, tampered or absent; valid also says whether it
 declares trainedAlgorithmicMedia and whether its signer is on a trust list), the metadata tag
-(pipeline/provenance.py), and the invisible watermark (pipeline/watermark.py): the fraction of
+(core/provenance.py), and the invisible watermark (core/watermark.py): the fraction of
 frames whose tag decodes and the payload most of them carry. A file is *marked* when its
 manifest is valid or the tag decodes in at least half of its frames. One line per file; with
 `--json` also a JSON report on stdout. Exit 0 when every file is marked, 1 when any is not,
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import watermark
-from pipeline.errors import UserError
-from pipeline.provenance import TAG_KEYWORD, TRAINED_ALGORITHMIC_MEDIA
+from core import watermark
+from core.errors import UserError
+from core.provenance import TAG_KEYWORD, TRAINED_ALGORITHMIC_MEDIA
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def read_tag(path: Path, kind: str) -> str | None:
 
 # --------------------------------------------------------------------------- watermark
 def frames_of(path: Path, kind: str, max_frames: int | None):
-    from pipeline.media import iter_frames, load_image
+    from core.media import iter_frames, load_image
     if kind == "image":
         yield load_image(path)
         return
@@ -216,7 +216,7 @@ def verify_file(path: str | Path, max_frames: int | None = None) -> Verdict:
         raise UserError(f"{str(path)!r} does not exist (expected a video or image file)")
     kind = "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
     if kind == "video":
-        from pipeline.media import probe
+        from core.media import probe
         probe(path)  # UserError when it is not a readable video
     try:
         tag = read_tag(path, kind)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 

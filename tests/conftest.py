@@ -18,7 +18,7 @@ SHARED_REFERENCE = SHARED_DATA.parent / "reference"
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Generated files are signed (pipeline/provenance.py): tests keep their self-signed
+# Generated files are signed (core/provenance.py): tests keep their self-signed
 # credential in a temporary folder, never in the user's ~/.config.
 os.environ.setdefault("MOTION_TRANSFER_CONFIG", tempfile.mkdtemp(prefix="motion-transfer-config-"))
 
@@ -67,7 +67,7 @@ def taichi_root(shared_data, tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def ray_local():
     """A local Ray on 2 CPUs for one test module."""
-    from pipeline.ray_runner import init_ray, shutdown_ray
+    from core.ray_runner import init_ray, shutdown_ray
     init_ray(num_cpus=2)
     yield
     shutdown_ray()
@@ -76,7 +76,7 @@ def ray_local():
 @pytest.fixture(scope="module")
 def config():
     """The tiny FOMM config (64x64) for animation tests."""
-    from pipeline.config import load_config
+    from core.config import load_config
     return load_config("tiny")
 
 

@@ -17,8 +17,8 @@ from fomm import source_crop
 from fomm.animate import (AnimateOptions, Animator, animate, audio_offset, to_frames, to_tensor)
 from fomm.best_frame import find_best_frame
 from pipeline import cli
-from pipeline.config import load_config
-from pipeline.media import ffmpeg_exe, iter_frames, load_image, probe, read_frames
+from core.config import load_config
+from core.media import ffmpeg_exe, iter_frames, load_image, probe, read_frames
 
 CPU = torch.device("cpu")
 
@@ -294,7 +294,7 @@ def test_best_frame_animation_equals_backward_forward_stitch(model, config, d12_
     assert np.abs(written - to_frames(stitched)).mean() < 4
 # --------------------------------------------------------------------------- cropping
 def test_auto_crop_boxes_contain_the_faces(shared_data, d12_short):
-    from pipeline import faces
+    from core import faces
     image = load_image(shared_data / "faces/liveportrait/s2.jpg")  # 2048 px
     box = source_crop.source_box(image, "auto")
     face = faces.largest_face(source_crop.resize(image, (512, 512))) * 4
@@ -332,7 +332,7 @@ def test_frames_stream_through_with_bounded_memory(model, config, d12_short, tmp
     """Decoded driving frames are released batch by batch: at no time are more than about
     two batches alive, however long the video (here 14 frames, batch 2)."""
     import weakref
-    import pipeline.media as media
+    import core.media as media
     alive, peak = set(), [0]
     original = media.iter_frames
 

@@ -10,8 +10,8 @@ import torch
 
 from fomm.animate import AnimateOptions, Animator, animate, load_animation_model
 from pipeline import cli
-from pipeline.config import load_config
-from pipeline.errors import UserError
+from core.config import load_config
+from core.errors import UserError
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_no_face_with_crop_auto(checkpoint, shared_data, out_dir, tmp_path, caps
 
 
 def test_no_face_in_driving_with_crop_auto(checkpoint, shared_data, out_dir, tmp_path, capsys):
-    from pipeline.media import write_video
+    from core.media import write_video
     from skimage import data
     scenery = write_video(tmp_path / "scenery.mp4", [data.coffee()] * 5, fps=25)
     code = run(checkpoint, shared_data / "faces/sadtalker/happy.png", scenery, out_dir / "x.mp4",

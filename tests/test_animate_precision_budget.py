@@ -12,7 +12,7 @@ import torch
 from benchmarks.animate import clip_frames, error_budget
 from fomm.animate import load_animation_model
 from fomm.train import resolve_run_config, train
-from pipeline.media import ffmpeg_exe
+from core.media import ffmpeg_exe
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from fomm.augment import random_flip
-from pipeline.config import FlipParams
+from core.config import FlipParams
 
 TRIALS = 4000
 

@@ -13,8 +13,8 @@ from metrics import backends
 from metrics.backends import BackendUnavailable, get_identity_backend, get_pose_backend
 from metrics.evaluate import resize_frames
 from metrics.identity import pairwise
-from pipeline.errors import UserError
-from pipeline.media import iter_frames, load_image
+from core.errors import UserError
+from core.media import iter_frames, load_image
 
 DETECTION_STEP = 8  # every 8th frame of every clip: about 280 frames, 10 s on an idle core
 

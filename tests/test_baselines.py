@@ -18,7 +18,7 @@ from fomm.baselines.monkey_net import MonkeyNet
 from fomm.blocks import identity_grid, make_coordinate_grid, warp
 from fomm.data import to_tensor
 from fomm.registry import build_model
-from pipeline.config import load_config
+from core.config import load_config
 
 SIZE = (64, 64)
 
@@ -31,7 +31,7 @@ def taichi_dir(shared_data) -> Path:
 @pytest.fixture(scope="module")
 def taichi_frames(taichi_dir) -> torch.Tensor:
     """Frames 0, 8, ..., 56 of a real Tai-Chi-HD test clip at 64x64: (8, 3, 64, 64)."""
-    from pipeline.media import load_image
+    from core.media import load_image
     files = sorted(taichi_dir.glob("*.png"))[::8][:8]
     return to_tensor(resize_frames(np.stack([load_image(f) for f in files]), SIZE))
 
@@ -178,7 +178,7 @@ def _reconstruction_error(model, frames: torch.Tensor) -> float:
 def _checkpoint(name: str, path: Path) -> Path:
     """An untrained tiny model saved as the training loop saves it (config inside)."""
     from fomm.checkpoint import save_checkpoint
-    from pipeline.config import config_to_dict
+    from core.config import config_to_dict
     config = tiny(name)
     torch.manual_seed(0)
     save_checkpoint(path, {"config": config_to_dict(config), **build_model(config).checkpoint_state()})
@@ -189,7 +189,7 @@ def _checkpoint(name: str, path: Path) -> Path:
 def test_reconstruct_stage(name, taichi_root, taichi_frames, tmp_path):
     """`pipeline run reconstruct` with a baseline's checkpoint, exactly as for FOMM."""
     from pipeline.cli import main
-    from pipeline.media import probe
+    from core.media import probe
     checkpoint = _checkpoint(name, tmp_path / "model.pt")
     out = tmp_path / "recon"
     assert main(["run", "reconstruct", "--checkpoint", str(checkpoint), "--data", str(taichi_root),
@@ -207,7 +207,7 @@ def test_animate_stage(name, motion, shared_data, tmp_path):
     """`pipeline run animate` with the same options as FOMM: a real portrait driven by a
     real video, keypoints drawn where the family has them, side-by-side layout."""
     from pipeline.cli import main
-    from pipeline.media import probe
+    from core.media import probe
     checkpoint = _checkpoint(name, tmp_path / "model.pt")
     out = tmp_path / "animated.mp4"
     args = ["run", "animate", "--config", f"{name}-tiny", "--checkpoint", str(checkpoint),

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from metrics import benchmark
-from pipeline.config import config_from_dict, config_to_dict, load_config
-from pipeline.errors import UserError
+from core.config import config_from_dict, config_to_dict, load_config
+from core.errors import UserError
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -229,7 +229,7 @@ def test_released_checkpoint_needs_and_takes_a_config(sample_data, tmp_path):
     with pytest.raises(UserError, match="embeds no config"):
         benchmark.load_model(benchmark.ModelSpec("fomm", released, None))
     config_file = tmp_path / "tiny64.yaml"
-    from pipeline.config import config_to_yaml
+    from core.config import config_to_yaml
     config_file.write_text(config_to_yaml(config))
     loaded, loaded_config = benchmark.load_model(benchmark.ModelSpec("fomm", released, str(config_file)))
     assert loaded_config == config

@@ -8,9 +8,9 @@ import torch
 from fomm.checkpoint import (CHECKPOINT_FORMAT, load_checkpoint_file, load_model, model_state,
                              save_checkpoint)
 from fomm.registry import build_model
-from pipeline.config import config_to_dict, load_config
-from pipeline.errors import UserError
-from pipeline.media import load_image
+from core.config import config_to_dict, load_config
+from core.errors import UserError
+from core.media import load_image
 
 
 @pytest.fixture(scope="module")

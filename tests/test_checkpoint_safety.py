@@ -18,8 +18,8 @@ import torch
 from fomm.checkpoint import TRUST_PICKLE_ENV, load_checkpoint_file, load_model, save_checkpoint
 from fomm.registry import build_model
 from pipeline.cli import main as cli_main
-from pipeline.config import config_to_dict, load_config
-from pipeline.errors import UserError
+from core.config import config_to_dict, load_config
+from core.errors import UserError
 
 
 class WritesAFile:

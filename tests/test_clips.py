@@ -7,7 +7,7 @@ import pytest
 from pipeline import datasets
 from pipeline.clips import clip_name, group_by_video, read_manifest
 from pipeline.crop import CropError, frame_range, scaled_bbox
-from pipeline.errors import UserError
+from core.errors import UserError
 
 
 def test_upstream_manifests_parse(shared_data):

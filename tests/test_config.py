@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import (Config, ConfigError, config_from_dict, config_hash, config_to_dict,
+from core.config import (Config, ConfigError, config_from_dict, config_hash, config_to_dict,
                              load_config)
 
 

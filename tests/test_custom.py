@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import cli, faces
+from core import faces
+
+from pipeline import cli
 from pipeline.custom import enlarge, iou, link_tubes
 
 SIZE = 128
@@ -27,7 +29,7 @@ def face_videos(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared(face_videos, tmp_path_factory):
-    from pipeline.ray_runner import init_ray, shutdown_ray
+    from core.ray_runner import init_ray, shutdown_ray
     root = tmp_path_factory.mktemp("custom")
     definition = root / "custom-fast.yaml"
     definition.write_text("name: custom\nkind: custom\nsize: 256\n"

@@ -10,8 +10,8 @@ import torch
 
 from fomm.augment import Augmentation, color_jitter, random_crop
 from fomm.data import EpochSampler, FramePairs, ReconstructionClips, frame_sort_key, open_clips
-from pipeline.config import (AugmentationParams, CropParams, DatasetParams, FlipParams, JitterParams)
-from pipeline.errors import UserError
+from core.config import (AugmentationParams, CropParams, DatasetParams, FlipParams, JitterParams)
+from core.errors import UserError
 
 SIZE = (64, 64, 3)
 

@@ -9,9 +9,9 @@ import torch
 from fomm import export
 from fomm.animate import AnimateOptions, Animator, animate, load_animation_model, to_tensor
 from pipeline import cli
-from pipeline.config import load_config
-from pipeline.errors import UserError
-from pipeline.media import iter_frames, probe
+from core.config import load_config
+from core.errors import UserError
+from core.media import iter_frames, probe
 
 
 @pytest.fixture(scope="module")

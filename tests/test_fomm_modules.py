@@ -10,8 +10,8 @@ import torch
 from fomm.blocks import identity_grid, make_coordinate_grid, warp
 from fomm.model import FirstOrderModel, convex_hull_area
 from fomm.registry import build_model
-from pipeline.config import load_config
-from pipeline.media import load_image, read_frames
+from core.config import load_config
+from core.media import load_image, read_frames
 
 
 def to_tensor(frames: np.ndarray, size: int) -> torch.Tensor:

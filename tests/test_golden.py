@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fomm.model import FirstOrderModel
-from pipeline.config import config_from_dict, config_to_dict
+from core.config import config_from_dict, config_to_dict
 
 ATOL = RTOL = 1e-9
 

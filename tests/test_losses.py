@@ -9,9 +9,9 @@ from fomm.blocks import identity_grid
 from fomm.losses import LossKit, Transform
 from fomm.registry import build_model
 from fomm.vgg import TORCHVISION_FILE, Vgg19
-from pipeline.config import TransformParams, load_config, replace
-from pipeline.errors import UserError
-from pipeline.media import read_frames
+from core.config import TransformParams, load_config, replace
+from core.errors import UserError
+from core.media import read_frames
 
 
 @pytest.fixture(scope="module")

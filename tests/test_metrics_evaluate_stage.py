@@ -12,8 +12,8 @@ from PIL import Image
 
 from metrics import evaluate_stage
 from pipeline.cli import main as cli
-from pipeline.errors import UserError
-from pipeline.media import VideoWriter, read_frames
+from core.errors import UserError
+from core.media import VideoWriter, read_frames
 
 FRAMES = 12
 

@@ -7,8 +7,8 @@ import pytest
 from metrics.backends import get_identity_backend
 from metrics.evaluate import resize_frames, score_clip
 from metrics.identity import aed, pairwise
-from pipeline.errors import UserError
-from pipeline.media import iter_frames
+from core.errors import UserError
+from core.media import iter_frames
 
 NAN = np.nan
 

@@ -7,8 +7,8 @@ import pytest
 from metrics.backends import get_pose_backend
 from metrics.evaluate import score_clip
 from metrics.keypoints import akd, found, mkr, scale_to
-from pipeline.errors import UserError
-from pipeline.media import iter_frames
+from core.errors import UserError
+from core.media import iter_frames
 
 NAN = np.nan
 

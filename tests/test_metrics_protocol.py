@@ -8,7 +8,7 @@ import pytest
 from metrics import protocol
 from metrics.backends.dlib68 import Dlib68Pose
 from metrics.evaluate import score_clip
-from pipeline.media import read_frames
+from core.media import read_frames
 
 
 def _face(offset_x: float = 0.0, offset_y: float = 0.0) -> np.ndarray:
@@ -113,7 +113,7 @@ def test_face_clip_against_itself_and_a_four_pixel_shift(face_clip):
 
 
 def test_unknown_protocol_is_a_named_error(face_clip):
-    from pipeline.errors import UserError
+    from core.errors import UserError
     with pytest.raises(UserError, match=r"--protocol 'cvpr'.*\['paper', 'project'\]"):
         score_clip(face_clip[:1], face_clip[:1], protocol="cvpr")
 

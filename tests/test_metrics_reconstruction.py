@@ -9,8 +9,8 @@ import pytest
 from metrics import reconstruction
 from metrics.backends import BackendUnavailable
 from metrics.evaluate import score_clip
-from pipeline.errors import UserError
-from pipeline.media import read_frames
+from core.errors import UserError
+from core.media import read_frames
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from fomm.registry import build_model
-from pipeline.config import config_from_dict, load_config
+from core.config import config_from_dict, load_config
 
 ORIGINAL_SECTIONS = ("dataset_params", "model_params", "train_params", "reconstruction_params",
                      "transfer_params", "prediction_params", "visualizer_params")
@@ -236,7 +236,7 @@ def test_original_checkpoint_loads_and_matches_golden_in_float32(golden, tmp_pat
     file's convention named explicitly (align_corners=false wins), the float32 outputs stay
     within 2/255 of the float64 golden ones."""
     from fomm.checkpoint import load_model
-    from pipeline.config import replace
+    from core.config import replace
     config = config_from_dict(original_yaml(golden))
     path = _original_checkpoint(golden, tmp_path / "monkey-net.pth.tar")
     assert load_model(config, path).align_corners is True

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fomm import precision
+from core import devices as precision
 from fomm.animate import AnimateOptions, Animator, batch_size
-from pipeline.errors import UserError
+from core.errors import UserError
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_keypoints_are_detected_in_fp32_on_the_bf16_path(model, cpu_with, shared
     differ (the generator does run in bf16)."""
     from fomm import source_crop
     from fomm.animate import to_tensor
-    from pipeline.media import iter_frames
+    from core.media import iter_frames
     clip = shared_data / "faces" / "fomm-demo" / "04.mp4"
     frames = to_tensor(np.stack([source_crop.resize(f, (64, 64)) for f in iter_frames(clip, 0, 6)]),
                        torch.device("cpu"))

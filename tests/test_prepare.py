@@ -23,7 +23,7 @@ from skimage.transform import resize
 
 from pipeline import cli
 from pipeline.clips import is_done, read_row
-from pipeline.media import read_frames
+from core.media import read_frames
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]

@@ -48,7 +48,7 @@ class _Handler(_QuietHandler):
 @pytest.fixture(scope="module")
 def mirror(shared_data, tmp_path_factory):
     """http://127.0.0.1:PORT/{video_id}.mp4: real clips, a faststart copy cut in half."""
-    from pipeline.media import ffmpeg_exe
+    from core.media import ffmpeg_exe
     root = tmp_path_factory.mktemp("mirror")
     for video_id, relative in MIRROR.items():
         (root / f"{video_id}.mp4").symlink_to(shared_data / relative)
@@ -182,7 +182,7 @@ def test_corrected_bbox_redoes_that_clip_only(sized, mirror, tmp_path):
 
 def test_outputs_honour_the_umask(sized):
     """Files 0666 and folders 0777 less the umask (mkstemp/mkdtemp alone give 0600/0700)."""
-    from pipeline.media import current_umask
+    from core.media import current_umask
     out, mask = sized[0], current_umask()
     checked = 0
     for path in out.rglob("*"):
@@ -196,7 +196,7 @@ def test_outputs_honour_the_umask(sized):
 
 def test_atomic_outputs_follow_a_changed_umask(tmp_path):
     from pipeline.clips import staging_dir
-    from pipeline.media import atomic_path
+    from core.media import atomic_path
     old = os.umask(0o007)
     try:
         with atomic_path(tmp_path / "x.json") as tmp:
@@ -215,7 +215,7 @@ def test_training_pairs_from_prepared_shards_read_two_small_groups(sized):
     rchar) stay under those two groups plus the PNG headers, far below a shard."""
     import pyarrow.parquet as pq
     from fomm.data import EpochSampler, FramePairs, open_clips
-    from pipeline.config import DatasetParams
+    from core.config import DatasetParams
     out = sized[0]
     shards = sorted((out / "shards").glob("train-*.parquet"))
     clips_per_shard = [len(set(pq.read_table(p, columns=["clip"]).column("clip").to_pylist()))
@@ -297,7 +297,7 @@ def test_a_clip_ffmpeg_cannot_cut_fails_alone(shared_data, tmp_path, monkeypatch
     that ffmpeg cannot cut fails."""
     from pipeline import crop
     from pipeline.clips import Clip
-    from pipeline.media import probe
+    from core.media import probe
     video = shared_data / MIRROR["face08"]
     clips = [Clip(f"c{i}#000000#000005", f"c{i}", None, "train", 5 * i, 5 * i + 5, 35.0,
                   (0, 0, 256, 256), 256, 256) for i in range(3)]
@@ -331,7 +331,7 @@ def test_trickling_server_is_given_up_within_the_stall_timeout(tmp_path, mirror,
 
 def test_manifest_download_from_a_trickling_server_gives_up(mirror, tmp_path):
     from pipeline import datasets
-    from pipeline.errors import UserError
+    from core.errors import UserError
     began = time.perf_counter()
     with pytest.raises(UserError, match="stalled: less than 16 KiB in 1 s"):
         datasets.fetch(datasets.RemoteFile(mirror + "/slow/m.csv", "0" * 64), tmp_path, timeout=1)
@@ -461,7 +461,7 @@ def test_bad_out_folders_are_refused(tmp_path, capsys):
 
 def test_num_videos_zero_is_refused_not_all(tmp_path, capsys, taichi_root):
     from fomm.data import ReconstructionClips, open_clips
-    from pipeline.errors import UserError
+    from core.errors import UserError
     out = tmp_path / "rec"
     assert cli.main(["run", "reconstruct", "--checkpoint", str(tmp_path / "none.pt"),
                      "--data", str(taichi_root), "--out", str(out), "--num-videos", "0"]) == 2
@@ -505,7 +505,7 @@ def test_sample_bugs_raise_instead_of_becoming_rows(tmp_path, monkeypatch):
 
 def test_run_all_logs_the_traceback_of_a_failing_stage(tmp_path, monkeypatch, caplog):
     from pipeline import run_all
-    from pipeline.errors import UserError
+    from core.errors import UserError
 
     def fake(stage, argv):
         if stage == "train":

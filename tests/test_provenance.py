@@ -1,4 +1,4 @@
-"""Generated files say they are generated (pipeline/provenance.py, pipeline/verify.py), real
+"""Generated files say they are generated (core/provenance.py, pipeline/verify.py), real
 clips do not, and --no-provenance gives an unmarked file with a warning line."""
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import cli, provenance, watermark
-from pipeline.credentials import config_dir, load_credential
-from pipeline.media import ffmpeg_exe, read_frames, write_video
+from core import provenance
+
+from core import watermark
+
+from pipeline import cli
+from core.credentials import config_dir, load_credential
+from core.media import ffmpeg_exe, read_frames, write_video
 from pipeline.verify import verify_file
 
 FRAMES = 20
@@ -121,7 +125,7 @@ def test_edited_bytes_are_tampered_and_reencode_drops_manifest_not_watermark(ani
 
 
 def test_gif_and_png_carry_all_three_marks(shared_data, tmp_path):
-    from pipeline.config import load_config
+    from core.config import load_config
     generation = provenance.Generation.of(load_config("tiny"), "test")
     frames = read_frames(shared_data / "faces/fomm-demo/08.mp4", 0, 6)
     gif = tmp_path / "marked.gif"
@@ -161,7 +165,7 @@ def test_self_signed_credential_is_made_once_and_private(tmp_path, monkeypatch):
 
 def test_configured_certificate_signs(tmp_path, monkeypatch, shared_data):
     """A user's own key and certificate (here another generated pair) sign instead."""
-    from pipeline.config import load_config
+    from core.config import load_config
     monkeypatch.setenv("MOTION_TRANSFER_CONFIG", str(tmp_path / "other"))
     own = load_credential()
     (tmp_path / "cert.pem").write_bytes(own.chain)
@@ -239,7 +243,7 @@ def test_stream_to_a_file_is_marked(model, config, shared_data, tmp_path):
 def test_reconstruction_video_is_marked_and_l1_unchanged(shared_data, tmp_path):
     from fomm.checkpoint import save_checkpoint
     from fomm.registry import build_model
-    from pipeline.config import config_to_dict, load_config
+    from core.config import config_to_dict, load_config
     root = tmp_path / "data"
     (root / "test").mkdir(parents=True)
     (root / "test" / "taichi2").symlink_to(shared_data / "bodies" / "dwnet-taichi" / "2")

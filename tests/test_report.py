@@ -15,8 +15,8 @@ from PIL import Image
 
 from metrics import report
 from pipeline.cli import main as cli_main
-from pipeline.datasets import sha256_of
-from pipeline.errors import UserError
+from core.media import sha256_of
+from core.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 from fomm import stream
 from fomm.animate import AnimateOptions, Animator
 from pipeline import cli
-from pipeline.errors import UserError
-from pipeline.media import ffmpeg_exe, iter_frames, probe, realtime_input_arguments
+from core.errors import UserError
+from core.media import ffmpeg_exe, iter_frames, probe, realtime_input_arguments
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_stream_to_stdout_for_a_player(model, config, clip, tmp_path, shared_dat
 
 
 def test_stream_crop_auto_fixes_the_box_on_the_first_face(model, config, clip, tmp_path, shared_data):
-    from pipeline import faces
+    from core import faces
     report = stream.run_stream(model, config, shared_data / "faces/liveportrait/s2.jpg", str(clip),
                                tmp_path / "crop.mp4", AnimateOptions(crop="auto", batch_size=4), drop=False)
     assert report.frames_out == 20 and report.crop_box is not None

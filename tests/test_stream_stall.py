@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.media import ffmpeg_exe, probe
+from core.media import ffmpeg_exe, probe
 
 REPO = Path(__file__).resolve().parents[1]
 

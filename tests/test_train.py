@@ -16,7 +16,7 @@ from fomm.augment import resize_frames
 from fomm.registry import build_model
 from fomm.train import resolve_run_config, seed_everything, train
 from pipeline.cli import main as cli_main
-from pipeline.config import config_from_dict
+from core.config import config_from_dict
 
 # The perceptual loss's VGG19 costs ~3x the tiny model per step on these 2 shared cores, so
 # the 50-step test trains on the L1 photometric term (plus equivariance) and measures L1

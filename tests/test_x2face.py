@@ -18,8 +18,8 @@ import torch
 from fomm.baselines.x2face import X2Face, from_released, to_released
 from fomm.data import to_tensor
 from fomm.registry import build_model
-from pipeline.config import load_config
-from pipeline.errors import UserError
+from core.config import load_config
+from core.errors import UserError
 
 SIZE = 256  # the U-Nets' 8 stride-2 levels take 256x256 to 1x1
 
@@ -131,7 +131,7 @@ def test_released_file_loads_with_no_flag_and_matches_in_float32(golden, release
     (align_corners=True); with the golden file's convention named explicitly (an explicit
     align_corners=false wins), its float32 output is the golden forward within 2/255."""
     from fomm.checkpoint import load_model
-    from pipeline.config import replace
+    from core.config import replace
     state = {k: v.float() for k, v in released_weights.items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "x2face_model.pth"
     torch.save({"state_dict": state}, path)
@@ -167,7 +167,7 @@ def _zero_offsets(model: X2Face) -> X2Face:
 @pytest.fixture(scope="module")
 def face_frames(shared_data) -> torch.Tensor:
     """Frames 0, 10, ..., 140 of a real talking head with head turns (fomm-demo/08.mp4, 256x256)."""
-    from pipeline.media import read_frames
+    from core.media import read_frames
     return to_tensor(read_frames(shared_data / "faces" / "fomm-demo" / "08.mp4", 0, 150)[::10])
 
 
@@ -264,7 +264,7 @@ def test_fifty_sgd_steps_at_the_original_settings_lower_the_loss(face_frames, tm
 def _checkpoint(path: Path) -> Path:
     """An untrained tiny X2Face saved as the training loop saves it (config inside)."""
     from fomm.checkpoint import save_checkpoint
-    from pipeline.config import config_to_dict
+    from core.config import config_to_dict
     config = load_config("x2face-tiny")
     torch.manual_seed(0)
     save_checkpoint(path, {"config": config_to_dict(config), **build_model(config).checkpoint_state()})
@@ -274,7 +274,7 @@ def _checkpoint(path: Path) -> Path:
 def test_project_checkpoint_reconstruct_stage(tmp_path, face_frames):
     """The project's own checkpoint format still loads, through `pipeline run reconstruct`."""
     from pipeline.cli import main
-    from pipeline.media import probe
+    from core.media import probe
     write_clip(face_frames[:4], tmp_path / "data" / "test" / "clip")
     out = tmp_path / "recon"
     assert main(["run", "reconstruct", "--checkpoint", str(_checkpoint(tmp_path / "model.pt")),
@@ -287,7 +287,7 @@ def test_project_checkpoint_reconstruct_stage(tmp_path, face_frames):
 
 def test_animate_stage(shared_data, tmp_path):
     from pipeline.cli import main
-    from pipeline.media import probe
+    from core.media import probe
     out = tmp_path / "animated.mp4"
     assert main(["run", "animate", "--config", "x2face-tiny", "--checkpoint", str(_checkpoint(tmp_path / "m.pt")),
                  "--source", str(shared_data / "faces" / "fomm-demo" / "02.png"),

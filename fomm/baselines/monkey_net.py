@@ -42,9 +42,9 @@ from fomm.baselines.common import full, heatmap_moments, keypoint_gaussians
 from fomm.blocks import (Encoder, ResBlock2d, SameBlock2d, UpBlock2d, full_precision,
                          make_coordinate_grid, warp)
 from fomm.model import movement_scale
-from pipeline.config import (Config, MonkeyNetDenseMotionParams, MonkeyNetDiscriminatorParams,
+from core.config import (Config, MonkeyNetDenseMotionParams, MonkeyNetDiscriminatorParams,
                              MonkeyNetEmbeddingParams, MonkeyNetGeneratorParams, MonkeyNetKpDetectorParams)
-from pipeline.errors import UserError
+from core.errors import UserError
 
 
 def downscale(frames: torch.Tensor, scale_factor: float) -> torch.Tensor:

@@ -36,8 +36,8 @@ from torch import nn
 
 from fomm.api import Motion, MotionTransferModel
 from fomm.blocks import make_coordinate_grid, warp
-from pipeline.config import Config
-from pipeline.errors import UserError
+from core.config import Config
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 

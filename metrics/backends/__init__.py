@@ -18,7 +18,7 @@ import logging
 
 import numpy as np
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 

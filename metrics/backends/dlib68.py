@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 
 from metrics.backends import PoseBackend
-from pipeline import faces
+from core import faces
 
 _BOXES: collections.OrderedDict = collections.OrderedDict()
 _BOX_CACHE_SIZE = 512

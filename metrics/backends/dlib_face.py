@@ -10,7 +10,7 @@ import numpy as np
 
 from metrics.backends import IdentityBackend
 from metrics.backends.dlib68 import face_box
-from pipeline import faces
+from core import faces
 
 
 class DlibFaceIdentity(IdentityBackend):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from metrics.backends import BackendUnavailable, PoseBackend
-from pipeline.errors import UserError
+from core.errors import UserError
 
 # BlazePose index of each OpenPose COCO-18 joint (nose, neck, right arm, left arm, right leg,
 # left leg, right eye, left eye, right ear, left ear); the neck (-1) is the shoulders' midpoint.

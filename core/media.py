@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 
 def ffmpeg_exe() -> str:
@@ -67,7 +68,7 @@ class VideoInfo:
     width: int
     height: int
     fps: float
-    num_frames: int  # the container's count where it stores one (may be off by one: see count_frames)
+    num_frames: int  # the container's count where it stores one (may be off by one; a full decode is exact)
     duration: float
     codec: str
     has_audio: bool
@@ -105,11 +106,6 @@ def probe(path: str | Path) -> VideoInfo:
                              audio is not None, audio_duration)
     except av.error.FFmpegError as err:
         raise UserError(f"{str(path)!r} is not a readable video: {err}") from None
-
-
-def count_frames(path: str | Path) -> int:
-    """Frames a full decode yields: exact, where `probe().num_frames` trusts the container."""
-    return sum(1 for _ in iter_frames(path))
 
 
 def iter_frames(path: str | Path, start: int = 0, end: int | None = None) -> Iterator[np.ndarray]:
@@ -302,3 +298,12 @@ def load_image(path: str | Path) -> np.ndarray:
             return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"{str(path)!r} is not a readable image ({err})") from None
+
+
+def sha256_of(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,11 +1,11 @@
 """Marks on every generated file: it says it is generated (EU AI Act, Art. 50).
 
 Three marks, each readable by `pipeline run verify`:
-1. an invisible watermark in every frame, embedded before encoding (pipeline/watermark.py);
+1. an invisible watermark in every frame, embedded before encoding (core/watermark.py);
 2. a C2PA manifest (mp4, gif, png) with a `c2pa.created` action whose digitalSourceType is
    IPTC's trainedAlgorithmicMedia, naming the tool and the model (family, config hash) and
    nothing about the user, signed with the configured or self-signed key
-   (pipeline/credentials.py);
+   (core/credentials.py);
 3. a plain metadata tag: `comment` and `description` in an mp4, a comment block in a gif,
    tEXt chunks in a png.
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import watermark
-from pipeline.errors import UserError
+from core import watermark
+from core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Generation:
 
     @classmethod
     def of(cls, config, *run_parts: object) -> "Generation":
-        from pipeline.config import config_hash
+        from core.config import config_hash
         digest = config_hash(config)
         name = config.model_params.name
         return cls(name, digest[:16], watermark.run_id(name, digest, *run_parts))
@@ -122,7 +122,7 @@ def add_tag(source: Path, dest: Path, text: str) -> None:
     """Copy `source` to `dest` with `text` as its comment/description."""
     suffix = source.suffix.lower()
     if suffix in (".mp4", ".mov", ".m4v"):
-        from pipeline.media import ffmpeg_exe
+        from core.media import ffmpeg_exe
         command = [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(source), "-map", "0", "-c", "copy",
                    "-metadata", f"comment={text}", "-metadata", f"description={text}",
                    "-movflags", "+faststart", "-f", "mp4" if suffix != ".mov" else "mov", str(dest)]
@@ -182,7 +182,7 @@ def manifest(generation: Generation, title: str, mime: str) -> dict:
 def sign(source: Path, dest: Path, generation: Generation) -> None:
     """Write `source` with an embedded, signed C2PA manifest to `dest`."""
     import c2pa
-    from pipeline.credentials import load_credential
+    from core.credentials import load_credential
     credential = load_credential()
     mime = MIME_TYPES[source.suffix.lower()]
     definition = manifest(generation, source.name.split(".part")[0].lstrip("."), mime)

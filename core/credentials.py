@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 logger = logging.getLogger(__name__)
 

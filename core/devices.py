@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
