@@ -37,6 +37,7 @@ from fomm import source_crop
 from fomm.api import Motion, MotionTransferModel
 from core.config import Config, load_config
 from core.errors import UserError
+from core.frames import to_tensor, to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -122,21 +123,6 @@ def load_animation_model(config: Config, checkpoint: str | Path | None, device: 
 
 
 # --------------------------------------------------------------------------- tensors
-def to_tensor(frames: np.ndarray | list[np.ndarray], device: torch.device) -> torch.Tensor:
-    """(H, W, 3) or (B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1] on `device`."""
-    array = np.stack(frames) if isinstance(frames, list) else np.array(frames)  # a writable copy
-    if array.ndim == 3:
-        array = array[None]
-    tensor = torch.from_numpy(array).to(device)
-    return tensor.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, H, W)
-
-
-def to_frames(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8."""
-    images = images.detach().float().clamp_(0, 1).mul_(255).add_(0.5).to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
-
-
 def expand_motion(motion: Motion, batch: int) -> Motion:
     """Repeat a batch-1 motion dict along the batch axis (views, no copies)."""
     return {key: value.expand(batch, *value.shape[1:]) for key, value in motion.items()}
@@ -387,7 +373,7 @@ def _animate_frames(animator, source, driving_path, driving_box, end, size, writ
     frames = (source_crop.prepare(f, driving_box, size) for f in iter_frames(driving_path, 0, end))
     for batch in batched(frames, batch_size(options, animator.device)):
         outputs = animator(to_tensor(batch, animator.device))
-        results = to_frames(outputs["prediction"])
+        results = to_uint8(outputs["prediction"])
         for frame in compose(results, batch, source, outputs, animator, options,
                              config.visualizer_params.kp_size, config.visualizer_params.colormap):
             writer.write(frame)

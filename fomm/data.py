@@ -30,6 +30,7 @@ from torch.utils.data import Dataset, Sampler
 from fomm.augment import Augmentation, resize_frames
 from core.config import DatasetParams
 from core.errors import UserError
+from core.frames import to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -300,14 +301,6 @@ def open_clips(root: str | Path, split: str) -> ClipStore:
         raise UserError(f"{str(root)!r}: the {split!r} split has no clips")
     log.info("%s %s: %d clips (%s)", root, split, len(store.clips), type(store).__name__)
     return store
-
-
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W, 3) uint8 or float in [0, 1] -> (T, 3, H, W) float32 in [0, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(frames))
-    if tensor.dtype == torch.uint8:
-        tensor = tensor.float() / 255.0
-    return tensor.float().permute(0, 3, 1, 2).contiguous()
 
 
 # --------------------------------------------------------------------------- training pairs

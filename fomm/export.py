@@ -41,6 +41,7 @@ from torch import nn
 
 from core.config import Config, config_to_yaml, load_config
 from core.errors import UserError
+from core.frames import to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def export_onnx(model, config: Config, out_dir: str | Path, check_frames: np.nda
     out_dir = Path(out_dir)
     kp_detector = copy.deepcopy(model.kp_detector).float().eval()
     generator = copy.deepcopy(model.generator).float().eval()
-    frames = _to_tensor(check_frames)
+    frames = to_tensor(check_frames)
     source, driving = frames[:1], frames[1:]
     with torch.no_grad():
         kp_source, kp_driving = kp_detector(source), kp_detector(driving)
@@ -164,10 +165,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(255)  # (N, 3, H, W)
 
 
 def check_parity(folder: Path, kp_detector: nn.Module, generator: nn.Module, frames: torch.Tensor) -> dict:

@@ -72,7 +72,7 @@ def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, devic
     """Reconstruct one clip batch by batch; returns its l1.csv row. L1 and the png frames come
     from the unmarked output; the mp4 carries the provenance marks of `generation`."""
     from core.devices import resolve
-    from fomm.visualize import to_uint8
+    from core.frames import to_uint8
     from core import provenance
     from core.media import VideoWriter
     path = resolve(precision, device)  # --precision (core/devices.py)

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from fomm import source_crop
-from fomm.animate import (AnimateOptions, Animator, batch_size, compose, model_device, to_frames,
-                          to_tensor)
+from core.frames import to_tensor, to_uint8
+from fomm.animate import AnimateOptions, Animator, batch_size, compose, model_device
 from fomm.api import MotionTransferModel
 from core.config import Config
 from core.errors import UserError
@@ -443,7 +443,7 @@ def _write_batch(animator, items, box, source, writer, options, config, report, 
     frames += [frames[-1]] * (padded - len(frames))  # results past len(items) are not written
     step = time.perf_counter()
     outputs = animator(to_tensor(frames, device))
-    results = to_frames(outputs["prediction"])  # waits for the device
+    results = to_uint8(outputs["prediction"])  # waits for the device
     report.steps.append(time.perf_counter() - step)
     for (arrival, _), frame in zip(items, compose(results, frames, source, outputs, animator, options,
                                                   config.visualizer_params.kp_size,

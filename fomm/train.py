@@ -308,7 +308,8 @@ def _driving_keypoints(model, generated: dict, index: int):
 
 def training_image(model, config: Config, source, driving, generated, num_rows: int = 4) -> np.ndarray:
     """Rows of (source, driving with keypoints, deformed source, occlusion, prediction)."""
-    from fomm.visualize import draw_keypoints, image_grid, to_uint8
+    from core.frames import to_uint8
+    from fomm.visualize import draw_keypoints, image_grid
     vis = config.visualizer_params
     size = tuple(source.shape[2:])
     rows = []

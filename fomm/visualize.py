@@ -3,19 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def to_uint8(image) -> np.ndarray:
-    """(3, H, W) or (H, W, 3) float in [0, 1] (tensor or array) -> (H, W, 3) uint8."""
-    if hasattr(image, "detach"):
-        image = image.detach().float().cpu().numpy()
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
-        image = image.transpose(1, 2, 0)
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    if image.dtype != np.uint8:
-        image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(image)
+from core.frames import to_uint8
 
 
 def keypoint_colors(num_kp: int, colormap: str = "gist_rainbow") -> np.ndarray:

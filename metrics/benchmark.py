@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import UserError
+from core.frames import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,6 @@ def reconstruct_clip(model, frames: np.ndarray, size: tuple[int, int], batch_siz
             predictions.append(out["prediction"].float().clamp(0, 1).cpu())
             if out.get("deformation") is not None:
                 deformations.append(out["deformation"].float().cpu())
-    to_uint8 = lambda t: (t.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
     deformation = torch.cat(deformations).numpy() if deformations else None
     return to_uint8(video), to_uint8(torch.cat(predictions)), deformation
 

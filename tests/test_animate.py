@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from fomm import source_crop
-from fomm.animate import (AnimateOptions, Animator, animate, audio_offset, to_frames, to_tensor)
+from core.frames import to_tensor, to_uint8
+from fomm.animate import AnimateOptions, Animator, animate, audio_offset
 from fomm.best_frame import find_best_frame
 from pipeline import cli
 from core.config import load_config
@@ -138,7 +139,7 @@ def test_side_by_side_has_source_driving_result_panels(model, config, d12_short,
     source = source_crop.prepare(load_image(source_path), None, (64, 64))
     driving = [source_crop.prepare(f, None, (64, 64)) for f in iter_frames(d12_short, 0, 4)]
     animator = Animator(model, to_tensor(source, CPU), to_tensor(driving[0], CPU), AnimateOptions(), CPU)
-    results = to_frames(animator(to_tensor(driving, CPU))["prediction"])
+    results = to_uint8(animator(to_tensor(driving, CPU))["prediction"])
     panels = [frames[:, :, :64], frames[:, :, 64:128], frames[:, :, 128:]]
 
     def error(a, b):
@@ -291,7 +292,7 @@ def test_best_frame_animation_equals_backward_forward_stitch(model, config, d12_
     torch.testing.assert_close(in_order, stitched, atol=1e-4, rtol=0)
     written = read_frames(out).astype(np.float32)
     assert written.shape == (8, 64, 64, 3)
-    assert np.abs(written - to_frames(stitched)).mean() < 4
+    assert np.abs(written - to_uint8(stitched)).mean() < 4
 # --------------------------------------------------------------------------- cropping
 def test_auto_crop_boxes_contain_the_faces(shared_data, d12_short):
     from core import faces

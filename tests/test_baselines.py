@@ -16,7 +16,7 @@ from fomm.augment import resize_frames
 from fomm.baselines.common import heatmap_moments
 from fomm.baselines.monkey_net import MonkeyNet
 from fomm.blocks import identity_grid, make_coordinate_grid, warp
-from fomm.data import to_tensor
+from core.frames import to_tensor
 from fomm.registry import build_model
 from core.config import load_config
 

@@ -77,7 +77,7 @@ def test_keypoints_are_detected_in_fp32_on_the_bf16_path(model, cpu_with, shared
     path's to float32 rounding (only the memory layout differs), while its predictions do
     differ (the generator does run in bf16)."""
     from fomm import source_crop
-    from fomm.animate import to_tensor
+    from core.frames import to_tensor
     from core.media import iter_frames
     clip = shared_data / "faces" / "fomm-demo" / "04.mp4"
     frames = to_tensor(np.stack([source_crop.resize(f, (64, 64)) for f in iter_frames(clip, 0, 6)]),

@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from fomm.checkpoint import load_checkpoint_file, load_model
-from fomm.data import open_clips, to_tensor
+from core.frames import to_tensor
+from fomm.data import open_clips
 from fomm.augment import resize_frames
 from fomm.registry import build_model
 from fomm.train import resolve_run_config, seed_everything, train

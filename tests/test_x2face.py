@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fomm.baselines.x2face import X2Face, from_released, to_released
-from fomm.data import to_tensor
+from core.frames import to_tensor
 from fomm.registry import build_model
 from core.config import load_config
 from core.errors import UserError
