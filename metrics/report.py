@@ -8,15 +8,16 @@ backends behind them, a grid of sample frames (source, driving, each model), tim
 A run folder is what `pipeline run all` writes (`data/`, `train/<model>/`, `benchmark/`,
 `timings.json`); a benchmark folder alone works too: its `benchmark.json` points at the
 data and the checkpoints, whose run folders hold `config.yaml` and `metrics.jsonl`.
-Everything is inlined (CSS, images as base64 data URIs, plots as SVG): the page opens
-offline, mailed or archived, with nothing beside it.
+The run's files are read once into one model (`Report`, plain dataclasses; the metric tables
+are the JSON data the benchmark wrote, never its HTML) and rendered twice, through
+metrics/templates/report.html.j2 and report.md.j2. In the HTML everything is inlined (CSS,
+images as base64 data URIs, plots as SVG): the page opens offline, mailed or archived, with
+nothing beside it; the Markdown points at `report_samples.png` for the frames.
 """
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime
-import html
 import io
 import json
 import logging
@@ -31,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.media import sha256_of
 from core.errors import UserError
+from core.media import sha256_of
+from metrics.render import render
+from metrics.tables import Table, read_table
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,75 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("motion-transfer", "torch", "numpy", "pandas", "pyarrow", "ray", "av", "imageio-ffmpeg",
             "scikit-image", "dlib-bin", "face-recognition-models", "matplotlib", "pillow",
             "lpips", "face-alignment", "mediapipe")
-STAGES = ("prepare", "train", "benchmark", "report")
+
+
+# --------------------------------------------------------------------------- the model
+@dataclass
+class Rows:
+    """A plain table: column names and one list of cell texts per row."""
+    columns: list[str]
+    rows: list[list[str]]
+
+    @classmethod
+    def of(cls, records: list[dict]) -> Rows:
+        """Columns in order of first appearance; a record without a column gets an empty cell."""
+        columns = list(dict.fromkeys(key for record in records for key in record))
+        return cls(columns, [[str(record.get(c, "")) for c in columns] for record in records])
+
+
+@dataclass
+class DataSection:
+    path: str | None  # None: no data folder found
+    counts: Rows      # clips per split and status
+    problems: Rows    # the first clips not done
+    num_problems: int
+
+
+@dataclass
+class TrainingSection:
+    svg: str          # every model's loss curves as one inline SVG figure; "" when none was logged
+    summary: Rows     # steps, final loss and the settings that decide what they mean, per model
+
+
+@dataclass
+class MetricsSection:
+    tables: list[Table]   # as the benchmark wrote them (comparison, motion): frame counts and skip
+                          # reasons in their columns and notes, substitutes in "(ours, not comparable)"
+    per_clip: Rows
+    per_clip_limit: int
+    missing: list[str]    # table files benchmark.json names but the folder lacks
+    note: str             # MARKS_NOTE when there is anything to read it beside
+
+
+@dataclass
+class SampleRow:
+    label: str                 # "source", "driving" or a model
+    images: list[np.ndarray]   # (H, W, 3) uint8, one per sampled frame
+
+
+@dataclass
+class SampleGrid:
+    clip: str
+    frames: list[int]
+    rows: list[SampleRow]
+
+
+@dataclass
+class Report:
+    """Everything the report shows, gathered once; metrics/templates/report.{html,md}.j2 render it."""
+    title: str
+    meta: str
+    headline: list[str]
+    environment: Rows
+    packages: Rows
+    hashes: Rows
+    data: DataSection
+    training: TrainingSection
+    metrics: MetricsSection
+    samples: SampleGrid | None
+    commands: list[str]
+    timings: Rows
+    total_seconds: float | None
 
 
 # --------------------------------------------------------------------------- gathering
@@ -198,14 +269,7 @@ def config_hashes(info: RunInfo) -> list[dict]:
     return rows
 
 
-# --------------------------------------------------------------------------- rendering helpers
-def png_data_uri(image: np.ndarray) -> str:
-    from PIL import Image
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
+# --------------------------------------------------------------------------- gathering figures and rows
 def curves_svg(curves: dict[str, pd.DataFrame]) -> str:
     """One inline SVG: a panel per model, every loss term against the step (log y)."""
     import matplotlib
@@ -255,28 +319,20 @@ def sample_rows(info: RunInfo) -> tuple[list[str], list[int], dict[str, list[np.
     return ["source"] + samples["rows"], frames, images
 
 
-def _fragment(html_file: Path) -> str:
-    """The body of a table page written by metrics.tables."""
-    text = html_file.read_text()
-    return text[text.index("<body>") + 6:text.index("</body>")]
-
-
-def _html_table(rows: list[dict]) -> str:
-    if not rows:
-        return "<p>none</p>"
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>"
-                   for r in rows)
-    return f"<table class=\"plain\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _md_table(rows: list[dict]) -> str:
-    if not rows:
-        return "none\n"
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "\\|") for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+def load_tables(info: RunInfo) -> tuple[dict[str, Table], list[str]]:
+    """The benchmark's tables (key -> Table) from the JSON it wrote beside benchmark.json, and
+    the names of those it records but that are missing (a benchmark older than the JSON)."""
+    found, missing = {}, []
+    for key in ("comparison", "motion"):
+        paths = info.benchmark.get("tables", {}).get(key)
+        if not paths:
+            continue
+        path = info.benchmark_dir / Path(paths.get("json", f"{key}.json")).name
+        if path.is_file():
+            found[key] = read_table(path)
+        else:
+            missing.append(path.name)
+    return found, missing
 
 
 def per_clip_rows(info: RunInfo, limit: int = 20) -> list[dict]:
@@ -325,132 +381,85 @@ def timing_rows(info: RunInfo) -> list[dict]:
     return rows
 
 
-# --------------------------------------------------------------------------- the page
-CSS = """
-body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;
-padding:0 1.5em;color:#222}
-h1{font-size:1.7em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
-.meta{color:#666}
-ul.headline{background:#f3f7ff;border:1px solid #d5e0f5;padding:.7em 1.2em .7em 2.2em;border-radius:4px}
-table.plain{border-collapse:collapse;margin:.6em 0;font-size:13px}
-table.plain th,table.plain td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
-table.plain th{background:#f4f4f4}
-table.frames td{padding:2px;text-align:center;font-size:12px}
-table.frames td.label{text-align:right;padding-right:.6em;font-weight:600}
-table.frames img{width:128px;height:128px;image-rendering:pixelated;display:block}
-svg{max-width:100%;height:auto}
-code{background:#f4f4f4;padding:0 .2em}
-pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px;white-space:pre-wrap}
-"""
-
-
+# --------------------------------------------------------------------------- building and writing
 MARKS_NOTE = ("Scores are computed on the models' unmarked output; the videos and sample frames "
               "written carry the generated-content marks (watermark, C2PA manifest, metadata tag).")
+PER_CLIP_LIMIT = 20
 
 
-def build_sections(info: RunInfo, env: dict) -> list[tuple[str, str, str]]:
-    """(title, html, markdown) per section, in page order."""
-    sections = []
-    env_rows = [{"item": k, "value": v} for k, v in env.items() if k != "packages"]
-    package_rows = [{"package": k, "version": v} for k, v in env["packages"].items()]
-    sections.append(("Environment", _html_table(env_rows) + _html_table(package_rows),
-                     _md_table(env_rows) + "\n" + _md_table(package_rows)))
-
-    hashes = config_hashes(info)
+def data_section(info: RunInfo) -> DataSection:
     data = data_summary(info.data_dir)
-    if data.get("sha256_clips_parquet"):
-        hashes.append({"model": "data manifest", "checkpoint": str(info.data_dir / "clips.parquet"),
-                       "checkpoint sha256": data["sha256_clips_parquet"][:16], "config sha256": "",
-                       "config": ""})
-    sections.append(("Configs, checkpoints and manifest hashes", _html_table(hashes), _md_table(hashes)))
+    return DataSection(data.get("path"), Rows.of([{"split": s, **c} for s, c in data.get("counts", {}).items()]),
+                       Rows.of(data.get("problems", [])), data.get("num_problems", 0))
 
-    count_rows = [{"split": s, **c} for s, c in data.get("counts", {}).items()]
-    text_html = _html_table(count_rows)
-    text_md = _md_table(count_rows)
-    if data.get("num_problems"):
-        text_html += f"<p>{data['num_problems']} clips not done; first ones:</p>" + _html_table(data["problems"])
-        text_md += f"\n{data['num_problems']} clips not done; first ones:\n\n" + _md_table(data["problems"])
-    elif data:
-        text_html += "<p>every clip of the manifest is done.</p>"
-        text_md += "\nevery clip of the manifest is done.\n"
-    sections.append(("Data", f"<p class=\"meta\">{html.escape(data.get('path', 'no data folder found'))}</p>"
-                     + text_html, text_md))
 
+def training_section(info: RunInfo) -> TrainingSection:
     curves = {name: training_curves(folder) for name, folder in info.train_dirs.items()}
     curves = {k: v for k, v in curves.items() if not v.empty and "step" in v}
-    if curves:
-        last = [{"model": m, "steps": int(c["step"].max()),
-                 "final loss (mean of last 10 steps)": f"{c['loss'].tail(10).mean():.4f}" if "loss" in c else "",
-                 **training_settings(info.train_dirs[m])}
-                for m, c in curves.items()]
-        sections.append(("Training curves", curves_svg(curves) + _html_table(last),
-                         "(plots in the HTML report)\n\n" + _md_table(last)))
-    else:
-        sections.append(("Training curves", "<p>no metrics.jsonl found</p>", "no metrics.jsonl found\n"))
+    if not curves:
+        return TrainingSection("", Rows([], []))
+    last = [{"model": m, "steps": int(c["step"].max()),
+             "final loss (mean of last 10 steps)": f"{c['loss'].tail(10).mean():.4f}" if "loss" in c else "",
+             **training_settings(info.train_dirs[m])}
+            for m, c in curves.items()]
+    return TrainingSection(curves_svg(curves), Rows.of(last))
 
-    tables_html, tables_md = "", ""
-    for key in ("comparison", "motion"):
-        paths = info.benchmark.get("tables", {}).get(key)
-        if paths and Path(paths["html"]).is_file():
-            tables_html += _fragment(Path(paths["html"]))
-            tables_md += Path(paths["md"]).read_text() + "\n"
-    per_clip = per_clip_rows(info)
-    if per_clip:
-        tables_html += "<p><b>Per clip</b> (mean over its frames; first 20 clips)</p>" + _html_table(per_clip)
-        tables_md += "**Per clip** (mean over its frames; first 20 clips)\n\n" + _md_table(per_clip)
-    if tables_md:  # metrics/benchmark.py scores frames before core/provenance.py marks them
-        tables_html, tables_md = tables_html + f"<p>{MARKS_NOTE}</p>", tables_md + f"\n{MARKS_NOTE}\n"
-    sections.append(("Metrics", tables_html or "<p>no benchmark found</p>", tables_md or "no benchmark found\n"))
 
+def metrics_section(info: RunInfo, tables: dict[str, Table], missing: list[str]) -> MetricsSection:
+    per_clip = Rows.of(per_clip_rows(info, PER_CLIP_LIMIT))
+    # metrics/benchmark.py scores frames before core/provenance.py marks them
+    note = MARKS_NOTE if tables or per_clip.rows else ""
+    return MetricsSection(list(tables.values()), per_clip, PER_CLIP_LIMIT, missing, note)
+
+
+def sample_grid(info: RunInfo) -> SampleGrid | None:
     labels, frames, images = sample_rows(info)
-    if labels:
-        clip = info.benchmark["clips"][0]
-        head = "<tr><td></td>" + "".join(f"<td>frame {f}</td>" for f in frames) + "</tr>"
-        body = "".join(f"<tr><td class=\"label\">{html.escape(label)}</td>"
-                       + "".join(f"<td><img alt=\"{html.escape(label)} frame {f}\" src=\"{png_data_uri(img)}\"></td>"
-                                 for f, img in zip(frames, images[label])) + "</tr>" for label in labels)
-        sections.append(("Sample frames", f"<p class=\"meta\">clip <code>{html.escape(clip)}</code>: the source "
-                         "is frame 0, each column drives it with one frame (the paper's reconstruction "
-                         f"protocol).</p><table class=\"frames\">{head}{body}</table>",
-                         f"clip `{clip}`; rows {', '.join(labels)}; frames {frames}: see report_samples.png\n\n"
-                         "![sample frames](report_samples.png)\n"))
-
-    commands = reproduce_commands(info)
-    if commands:
-        sections.append(("Commands to reproduce this run", "<pre>" + html.escape("\n".join(commands)) + "</pre>",
-                         "```bash\n" + "\n".join(commands) + "\n```\n"))
-
-    timing = timing_rows(info)
-    total = info.timings.get("total_seconds")
-    note = f"<p>total: {total:.1f} s</p>" if total else ""
-    sections.append(("Time per stage", _html_table(timing) + note,
-                     _md_table(timing) + (f"\ntotal: {total:.1f} s\n" if total else "")))
-    return sections
+    if not labels:
+        return None
+    return SampleGrid(info.benchmark["clips"][0], frames, [SampleRow(label, images[label]) for label in labels])
 
 
-def headline(info: RunInfo) -> list[str]:
+def build_report(info: RunInfo, env: dict) -> Report:
+    """The report's model, from the run's files (see the module docstring)."""
+    hashes = config_hashes(info)
+    data = data_section(info)
+    if data.path is not None and (info.data_dir / "clips.parquet").is_file():
+        hashes.append({"model": "data manifest", "checkpoint": str(info.data_dir / "clips.parquet"),
+                       "checkpoint sha256": sha256_of(info.data_dir / "clips.parquet")[:16],
+                       "config sha256": "", "config": ""})
+    tables, missing = load_tables(info)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return Report(
+        title=f"Motion-transfer run report: {info.benchmark.get('dataset', '?')}",
+        meta=f"{info.run.resolve()} · {stamp} · commit {env['git_commit']}",
+        headline=headline(info, tables),
+        environment=Rows.of([{"item": k, "value": v} for k, v in env.items() if k != "packages"]),
+        packages=Rows.of([{"package": k, "version": v} for k, v in env["packages"].items()]),
+        hashes=Rows.of(hashes), data=data, training=training_section(info),
+        metrics=metrics_section(info, tables, missing), samples=sample_grid(info),
+        commands=reproduce_commands(info), timings=Rows.of(timing_rows(info)),
+        total_seconds=info.timings.get("total_seconds"))
+
+
+def headline(info: RunInfo, tables: dict[str, Table]) -> list[str]:
     """One line per model: its L1 and, where the truth is known, its motion error."""
-    tables = info.benchmark.get("tables", {})
-    if "comparison" not in tables or not Path(tables["comparison"]["csv"]).is_file():
+    if "comparison" not in tables:
         return ["no benchmark in this run"]
-    ours = pd.read_csv(tables["comparison"]["csv"])
-    ours = ours[ours["source"] == "ours"].set_index("model")
-    motion = pd.DataFrame()
-    if "motion" in tables and Path(tables["motion"]["csv"]).is_file():
-        motion = pd.read_csv(tables["motion"]["csv"]).set_index("model")
+    from metrics.benchmark import NO_MOTION
+    motion = {r["model"]: r["motion_epe"] for r in tables["motion"].records} if "motion" in tables else {}
     lines = [f"{len(info.benchmark.get('clips', []))} {info.benchmark.get('split', 'test')} clips of "
              f"{info.benchmark.get('dataset', '?')}; protocol: {info.benchmark.get('protocol', 'project')}; "
              "backends: "
              + "; ".join(f"{k}: {v}" for k, v in info.benchmark.get("backends", {}).items())]
-    for model, row in ours.iterrows():
-        text = f"{model}: L1 {row['l1']:.4f} [{row['l1_lo']:.4f}, {row['l1_hi']:.4f}]"
-        if model in motion.index:
-            text += f", motion error {motion.loc[model, 'motion_epe']:.2f} px"
+    for row in tables["comparison"].records:
+        if row["source"] != "ours":
+            continue
+        text = f"{row['model']}: L1 {row['l1']:.4f} [{row['l1_lo']:.4f}, {row['l1_hi']:.4f}]"
+        if row["model"] in motion:
+            text += f", motion error {motion[row['model']]:.2f} px"
         lines.append(text)
-    if not motion.empty:
-        from metrics.benchmark import NO_MOTION
-        if NO_MOTION in motion.index:
-            lines.append(f"predicting no motion at all: motion error {motion.loc[NO_MOTION, 'motion_epe']:.2f} px")
+    if NO_MOTION in motion:
+        lines.append(f"predicting no motion at all: motion error {motion[NO_MOTION]:.2f} px")
     return lines
 
 
@@ -458,38 +467,19 @@ def write_report(run: str | Path) -> tuple[Path, Path]:
     """Write `report.html` and `report.md` (plus `report_samples.png`) into the run folder."""
     from core.media import atomic_path
     info = find_run(Path(run))
-    env = environment()
-    sections = build_sections(info, env)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    dataset = info.benchmark.get("dataset", "?")
-    title = f"Motion-transfer run report: {dataset}"
-    meta = f"{info.run.resolve()} · {stamp} · commit {env['git_commit']}"
-    page = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
-            f"<style>{CSS}{_table_css()}</style></head><body><h1>{html.escape(title)}</h1>",
-            f"<p class=\"meta\">{html.escape(meta)}</p>"]
-    lines = headline(info)
-    page += ["<ul class=\"headline\">" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>"]
-    page += [f"<section><h2>{html.escape(t)}</h2>{body}</section>" for t, body, _ in sections]
-    page.append("</body></html>\n")
-    markdown = [f"# {title}", "", meta, ""] + [f"- {x}" for x in lines] + [""]
-    markdown += [f"## {t}\n\n{md}" for t, _, md in sections]
+    report = build_report(info, environment())
     html_path, md_path = info.run / "report.html", info.run / "report.md"
-    labels, _, images = sample_rows(info)
-    if labels:
+    if report.samples is not None:
         from PIL import Image
 
         from fomm.visualize import image_grid
-        Image.fromarray(image_grid([images[label] for label in labels])).save(info.run / "report_samples.png")
+        grid = image_grid([row.images for row in report.samples.rows])
+        Image.fromarray(grid).save(info.run / "report_samples.png")
     with atomic_path(html_path) as tmp:
-        tmp.write_text("".join(page))
+        tmp.write_text(render("report.html.j2", report=report))
     with atomic_path(md_path) as tmp:
-        tmp.write_text("\n".join(markdown))
+        tmp.write_text(render("report.md.j2", report=report))
     return html_path, md_path
-
-
-def _table_css() -> str:
-    from metrics.tables import TABLE_CSS
-    return TABLE_CSS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
 """Comparison tables of a benchmark: seeded bootstrap confidence intervals over clips, the
-paper's published numbers beside ours, and Markdown / CSV / HTML writers.
+paper's published numbers beside ours, and the table files (JSON data, Markdown, CSV, HTML:
+the last two rendered by metrics/templates/).
 
 The point estimate of a metric is the paper's: the mean over all frames of all test clips
 (frames where a metric is undefined, e.g. no face found, are left out). Its 95 % interval
@@ -7,7 +8,8 @@ resamples whole clips with replacement, since frames of one clip are not indepen
 """
 from __future__ import annotations
 
-import html
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from metrics import paper
+from metrics.render import render
 
 log = logging.getLogger(__name__)
 
@@ -184,49 +187,35 @@ def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
 
 
 def to_markdown(table: Table) -> str:
-    lines = [f"**{table.title}**", "", "| " + " | ".join(table.columns) + " |",
-             "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table.rows]
-    lines += [""] + [f"- {note}" for note in table.notes]
-    return "\n".join(lines) + "\n"
+    """The table in Markdown: bold title, rows, notes as a list."""
+    return render("table.md.j2", table=table)
 
 
 def to_html(table: Table) -> str:
-    """An HTML <table> fragment; paper rows carry class="paper" so they read apart."""
-    esc = html.escape
-    head = "".join(f"<th>{esc(c)}</th>" for c in table.columns)
-    body = []
-    for cells in table.rows:
-        css = ' class="paper"' if cells[1] == "paper" else ""
-        body.append(f"<tr{css}>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
-    notes = "".join(f"<li>{esc(n)}</li>" for n in table.notes)
-    return (f"<table class=\"metrics\"><caption>{esc(table.title)}</caption><thead><tr>{head}</tr>"
-            f"</thead><tbody>{''.join(body)}</tbody></table><ul class=\"notes\">{notes}</ul>")
-
-
-def html_page(title: str, fragment: str) -> str:
-    """A standalone page around a table fragment (inline CSS, no external resources)."""
-    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{TABLE_CSS}</style></head><body>{fragment}</body></html>\n")
-
-
-TABLE_CSS = (
-    "table.metrics{border-collapse:collapse;margin:1em 0;font:14px system-ui,sans-serif}"
-    "table.metrics caption{font-weight:600;text-align:left;padding:.3em 0}"
-    "table.metrics th,table.metrics td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
-    "table.metrics td:first-child,table.metrics td:nth-child(2),table.metrics th:first-child,"
-    "table.metrics th:nth-child(2){text-align:left}"
-    "table.metrics th{background:#f0f0f0}"
-    "table.metrics tr.paper td{background:#fff8e1;font-style:italic;color:#555}"
-    "ul.notes{font:13px system-ui,sans-serif;color:#444}")
+    """A standalone page around the table (inline CSS, no external resources)."""
+    return render("table.html.j2", table=table)
 
 
 def write_table(table: Table, out_dir: Path, stem: str) -> dict[str, Path]:
-    """`stem`.md, `stem`.csv (one record per row, numbers unrounded) and `stem`.html."""
+    """`stem`.json (the table as data: what the report reads), `stem`.md, `stem`.csv (one
+    record per row, numbers unrounded) and `stem`.html."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "html")}
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "html", "json")}
+    paths["json"].write_text(json.dumps(dataclasses.asdict(table), indent=1, default=_json_scalar))
     paths["md"].write_text(to_markdown(table))
     pd.DataFrame(table.records).to_csv(paths["csv"], index=False)
-    paths["html"].write_text(html_page(table.title, to_html(table)))
+    paths["html"].write_text(to_html(table))
     return paths
+
+
+def read_table(path: Path) -> Table:
+    """A table that `write_table` wrote as JSON."""
+    return Table(**json.loads(Path(path).read_text()))
+
+
+def _json_scalar(value):
+    """numpy scalars (int64, bool_) as Python numbers; NaN stays NaN, as json writes floats."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} in a table record: expected a number or text")
