@@ -65,6 +65,7 @@ class DataSection:
     counts: Rows      # clips per split and status
     problems: Rows    # the first clips not done
     num_problems: int
+    manifest_sha256: str = ""  # of clips.parquet; "" without one
 
 
 @dataclass
@@ -117,7 +118,7 @@ class Report:
 # --------------------------------------------------------------------------- gathering
 @dataclass
 class RunInfo:
-    """What the report shows, gathered from the run folder."""
+    """Where a run's parts are (see `find_run`) and what its benchmark.json and timings.json say."""
     run: Path
     benchmark_dir: Path | None = None
     benchmark: dict = field(default_factory=dict)
@@ -388,12 +389,15 @@ PER_CLIP_LIMIT = 20
 
 
 def data_section(info: RunInfo) -> DataSection:
+    """The data summary (see `data_summary`) as the report's tables."""
     data = data_summary(info.data_dir)
     return DataSection(data.get("path"), Rows.of([{"split": s, **c} for s, c in data.get("counts", {}).items()]),
-                       Rows.of(data.get("problems", [])), data.get("num_problems", 0))
+                       Rows.of(data.get("problems", [])), data.get("num_problems", 0),
+                       data.get("sha256_clips_parquet", ""))
 
 
 def training_section(info: RunInfo) -> TrainingSection:
+    """Every model's logged losses as one figure, and a row per model of what they came to."""
     curves = {name: training_curves(folder) for name, folder in info.train_dirs.items()}
     curves = {k: v for k, v in curves.items() if not v.empty and "step" in v}
     if not curves:
@@ -406,6 +410,7 @@ def training_section(info: RunInfo) -> TrainingSection:
 
 
 def metrics_section(info: RunInfo, tables: dict[str, Table], missing: list[str]) -> MetricsSection:
+    """The benchmark's tables, its first clips one by one, and what the scores were computed on."""
     per_clip = Rows.of(per_clip_rows(info, PER_CLIP_LIMIT))
     # metrics/benchmark.py scores frames before core/provenance.py marks them
     note = MARKS_NOTE if tables or per_clip.rows else ""
@@ -413,6 +418,7 @@ def metrics_section(info: RunInfo, tables: dict[str, Table], missing: list[str])
 
 
 def sample_grid(info: RunInfo) -> SampleGrid | None:
+    """The benchmark's sample frames, a row per source / driving / model; None without them."""
     labels, frames, images = sample_rows(info)
     if not labels:
         return None
@@ -423,10 +429,9 @@ def build_report(info: RunInfo, env: dict) -> Report:
     """The report's model, from the run's files (see the module docstring)."""
     hashes = config_hashes(info)
     data = data_section(info)
-    if data.path is not None and (info.data_dir / "clips.parquet").is_file():
+    if data.manifest_sha256:
         hashes.append({"model": "data manifest", "checkpoint": str(info.data_dir / "clips.parquet"),
-                       "checkpoint sha256": sha256_of(info.data_dir / "clips.parquet")[:16],
-                       "config sha256": "", "config": ""})
+                       "checkpoint sha256": data.manifest_sha256[:16], "config sha256": "", "config": ""})
     tables, missing = load_tables(info)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return Report(

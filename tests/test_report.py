@@ -1,11 +1,14 @@
 """`pipeline run report`: a self-contained page from a real (tiny) training run and benchmark,
-the data summary of a manifest with failed clips, and errors that name the bad folder."""
+the data summary of a manifest with failed clips, errors that name the bad folder, and one
+report model rendered to HTML and Markdown with the same cells (markup escaped in HTML)."""
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import pytest
 from PIL import Image
 
 from metrics import report
+from metrics.render import render
 from pipeline.cli import main as cli_main
 from core.media import sha256_of
 from core.errors import UserError
@@ -95,3 +99,120 @@ def test_a_folder_with_nothing_to_report_is_named(tmp_path, capsys):
         report.find_run(tmp_path)
     assert cli_main(["run", "report", "--run", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- one model, two renderings
+class _HtmlCells(HTMLParser):
+    """Every <table>'s rows of cell texts (the sample-frame grid aside) and every <li>'s text."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tables, self.items, self._cell, self._skip = [], [], None, False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._skip = dict(attrs).get("class") == "frames"
+            self.tables.append([])
+        elif tag == "tr" and not self._skip:
+            self.tables[-1].append([])
+        elif tag in ("td", "th", "li"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and not self._skip:
+            self.tables[-1][-1].append(self._cell.strip())
+        elif tag == "li":
+            self.items.append(self._cell.strip())
+        if tag in ("td", "th", "li"):
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def _markdown_cells(text: str) -> tuple[list[list[list[str]]], list[str]]:
+    """Markdown's tables (rows of unescaped cells, separator lines dropped) and its list items."""
+    tables, items, previous = [], [], ""
+    for line in text.splitlines():
+        if line.startswith("|") and not re.fullmatch(r"\|(---\|)+", line):
+            if not previous.startswith("|"):
+                tables.append([])
+            cells = re.split(r"(?<!\\)\|", line[1:-1])
+            tables[-1].append([cell.strip().replace("\\|", "|") for cell in cells])
+        elif line.startswith("- "):
+            items.append(line[2:])
+        previous = line
+    return tables, items
+
+
+def _model(name: str) -> report.Report:
+    """A report on `name` and fomm on vox, built from data only (no run folder): a table with the
+    paper's rows, AKD as a not-comparable substitute, and AKD undefined on some frames."""
+    from metrics import tables
+    rng = np.random.default_rng(0)
+    per_frame = pd.DataFrame([{"model": model, "clip": f"clip{c}", "frame": f,
+                               "l1": offset + rng.normal(0, 0.01),
+                               "akd": np.nan if f % 3 == 0 else 2 + rng.normal(0, 0.2)}
+                              for model, offset in (("fomm", 0.05), (name, 0.09))
+                              for c in range(4) for f in range(6)])
+    summary = tables.summarise(per_frame, ["l1", "akd"], num_resamples=50)
+    table = tables.comparison_table(summary, "vox", ["l1", "akd"], {"pose": "dlib68"},
+                                    comparable={"l1": True, "akd": False}, protocol="project")
+    info = report.RunInfo(Path("run"), benchmark={"clips": ["clip0", "clip1"], "dataset": "vox",
+                                                  "backends": {"pose": "dlib68"}})
+    rows = report.Rows.of
+    image = np.full((4, 4, 3), 200, np.uint8)
+    return report.Report(
+        title="Motion-transfer run report: vox", meta="run · today", headline=report.headline(info, {"comparison": table}),
+        environment=rows([{"item": "python", "value": "3.11"}]), packages=rows([{"package": "torch", "version": "2"}]),
+        hashes=rows([{"model": name, "checkpoint": "a.pt", "checkpoint sha256": "ab12"}]),
+        data=report.DataSection("data", rows([{"split": "test", "done": 3, "failed": 1}]),
+                                rows([{"clip": "clip9", "status": "failed", "error": "ffmpeg exited 1"}]), 1),
+        training=report.TrainingSection("", rows([])),
+        metrics=report.MetricsSection([table], rows([{"clip": "clip0", f"{name} L1": "0.0912"}]), 20, [],
+                                      report.MARKS_NOTE),
+        samples=report.SampleGrid("clip0", [0, 1], [report.SampleRow(name, [image, image])]),
+        commands=["pipeline run all --dataset vox"], timings=rows([{"stage": "train", "seconds": "1.5"}]),
+        total_seconds=12.34)
+
+
+def test_html_and_markdown_render_the_same_cells_from_one_model():
+    model = _model("x2face | v2")  # a `|` that Markdown must escape
+    page = _HtmlCells()
+    page.feed(render("report.html.j2", report=model))
+    md_tables, md_items = _markdown_cells(render("report.md.j2", report=model))
+    assert [table for table in page.tables if table] == md_tables
+    assert len(md_tables) == 8  # environment, packages, hashes, counts, problems, metrics, per clip, timings
+    assert page.items == md_items  # the headline and the table's notes
+    metric_table = next(t for t in md_tables if t[0][:2] == ["model", "source"])
+    assert "AKD (px) ↓ (ours, not comparable)" in metric_table[0] and "AKD (px) ↓ (paper)" in metric_table[0]
+    assert [row[1] for row in metric_table[1:]] == ["ours", "ours", "paper", "paper", "paper"]
+    ours = {row[0]: row[2] for row in metric_table[1:3]}
+    assert set(ours) == {"fomm", "x2face | v2"}
+    headline = md_items[1:3]  # the first line is the clips and backends
+    for name, cell in ours.items():  # the headline's L1 is the table's, to its 3 printed digits
+        line = next(line for line in headline if line.startswith(f"{name}: L1 "))
+        assert f"{float(line.split()[-3]):.3f}" == cell.split()[0]
+    assert "total: 12.3 s" in render("report.md.j2", report=model)
+
+
+def test_markup_in_a_model_name_is_escaped_in_html_only():
+    name = "<script>alert(1)</script>"
+    page = render("report.html.j2", report=_model(name))
+    assert "<script" not in page
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5  # table, hashes, per clip, headline, grid
+    assert f'alt="{html.escape(name)} frame 0"' in page
+    assert name in render("report.md.j2", report=_model(name))
+
+
+def test_a_benchmark_without_table_json_is_named_not_read_from_html(tmp_path):
+    bench = tmp_path / "benchmark"
+    bench.mkdir()
+    (bench / "comparison.html").write_text("<html><body><table><tr><td>stale</td></tr></table></body></html>")
+    (bench / "benchmark.json").write_text(json.dumps({"dataset": "sample", "tables": {"comparison": {
+        "html": str(bench / "comparison.html"), "md": str(bench / "comparison.md")}}}))
+    html_path, md_path = report.write_report(tmp_path)
+    page = html_path.read_text()
+    assert "comparison.json is missing" in page and "stale" not in page
+    assert "no benchmark in this run" in page and "comparison.json is missing" in md_path.read_text()

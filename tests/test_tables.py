@@ -1,4 +1,4 @@
-"""Bootstrap intervals, the paper's Table 3 as data, and the table writers."""
+"""Bootstrap intervals, the paper's Table 3 as data, and the table files (JSON read back whole)."""
 from __future__ import annotations
 
 import numpy as np
@@ -81,6 +81,10 @@ def test_comparison_table_labels_paper_rows_and_names_backends(tmp_path):
     assert ours.loc["fomm", "l1"] == pytest.approx(summary.set_index("model").loc["fomm", "l1"])
     page = paths["html"].read_text()
     assert page.count('class="paper"') == 3 and "<style>" in page and "http" not in page
+    again = tables.read_table(paths["json"])  # what the report reads: the table as data, NaNs kept
+    assert (again.title, again.columns, again.rows, again.notes) == (table.title, table.columns, table.rows,
+                                                                     table.notes)
+    pd.testing.assert_frame_equal(pd.DataFrame(again.records), pd.DataFrame(table.records))
 
 
 def test_dataset_without_paper_numbers_says_so():
