@@ -199,9 +199,12 @@ def test_html_and_markdown_render_the_same_cells_from_one_model():
 
 def test_markup_in_a_model_name_is_escaped_in_html_only():
     name = "<script>alert(1)</script>"
-    page = render("report.html.j2", report=_model(name))
-    assert "<script" not in page
-    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5  # table, hashes, per clip, headline, grid
+    model = _model(name)
+    curve = pd.DataFrame({"step": [1, 2, 3], "loss": [1.0, 0.6, 0.5]})  # the SVG is inlined unescaped
+    model.training = report.TrainingSection(report.curves_svg({name: curve}), report.Rows.of([{"model": name}]))
+    page = render("report.html.j2", report=model)
+    assert "<script" not in page and "<svg" in page
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 6  # tables, headline, grid, curve title
     assert f'alt="{html.escape(name)} frame 0"' in page
     assert name in render("report.md.j2", report=_model(name))
 
