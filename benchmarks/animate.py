@@ -3,6 +3,7 @@ parity; writes the `animate` section of RESULTS.md.
 
     python -m benchmarks.animate                       # everything (about 10-20 min on 2 cores)
     python -m benchmarks.animate --frames 40 --no-sweep
+    python -m benchmarks.animate --frames 4 --no-sweep --train-steps 2 --no-write   # a quick check
 
 What is measured, in one run, on the same frames (the first `--frames` frames of the real
 256 px clip faces/fomm-demo/04.mp4, cut to a file of their own, and the portrait
@@ -18,7 +19,7 @@ relative motion with adapt scale:
      forced precision, then `--backend onnxruntime` on the exported graphs;
    ratios are to the demo loop (higher is faster);
 2. a batch sweep of the model alone (keypoints, transfer, generator) per precision: frames/s
-   and CPU seconds per frame, the basis of fomm/precision.DEFAULT_BATCH;
+   and CPU seconds per frame, the basis of core/devices.DEFAULT_BATCH;
 3. the error budget of the bf16 path against fp32 on real frames (faces/liveportrait/d12.mp4):
    per frame mean and 99th percentile of |bf16 - fp32| over the predicted pixels in [0, 1],
    with a tiny FOMM trained on real face frames (`--error-checkpoint`, else trained here for
@@ -62,7 +63,7 @@ def demo_loop(config_name: str, source_path: Path, driving_path: Path, out_path:
     and written when the loop is done.
     """
     from fomm import source_crop
-    from fomm.animate import load_animation_model
+    from fomm.animation import load_animation_model
     from core.config import load_config
     from core.media import VideoWriter, iter_frames, load_image, probe
     config = load_config(config_name)
@@ -130,7 +131,7 @@ def process_rows(clip: Path, frames: int, onnx_dir: Path, tmp: Path) -> list[dic
 
 # --------------------------------------------------------------------------- batch sweep
 def sweep(model, batches: tuple[int, ...], frames: int) -> list[dict]:
-    from fomm.animate import AnimateOptions, Animator
+    from fomm.animation import AnimateOptions, Animator
     from core.devices import cpu_has_native_bf16
     rows = []
     cpu = torch.device("cpu")
@@ -156,7 +157,8 @@ def sweep(model, batches: tuple[int, ...], frames: int) -> list[dict]:
 def error_budget(model, frames: np.ndarray, label: str) -> dict:
     """Per-frame |bf16 - fp32| of the animated frames (prediction in [0, 1]): the worst
     frame's mean and 99th percentile, in 1/255 units, and whether the budget holds."""
-    from fomm.animate import AnimateOptions, Animator, to_tensor
+    from core.frames import to_tensor
+    from fomm.animation import AnimateOptions, Animator
     cpu = torch.device("cpu")
     images = to_tensor(frames, cpu)
     source, driving = images[:1], images[1:]
@@ -213,6 +215,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=40, help="driving frames per whole-process run")
     parser.add_argument("--sweep-frames", type=int, default=8, help="frames per batch-sweep measurement")
     parser.add_argument("--no-sweep", dest="do_sweep", action="store_false")
+    parser.add_argument("--no-write", dest="write", action="store_false", help="print only, leave RESULTS.md")
     parser.add_argument("--error-checkpoint", help="trained tiny FOMM checkpoint for the error budget")
     parser.add_argument("--train-steps", type=int, default=60, help="without --error-checkpoint: steps to train one")
     parser.add_argument("--demo-loop", metavar="OUT", help=argparse.SUPPRESS)  # the child of row 1
@@ -221,7 +224,7 @@ def main() -> None:
     if args.demo_loop:
         demo_loop("vox-256", SOURCE, Path(args.clip), Path(args.demo_loop))
         return
-    from fomm.animate import load_animation_model
+    from fomm.animation import load_animation_model
     from fomm.export import export_onnx
     from core.devices import keep_freed_memory
     from core.config import load_config
@@ -276,7 +279,8 @@ def main() -> None:
                  markdown_table(sweep_rows)]
     text = "\n".join(body)
     print(text)
-    print(f"written to {write_section('animate', text)}")
+    if args.write:
+        print(f"written to {write_section('animate', text)}")
 
 
 if __name__ == "__main__":

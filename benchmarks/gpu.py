@@ -5,7 +5,7 @@ writes the `gpu` section of RESULTS.md (the `gpu-smoke` section with --smoke).
     python -m benchmarks.gpu --smoke    # anywhere (CPU too): tiny config, a few iterations
 
 Measured, with the vox-256 FOMM (random weights; speed does not depend on them):
-- animate (the `fomm.animate.Animator` step: driving keypoints, relative transfer, generator)
+- animate (the `fomm.animation.Animator` step: driving keypoints, relative transfer, generator)
   frames/s at batch 1 and at the large batches (32 and 256), for fp32, fp32 channels_last,
   bf16 autocast, bf16 + channels_last, and bf16 + channels_last + `torch.compile`;
   peak memory per row; a batch that does not fit is recorded as OOM;
@@ -69,7 +69,7 @@ def peak_gib(device: torch.device) -> float:
 
 def build_animator(model, variant, device, size, smoke: bool):
     """An Animator running `variant`; the compiled variant compiles copies of the two networks."""
-    from fomm.animate import AnimateOptions, Animator
+    from fomm.animation import AnimateOptions, Animator
     from core.devices import Precision
     _, name, channels_last, compiled = variant
     if compiled:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-write", dest="write", action="store_false", help="print only")
     parser.add_argument("--no-training", dest="training", action="store_false", help="animate rows only")
     args = parser.parse_args(argv)
-    from fomm.animate import load_animation_model
+    from fomm.animation import load_animation_model
     from core.config import load_config
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not args.smoke and device.type != "cuda":

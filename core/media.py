@@ -1,8 +1,11 @@
 """Video and image I/O shared by every stage: probing with PyAV, streaming frames,
-writing mp4/gif through ffmpeg, and files that appear only when complete.
+writing mp4/gif through ffmpeg, files that appear only when complete, the audio of a
+driving video muxed under an animation, and live input and output (cameras, pipes, URLs)
+through ffmpeg processes.
 
 ffmpeg is the system's when there is one, else the binary bundled with imageio-ffmpeg;
-there is no ffprobe, so probing uses PyAV.
+there is no ffprobe, so probing uses PyAV. Subprocesses take argument lists, never shell
+strings.
 """
 from __future__ import annotations
 
@@ -10,9 +13,14 @@ import contextlib
 import functools
 import hashlib
 import os
+import queue
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -130,6 +138,36 @@ def read_frames(path: str | Path, start: int = 0, end: int | None = None) -> np.
     return np.stack(frames)
 
 
+def nth_frame(path: str | Path, index: int) -> np.ndarray:
+    """Frame `index` of a video as RGB uint8 (H, W, 3); UserError if it has no such frame."""
+    for frame in iter_frames(path, index, index + 1):
+        return frame
+    raise UserError(f"{str(path)!r} has no frame {index}")
+
+
+def stream_starts(path: str | Path) -> tuple[float, float]:
+    """(video start, audio start) in seconds on the file's clock; audio start = video
+    start when there is no audio."""
+    import av
+    with av.open(str(path)) as container:
+        def start(stream):
+            return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        video = start(container.streams.video[0]) if container.streams.video else 0.0
+        audio = start(container.streams.audio[0]) if container.streams.audio else video
+        return video, audio
+
+
+def audio_offset(path: str | Path) -> float:
+    """Seconds from the audio stream's start to the video stream's start.
+
+    Positive when the video starts later (faces/animateanyone/talkinghead_3.mp4 starts its
+    video 7.3 s after its audio: the audio heard with the first frame is the one at that
+    offset); negative when the audio starts after the first frame (silence until then).
+    """
+    video, audio = stream_starts(path)
+    return video - audio
+
+
 def current_umask() -> int:
     """The process umask (read without changing it where /proc says it; else set and restore)."""
     try:
@@ -206,8 +244,8 @@ class VideoWriter(FfmpegPipe):
     """Write RGB uint8 frames to mp4 (h264) or gif through an ffmpeg pipe.
 
     The output appears at `path` only when `close()` succeeds. Video only: animate muxes
-    the driving video's audio in a second pass (fomm/animate.mux_audio), where it can line
-    the audio up with the video's start.
+    the driving video's audio in a second pass (`mux_audio`), where it can line the audio
+    up with the video's start.
     """
 
     def __init__(self, path: str | Path, fps: float, crf: int = 18):
@@ -281,6 +319,29 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float) -> P
     return writer.path
 
 
+def mux_audio(video: Path, audio_from: str | Path, out: Path, duration: float) -> None:
+    """Copy `video`'s stream into `out` with the audio `audio_from` plays alongside its
+    video stream, as a track that starts at 0 and lasts exactly `duration` s.
+
+    Seeking the audio input to the driving's video start drops what plays before the first
+    frame; `aresample=async=1:first_pts=0` fills with silence where the audio starts after
+    it; `apad` and `-t` pad or cut the end to the video's length. A second pass rather than
+    `-shortest` while encoding: -shortest overshoots when the audio is read ahead of a
+    piped video, and cuts the video when the audio is shorter.
+    """
+    video_start, _ = stream_starts(audio_from)
+    command = [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(video)]
+    if video_start > 0:
+        command += ["-ss", f"{video_start:.6f}"]
+    command += ["-i", str(audio_from), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+                "-af", "aresample=async=1:first_pts=0,apad", "-c:a", "aac", "-t", f"{duration:.6f}",
+                "-movflags", "+faststart", "-f", "mp4", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"ffmpeg failed muxing the audio of {audio_from} into {out}: "
+                           f"{result.stderr.strip()[-500:]}")
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Any image file as RGB uint8 (H, W, 3): EXIF orientation applied, alpha composited
     on white, grayscale and palette images converted. UserError if it is not an image."""
@@ -307,3 +368,190 @@ def sha256_of(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- live input and output
+DEVICE_FORMATS = ("v4l2", "avfoundation", "dshow", "x11grab", "gdigrab", "lavfi")
+URL_SCHEMES = ("rtsp://", "rtmp://", "udp://", "tcp://", "http://", "https://", "srt://", "rtp://")
+OUTPUT_SCHEMES = ("udp://", "rtmp://", "srt://", "tcp://", "rtp://")
+
+
+def live_input_arguments(spec: str, realtime: bool = False) -> tuple[list[str], bool]:
+    """ffmpeg input arguments for `spec`, and whether ffmpeg must read our stdin.
+
+    `/dev/videoN` (v4l2), `FORMAT:DEVICE` with FORMAT in DEVICE_FORMATS (`-f FORMAT -i
+    DEVICE`), `-` (stdin), a URL, a named pipe or a regular file (`realtime`: read at its
+    native rate, like a camera)."""
+    # nobuffer: hand frames on as soon as they are decoded. (`-flags low_delay` would be the
+    # next step, but it makes the h264 decoder drop streams with B-frames.)
+    low_delay = ["-fflags", "nobuffer"]
+    # A pipe is probed on its first 32 KB / 0.2 s: ffmpeg's default (5 MB or 5 s of stream)
+    # holds back every frame of a producer that has sent less and then paused.
+    short_probe = ["-probesize", "32768", "-analyzeduration", "200000"]
+    if spec == "-":  # nobuffer breaks probing a pipe (no frames come out): not here
+        return short_probe + ["-i", "pipe:0"], True
+    if spec.startswith("/dev/video"):
+        return ["-f", "v4l2"] + low_delay + ["-i", spec], False
+    head, sep, rest = spec.partition(":")
+    if sep and head in DEVICE_FORMATS:
+        return ["-f", head] + low_delay + ["-i", rest], False
+    if spec.startswith(URL_SCHEMES):
+        return low_delay + ["-i", spec], False
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"--driving {spec!r} for --stream: expected a camera (/dev/videoN, "
+                        f"FORMAT:DEVICE with FORMAT in {list(DEVICE_FORMATS)}), '-', a URL, "
+                        "a named pipe or a video file")
+    mode = path.stat().st_mode
+    pace = realtime_input_arguments() if realtime and stat.S_ISREG(mode) else []
+    probe_arguments = short_probe if stat.S_ISFIFO(mode) else []
+    return pace + probe_arguments + ["-i", str(path)], False
+
+
+def live_decoder_command(spec: str, width: int, height: int, crop: str, realtime: bool = False
+                         ) -> tuple[list[str], bool]:
+    """ffmpeg reading `spec` and writing raw rgb24 frames of width x height to stdout, and
+    whether it reads our stdin.
+
+    `none` squeezes the whole frame (as file mode does); `center` and `auto` keep the aspect
+    and cut the centred square (auto then crops the face inside it).
+    """
+    inputs, needs_stdin = live_input_arguments(spec, realtime)
+    if crop == "none":
+        scale = f"scale={width}:{height}:flags=bicubic"
+    else:
+        scale = (f"scale={width}:{height}:force_original_aspect_ratio=increase:flags=bicubic,"
+                 f"crop={width}:{height}")
+    command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin"] if not needs_stdin \
+        else [ffmpeg_exe(), "-hide_banner", "-loglevel", "error"]
+    # passthrough: one raw frame per decoded frame (no duplicates filling timestamp gaps).
+    return command + inputs + ["-an", "-vf", scale, "-fps_mode", "passthrough", "-pix_fmt", "rgb24",
+                               "-f", "rawvideo", "pipe:1"], needs_stdin
+
+
+class Stalled(Exception):
+    """No frame arrived within the stall timeout."""
+
+
+class FrameReader(threading.Thread):
+    """Reads fixed-size raw frames from ffmpeg's stdout into a bounded queue of
+    (arrival time, frame); when the queue is full the oldest frame is dropped (or, with
+    drop=False, the reader waits, which backs up the pipe)."""
+
+    def __init__(self, stdout, shape: tuple[int, int, int], queue_size: int, drop: bool,
+                 max_frames: int | None):
+        super().__init__(daemon=True, name="stream-reader")
+        self.stdout, self.shape, self.drop, self.max_frames = stdout, shape, drop, max_frames
+        self.frames: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self.received = 0
+        self.dropped = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        size = int(np.prod(self.shape))
+        try:
+            while not self.stop.is_set():
+                if self.max_frames is not None and self.received >= self.max_frames:
+                    break
+                data = self._read_exactly(size)
+                if data is None:
+                    break
+                item = (time.perf_counter(), np.frombuffer(data, np.uint8).reshape(self.shape))
+                self.received += 1
+                self._put(item)
+        finally:
+            self.frames.put(None)  # end of stream, never dropped (put blocks until room)
+
+    def take_waiting(self, limit: int, timeout: float | None = None) -> tuple[list, bool]:
+        """The next (arrival, frame) item (waiting at most `timeout` s, else Stalled) plus
+        whatever else is already waiting, up to `limit`; and whether the stream ended."""
+        try:
+            first = self.frames.get(timeout=timeout)
+        except queue.Empty:
+            raise Stalled from None
+        if first is None:
+            return [], True
+        items, ended = [first], False
+        while len(items) < limit:
+            try:
+                item = self.frames.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                ended = True
+                break
+            items.append(item)
+        return items, ended
+
+    def drain(self) -> None:
+        """Wait for the thread to end (after `stop` is set or its pipe closed), emptying the
+        queue so its final put cannot block."""
+        while self.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self.frames.get(timeout=0.05)
+
+    def _read_exactly(self, size: int) -> bytes | None:
+        chunks, remaining = [], size
+        while remaining:
+            chunk = self.stdout.read(remaining)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def _put(self, item) -> None:
+        if not self.drop:
+            self.frames.put(item)
+            return
+        while True:
+            try:
+                self.frames.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    self.frames.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
+
+def is_live_target(out: str) -> bool:
+    """'-' (stdout) or a network URL: results are sent as they are made, not kept in a file."""
+    return out == "-" or str(out).startswith(OUTPUT_SCHEMES)
+
+
+class LiveWriter(FfmpegPipe):
+    """Encode frames as they come to stdout ('-', MPEG-TS) or a URL (FLV for rtmp://,
+    MPEG-TS otherwise) with x264's zerolatency tuning, for a player to show:
+
+        pipeline run animate --stream ... --out - | ffplay -fflags nobuffer -
+    """
+
+    def __init__(self, target: str, fps: float, stdout=None):
+        self.target, self.fps, self.stdout = target, fps, stdout
+        self._proc: subprocess.Popen | None = None
+        self.frames_written = 0
+
+    def _command(self, width: int, height: int) -> list[str]:
+        container = "flv" if self.target.startswith("rtmp://") else "mpegts"
+        return [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                "-s", f"{width}x{height}", "-r", f"{self.fps:.6f}", "-i", "pipe:0",
+                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "ultrafast",
+                "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-f", container,
+                "pipe:1" if self.target == "-" else self.target]
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._proc is None:
+            out = (self.stdout or sys.stdout.buffer) if self.target == "-" else subprocess.DEVNULL
+            self._proc = subprocess.Popen(self._command(frame.shape[1], frame.shape[0]),
+                                          stdin=subprocess.PIPE, stdout=out)
+        self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+        self._proc.stdin.flush()  # hand each frame on now: latency over throughput
+        self.frames_written += 1
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.stdin.close()
+            if self._proc.wait() != 0:
+                raise RuntimeError(f"ffmpeg failed sending the stream to {self.target}")

@@ -3,7 +3,7 @@
     pipeline run animate --config vox-256 --checkpoint vox-cpk.pth.tar \\
         --source photo.jpg --driving video.mp4 --out result.mp4 [--crop auto] [--find-best-frame]
 
-From Python:
+From Python (the model and options from fomm/animation.py, the library this stage runs):
 
     model = load_animation_model(config, "vox-cpk.pth.tar", device)
     animate(model, config, "photo.jpg", "video.mp4", "result.mp4", AnimateOptions(crop="auto"))
@@ -11,56 +11,32 @@ From Python:
 Frames stream from the driving video through the model in batches (`--batch-size`) and
 straight into the encoder, so memory does not grow with the video's length. The output
 has the driving video's fps and frame count and, for mp4, its audio cut to the video's
-length; it appears at `--out` only when complete (pipeline/media.VideoWriter), whatever
+length; it appears at `--out` only when complete (core/media.VideoWriter), whatever
 fails on the way. (GIF stores frame delays in 1/100 s, so a gif's rate is rounded: 30 fps
-plays at 33.3.) Motion transfer is the model family's `transfer()` (FOMM Eq. 8 for
-relative motion, with the adapt-scale factor of the original demo).
+plays at 33.3.) With `--stream` the run is handed to fomm/stream.py. The frames come from
+fomm/animation.Animator; reading, writing and the audio mux from core/media.py.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
-import numpy as np
-import torch
 
 from core import devices as precision
-
-from fomm import source_crop
-from fomm.api import Motion, MotionTransferModel
 from core.config import Config, load_config
 from core.errors import UserError
-from core.frames import to_tensor, to_uint8
+from core import media
+from fomm import source_crop, stream
+from fomm.animation import (LAYOUTS, AnimateOptions, Animator, batch_size, batched, check_options,
+                            check_out_is_not_an_input, load_animation_model, model_device, resolve_device)
+from fomm.api import MotionTransferModel
 
 logger = logging.getLogger(__name__)
-
-LAYOUTS = ("result", "side-by-side")
-OUTPUT_SUFFIXES = (".mp4", ".gif")
-
-
-@dataclass(frozen=True)
-class AnimateOptions:
-    relative: bool = True              # Eq. 8 relative motion (False: absolute keypoints)
-    relative_jacobian: bool = True
-    adapt_scale: bool = False          # scale motion by sqrt(source hull area / driving hull area)
-    find_best_frame: bool = False
-    landmarks: str = "auto"            # best-frame landmark backend: auto, dlib, face-alignment
-    crop: str = "none"                 # auto | center | none (see fomm/source_crop.py)
-    crop_increase: float = 0.4
-    layout: str = "result"             # result | side-by-side
-    show_keypoints: bool = False
-    audio: bool = True
-    batch_size: int | None = None      # None: the measured default for the device (core/devices.py)
-    max_frames: int | None = None
-    precision: str = "auto"            # auto | fp32 | bf16 (core/devices.py)
-    provenance: bool = True            # watermark, C2PA manifest, AI-generated tag (core/provenance.py)
 
 
 @dataclass
@@ -78,199 +54,6 @@ class AnimationResult:
         return self.num_frames / max(self.seconds, 1e-9)
 
 
-# --------------------------------------------------------------------------- devices
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without one is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"--device {name!r}: expected cpu, cuda, cuda:N or auto")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return torch.device(name)
-
-
-def model_device(model) -> torch.device:
-    """The device a model's parameters live on (CPU for a parameterless ONNX runner)."""
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def batch_size(options: AnimateOptions, device: torch.device) -> int:
-    """`options.batch_size`, or the measured default for the device and precision."""
-    if options.batch_size is not None:
-        return options.batch_size
-    return precision.default_batch_size(precision.resolve(options.precision, device))
-
-
-# --------------------------------------------------------------------------- model
-def load_animation_model(config: Config, checkpoint: str | Path | None, device: torch.device,
-                         name: str | None = None) -> MotionTransferModel:
-    """The config's (or `name`'s) model in eval mode on `device`, weights from `checkpoint`
-    (fomm/checkpoint.load_model: released or project format; a checkpoint that does not match
-    the config raises UserError). `checkpoint=None` keeps the random initialisation."""
-    from fomm.checkpoint import load_model
-    from fomm.registry import build_model
-    from core.config import replace
-    if name is not None and name != config.model_params.name:
-        config = replace(config, model_params=replace(config.model_params, name=name))
-    if checkpoint is None:
-        return build_model(config).to(device).eval()
-    try:
-        return load_model(config, checkpoint, device)
-    except UserError as err:  # torch's unpickling messages span lines; the CLI prints one
-        raise UserError(" ".join(str(err).split())) from None
-
-
-# --------------------------------------------------------------------------- tensors
-def expand_motion(motion: Motion, batch: int) -> Motion:
-    """Repeat a batch-1 motion dict along the batch axis (views, no copies)."""
-    return {key: value.expand(batch, *value.shape[1:]) for key, value in motion.items()}
-
-
-# --------------------------------------------------------------------------- animator
-class Animator:
-    """Holds the source and the initial driving frame; turns driving batches into frames.
-
-    The output for driving frame t depends only on the source, frame t and the initial
-    frame (Eq. 8 compares frame t with the initial frame, never with t-1), so batches can
-    be any size and frames can be fed in any order.
-    """
-
-    def __init__(self, model: MotionTransferModel, source: torch.Tensor, initial: torch.Tensor,
-                 options: AnimateOptions, device: torch.device):
-        self.model, self.options, self.device = model, options, device
-        self.precision = precision.resolve(options.precision, device)
-        self.precision.prepare_model(model)
-        self.source = self.precision.prepare_input(source)      # (1, 3, H, W)
-        with self.precision.keypoint_context():
-            self.motion_source = model.detect(self.source)
-            self.motion_initial = model.detect(self.precision.prepare_input(initial))
-
-    def motion(self, driving: torch.Tensor) -> tuple[Motion, Motion]:
-        """(detected driving motion, transferred motion) for a batch (B, 3, H, W)."""
-        batch = driving.shape[0]
-        with self.precision.keypoint_context():
-            motion_driving = self.model.detect(self.precision.prepare_input(driving))
-        transferred = self.model.transfer(
-            expand_motion(self.motion_source, batch), motion_driving,
-            expand_motion(self.motion_initial, batch), relative=self.options.relative,
-            relative_jacobian=self.options.relative_jacobian,
-            adapt_movement_scale=self.options.adapt_scale)
-        return motion_driving, transferred
-
-    def __call__(self, driving: torch.Tensor) -> dict[str, torch.Tensor | Motion]:
-        """Predictions (B, 3, H, W) and the motions behind them for a driving batch."""
-        driving = self.precision.prepare_input(driving)
-        with self.precision.context():
-            motion_driving, transferred = self.motion(driving)
-            batch = driving.shape[0]
-            out = self.model.generate(self.source.expand(batch, -1, -1, -1),
-                                      expand_motion(self.motion_source, batch), transferred)
-        return {"prediction": out["prediction"].float(), "motion_driving": motion_driving,
-                "motion_transferred": transferred}
-
-
-# --------------------------------------------------------------------------- layout
-def compose(results: np.ndarray, driving: np.ndarray, source: np.ndarray, outputs: dict,
-            animator: Animator, options: AnimateOptions, kp_size: int = 5,
-            colormap: str = "gist_rainbow") -> Iterator[np.ndarray]:
-    """Output frames (H, W', 3) uint8: the result alone, or source | driving | result panels
-    (each the model's input size, no borders, so panel i is columns [i*W, (i+1)*W))."""
-    from fomm.visualize import draw_keypoints
-    kp_result = kp_driving = kp_source = None
-    if options.show_keypoints:
-        kp_result = animator.model.keypoints(outputs["motion_transferred"])
-        kp_driving = animator.model.keypoints(outputs["motion_driving"])
-        kp_source = animator.model.keypoints(animator.motion_source)
-    for i, result in enumerate(results):
-        if kp_result is not None:
-            result = draw_keypoints(result, kp_result[i], kp_size, colormap)
-        if options.layout == "result":
-            yield result
-            continue
-        drive, src = driving[i], source
-        if kp_driving is not None:
-            drive = draw_keypoints(drive, kp_driving[i], kp_size, colormap)
-        if kp_source is not None:
-            src = draw_keypoints(src, kp_source[0], kp_size, colormap)
-        yield np.concatenate([src, drive, result], axis=1)
-
-
-def batched(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-    batch: list[np.ndarray] = []
-    for frame in frames:
-        batch.append(frame)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-# --------------------------------------------------------------------------- the run
-def check_options(options: AnimateOptions, out_path: Path | str, live_target: bool = False) -> None:
-    """UserError for options that cannot work; `live_target` (--stream to '-' or a URL)
-    skips the file-name check."""
-    if not live_target and Path(out_path).suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UserError(f"--out {str(out_path)!r}: expected a .mp4 or .gif file name"
-                        " (with --stream also '-' for stdout or a udp://, rtmp://, srt:// URL)")
-    if options.layout not in LAYOUTS:
-        raise UserError(f"--layout {options.layout!r}: expected one of {list(LAYOUTS)}")
-    if options.crop not in source_crop.CROP_MODES:
-        raise UserError(f"--crop {options.crop!r}: expected one of {list(source_crop.CROP_MODES)}")
-    if options.batch_size is not None and options.batch_size < 1:
-        raise UserError(f"--batch-size {options.batch_size}: expected 1 or more")
-    if options.max_frames is not None and options.max_frames < 1:
-        raise UserError(f"--max-frames {options.max_frames}: expected 1 or more")
-    if options.precision not in precision.PRECISIONS:
-        raise UserError(f"--precision {options.precision!r}: expected one of {list(precision.PRECISIONS)}")
-
-
-def check_out_is_not_an_input(out_path: str | Path, **inputs: str | Path) -> None:
-    """UserError when `--out` names one of the input files (`source=..., driving=...`):
-    the same path once symlinks and `..` are resolved, or the same file (a hard link)."""
-    out = Path(out_path)
-    for name, value in inputs.items():
-        given = Path(value)
-        same = out.resolve() == given.resolve()
-        if not same and out.exists() and given.exists():
-            same = os.path.samefile(out, given)
-        if same:
-            raise UserError(f"--out {str(out_path)!r} is the --{name} file {str(value)!r}: writing it "
-                            "would destroy the input; expected another output path")
-
-
-def nth_frame(path: str | Path, index: int) -> np.ndarray:
-    from core.media import iter_frames
-    for frame in iter_frames(path, index, index + 1):
-        return frame
-    raise UserError(f"{str(path)!r} has no frame {index}")
-
-
-def stream_starts(path: str | Path) -> tuple[float, float]:
-    """(video start, audio start) in seconds on the file's clock; audio start = video
-    start when there is no audio."""
-    import av
-    with av.open(str(path)) as container:
-        def start(stream):
-            return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        video = start(container.streams.video[0]) if container.streams.video else 0.0
-        audio = start(container.streams.audio[0]) if container.streams.audio else video
-        return video, audio
-
-
-def audio_offset(path: str | Path) -> float:
-    """Seconds from the audio stream's start to the video stream's start.
-
-    Positive when the video starts later (faces/animateanyone/talkinghead_3.mp4 starts its
-    video 7.3 s after its audio: the audio heard with the first frame is the one at that
-    offset); negative when the audio starts after the first frame (silence until then).
-    """
-    video, audio = stream_starts(path)
-    return video - audio
-
-
 @dataclass
 class AnimationPlan:
     """Everything checked and loaded before the first frame is written (see `prepare`)."""
@@ -282,10 +65,9 @@ class AnimationPlan:
     fps: float
     num_frames: int                     # frames to animate: [0, num_frames)
     has_audio: bool
-    source: np.ndarray                  # (H, W, 3) uint8, cropped and resized
     driving_box: source_crop.CropBox | None
     best_frame: int
-    animator: Animator
+    animator: Animator                  # holds the cropped source (animator.source_frame)
 
 
 def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
@@ -296,14 +78,12 @@ def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
     Everything that can be wrong with the inputs raises UserError here, before any file
     is opened for writing.
     """
-    from core.media import probe
     out_path, driving_path = Path(out_path), Path(driving_path)
     check_options(options, out_path)
     check_out_is_not_an_input(out_path, source=source_path, driving=driving_path)
-    device = model_device(model)
     size = tuple(config.dataset_params.frame_shape[:2])
     source_image = source_crop.load_source(source_path)
-    info = probe(driving_path)
+    info = media.probe(driving_path)
     end = info.num_frames if options.max_frames is None else min(info.num_frames, options.max_frames)
     if end <= 0:
         raise UserError(f"driving video {str(driving_path)!r} has zero frames")
@@ -317,11 +97,11 @@ def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
     best = 0
     if options.find_best_frame:
         best = _best_frame(source_image, source_box, driving_path, driving_box, end, options)
-    initial = source_crop.prepare(nth_frame(driving_path, best), driving_box, size)
-    animator = Animator(model, to_tensor(source, device), to_tensor(initial, device), options, device)
+    initial = source_crop.prepare(media.nth_frame(driving_path, best), driving_box, size)
+    animator = Animator.from_frames(model, source, initial, options, model_device(model), config)
     has_audio = options.audio and info.has_audio and out_path.suffix.lower() == ".mp4"
     return AnimationPlan(model, config, driving_path, out_path, options, info.fps, end, has_audio,
-                         source, driving_box, best, animator)
+                         driving_box, best, animator)
 
 
 def run(plan: AnimationPlan, progress: Callable[[int], None] | None = None) -> AnimationResult:
@@ -331,20 +111,19 @@ def run(plan: AnimationPlan, progress: Callable[[int], None] | None = None) -> A
     `progress(n)` is called with the number of frames done after each batch.
     """
     from core import provenance
-    from core.media import VideoWriter, atomic_path
     start = time.perf_counter()
     size = tuple(plan.config.dataset_params.frame_shape[:2])
     generation = provenance.generation_or_warn(plan.options.provenance, plan.config,
                                                plan.driving_path.name, plan.out_path.name)
-    with atomic_path(plan.out_path) as final:
-        video_path = _silent_video_path(plan.out_path) if plan.has_audio else final
+    with media.atomic_path(plan.out_path) as final:
+        video_path = media.temp_file(plan.out_path.parent, f".{plan.out_path.stem}.", ".video.mp4") \
+            if plan.has_audio else final
         try:
-            with VideoWriter(video_path, plan.fps) as writer:
-                done = _animate_frames(plan.animator, plan.source, plan.driving_path, plan.driving_box,
-                                       plan.num_frames, size, provenance.marking(writer, generation),
-                                       plan.options, plan.config, progress)
+            with media.VideoWriter(video_path, plan.fps) as writer:
+                done = _animate_frames(plan.animator, plan.driving_path, plan.driving_box, plan.num_frames,
+                                       size, provenance.marking(writer, generation), progress)
             if plan.has_audio:
-                mux_audio(video_path, plan.driving_path, final, done / plan.fps)
+                media.mux_audio(video_path, plan.driving_path, final, done / plan.fps)
             provenance.finalize(final, generation)
         finally:
             if plan.has_audio:
@@ -365,17 +144,12 @@ def animate(model: MotionTransferModel, config: Config, source_path: str | Path,
     return run(prepare(model, config, source_path, driving_path, out_path, options), progress)
 
 
-def _animate_frames(animator, source, driving_path, driving_box, end, size, writer, options,
-                    config, progress) -> int:
+def _animate_frames(animator: Animator, driving_path, driving_box, end, size, writer, progress) -> int:
     """Stream driving frames [0, end) through the animator in batches into `writer`."""
-    from core.media import iter_frames
     done = 0
-    frames = (source_crop.prepare(f, driving_box, size) for f in iter_frames(driving_path, 0, end))
-    for batch in batched(frames, batch_size(options, animator.device)):
-        outputs = animator(to_tensor(batch, animator.device))
-        results = to_uint8(outputs["prediction"])
-        for frame in compose(results, batch, source, outputs, animator, options,
-                             config.visualizer_params.kp_size, config.visualizer_params.colormap):
+    frames = (source_crop.prepare(f, driving_box, size) for f in media.iter_frames(driving_path, 0, end))
+    for batch in batched(frames, animator.batch_size):
+        for frame in animator.animate(batch):
             writer.write(frame)
         done += len(batch)
         if progress is not None:
@@ -385,45 +159,13 @@ def _animate_frames(animator, source, driving_path, driving_box, end, size, writ
     return done
 
 
-def _silent_video_path(out_path: Path) -> Path:
-    import tempfile
-    fd, name = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".video.mp4", dir=out_path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def mux_audio(video: Path, audio_from: str | Path, out: Path, duration: float) -> None:
-    """Copy `video`'s stream into `out` with the audio `audio_from` plays alongside its
-    video stream, as a track that starts at 0 and lasts exactly `duration` s.
-
-    Seeking the audio input to the driving's video start drops what plays before the first
-    frame; `aresample=async=1:first_pts=0` fills with silence where the audio starts after
-    it; `apad` and `-t` pad or cut the end to the video's length. A second pass rather than
-    `-shortest` while encoding: -shortest overshoots when the audio is read ahead of a
-    piped video, and cuts the video when the audio is shorter.
-    """
-    from core.media import ffmpeg_exe
-    video_start, _ = stream_starts(audio_from)
-    command = [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(video)]
-    if video_start > 0:
-        command += ["-ss", f"{video_start:.6f}"]
-    command += ["-i", str(audio_from), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
-                "-af", "aresample=async=1:first_pts=0,apad", "-c:a", "aac", "-t", f"{duration:.6f}",
-                "-movflags", "+faststart", "-f", "mp4", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"ffmpeg failed muxing the audio of {audio_from} into {out}: "
-                           f"{result.stderr.strip()[-500:]}")
-
-
 def _best_frame(source_image, source_box, driving_path, driving_box, end, options) -> int:
     """Best-frame search on crops at 256 px (dlib's detector needs faces of ~80 px)."""
     from fomm.best_frame import find_best_frame
-    from core.media import iter_frames
     side = (256, 256)
     source = source_crop.prepare(source_image, source_box, side) if source_box else source_image
     frames = (source_crop.prepare(f, driving_box, side) if driving_box else f
-              for f in iter_frames(driving_path, 0, end))
+              for f in media.iter_frames(driving_path, 0, end))
     return find_best_frame(source, frames, options.landmarks)
 
 
@@ -525,10 +267,7 @@ def main(args: argparse.Namespace) -> int:
         if args.checkpoint is None and not args.random_weights:
             raise UserError("--checkpoint is required (or --random-weights for a smoke test)")
     options = options_from_args(args, config)
-    live_target = False
-    if args.stream:
-        from fomm import stream
-        live_target = stream.is_live_target(args.out)
+    live_target = args.stream and media.is_live_target(args.out)
     check_options(options, args.out, live_target)
     if not live_target:
         check_out_is_not_an_input(args.out, source=args.source, driving=args.driving)

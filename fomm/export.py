@@ -277,7 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from fomm.animate import load_animation_model
+    from fomm.animation import load_animation_model
     if args.format != "onnx":
         raise UserError(f"--format {args.format!r}: expected onnx")
     if args.checkpoint is None and not args.random_weights:

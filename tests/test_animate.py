@@ -15,11 +15,12 @@ import torch
 
 from fomm import source_crop
 from core.frames import to_tensor, to_uint8
-from fomm.animate import AnimateOptions, Animator, animate, audio_offset
+from fomm.animate import animate
+from fomm.animation import AnimateOptions, Animator
 from fomm.best_frame import find_best_frame
 from pipeline import cli
 from core.config import load_config
-from core.media import ffmpeg_exe, iter_frames, load_image, probe, read_frames
+from core.media import audio_offset, ffmpeg_exe, iter_frames, load_image, probe, read_frames
 
 CPU = torch.device("cpu")
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fomm.animate import AnimateOptions, Animator, animate, load_animation_model
+from fomm.animate import animate
+from fomm.animation import AnimateOptions, Animator, load_animation_model
 from pipeline import cli
 from core.config import load_config
 from core.errors import UserError

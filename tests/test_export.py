@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from fomm import export
-from fomm.animate import AnimateOptions, Animator, animate, load_animation_model, to_tensor
+from core.frames import to_tensor
+from fomm.animate import animate
+from fomm.animation import AnimateOptions, Animator, load_animation_model
 from pipeline import cli
 from core.config import load_config
 from core.errors import UserError

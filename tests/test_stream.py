@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from fomm import stream
-from fomm.animate import AnimateOptions, Animator
+from fomm.animate import animate
+from fomm.animation import AnimateOptions, Animator
 from pipeline import cli
 from core.errors import UserError
-from core.media import ffmpeg_exe, iter_frames, probe, realtime_input_arguments
+from core.media import (ffmpeg_exe, is_live_target, iter_frames, live_input_arguments, probe, read_frames,
+                        realtime_input_arguments)
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +36,19 @@ def test_live_batch_shapes_are_few():
 
 
 def test_input_arguments_for_devices_urls_and_pipes(tmp_path):
-    assert stream.input_arguments("/dev/video0")[0][:2] == ["-f", "v4l2"]
-    assert stream.input_arguments("/dev/video0")[0][-2:] == ["-i", "/dev/video0"]
-    args, _ = stream.input_arguments("avfoundation:0")
+    assert live_input_arguments("/dev/video0")[0][:2] == ["-f", "v4l2"]
+    assert live_input_arguments("/dev/video0")[0][-2:] == ["-i", "/dev/video0"]
+    args, _ = live_input_arguments("avfoundation:0")
     assert args[:2] == ["-f", "avfoundation"] and args[-2:] == ["-i", "0"]
-    args, _ = stream.input_arguments("dshow:video=Integrated Camera")
+    args, _ = live_input_arguments("dshow:video=Integrated Camera")
     assert args[-1] == "video=Integrated Camera"  # one argument, spaces and all: no shell
-    assert stream.input_arguments("rtsp://camera.local/live")[0][-1] == "rtsp://camera.local/live"
-    assert stream.input_arguments("-")[0][-2:] == ["-i", "pipe:0"] and stream.input_arguments("-")[1]
+    assert live_input_arguments("rtsp://camera.local/live")[0][-1] == "rtsp://camera.local/live"
+    assert live_input_arguments("-")[0][-2:] == ["-i", "pipe:0"] and live_input_arguments("-")[1]
     clip = tmp_path / "a.ts"
     clip.write_bytes(b"")
-    assert stream.input_arguments(str(clip), realtime=True)[0][:-2] == realtime_input_arguments()
+    assert live_input_arguments(str(clip), realtime=True)[0][:-2] == realtime_input_arguments()
     with pytest.raises(UserError, match="camera"):
-        stream.input_arguments(str(tmp_path / "missing.mp4"))
+        live_input_arguments(str(tmp_path / "missing.mp4"))
 
 
 def assert_latency_bounded(report, margin: float = 0.5) -> None:
@@ -120,6 +122,24 @@ def test_stream_cli_from_stdin(checkpoint, clip, tmp_path, shared_data, monkeypa
     assert probe(out).num_frames == 8
 
 
+def test_stream_to_a_file_gives_the_frames_file_mode_gives(model, config, shared_data, tmp_path):
+    """The same driving video through `--stream` and through file mode: the same output
+    frames (one Animator, the first frame as the initial one, one layout). The clip is
+    stored as RGB (PNG frames) at the model's size, so both decoders hand over its pixels
+    unchanged and any difference is the animation's."""
+    driving = tmp_path / "d12-rgb.mkv"
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(shared_data / "faces/liveportrait/d12.mp4"),
+                    "-frames:v", "6", "-an", "-vf", "scale=64:64", "-c:v", "png", str(driving)], check=True)
+    source = shared_data / "faces/sadtalker/happy.png"
+    options = AnimateOptions(batch_size=1, layout="side-by-side", provenance=False)
+    animate(model, config, source, driving, tmp_path / "file.mp4", options)
+    report = stream.run_stream(model, config, source, str(driving), tmp_path / "live.mp4", options, drop=False)
+    assert report.frames_out == 6
+    from_file, live = read_frames(tmp_path / "file.mp4"), read_frames(tmp_path / "live.mp4")
+    assert from_file.shape == (6, 64, 3 * 64, 3)
+    np.testing.assert_array_equal(live, from_file)
+
+
 def test_stream_unreadable_device_fails_cleanly(model, config, tmp_path, shared_data):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -145,7 +165,7 @@ def test_stream_to_stdout_for_a_player(model, config, clip, tmp_path, shared_dat
     assert report.frames_out == 20
     info = probe(received)
     assert info.num_frames == 20 and (info.width, info.height) == (64, 64) and info.codec == "h264"
-    assert stream.is_live_target("udp://127.0.0.1:5000") and not stream.is_live_target("out.mp4")
+    assert is_live_target("udp://127.0.0.1:5000") and not is_live_target("out.mp4")
 
 
 def test_stream_crop_auto_fixes_the_box_on_the_first_face(model, config, clip, tmp_path, shared_data):

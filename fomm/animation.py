@@ -1,0 +1,247 @@
+"""The animation pipeline as a library: a model, the transfer options, frames in and frames out.
+
+    model = load_animation_model(config, "vox-cpk.pth.tar", resolve_device("auto"))
+    animator = Animator.from_frames(model, source, initial, AnimateOptions(layout="side-by-side"))
+    for batch in batched(driving_frames, animator.batch_size):
+        for frame in animator.animate(batch):   # (H, W', 3) uint8
+            ...
+
+Motion transfer is the model family's `transfer()` (FOMM Eq. 8 for relative motion, with
+the adapt-scale factor of the original demo). This module sits on core/ and the model
+files; the stages that use it, `pipeline run animate` (fomm/animate.py, from a file) and
+`--stream` (fomm/stream.py, live), and benchmarks/animate.py and benchmarks/gpu.py sit on it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from core import devices as precision
+from core.config import Config
+from core.errors import UserError
+from core.frames import to_tensor, to_uint8
+from fomm import source_crop
+from fomm.api import Motion, MotionTransferModel
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("result", "side-by-side")
+OUTPUT_SUFFIXES = (".mp4", ".gif")
+
+
+@dataclass(frozen=True)
+class AnimateOptions:
+    relative: bool = True              # Eq. 8 relative motion (False: absolute keypoints)
+    relative_jacobian: bool = True
+    adapt_scale: bool = False          # scale motion by sqrt(source hull area / driving hull area)
+    find_best_frame: bool = False
+    landmarks: str = "auto"            # best-frame landmark backend: auto, dlib, face-alignment
+    crop: str = "none"                 # auto | center | none (see fomm/source_crop.py)
+    crop_increase: float = 0.4
+    layout: str = "result"             # result | side-by-side
+    show_keypoints: bool = False
+    audio: bool = True
+    batch_size: int | None = None      # None: the measured default for the device (core/devices.py)
+    max_frames: int | None = None
+    precision: str = "auto"            # auto | fp32 | bf16 (core/devices.py)
+    provenance: bool = True            # watermark, C2PA manifest, AI-generated tag (core/provenance.py)
+
+
+# --------------------------------------------------------------------------- checks
+def check_options(options: AnimateOptions, out_path: Path | str, live_target: bool = False) -> None:
+    """UserError for options that cannot work; `live_target` (--stream to '-' or a URL)
+    skips the file-name check."""
+    if not live_target and Path(out_path).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(f"--out {str(out_path)!r}: expected a .mp4 or .gif file name"
+                        " (with --stream also '-' for stdout or a udp://, rtmp://, srt:// URL)")
+    if options.layout not in LAYOUTS:
+        raise UserError(f"--layout {options.layout!r}: expected one of {list(LAYOUTS)}")
+    if options.crop not in source_crop.CROP_MODES:
+        raise UserError(f"--crop {options.crop!r}: expected one of {list(source_crop.CROP_MODES)}")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise UserError(f"--batch-size {options.batch_size}: expected 1 or more")
+    if options.max_frames is not None and options.max_frames < 1:
+        raise UserError(f"--max-frames {options.max_frames}: expected 1 or more")
+    if options.precision not in precision.PRECISIONS:
+        raise UserError(f"--precision {options.precision!r}: expected one of {list(precision.PRECISIONS)}")
+
+
+def check_out_is_not_an_input(out_path: str | Path, **inputs: str | Path) -> None:
+    """UserError when `--out` names one of the input files (`source=..., driving=...`):
+    the same path once symlinks and `..` are resolved, or the same file (a hard link)."""
+    out = Path(out_path)
+    for name, value in inputs.items():
+        given = Path(value)
+        same = out.resolve() == given.resolve()
+        if not same and out.exists() and given.exists():
+            same = os.path.samefile(out, given)
+        if same:
+            raise UserError(f"--out {str(out_path)!r} is the --{name} file {str(value)!r}: writing it "
+                            "would destroy the input; expected another output path")
+
+
+# --------------------------------------------------------------------------- devices and the model
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without one is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"--device {name!r}: expected cpu, cuda, cuda:N or auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def model_device(model) -> torch.device:
+    """The device a model's parameters live on (CPU for a parameterless ONNX runner)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def batch_size(options: AnimateOptions, device: torch.device) -> int:
+    """`options.batch_size`, or the measured default for the device and precision."""
+    if options.batch_size is not None:
+        return options.batch_size
+    return precision.default_batch_size(precision.resolve(options.precision, device))
+
+
+def load_animation_model(config: Config, checkpoint: str | Path | None, device: torch.device,
+                         name: str | None = None) -> MotionTransferModel:
+    """The config's (or `name`'s) model in eval mode on `device`, weights from `checkpoint`
+    (fomm/checkpoint.load_model: released or project format; a checkpoint that does not match
+    the config raises UserError). `checkpoint=None` keeps the random initialisation."""
+    from fomm.checkpoint import load_model
+    from fomm.registry import build_model
+    from core.config import replace
+    if name is not None and name != config.model_params.name:
+        config = replace(config, model_params=replace(config.model_params, name=name))
+    if checkpoint is None:
+        return build_model(config).to(device).eval()
+    try:
+        return load_model(config, checkpoint, device)
+    except UserError as err:  # torch's unpickling messages span lines; the CLI prints one
+        raise UserError(" ".join(str(err).split())) from None
+
+
+# --------------------------------------------------------------------------- batches
+def expand_motion(motion: Motion, batch: int) -> Motion:
+    """Repeat a batch-1 motion dict along the batch axis (views, no copies)."""
+    return {key: value.expand(batch, *value.shape[1:]) for key, value in motion.items()}
+
+
+def batched(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    """Consecutive lists of `size` frames (the last one shorter), read lazily."""
+    batch: list[np.ndarray] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------- the animator
+class Animator:
+    """Holds the source and the initial driving frame; turns driving batches into frames.
+
+    The output for driving frame t depends only on the source, frame t and the initial
+    frame (Eq. 8 compares frame t with the initial frame, never with t-1), so batches can
+    be any size and frames can be fed in any order. `source` and `initial` are (1, 3, H, W)
+    tensors in [0, 1] (`from_frames` takes uint8 frames); `kp_size` and `colormap` draw
+    keypoints with `options.show_keypoints` (a config's `visualizer_params`).
+    """
+
+    def __init__(self, model: MotionTransferModel, source: torch.Tensor, initial: torch.Tensor,
+                 options: AnimateOptions, device: torch.device, kp_size: int = 5,
+                 colormap: str = "gist_rainbow"):
+        self.model, self.options, self.device = model, options, device
+        self.kp_size, self.colormap = kp_size, colormap
+        self.source_frame = to_uint8(source[:1])[0]              # (H, W, 3): the side-by-side panel
+        self.precision = precision.resolve(options.precision, device)
+        self.precision.prepare_model(model)
+        self.source = self.precision.prepare_input(source)      # (1, 3, H, W)
+        with self.precision.keypoint_context():
+            self.motion_source = model.detect(self.source)
+            self.motion_initial = model.detect(self.precision.prepare_input(initial))
+
+    @classmethod
+    def from_frames(cls, model: MotionTransferModel, source: np.ndarray, initial: np.ndarray,
+                    options: AnimateOptions, device: torch.device | None = None,
+                    config: Config | None = None) -> "Animator":
+        """An animator from (H, W, 3) uint8 frames at the model's size, on the model's device
+        unless `device` says otherwise; keypoints drawn as `config.visualizer_params` says."""
+        device = model_device(model) if device is None else device
+        drawing = {}
+        if config is not None:
+            drawing = {"kp_size": config.visualizer_params.kp_size,
+                       "colormap": config.visualizer_params.colormap}
+        return cls(model, to_tensor(source, device), to_tensor(initial, device), options, device, **drawing)
+
+    @property
+    def batch_size(self) -> int:
+        """Frames per model call: `options.batch_size` or the measured default."""
+        return batch_size(self.options, self.device)
+
+    def motion(self, driving: torch.Tensor) -> tuple[Motion, Motion]:
+        """(detected driving motion, transferred motion) for a batch (B, 3, H, W)."""
+        batch = driving.shape[0]
+        with self.precision.keypoint_context():
+            motion_driving = self.model.detect(self.precision.prepare_input(driving))
+        transferred = self.model.transfer(
+            expand_motion(self.motion_source, batch), motion_driving,
+            expand_motion(self.motion_initial, batch), relative=self.options.relative,
+            relative_jacobian=self.options.relative_jacobian,
+            adapt_movement_scale=self.options.adapt_scale)
+        return motion_driving, transferred
+
+    def __call__(self, driving: torch.Tensor) -> dict[str, torch.Tensor | Motion]:
+        """Predictions (B, 3, H, W) and the motions behind them for a driving batch."""
+        driving = self.precision.prepare_input(driving)
+        with self.precision.context():
+            motion_driving, transferred = self.motion(driving)
+            batch = driving.shape[0]
+            out = self.model.generate(self.source.expand(batch, -1, -1, -1),
+                                      expand_motion(self.motion_source, batch), transferred)
+        return {"prediction": out["prediction"].float(), "motion_driving": motion_driving,
+                "motion_transferred": transferred}
+
+    def predict(self, driving: Sequence[np.ndarray]) -> tuple[np.ndarray, dict]:
+        """(B, H, W, 3) uint8 predictions for driving frames (H, W, 3) uint8, and the model's
+        outputs (`__call__`); returns once the device is done."""
+        outputs = self(to_tensor(driving, self.device))
+        return to_uint8(outputs["prediction"]), outputs
+
+    def compose(self, results: np.ndarray, driving: Sequence[np.ndarray], outputs: dict
+                ) -> Iterator[np.ndarray]:
+        """Output frames (H, W', 3) uint8: the result alone, or source | driving | result panels
+        (each the model's input size, no borders, so panel i is columns [i*W, (i+1)*W))."""
+        from fomm.visualize import draw_keypoints
+        kp_result = kp_driving = kp_source = None
+        if self.options.show_keypoints:
+            kp_result = self.model.keypoints(outputs["motion_transferred"])
+            kp_driving = self.model.keypoints(outputs["motion_driving"])
+            kp_source = self.model.keypoints(self.motion_source)
+        for i, result in enumerate(results):
+            if kp_result is not None:
+                result = draw_keypoints(result, kp_result[i], self.kp_size, self.colormap)
+            if self.options.layout == "result":
+                yield result
+                continue
+            drive, src = driving[i], self.source_frame
+            if kp_driving is not None:
+                drive = draw_keypoints(drive, kp_driving[i], self.kp_size, self.colormap)
+            if kp_source is not None:
+                src = draw_keypoints(src, kp_source[0], self.kp_size, self.colormap)
+            yield np.concatenate([src, drive, result], axis=1)
+
+    def animate(self, driving: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+        """The output frames for a batch of driving frames (H, W, 3) uint8 (predict, compose)."""
+        results, outputs = self.predict(driving)
+        return self.compose(results, driving, outputs)
