@@ -95,5 +95,5 @@ def checkpoint(tmp_path_factory, config):
 def model(config, checkpoint):
     """The tiny FOMM loaded the way `pipeline run animate` loads a model, on the CPU."""
     import torch
-    from fomm.animate import load_animation_model
+    from fomm.animation import load_animation_model
     return load_animation_model(config, checkpoint, torch.device("cpu"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks.animate import clip_frames, error_budget
-from fomm.animate import load_animation_model
+from fomm.animation import load_animation_model
 from fomm.train import resolve_run_config, train
 from core.media import ffmpeg_exe
 

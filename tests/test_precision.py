@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core import devices as precision
-from fomm.animate import AnimateOptions, Animator, batch_size
+from fomm.animation import AnimateOptions, Animator, batch_size
 from core.errors import UserError
 
 

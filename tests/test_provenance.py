@@ -231,7 +231,7 @@ def test_cropped_copy_is_found_on_its_shifted_grid(shared_data):
 @pytest.mark.slow
 def test_stream_to_a_file_is_marked(model, config, shared_data, tmp_path):
     from fomm import stream
-    from fomm.animate import AnimateOptions
+    from fomm.animation import AnimateOptions
     out = tmp_path / "live.mp4"
     stream.run_stream(model, config, shared_data / "faces/sadtalker/happy.png",
                       str(shared_data / "faces/fomm-demo/08.mp4"), out, AnimateOptions(max_frames=6), drop=False)
