@@ -69,8 +69,8 @@ def save_frame(path: Path, frame: np.ndarray) -> None:
     Image.fromarray(frame).save(path, format="PNG")
 
 
-def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, device: str,
-                     generation=None, precision: str = "fp32") -> dict:
+def write_clip(model, clip: str, batches, out_dir: Path, fps: float, device: str,
+               generation=None, precision: str = "fp32") -> dict:
     """Reconstruct one clip batch by batch (fomm.reconstruction); returns its l1.csv row. L1
     and the png frames come from the unmarked output; the mp4 carries the provenance marks
     of `generation`."""
@@ -125,7 +125,7 @@ def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Pat
         if clip in done and (out_dir / f"{clip}.mp4").is_file() and (out_dir / clip).is_dir():
             rows.append({k: done[clip][k] for k in L1_FIELDS})
             continue
-        row = reconstruct_clip(model, clip, batches, out_dir, store.fps(clip), device, generation, precision)
+        row = write_clip(model, clip, batches, out_dir, store.fps(clip), device, generation, precision)
         log.info("%s: %d frames, L1 %.4f", clip, row["num_frames"], row["l1"])
         rows.append(row)
         write_l1_csv(csv_path, rows + [r for c, r in done.items() if c not in {x["clip"] for x in rows}])

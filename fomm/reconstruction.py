@@ -79,3 +79,9 @@ def frame_weighted_l1(num_frames: Iterable[int], clip_l1: Iterable[float]) -> tu
     counts = np.array(list(num_frames), dtype=np.float64)
     values = np.array(list(clip_l1), dtype=np.float64)
     return int(counts.sum()), float((values * counts).sum() / counts.sum())
+
+
+def reconstruct_clip(model, batches: Iterable[torch.Tensor], device: str = "cpu",
+                     precision: str = "fp32") -> Reconstructed:
+    """`reconstruct_batches` over a whole clip, joined: for clips that fit in memory."""
+    return Reconstructed.concat(list(reconstruct_batches(model, batches, device, precision)))

@@ -123,15 +123,7 @@ def truth_grid(data: str | Path, split: str, clip: str) -> np.ndarray | None:
         return archive["backward_grid"].astype(np.float32)
 
 
-# --------------------------------------------------------------------------- reconstruction
-def reconstruct_clip(model, batches, device: str = "cpu", precision: str = "fp32"):
-    """The paper's protocol on one clip (fomm.reconstruction, as `pipeline run reconstruct`):
-    its real and predicted frames (T, H, W, 3) uint8, per-frame L1 on the model's float
-    output, and the deformation (T, g, g, 2) when the family outputs one."""
-    from fomm.reconstruction import Reconstructed, reconstruct_batches
-    return Reconstructed.concat(list(reconstruct_batches(model, batches, device, precision)))
-
-
+# --------------------------------------------------------------------------- motion error
 def identity_grid(size: int) -> np.ndarray:
     """(size, size, 2) normalised (x, y) of pixel centres (align_corners=False)."""
     from fomm.blocks import identity_grid as grid
@@ -191,6 +183,7 @@ def _real_detections(cache: dict, clip: str, real: np.ndarray, pose, identity):
 def score_model(spec: ModelSpec, store, clips: list[str], args, pose, identity, samples: dict,
                 cache: dict) -> pd.DataFrame:
     """Reconstruct and score every clip with one model: its per-frame rows."""
+    from fomm.reconstruction import reconstruct_clip
     from metrics.evaluate import score_clip
     model, config = load_model(spec, args.device)
     size = tuple(config.dataset_params.frame_shape[:2])

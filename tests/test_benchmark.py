@@ -218,6 +218,7 @@ def test_face_clip_is_scored_with_the_dlib_backends(shared_data, tmp_path, monke
 def test_released_checkpoint_needs_and_takes_a_config(sample_data, tmp_path):
     """A released-format file (state dicts only, no config) loads with NAME=CKPT@CONFIG and
     reconstructs exactly as the same weights saved in the project's format."""
+    from fomm.reconstruction import reconstruct_clip
     from fomm.registry import build_model
     torch.manual_seed(1)
     # align_corners explicit: left automatic, a file without config would run with the released True
@@ -234,7 +235,7 @@ def test_released_checkpoint_needs_and_takes_a_config(sample_data, tmp_path):
     loaded, loaded_config = benchmark.load_model(benchmark.ModelSpec("fomm", released, str(config_file)))
     assert loaded_config == config
     store, clips = benchmark.open_test_clips(sample_data, "test", 1)
-    ours, theirs = (benchmark.reconstruct_clip(m, benchmark.clip_batches(store, clips[0], (64, 64), 16, 4))
+    ours, theirs = (reconstruct_clip(m, benchmark.clip_batches(store, clips[0], (64, 64), 16, 4))
                     for m in (model, loaded))
     assert len(ours.fake) == 4 and np.array_equal(ours.fake, theirs.fake)
 
