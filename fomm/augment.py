@@ -13,6 +13,7 @@ import logging
 
 import numpy as np
 
+from core.frames import resize
 from core.config import AugmentationParams, CropParams, FlipParams, JitterParams, ResizeParams, RotationParams
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def random_resize(frames: np.ndarray, params: ResizeParams, rng: np.random.Gener
     ratio = rng.uniform(low, high)
     height, width = frames.shape[1:3]
     size = (max(1, round(height * ratio)), max(1, round(width * ratio)))
-    return resize_frames(frames, size)
+    return resize(frames, size)  # bilinear, anti-aliased
 
 
 def random_crop(frames: np.ndarray, params: CropParams, rng: np.random.Generator) -> np.ndarray:
@@ -99,19 +100,9 @@ def _shift_hue(frames: np.ndarray, shift: float) -> np.ndarray:
     return hsv2rgb(hsv)
 
 
-def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(T, H, W, 3) float or uint8 -> (T, size[0], size[1], 3) with anti-aliasing, same dtype."""
-    import torch
-    import torch.nn.functional as F
-    if tuple(frames.shape[1:3]) == tuple(size):
-        return frames
-    dtype = frames.dtype
-    tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-    if dtype == np.uint8:
-        tensor = tensor / 255.0
-    out = F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-    out = out.clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    return (out * 255 + 0.5).astype(np.uint8) if dtype == np.uint8 else out.astype(dtype)
+# The old name: fomm/data.py and tests import it (the filter is core.frames.resize's default,
+# "bilinear", the one training frames have always had).
+resize_frames = resize
 
 
 class Augmentation:

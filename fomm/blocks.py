@@ -21,27 +21,24 @@ from torch import nn
 # --------------------------------------------------------------------------- coordinates
 def make_coordinate_grid(spatial_size: tuple[int, int], dtype: torch.dtype = torch.float32,
                          device: torch.device | str | None = None) -> torch.Tensor:
-    """(H, W, 2) grid of (x, y) in [-1, 1], corners at the extreme pixel centres."""
-    h, w = int(spatial_size[0]), int(spatial_size[1])
-    x = torch.arange(w, dtype=dtype, device=device)
-    y = torch.arange(h, dtype=dtype, device=device)
-    x = 2 * (x / (w - 1)) - 1
-    y = 2 * (y / (h - 1)) - 1
-    yy = y.view(-1, 1).repeat(1, w)
-    xx = x.view(1, -1).repeat(h, 1)
-    return torch.cat([xx.unsqueeze(2), yy.unsqueeze(2)], 2)  # (H, W, 2)
+    """(H, W, 2) grid of (x, y) in [-1, 1], corners at the extreme pixel centres (the original's;
+    the identity grid under align_corners=True)."""
+    return identity_grid(spatial_size, True, dtype, device)
 
 
 def identity_grid(spatial_size: tuple[int, int], align_corners: bool,
                   dtype: torch.dtype = torch.float32,
                   device: torch.device | str | None = None) -> torch.Tensor:
-    """(H, W, 2) grid that `grid_sample(x, grid, align_corners=...)` maps to `x` itself."""
-    if align_corners:
-        return make_coordinate_grid(spatial_size, dtype, device)
+    """(H, W, 2) grid that `grid_sample(x, grid, align_corners=...)` maps to `x` itself: pixel
+    centres at 2i/(n-1) - 1 (True) or (2i+1)/n - 1 (False)."""
     h, w = int(spatial_size[0]), int(spatial_size[1])
-    x = (2 * torch.arange(w, dtype=dtype, device=device) + 1) / w - 1
-    y = (2 * torch.arange(h, dtype=dtype, device=device) + 1) / h - 1
-    return torch.stack([x.view(1, w).expand(h, w), y.view(h, 1).expand(h, w)], dim=-1)
+    x, y = _pixel_centres(w, align_corners, dtype, device), _pixel_centres(h, align_corners, dtype, device)
+    return torch.stack([x.view(1, w).expand(h, w), y.view(h, 1).expand(h, w)], dim=-1)  # (H, W, 2)
+
+
+def _pixel_centres(n: int, align_corners: bool, dtype: torch.dtype, device) -> torch.Tensor:
+    index = torch.arange(n, dtype=dtype, device=device)
+    return 2 * (index / (n - 1)) - 1 if align_corners else (2 * index + 1) / n - 1
 
 
 def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:

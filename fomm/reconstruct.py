@@ -6,9 +6,10 @@ For each test clip the first frame is the source and every frame (the first incl
 the driving frame, with absolute motion (`model.reconstruct`). Outputs:
 `O/<clip>/0000000.png ...` (predicted frames), `O/<clip>.mp4`, and `O/l1.csv` with one row
 per clip (clip, num_frames, l1 = mean |prediction - driving| over pixels and frames,
-values in [0, 1], computed on the model's float output). Frames go through the model in
-batches of `--batch-size`, so memory does not grow with clip length. A clip's folder and
-video appear only when complete; a rerun skips clips already in l1.csv with their video.
+values in [0, 1], on the model's float output). The protocol itself is fomm/reconstruction.py,
+which `pipeline run benchmark` runs too. Frames go through the model in batches of
+`--batch-size`, so memory does not grow with clip length. A clip's folder and video appear
+only when complete; a rerun skips clips already in l1.csv with their video.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from fomm.data import ReconstructionClips, open_clips
+from fomm.reconstruction import frame_weighted_l1, reconstruct_batches
 from core.config import Config, config_from_dict, config_to_dict, config_to_yaml, load_config, replace
 from core.errors import UserError
 
@@ -67,34 +69,24 @@ def save_frame(path: Path, frame: np.ndarray) -> None:
     Image.fromarray(frame).save(path, format="PNG")
 
 
-def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, device: str,
-                     generation=None, precision: str = "fp32") -> dict:
-    """Reconstruct one clip batch by batch; returns its l1.csv row. L1 and the png frames come
-    from the unmarked output; the mp4 carries the provenance marks of `generation`."""
-    from core.devices import resolve
-    from core.frames import to_uint8
+def write_clip(model, clip: str, batches, out_dir: Path, fps: float, device: str,
+               generation=None, precision: str = "fp32") -> dict:
+    """Reconstruct one clip batch by batch (fomm.reconstruction); returns its l1.csv row. L1
+    and the png frames come from the unmarked output; the mp4 carries the provenance marks
+    of `generation`."""
     from core import provenance
     from core.media import VideoWriter
-    path = resolve(precision, device)  # --precision (core/devices.py)
-    path.prepare_model(model)
     final_dir = out_dir / clip
     part_dir = out_dir / f".{clip}.part"
     shutil.rmtree(part_dir, ignore_errors=True)
     part_dir.mkdir(parents=True)
-    source, abs_sum, count, index = None, 0.0, 0, 0
+    l1, index = [], 0
     try:
         with VideoWriter(out_dir / f"{clip}.mp4", fps) as video:
             writer = provenance.marking(video, generation)
-            for driving in batches:
-                driving = path.prepare_input(driving.to(device))  # (n, 3, H, W)
-                if source is None:
-                    source = driving[:1]  # the first frame drives nothing: it is the source
-                with path.context():
-                    prediction = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)["prediction"]
-                abs_sum += float((prediction.float() - driving).abs().sum(dtype=torch.float64))
-                count += prediction.numel()
-                for frame in prediction:
-                    image = to_uint8(frame)
+            for batch in reconstruct_batches(model, batches, device, precision):
+                l1.append(batch.l1)
+                for image in batch.fake:
                     save_frame(part_dir / f"{index:07d}.png", image)
                     writer.write(image)
                     index += 1
@@ -105,7 +97,7 @@ def reconstruct_clip(model, clip: str, batches, out_dir: Path, fps: float, devic
         part_dir.rename(final_dir)
     finally:
         shutil.rmtree(part_dir, ignore_errors=True)
-    return {"clip": clip, "num_frames": index, "l1": abs_sum / count}
+    return {"clip": clip, "num_frames": index, "l1": float(np.concatenate(l1).mean())}
 
 
 def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Path, split: str = "test",
@@ -133,23 +125,15 @@ def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Pat
         if clip in done and (out_dir / f"{clip}.mp4").is_file() and (out_dir / clip).is_dir():
             rows.append({k: done[clip][k] for k in L1_FIELDS})
             continue
-        row = reconstruct_clip(model, clip, batches, out_dir, store.fps(clip), device, generation, precision)
+        row = write_clip(model, clip, batches, out_dir, store.fps(clip), device, generation, precision)
         log.info("%s: %d frames, L1 %.4f", clip, row["num_frames"], row["l1"])
         rows.append(row)
         write_l1_csv(csv_path, rows + [r for c, r in done.items() if c not in {x["clip"] for x in rows}])
     write_l1_csv(csv_path, rows)
-    frames, mean = frame_weighted_l1(rows)
+    frames, mean = frame_weighted_l1([int(r["num_frames"]) for r in rows], [float(r["l1"]) for r in rows])
     print(f"reconstructed {len(rows)} clips ({frames} frames), L1 {mean:.6f} "
           f"(mean over all frames, as the paper and `benchmark`) -> {csv_path}")
     return rows
-
-
-def frame_weighted_l1(rows: list[dict]) -> tuple[int, float]:
-    """(frames, L1 averaged over every frame of every clip): clips weigh by their length, as
-    in the paper's number, not one clip one vote (REFERENCE §2)."""
-    counts = np.array([int(r["num_frames"]) for r in rows], dtype=np.float64)
-    values = np.array([float(r["l1"]) for r in rows], dtype=np.float64)
-    return int(counts.sum()), float((values * counts).sum() / counts.sum())
 
 
 def main(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+import core.frames
 from core.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -88,13 +89,9 @@ def center_box(image_shape: tuple[int, ...]) -> CropBox:
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size[0], size[1], 3) uint8, antialiased (PIL bicubic/box)."""
-    from PIL import Image
-    height, width = size
-    if image.shape[:2] == (height, width):
-        return np.ascontiguousarray(image)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
-        (width, height), Image.Resampling.BICUBIC, reducing_gap=2.0))
+    """(H, W, 3) uint8 -> (size[0], size[1], 3) uint8 with the animation pipeline's filter
+    (core.frames.resize "bicubic-reduced": anti-aliased, fast on large photos and frames)."""
+    return core.frames.resize(image, size, "bicubic-reduced")
 
 
 def source_box(image: np.ndarray, mode: str, increase: float = 0.4, what: str = "source image"

@@ -1,12 +1,13 @@
 """`pipeline run benchmark`: reconstruct the test split with each model and score every frame.
 
-Protocol (the paper's, REFERENCE §1): for each test clip, the source is its first frame and
-the driving frames are all of its frames, with absolute motion (`model.reconstruct`). Each
-generated frame is scored against the real one with `metrics.evaluate.score_clip` (L1, SSIM,
-PSNR, and AKD / MKR / AED / LPIPS where a backend is given) under `--protocol` (paper:
-pose-evaluation's arithmetic, the default wherever Table 3 has numbers for the dataset; see
-metrics.protocol). On the `sample` dataset, whose
-true motion is known, each model's 'deformation' output is also compared with the truth.
+Protocol (the paper's, REFERENCE §1; fomm/reconstruction.py, which `pipeline run reconstruct`
+runs too): for each test clip, the source is its first frame and the driving frames are all
+of its frames, with absolute motion (`model.reconstruct`); L1 is the protocol's, on the
+model's float output. Each generated frame is scored against the real one with
+`metrics.evaluate.score_clip` (SSIM, PSNR, and AKD / MKR / AED / LPIPS where a backend is
+given) under `--protocol` (paper: pose-evaluation's arithmetic, the default wherever Table 3
+has numbers for the dataset; see metrics.protocol). On the `sample` dataset, whose true
+motion is known, each model's 'deformation' output is also compared with the truth.
 
 Writes to `--out`:
     per_frame.parquet   model, clip, frame, l1, ssim, psnr, akd, mkr, aed, lpips, motion_epe,
@@ -33,7 +34,6 @@ import numpy as np
 import pandas as pd
 
 from core.errors import UserError
-from core.frames import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,18 @@ def open_test_clips(data: str | Path, split: str, max_clips: int | None):
     return store, list(store.clips[:max_clips] if max_clips else store.clips)
 
 
-def read_clip(store, clip: str, max_frames: int | None = None) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames of `clip`, the first `max_frames` when given."""
-    total = store.num_frames(clip)
-    return store.read(clip, range(min(total, max_frames) if max_frames else total))
+def clip_batches(store, clip: str, size: tuple[int, int], batch_size: int, max_frames: int | None = None):
+    """(n, 3, H, W) float batches of `clip`'s first `max_frames` frames (all when None) at
+    `size`, as `pipeline run reconstruct` reads them (`fomm.data.ReconstructionClips`)."""
+    from fomm.data import ReconstructionClips
+    left = max_frames
+    for batch in ReconstructionClips(store, size, min(batch_size, max_frames or batch_size)).frames(clip):
+        if left is not None:
+            batch, left = batch[:left], left - min(left, len(batch))
+        if len(batch):
+            yield batch
+        if left == 0:
+            return
 
 
 def truth_grid(data: str | Path, split: str, clip: str) -> np.ndarray | None:
@@ -115,54 +123,11 @@ def truth_grid(data: str | Path, split: str, clip: str) -> np.ndarray | None:
         return archive["backward_grid"].astype(np.float32)
 
 
-# --------------------------------------------------------------------------- reconstruction
-def _resize(frames, size: tuple[int, int]):
-    """(T, H, W, 3) uint8 -> (T, 3, h, w) float in [0, 1] at `size` (anti-aliased)."""
-    import torch
-    import torch.nn.functional as F
-    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W)
-    if tuple(video.shape[-2:]) != tuple(size):
-        video = F.interpolate(video, size=size, mode="bilinear", align_corners=False,
-                              antialias=True).clamp(0, 1)
-    return video
-
-
-def reconstruct_clip(model, frames: np.ndarray, size: tuple[int, int], batch_size: int = 16,
-                     device: str = "cpu", l1_out: list | None = None, precision: str = "fp32"
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Paper protocol on one clip: frame 0 drives nothing, every frame drives the source.
-
-    Returns real frames (T, h, w, 3) uint8 at the model's size, predictions (T, h, w, 3)
-    uint8, and the deformation (T, g, g, 2) float32 when the family outputs one.
-    `l1_out`, when given, receives each frame's L1 on the model's float output, as the
-    original's reconstruction.py and `pipeline run reconstruct` compute it (not on uint8).
-    """
-    import torch
-    from core.devices import resolve
-    path = resolve(precision, device)  # --precision (core/devices.py)
-    path.prepare_model(model)
-    video = _resize(frames, size)  # (T, 3, h, w)
-    source = path.prepare_input(video[:1].to(device))  # (1, 3, h, w)
-    predictions, deformations = [], []
-    with path.context():
-        for start in range(0, len(video), batch_size):
-            driving = path.prepare_input(video[start:start + batch_size].to(device))  # (B, 3, h, w)
-            out = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)
-            if l1_out is not None:
-                difference = (out["prediction"].float() - driving).abs()  # (B, 3, h, w)
-                l1_out.extend(difference.double().mean(dim=(1, 2, 3)).cpu().tolist())
-            predictions.append(out["prediction"].float().clamp(0, 1).cpu())
-            if out.get("deformation") is not None:
-                deformations.append(out["deformation"].float().cpu())
-    deformation = torch.cat(deformations).numpy() if deformations else None
-    return to_uint8(video), to_uint8(torch.cat(predictions)), deformation
-
-
+# --------------------------------------------------------------------------- motion error
 def identity_grid(size: int) -> np.ndarray:
     """(size, size, 2) normalised (x, y) of pixel centres (align_corners=False)."""
-    axis = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
-    x, y = np.meshgrid(axis, axis)
-    return np.stack([x, y], -1)
+    from fomm.blocks import identity_grid as grid
+    return grid((size, size), align_corners=False).numpy()
 
 
 def motion_epe(deformation: np.ndarray, truth: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
@@ -218,24 +183,24 @@ def _real_detections(cache: dict, clip: str, real: np.ndarray, pose, identity):
 def score_model(spec: ModelSpec, store, clips: list[str], args, pose, identity, samples: dict,
                 cache: dict) -> pd.DataFrame:
     """Reconstruct and score every clip with one model: its per-frame rows."""
+    from fomm.reconstruction import reconstruct_clip
     from metrics.evaluate import score_clip
     model, config = load_model(spec, args.device)
     size = tuple(config.dataset_params.frame_shape[:2])
     rows = []
     for index, clip in enumerate(clips):
-        frames = read_clip(store, clip, args.max_frames)
-        float_l1 = []
-        real, fake, deformation = reconstruct_clip(model, frames, size, args.batch_size, args.device, float_l1,
-                                                   getattr(args, "precision", "fp32"))
+        batches = clip_batches(store, clip, size, args.batch_size, args.max_frames)
+        clip_out = reconstruct_clip(model, batches, args.device, getattr(args, "precision", "fp32"))
+        real, fake = clip_out.real, clip_out.fake
         real_kp, real_emb = _real_detections(cache, clip, real, pose, identity)
         scores = score_clip(real, fake, pose=pose, identity=identity, lpips=args.lpips,
-                            real_keypoints=real_kp, real_embeddings=real_emb, protocol=args.protocol)
+                            real_keypoints=real_kp, real_embeddings=real_emb, protocol=args.protocol,
+                            l1=clip_out.l1)
         scores = scores.reset_index(drop=True)
-        scores["l1"] = float_l1  # the model's float output, as reconstruct prints it
         scores["motion_epe"] = np.nan
         truth = truth_grid(args.data, args.split, clip)
-        if truth is not None and deformation is not None:
-            scores["motion_epe"] = motion_epe(deformation, truth, real.shape[1:3])
+        if truth is not None and clip_out.deformation is not None:
+            scores["motion_epe"] = motion_epe(clip_out.deformation, truth, real.shape[1:3])
         scores.insert(0, "clip", clip)
         scores.insert(0, "model", spec.name)
         rows.append(scores)

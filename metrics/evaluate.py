@@ -16,8 +16,8 @@ import logging
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from core.frames import resize
 from metrics import keypoints as keypoint_metrics
 from metrics import protocol as paper_protocol
 from metrics import reconstruction
@@ -30,11 +30,9 @@ KEYPOINT_SIZE = 256
 
 
 def resize_frames(frames: np.ndarray, size: int = KEYPOINT_SIZE) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, size, size, 3), antialiased bicubic; unchanged if already that size."""
-    if frames.shape[1:3] == (size, size) or len(frames) == 0:
-        return frames
-    return np.stack([np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC))
-                     for frame in frames])
+    """(T, H, W, 3) uint8 -> (T, size, size, 3) with the metrics' filter (core.frames.resize
+    "bicubic": exact anti-aliased PIL bicubic); unchanged if already that size."""
+    return resize(frames, (size, size), "bicubic")
 
 
 def keypoints_at_256(pose: PoseBackend, frames: np.ndarray) -> np.ndarray:
@@ -63,7 +61,8 @@ def _lpips_column(real, fake, lpips) -> tuple[np.ndarray, str]:
 def score_clip(real: np.ndarray, fake: np.ndarray, pose: PoseBackend | str | None = None,
                identity: IdentityBackend | str | None = None, lpips=False, aed_squared: bool | None = None,
                real_keypoints: np.ndarray | None = None,
-               real_embeddings: np.ndarray | None = None, protocol: str = "project") -> pd.DataFrame:
+               real_embeddings: np.ndarray | None = None, protocol: str = "project",
+               l1: np.ndarray | None = None) -> pd.DataFrame:
     """Per-frame metrics of `fake` against `real`, both (T, H, W, 3) uint8 of the same shape.
 
     pose / identity: a backend, its registry name, or None (columns akd, mkr / aed are NaN).
@@ -73,6 +72,8 @@ def score_clip(real: np.ndarray, fake: np.ndarray, pose: PoseBackend | str | Non
     MKR for faces) or "project" (L2 AED); aed_squared overrides the AED distance.
     real_keypoints / real_embeddings: the real clip's detections at 256x256, when scoring
     several models against the same real clip (computed here otherwise).
+    l1: per-frame L1 the caller already has from the model's float output (the reconstruction
+    protocol, fomm.reconstruction); taken from the uint8 frames when None.
     Columns `akd_skip`, `mkr_skip`, `aed_skip` give the reason a frame's value is missing.
     """
     real, fake = reconstruction.check_pair(real, fake)
@@ -81,7 +82,7 @@ def score_clip(real: np.ndarray, fake: np.ndarray, pose: PoseBackend | str | Non
     pose, identity = _pose(pose), _identity(identity)
     count = len(real)
     table = pd.DataFrame({"frame": np.arange(count, dtype=np.int64),
-                          "l1": reconstruction.l1(real, fake),
+                          "l1": reconstruction.l1(real, fake) if l1 is None else np.asarray(l1, np.float64),
                           "ssim": reconstruction.ssim(real, fake),
                           "psnr": reconstruction.psnr(real, fake)})
     attrs = {"protocol": protocol}

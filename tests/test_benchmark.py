@@ -218,6 +218,7 @@ def test_face_clip_is_scored_with_the_dlib_backends(shared_data, tmp_path, monke
 def test_released_checkpoint_needs_and_takes_a_config(sample_data, tmp_path):
     """A released-format file (state dicts only, no config) loads with NAME=CKPT@CONFIG and
     reconstructs exactly as the same weights saved in the project's format."""
+    from fomm.reconstruction import reconstruct_clip
     from fomm.registry import build_model
     torch.manual_seed(1)
     # align_corners explicit: left automatic, a file without config would run with the released True
@@ -234,16 +235,16 @@ def test_released_checkpoint_needs_and_takes_a_config(sample_data, tmp_path):
     loaded, loaded_config = benchmark.load_model(benchmark.ModelSpec("fomm", released, str(config_file)))
     assert loaded_config == config
     store, clips = benchmark.open_test_clips(sample_data, "test", 1)
-    frames = benchmark.read_clip(store, clips[0], 4)
-    _, ours, _ = benchmark.reconstruct_clip(model, frames, (64, 64))
-    _, theirs, _ = benchmark.reconstruct_clip(loaded, frames, (64, 64))
-    assert np.array_equal(ours, theirs)
+    ours, theirs = (reconstruct_clip(m, benchmark.clip_batches(store, clips[0], (64, 64), 16, 4))
+                    for m in (model, loaded))
+    assert len(ours.fake) == 4 and np.array_equal(ours.fake, theirs.fake)
 
 
-def test_reconstruct_prints_the_frame_weighted_l1_that_benchmark_reports(shared_data, tmp_path, capsys):
-    """Two real clips of different lengths (5 and 11 frames, 64 px): `pipeline run
-    reconstruct` prints the mean over all 16 frames, and benchmark's per-frame L1 (the model's
-    float output, as the original) averages to the same number."""
+def test_reconstruct_and_benchmark_report_one_l1_computation(shared_data, tmp_path, capsys, monkeypatch):
+    """Two real clips of different lengths (5 and 11 frames, 64 px): both stages report the
+    values of fomm.reconstruction.frame_l1 (recorded here as each stage calls it), so clip by
+    clip they agree exactly, and `reconstruct` prints the mean over all 16 frames."""
+    from fomm import reconstruction
     from fomm.checkpoint import load_model
     from fomm.reconstruct import reconstruct
     root = tmp_path / "two"
@@ -253,18 +254,26 @@ def test_reconstruct_prints_the_frame_weighted_l1_that_benchmark_reports(shared_
         for index, path in enumerate(sorted(source.iterdir())[:count]):
             Image.open(path).convert("RGB").resize((64, 64), Image.Resampling.BILINEAR).save(
                 root / "test" / clip / f"{index:07d}.png")
+    computed = []  # every value each stage got from the protocol's L1
+    original = reconstruction.frame_l1
+    monkeypatch.setattr(reconstruction, "frame_l1", lambda *pair: computed.append(original(*pair)) or computed[-1])
     path = _checkpoint(tmp_path, "fomm")
     config = _tiny_config("fomm")
     rows = reconstruct(load_model(config, path), config, root, tmp_path / "rec", batch_size=4, device="cpu")
     printed = float(capsys.readouterr().out.split("L1 ")[1].split()[0])
+    by_reconstruct, computed[:] = np.concatenate(computed), []
     benchmark.run(_args(dataset="sample", data=root, models=f"fomm={path}", out=tmp_path / "bench",
-                        pose="none", identity="none", bootstrap=20))
+                        pose="none", identity="none", bootstrap=20, batch_size=4))
+    by_benchmark = np.concatenate(computed)
     per_frame = pd.read_parquet(tmp_path / "bench" / "per_frame.parquet")
     per_frame = per_frame[per_frame["model"] == "fomm"]
-    assert len(per_frame) == 16
-    assert printed == pytest.approx(per_frame["l1"].mean(), abs=1e-6)
-    for row in rows:  # and clip by clip
-        clip_frames = per_frame[per_frame["clip"] == row["clip"]]
-        assert float(row["l1"]) == pytest.approx(clip_frames["l1"].mean(), rel=1e-6)
-    clip_mean = np.mean([float(row["l1"]) for row in rows])  # what it printed before: one clip, one vote
+    assert len(by_reconstruct) == len(by_benchmark) == len(per_frame) == 16
+    np.testing.assert_array_equal(per_frame["l1"].to_numpy(), by_benchmark)  # the protocol's values, as they are
+    # same frames, same batches: the same values to the bit, one computation and not two
+    np.testing.assert_array_equal(by_benchmark, by_reconstruct)
+    for row in rows:  # l1.csv: each clip's mean of the same values
+        clip_frames = per_frame[per_frame["clip"] == row["clip"]]["l1"].to_numpy()
+        assert len(clip_frames) == int(row["num_frames"]) and float(row["l1"]) == clip_frames.mean()
+    assert printed == pytest.approx(per_frame["l1"].mean(), abs=5e-7)  # printed with 6 decimals
+    clip_mean = np.mean([float(row["l1"]) for row in rows])  # one clip, one vote: not the paper's number
     assert abs(printed - clip_mean) > 1e-5

@@ -1,6 +1,7 @@
 """L1, SSIM, PSNR and LPIPS per frame on real face clips (REFERENCE §2)."""
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -89,12 +90,46 @@ def test_score_clip_reports_lpips_status_instead_of_crashing(clips, monkeypatch)
     reconstruction._load_lpips.cache_clear()
 
 
-def test_score_clip_rows_equal_the_metric_functions(clips):
+def _ssim_by_hand(real: np.ndarray, fake: np.ndarray) -> np.ndarray:
+    """SSIM per frame from its formula (Wang et al. 2004) with a 7x7 mean window, sample
+    covariances and C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = 255, averaged over RGB and over the
+    pixels whose window lies inside the frame."""
+    from scipy.ndimage import uniform_filter
+    c1, c2, pad, n = (0.01 * 255) ** 2, (0.03 * 255) ** 2, 3, 49
+    mean = functools.partial(uniform_filter, size=7)  # over each pixel's 7x7 window
+    scores = []
+    for r, f in zip(real.astype(np.float64), fake.astype(np.float64)):
+        per_channel = []
+        for x, y in zip(np.moveaxis(r, -1, 0), np.moveaxis(f, -1, 0)):
+            mx, my = mean(x), mean(y)
+            vx, vy, cxy = ((mean(a * b) - ma * mb) * n / (n - 1) for a, b, ma, mb in
+                           ((x, x, mx, mx), (y, y, my, my), (x, y, mx, my)))
+            ssim = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+            per_channel.append(ssim[pad:-pad, pad:-pad].mean())
+        scores.append(np.mean(per_channel))
+    return np.array(scores)
+
+
+def test_score_clip_rows_are_the_metrics_computed_by_hand(clips):
+    """Each column against its formula computed here on two different real faces (not
+    against the functions score_clip calls)."""
     real, fake = clips
     table = score_clip(real, fake)
     assert list(table["frame"]) == list(range(len(real)))
-    np.testing.assert_array_equal(table["l1"], reconstruction.l1(real, fake))
-    np.testing.assert_array_equal(table["ssim"], reconstruction.ssim(real, fake))
-    np.testing.assert_array_equal(table["psnr"], reconstruction.psnr(real, fake))
+    difference = real.astype(np.float64) - fake  # (T, H, W, 3)
+    np.testing.assert_allclose(table["l1"], np.abs(difference).mean(axis=(1, 2, 3)) / 255, rtol=1e-12)
+    mse = (difference ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(table["psnr"], 10 * np.log10(255.0 ** 2 / mse), rtol=1e-10)
+    np.testing.assert_allclose(table["ssim"], _ssim_by_hand(real, fake), rtol=1e-6)
+    assert (table["ssim"] < 0.9).all()  # two people: far from identical
     assert table[["akd", "mkr", "aed"]].isna().all().all()  # no backend given: NaN, not zero
     assert "lpips" not in table
+
+
+def test_score_clip_takes_the_protocols_l1_when_given(clips):
+    """The benchmark passes L1 of the model's float output (fomm.reconstruction): the column
+    holds it as given."""
+    real, fake = clips
+    given = np.linspace(0.1, 0.2, len(real))
+    table = score_clip(real, fake, l1=given)
+    np.testing.assert_array_equal(table["l1"], given)
