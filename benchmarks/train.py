@@ -3,9 +3,9 @@
     python -m benchmarks.train                      # CPU: batch 2, every family that imports
     python -m benchmarks.train --batch-size 40      # GPU: fp32 eager vs bf16 autocast + channels_last
 
-One training step is what `fomm.train.train` does per batch: the generator-side losses
-(perceptual VGG19 pyramid, equivariance, GAN terms where the config has them), backward,
-Adam steps, and the discriminator step. Frames are real Tai-Chi frames from
+One training step is `fomm.train.train_step`, the function the loop calls per batch: the
+generator-side losses (perceptual VGG19 pyramid, equivariance, GAN terms where the config
+has them), backward, Adam steps, and the discriminator step where the config trains one. Frames are real Tai-Chi frames from
 ../shared/data (random frames if it is absent). Each family runs in its own subprocess
 so that peak memory (max RSS on CPU, `torch.cuda.max_memory_allocated` on GPU) is its own.
 VGG19 uses the documented random substitute when torchvision's ImageNet weights are not
@@ -53,7 +53,7 @@ def measure(name: str, config_name: str, batch_size: int, steps: int, precision:
 
     import torch
 
-    from fomm.train import build_kit, build_optimizers, resolve_run_config
+    from fomm.train import build_kit, build_optimizers, resolve_run_config, train_step
     from fomm.registry import build_model
 
     overrides = [f"train_params.batch_size={batch_size}"]
@@ -74,22 +74,8 @@ def measure(name: str, config_name: str, batch_size: int, steps: int, precision:
     driving = driving.to(device).contiguous(memory_format=memory_format)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
 
-    def step():
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        with autocast:
-            losses, generated = model.generator_losses(source, driving, kit)
-        sum(losses.values()).backward()
-        for group in ("generator", "kp_detector"):
-            if group in optimizers:
-                optimizers[group].step()
-        if "discriminator" in optimizers:
-            detached = {k: v.detach() if torch.is_tensor(v) else v for k, v in generated.items()}
-            with autocast:
-                d_losses = model.discriminator_losses(source, driving, detached, kit)
-            if d_losses:
-                sum(d_losses.values()).backward()
-                optimizers["discriminator"].step()
+    def step():  # the loop's own step (fomm.train.train_step), on a fixed batch
+        train_step(model, optimizers, kit, source, driving, autocast=autocast)
 
     def sync():
         if device == "cuda":
