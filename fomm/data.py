@@ -348,8 +348,8 @@ class EpochSampler(Sampler):
     process, split between them.
     """
 
-    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
-        self.length, self.seed, self.shuffle = length, seed, shuffle
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.length, self.seed = length, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
 
@@ -359,7 +359,7 @@ class EpochSampler(Sampler):
 
     def keys(self) -> list[tuple[int, int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.length) if self.shuffle else np.arange(self.length)
+        order = rng.permutation(self.length)
         seeds = rng.integers(0, 2**63 - 1, size=self.length)
         usable = self.length - self.length % self.world_size  # equal shares, as DistributedSampler drops
         mine = range(self.rank, usable, self.world_size)
