@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from fomm.checkpoint import load_checkpoint_file
+from fomm.registry import build_model
+from fomm.train import resolve_run_config
 from pipeline.cli import main as cli_main
 
 # 2 clips x 4 repeats / batch 4 = 2 steps per epoch: the stop at step 3 falls mid-epoch,
@@ -96,6 +98,11 @@ def test_own_checkpoints_resume_through_the_safe_path(taichi_root, tmp_path, mon
     legacy = load_checkpoint_file(out / "checkpoints" / "step-0000002.pt")
     np.random.seed(7)
     legacy["rng"]["numpy"] = np.random.get_state()  # what the loop wrote before
+    # and, before a discriminator was built only with a GAN loss, an untrained one and its optimizer
+    with_gan = build_model(resolve_run_config("tiny", ["train_params.loss_weights.generator_gan=1"], None))
+    legacy["discriminator"] = with_gan.discriminator.state_dict()
+    legacy["optimizer_discriminator"] = torch.optim.Adam(with_gan.discriminator.parameters()).state_dict()
+    legacy["schedulers"]["discriminator"] = dict(legacy["schedulers"]["generator"])
     torch.save(legacy, out / "checkpoints" / "step-0000002.pt")
     _run(taichi_root, out, 3, "--resume")
     assert len(calls) >= 3 and all(flag is True for flag in calls), calls
