@@ -167,9 +167,9 @@ def write_results(rows: list[dict], args: argparse.Namespace, cuda: bool) -> Non
     columns = ["model", "device", "batch", "precision", "channels_last", "params_M", "it_per_s", "s_per_it",
                "frames_per_s", "peak_GiB", "threads"] + (["speedup_vs_fp32"] if cuda else [])
     note = (f"Command: `python -m benchmarks.train --config {args.config} --batch-size {args.batch_size} "
-            f"--steps {args.steps} --threads {args.threads}`. One step = generator-side losses "
-            f"(perceptual VGG19 pyramid, equivariance, GAN terms where configured), backward, Adam steps and the "
-            f"discriminator step, at 256x256 on real Tai-Chi frames; mean over {args.steps} steps after one warm-up; "
+            f"--steps {args.steps} --threads {args.threads}`. One step = the loop's own `fomm.train.train_step`: "
+            f"generator-side losses (perceptual VGG19 pyramid, equivariance, GAN terms where configured), backward, "
+            f"Adam steps and the discriminator step where the config trains one, at 256x256 on real Tai-Chi frames; mean over {args.steps} steps after one warm-up; "
             f"each family in its own process (peak = max RSS on CPU). VGG19: {rows[0]['vgg19']}.")
     if not cuda:
         note += ("\n\nCPU only: this machine has no GPU, so the GPU branch (bf16 autocast + channels_last vs fp32 "
