@@ -3,9 +3,9 @@
     python -m benchmarks.train                      # CPU: batch 2, every family that imports
     python -m benchmarks.train --batch-size 40      # GPU: fp32 eager vs bf16 autocast + channels_last
 
-One training step is what `fomm.train.train` does per batch: the generator-side losses
-(perceptual VGG19 pyramid, equivariance, GAN terms where the config has them), backward,
-Adam steps, and the discriminator step. Frames are real Tai-Chi frames from
+One training step is `fomm.train.train_step`, the function the loop calls per batch: the
+generator-side losses (perceptual VGG19 pyramid, equivariance, GAN terms where the config
+has them), backward, Adam steps, and the discriminator step where the config trains one. Frames are real Tai-Chi frames from
 ../shared/data (random frames if it is absent). Each family runs in its own subprocess
 so that peak memory (max RSS on CPU, `torch.cuda.max_memory_allocated` on GPU) is its own.
 VGG19 uses the documented random substitute when torchvision's ImageNet weights are not
@@ -53,7 +53,7 @@ def measure(name: str, config_name: str, batch_size: int, steps: int, precision:
 
     import torch
 
-    from fomm.train import build_kit, build_optimizers, resolve_run_config
+    from fomm.train import build_kit, build_optimizers, resolve_run_config, train_step
     from fomm.registry import build_model
 
     overrides = [f"train_params.batch_size={batch_size}"]
@@ -74,22 +74,8 @@ def measure(name: str, config_name: str, batch_size: int, steps: int, precision:
     driving = driving.to(device).contiguous(memory_format=memory_format)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
 
-    def step():
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        with autocast:
-            losses, generated = model.generator_losses(source, driving, kit)
-        sum(losses.values()).backward()
-        for group in ("generator", "kp_detector"):
-            if group in optimizers:
-                optimizers[group].step()
-        if "discriminator" in optimizers:
-            detached = {k: v.detach() if torch.is_tensor(v) else v for k, v in generated.items()}
-            with autocast:
-                d_losses = model.discriminator_losses(source, driving, detached, kit)
-            if d_losses:
-                sum(d_losses.values()).backward()
-                optimizers["discriminator"].step()
+    def step():  # the loop's own step (fomm.train.train_step), on a fixed batch
+        train_step(model, optimizers, kit, source, driving, autocast=autocast)
 
     def sync():
         if device == "cuda":
@@ -181,9 +167,9 @@ def write_results(rows: list[dict], args: argparse.Namespace, cuda: bool) -> Non
     columns = ["model", "device", "batch", "precision", "channels_last", "params_M", "it_per_s", "s_per_it",
                "frames_per_s", "peak_GiB", "threads"] + (["speedup_vs_fp32"] if cuda else [])
     note = (f"Command: `python -m benchmarks.train --config {args.config} --batch-size {args.batch_size} "
-            f"--steps {args.steps} --threads {args.threads}`. One step = generator-side losses "
-            f"(perceptual VGG19 pyramid, equivariance, GAN terms where configured), backward, Adam steps and the "
-            f"discriminator step, at 256x256 on real Tai-Chi frames; mean over {args.steps} steps after one warm-up; "
+            f"--steps {args.steps} --threads {args.threads}`. One step = the loop's own `fomm.train.train_step`: "
+            f"generator-side losses (perceptual VGG19 pyramid, equivariance, GAN terms where configured), backward, "
+            f"Adam steps and the discriminator step where the config trains one, at 256x256 on real Tai-Chi frames; mean over {args.steps} steps after one warm-up; "
             f"each family in its own process (peak = max RSS on CPU). VGG19: {rows[0]['vgg19']}.")
     if not cuda:
         note += ("\n\nCPU only: this machine has no GPU, so the GPU branch (bf16 autocast + channels_last vs fp32 "

@@ -352,6 +352,8 @@ class TrainParams:
     lr_kp_detector: float = 2.0e-4
     batch_size: int = 40
     scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    # A checkpoint at the end of every checkpoint_freq-th epoch, as the original's; the
+    # loop also writes one every `checkpoint_every` steps and at the last step.
     checkpoint_freq: int = 50
     transform_params: TransformParams = TransformParams()
     loss_weights: LossWeights = LossWeights()

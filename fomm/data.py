@@ -31,6 +31,7 @@ from fomm.augment import Augmentation, resize_frames
 from core.config import DatasetParams
 from core.errors import UserError
 from core.frames import to_tensor
+from core.media import load_image
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,6 @@ def identity_of(clip: str) -> str:
 def _decode_png(data: bytes) -> np.ndarray:
     from PIL import Image
     with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def _load_image(path: Path) -> np.ndarray:
-    from PIL import Image
-    with Image.open(path) as image:
-        if image.mode in ("RGBA", "LA", "P"):
-            image = image.convert("RGBA")
-            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, image)
         return np.asarray(image.convert("RGB"))
 
 
@@ -128,7 +119,7 @@ class FolderStore(ClipStore):
                 from core.media import read_frames
                 frames = read_frames(path)
             else:
-                strip = _load_image(path)  # (H, T * W, 3), square frames side by side
+                strip = load_image(path)  # (H, T * W, 3), square frames side by side
                 height = strip.shape[0]
                 if strip.shape[1] % height:
                     raise UserError(f"{str(path)!r}: a frame strip must be N square frames wide, "
@@ -147,7 +138,7 @@ class FolderStore(ClipStore):
     def read(self, clip: str, indices: Sequence[int]) -> np.ndarray:
         if self.paths[clip].is_dir():
             files = self._files(clip)
-            return np.stack([_load_image(files[i]) for i in indices])
+            return np.stack([load_image(files[i]) for i in indices])
         return self._whole(clip)[list(indices)]
 
     def iter_batches(self, clip: str, batch_size: int) -> Iterator[np.ndarray]:
@@ -357,8 +348,8 @@ class EpochSampler(Sampler):
     process, split between them.
     """
 
-    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
-        self.length, self.seed, self.shuffle = length, seed, shuffle
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.length, self.seed = length, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
 
@@ -368,7 +359,7 @@ class EpochSampler(Sampler):
 
     def keys(self) -> list[tuple[int, int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.length) if self.shuffle else np.arange(self.length)
+        order = rng.permutation(self.length)
         seeds = rng.integers(0, 2**63 - 1, size=self.length)
         usable = self.length - self.length % self.world_size  # equal shares, as DistributedSampler drops
         mine = range(self.rank, usable, self.world_size)
@@ -379,9 +370,6 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, self.length // self.world_size - self.start)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "start": self.start, "seed": self.seed}
 
 
 def collate_pairs(items: list[dict]) -> dict:

@@ -67,9 +67,8 @@ class Discriminator(nn.Module):
 class MultiScaleDiscriminator(nn.Module):
     def __init__(self, params: DiscriminatorParams, num_channels: int, num_kp: int):
         super().__init__()
-        self.scales = tuple(params.scales)
         self.discs = nn.ModuleDict({scale_key(s): Discriminator(params, num_channels, num_kp)
-                                    for s in self.scales})
+                                    for s in params.scales})
 
     def forward(self, pyramid: dict[str, torch.Tensor], kp_value: torch.Tensor | None = None
                 ) -> dict[str, object]:

@@ -1,5 +1,9 @@
 """`pipeline run train --workers N [--ray-address ADDR]`: the same loop, `fomm.train.train`,
-on N Ray Train workers under DistributedDataParallel.
+on N Ray Train workers under DistributedDataParallel, and the pieces the loop needs when it
+runs on several workers (DistContext, synchronised BatchNorm, gradient and loss averaging).
+
+The dependency points one way: fomm/train.py imports this module; this module never
+imports the loop's, which `train_distributed` receives as an argument.
 
 Ray Train's TorchTrainer starts the workers and the process group (gloo on CPU, nccl on
 GPU, one GPU per worker). Each worker runs `train()` with its rank: it draws its share
@@ -18,18 +22,31 @@ matches a 1-process curve only within noise (equivariance transforms are drawn p
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-
 from torch import nn
 
 from core.config import Config, config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistContext:
+    """Where this copy of the loop runs: rank among world_size, and its device."""
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
 class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -102,12 +119,30 @@ def synchronize_batch_norm(model: nn.Module, device: str) -> nn.Module:
     return _to_gloo_sync(model)
 
 
-def _worker_loop(loop_config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: rebuild the config, find rank and device, train."""
+def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
+    """All-reduce mean of gradients outside a DDP forward (the discriminator step)."""
+    import torch.distributed as dist
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        dist.all_reduce(param.grad)
+        param.grad /= world_size
+
+
+def mean_over_workers(values: torch.Tensor, dist_ctx: DistContext) -> torch.Tensor:
+    """`values` averaged over all workers (a collective: every rank calls it at the same step)."""
+    if dist_ctx.world_size == 1:
+        return values
+    import torch.distributed as dist
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / dist_ctx.world_size
+
+
+def _worker_loop(loop: Callable[..., dict[str, float]], loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: rebuild the config, find rank and device, run the loop."""
     import ray.train
     import ray.train.torch
-
-    from fomm.train import DistContext, train
 
     context = ray.train.get_context()
     device = ray.train.torch.get_device()
@@ -116,20 +151,20 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     if dist_ctx.device == "cpu":
         torch.set_num_threads(loop_config["threads_per_worker"])
     config = config_from_dict(loop_config["config"])
-    # train_distributed cleared an --overwrite'd folder before the workers started.
-    last = train(config, loop_config["data"], loop_config["out"], resume=loop_config["resume"], dist_ctx=dist_ctx)
+    last = loop(config, loop_config["data"], loop_config["out"], resume=loop_config["resume"], dist_ctx=dist_ctx)
     ray.train.report({f"final_{k}": v for k, v in last.items()})
 
 
-def train_distributed(config: Config, data_root: str | Path, out_dir: str | Path, num_workers: int,
-                      ray_address: str | None = None, resume: bool = False,
-                      threads_per_worker: int = 1, overwrite: bool = False) -> Path:
-    """Train on `num_workers` Ray Train workers (DDP); returns `out_dir`.
+def train_distributed(loop: Callable[..., dict[str, float]], config: Config, data_root: str | Path,
+                      out_dir: str | Path, num_workers: int, ray_address: str | None = None,
+                      resume: bool = False, threads_per_worker: int = 1) -> Path:
+    """Run `loop(config, data_root, out_dir, resume=, dist_ctx=)` on `num_workers` Ray Train
+    workers (DDP); returns `out_dir`. `loop` is fomm.train.train, passed in so that this module
+    needs nothing from the loop's (the loop imports this one).
 
-    The run folder is checked here, before any worker starts, so another run in `out_dir`
-    is refused (or replaced with `overwrite`) with one line rather than a worker's traceback.
+    The caller checks the run folder first (fomm.train.check_run_folder), so another run in
+    `out_dir` is refused with one line before any worker starts.
     """
-    from fomm.train import check_run_folder
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -137,15 +172,15 @@ def train_distributed(config: Config, data_root: str | Path, out_dir: str | Path
 
     use_gpu = torch.cuda.is_available()
     out_dir = Path(out_dir).resolve()
-    check_run_folder(out_dir, resume, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     started_here = ray_address is None
     init_ray(address=ray_address, num_cpus=None if ray_address else max(num_workers, os.cpu_count() or 1))
     try:
         trainer = TorchTrainer(
-            _worker_loop,
-            train_loop_config={"config": config_to_dict(config), "data": str(Path(data_root).resolve()),
-                               "out": str(out_dir), "resume": resume, "threads_per_worker": threads_per_worker},
+            functools.partial(_worker_loop, loop),
+            train_loop_config={"config": config_to_dict(config),
+                               "data": str(Path(data_root).resolve()), "out": str(out_dir), "resume": resume,
+                               "threads_per_worker": threads_per_worker},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                          resources_per_worker=None if use_gpu else {"CPU": 1}),

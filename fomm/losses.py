@@ -97,9 +97,8 @@ class LossKit(nn.Module):
         super().__init__()
         self.weights: LossWeights = train_params.loss_weights
         self.transform_params = train_params.transform_params
-        self.scales = tuple(train_params.scales)
         self.align_corners = align_corners
-        self.image_pyramid = ImagePyramid(self.scales, num_channels)
+        self.image_pyramid = ImagePyramid(tuple(train_params.scales), num_channels)
         used = [i for i, w in enumerate(self.weights.perceptual) if w]
         self.vgg = Vgg19(train_params.vgg19_weights, num_outputs=used[-1] + 1) if used else None
 

@@ -1,8 +1,10 @@
 """The First Order Motion Model (Siarohin et al., NeurIPS 2019) behind the project's model contract.
 
 Sub-networks are held as `kp_detector`, `generator` and `discriminator`, so
-`checkpoint_state()` has the released checkpoints' layout. The discriminator is always
-built (released checkpoints carry one) but only trained when `generator_gan > 0`.
+`checkpoint_state()` has the released checkpoints' layout. The discriminator is built and
+trained only when `train_params.loss_weights.generator_gan > 0` (as the original trains
+it); otherwise the model has none, and the one a released or older checkpoint carries is
+not loaded (fomm/checkpoint.py treats it as optional).
 
 Conventions: keypoints and the identity/background motion use the original's coordinate
 grid (-1 and 1 at the centres of the extreme pixels); `model_params.align_corners`
@@ -58,6 +60,17 @@ def movement_scale(kp_source: Motion, kp_initial: Motion) -> float:
     return float(np.sqrt(source_area) / np.sqrt(initial_area))
 
 
+def check_discriminator_scales(config: Config) -> None:
+    """ConfigError unless every discriminator scale is one of train_params.scales: the
+    discriminator reads the perceptual loss's image pyramid."""
+    pyramid = {scale_key(t) for t in config.train_params.scales}
+    missing = [s for s in config.model_params.discriminator_params.scales if scale_key(s) not in pyramid]
+    if missing:
+        raise ConfigError(f"model_params.discriminator_params.scales {missing} are not in "
+                          f"train_params.scales {list(config.train_params.scales)}: the discriminator "
+                          f"reads the perceptual loss's image pyramid")
+
+
 class FirstOrderModel(MotionTransferModel):
     name = "fomm"
 
@@ -65,19 +78,16 @@ class FirstOrderModel(MotionTransferModel):
         super().__init__()
         config = resolve_align_corners(config, None)  # built directly: a new model
         mp = config.model_params
-        self.config = config
         self.align_corners = mp.align_corners
         self.kp_detector = KPDetector(mp.kp_detector_params, mp.common_params)
         self.generator = OcclusionAwareGenerator(mp.generator_params, mp.common_params, mp.align_corners)
-        self.discriminator = MultiScaleDiscriminator(mp.discriminator_params, mp.common_params.num_channels,
-                                                     mp.common_params.num_kp)
+        # As the original's train.py, the discriminator trains only when generator_gan > 0;
+        # without it none is built (a released checkpoint's is then ignored on load).
         self.use_gan = config.train_params.loss_weights.generator_gan > 0
-        missing = [s for s in mp.discriminator_params.scales
-                   if scale_key(s) not in {scale_key(t) for t in config.train_params.scales}]
-        if self.use_gan and missing:
-            raise ConfigError(f"model_params.discriminator_params.scales {missing} are not in "
-                              f"train_params.scales {list(config.train_params.scales)}: the discriminator "
-                              f"reads the perceptual loss's image pyramid")
+        if self.use_gan:
+            check_discriminator_scales(config)
+            self.discriminator = MultiScaleDiscriminator(mp.discriminator_params, mp.common_params.num_channels,
+                                                         mp.common_params.num_kp)
 
     # ------------------------------------------------------------------ inference
     def detect(self, frames: torch.Tensor) -> Motion:
@@ -153,6 +163,8 @@ class FirstOrderModel(MotionTransferModel):
         return {"disc_gan": kit.gan_discriminator_loss(disc_real, disc_fake)}
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"generator": list(self.generator.parameters()),
-                "kp_detector": list(self.kp_detector.parameters()),
-                "discriminator": list(self.discriminator.parameters())}
+        groups = {"generator": list(self.generator.parameters()),
+                  "kp_detector": list(self.kp_detector.parameters())}
+        if self.use_gan:
+            groups["discriminator"] = list(self.discriminator.parameters())
+        return groups

@@ -16,9 +16,17 @@ A folder that already holds a run (config.yaml, metrics.jsonl, checkpoints/ or i
 is continued with `--resume`, replaced with `--overwrite` (its old outputs are deleted
 first), and otherwise refused: a second run never mixes its files with the first's.
 
-Outputs under `--out`: `config.yaml` (resolved), `metrics.jsonl` (one line per step),
-`images/step-XXXXXXX.png` (source | driving with keypoints | deformed source | occlusion
-| prediction), `checkpoints/step-XXXXXXX.pt`.
+Outputs under `--out`: `config.yaml` (resolved), `metrics.jsonl` (one line per step: the
+losses, `loss` their sum, `lr_<group>` per optimizer), `images/step-XXXXXXX.png` (source |
+driving with keypoints | deformed source | occlusion | prediction) every `image_every`
+steps, and `checkpoints/step-XXXXXXX.pt` every `checkpoint_every` steps and at the end of
+every `checkpoint_freq`-th epoch (the original's setting), and at the last step.
+
+Losses stay on the device between log steps (`log_every`) and checkpoints: the steps since
+the last one reach the host, averaged over workers, in one sync (flush_losses), so a GPU
+never waits on the host for a loss value. A family that trains no discriminator (FOMM with
+`generator_gan` 0) gets no discriminator optimizer, and DDP hooks every parameter it
+wraps without searching for unused ones.
 """
 from __future__ import annotations
 
@@ -29,8 +37,6 @@ import logging
 import math
 import random
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +46,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from core.config import (Config, TrainParams, config_to_dict, config_to_yaml, load_config, replace,
+                         resolve_align_corners)
+from core.errors import UserError
 from fomm.checkpoint import load_checkpoint_file, save_checkpoint
 from fomm.data import EpochSampler, FramePairs, collate_pairs, open_clips
-from core.config import (Config, config_to_dict, config_to_yaml, load_config, replace,
-                             resolve_align_corners)
-from core.errors import UserError
+from fomm.distributed import (DistContext, average_gradients, mean_over_workers, synchronize_batch_norm,
+                              train_distributed)
 
 log = logging.getLogger(__name__)
 
@@ -87,30 +95,19 @@ def main(args: argparse.Namespace) -> int:
     data = args.data or config.dataset_params.root_dir
     if not data:
         raise UserError("no data: pass --data or set dataset_params.root_dir")
-    if not args.overwrite:  # refuse early; an --overwrite deletes only once the run's inputs are checked
-        check_run_folder(Path(args.out), args.resume, overwrite=False)
     if args.workers > 1 or args.ray_address:
-        from fomm.distributed import train_distributed
-        train_distributed(config, data, args.out, num_workers=args.workers,
-                          ray_address=args.ray_address, resume=args.resume, overwrite=args.overwrite)
+        # Checked (and an --overwrite'd run deleted) before any worker starts: one line, not a worker's traceback.
+        check_run_folder(Path(args.out), args.resume, args.overwrite)
+        train_distributed(train, config, data, args.out, num_workers=args.workers,
+                          ray_address=args.ray_address, resume=args.resume)
     else:
+        if not args.overwrite:  # refuse early; an --overwrite deletes only once the loop has checked its inputs
+            check_run_folder(Path(args.out), args.resume, overwrite=False)
         train(config, data, args.out, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 # --------------------------------------------------------------------------- pieces
-@dataclass
-class DistContext:
-    """Where this copy of the loop runs: rank among world_size, and its device."""
-    rank: int = 0
-    world_size: int = 1
-    device: str = "cpu"
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -165,7 +162,16 @@ def make_optimizer(params: list[nn.Parameter], lr: float, config: Config) -> tor
 
 
 def build_optimizers(model, config: Config) -> dict[str, torch.optim.Optimizer]:
-    """One optimiser (make_optimizer) per non-empty parameter group, lr from train_params.lr_<group>."""
+    """One optimiser (make_optimizer) per non-empty parameter group, lr from train_params.lr_<group>.
+
+    Parameters in no group (Monkey-Net's discriminator without a discriminator loss, whose
+    feature maps its losses still read) are frozen: no gradient is computed or all-reduced
+    for them, so DDP need not search for unused parameters.
+    """
+    grouped = {id(p) for params in model.optimizer_groups().values() for p in params}
+    for param in model.parameters():
+        if id(param) not in grouped:
+            param.requires_grad_(False)
     optimizers = {}
     for group, params in model.optimizer_groups().items():
         params = [p for p in params if p.requires_grad]
@@ -198,24 +204,61 @@ class GeneratorStep(nn.Module):
         return self.model.generator_losses(source, driving, kit)
 
 
-def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
-    """All-reduce mean of gradients outside a DDP forward (the discriminator step)."""
-    import torch.distributed as dist
-    for param in params:
-        if param.grad is None:
-            param.grad = torch.zeros_like(param)
-        dist.all_reduce(param.grad)
-        param.grad /= world_size
+def train_step(model, optimizers: dict[str, torch.optim.Optimizer], kit, source: torch.Tensor,
+               driving: torch.Tensor, forward=None, autocast=None, world_size: int = 1
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """One optimisation step of the loop (and of benchmarks/train.py): the generator and
+    keypoint detector on `model.generator_losses` (perceptual Eq. 10, equivariance Eq. 11-12,
+    GAN terms), then the discriminator (LSGAN) where the model trains one.
+
+    `forward` replaces `model.generator_losses` (the DDP-wrapped GeneratorStep); `autocast`
+    is entered around each forward. Returns the losses detached but still on the device (no
+    host sync) and the generated outputs.
+    """
+    forward = forward or model.generator_losses
+    autocast = autocast or contextlib.nullcontext()
+    model.train()
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    with autocast:
+        losses, generated = forward(source, driving, kit)
+    sum(losses.values()).backward()
+    for name in ("generator", "kp_detector"):
+        if name in optimizers:
+            optimizers[name].step()
+    if "discriminator" in optimizers:
+        discriminator = optimizers["discriminator"]
+        discriminator.zero_grad(set_to_none=True)
+        detached = {k: v.detach() if torch.is_tensor(v) else v for k, v in generated.items()}
+        with autocast:
+            d_losses = model.discriminator_losses(source, driving, detached, kit)
+        if d_losses:
+            sum(d_losses.values()).backward()
+            if world_size > 1:  # its backward ran outside the DDP forward
+                average_gradients(discriminator.param_groups[0]["params"], world_size)
+            discriminator.step()
+            losses = {**losses, **d_losses}
+    return {k: v.detach() for k, v in losses.items()}, generated
 
 
-def mean_over_workers(values: dict[str, float], dist_ctx: DistContext) -> dict[str, float]:
-    if dist_ctx.world_size == 1:
-        return values
-    import torch.distributed as dist
-    keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return {k: float(v) / dist_ctx.world_size for k, v in zip(keys, tensor)}
+def checkpoint_due(step: int, epoch: int, epoch_done: bool, total_steps: int | float, tp: TrainParams) -> bool:
+    """Every `checkpoint_every` steps, at the end of every `checkpoint_freq`-th epoch (the
+    original's checkpoint_freq, in epochs), and at the last step."""
+    return step % tp.checkpoint_every == 0 or step == total_steps or (epoch_done and epoch % tp.checkpoint_freq == 0)
+
+
+def flush_losses(window: list[dict[str, Any]], dist_ctx: DistContext) -> list[dict[str, Any]]:
+    """metrics.jsonl records of the steps in `window`, whose losses are still device tensors:
+    one host sync and one all-reduce (mean over workers) for the whole window."""
+    keys = list(window[0]["losses"])
+    stacked = torch.stack([torch.stack([entry["losses"][k].double() for k in keys]) for entry in window])  # (N, L)
+    rows = mean_over_workers(stacked, dist_ctx).tolist()
+    records = []
+    for entry, row in zip(window, rows):
+        values = dict(zip(keys, row))
+        records.append({"step": entry["step"], "epoch": entry["epoch"], "loss": sum(values.values()), **values,
+                        **entry["lr"], "time": entry["time"]})
+    return records
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -265,11 +308,16 @@ def load_training_checkpoint(path: Path, model, optimizers, schedulers, config: 
     if saved is not None and saved.get("model_params") != config_to_dict(config)["model_params"]:
         raise UserError(f"{str(path)!r} was trained with other model_params than this config; "
                         "resume with the config written beside it (config.yaml)")
-    model.load_checkpoint_state({k: state[k] for k in model.checkpoint_state()}, strict=True)
+    # Sub-networks and optimisers this run does not build (a discriminator without a GAN
+    # loss, as in checkpoints written before it was left out) are ignored.
+    model.load_checkpoint_state(state, strict=True)
+    missing = [name for name in optimizers if f"optimizer_{name}" not in state or name not in state["schedulers"]]
+    if missing:
+        raise UserError(f"{str(path)!r} holds no optimizer state for {missing}: it was trained with other "
+                        "loss weights than this config; resume with the config written beside it (config.yaml)")
     for name, opt in optimizers.items():
         opt.load_state_dict(state[f"optimizer_{name}"])
-    for name, sched in schedulers.items():
-        sched.load_state_dict(state["schedulers"][name])
+        schedulers[name].load_state_dict(state["schedulers"][name])
     set_rng_state(state["rng"])
     return {"step": state["step"], "epoch": state["epoch"], "batch_in_epoch": state["batch_in_epoch"]}
 
@@ -368,7 +416,6 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
     from fomm.registry import build_model
     model = build_model(config).to(device)
     if dist_ctx.world_size > 1:  # batch statistics over all workers, as the original's synchronised BN
-        from fomm.distributed import synchronize_batch_norm
         model = synchronize_batch_norm(model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -379,7 +426,7 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
     step_module: nn.Module = GeneratorStep(model)
     if dist_ctx.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
-        step_module = DistributedDataParallel(step_module, find_unused_parameters=True,
+        step_module = DistributedDataParallel(step_module,
                                               device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
     # Equivariance transforms differ between workers; one process is rank 0.
     torch.manual_seed(tp.seed + 1_000_003 * dist_ctx.rank)
@@ -399,45 +446,24 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
                 if resume and line.strip() and json.loads(line)["step"] <= progress["step"]]
         metrics_path.write_text("".join(line + "\n" for line in kept))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
+    # Built once; the sampler is told each epoch (and a resumed run's position in it) before iterating.
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_pairs,
+                        num_workers=tp.dataloader_workers, persistent_workers=tp.dataloader_workers > 0,
+                        drop_last=True, generator=torch.Generator().manual_seed(tp.seed),  # off torch's global RNG
+                        pin_memory=device.startswith("cuda"))
     window_start, window_steps, last = time.perf_counter(), 0, {}
-    loader_generator = torch.Generator().manual_seed(tp.seed)  # keeps the loader off torch's global RNG
+    pending: list[dict[str, Any]] = []  # steps whose losses are still on the device
 
     while progress["step"] < total_steps:
         sampler.set_epoch(progress["epoch"], start=progress["batch_in_epoch"] * batch_size)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_pairs,
-                            num_workers=tp.dataloader_workers, drop_last=True, generator=loader_generator,
-                            pin_memory=device.startswith("cuda"))
         for batch in loader:
             source = batch["source"].to(device, non_blocking=True)
             driving = batch["driving"].to(device, non_blocking=True)
             if channels_last:
                 source = source.contiguous(memory_format=torch.channels_last)
                 driving = driving.contiguous(memory_format=torch.channels_last)
-
-            # generator + keypoint detector step (Eq. 10 perceptual, equivariance, GAN terms)
-            model.train()
-            for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            with autocast:
-                losses, generated = step_module(source, driving, kit)
-            total = sum(losses.values())
-            total.backward()
-            for name in ("generator", "kp_detector"):
-                if name in optimizers:
-                    optimizers[name].step()
-
-            # discriminator step (LSGAN), only when the family and config train one
-            if "discriminator" in optimizers:
-                optimizers["discriminator"].zero_grad(set_to_none=True)
-                detached = {k: v.detach() if torch.is_tensor(v) else v for k, v in generated.items()}
-                with autocast:
-                    d_losses = model.discriminator_losses(source, driving, detached, kit)
-                if d_losses:
-                    sum(d_losses.values()).backward()
-                    if dist_ctx.world_size > 1:
-                        average_gradients(optimizers["discriminator"].param_groups[0]["params"], dist_ctx.world_size)
-                    optimizers["discriminator"].step()
-                    losses = {**losses, **d_losses}
+            losses, generated = train_step(model, optimizers, kit, source, driving, forward=step_module,
+                                           autocast=autocast, world_size=dist_ctx.world_size)
 
             progress["step"] += 1
             progress["batch_in_epoch"] += 1
@@ -445,36 +471,34 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
             if epoch_done:
                 progress["epoch"] += 1
                 progress["batch_in_epoch"] = 0
-                with warnings.catch_warnings():  # a group with no loss this run (no GAN) never steps
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                    for sched in schedulers.values():
-                        sched.step()
-
-            values = mean_over_workers({k: float(v.detach()) for k, v in losses.items()}, dist_ctx)
-            last = values
-            window_steps += 1
+                for sched in schedulers.values():
+                    sched.step()
             step = progress["step"]
-            if dist_ctx.is_main:
-                record = {"step": step, "epoch": progress["epoch"], "loss": sum(values.values()), **values,
-                          "lr_generator": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
-                          "time": time.time()}
+            window_steps += 1
+            pending.append({"step": step, "epoch": progress["epoch"], "losses": losses, "time": time.time(),
+                            "lr": {f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in optimizers.items()}})
+            log_due = step % tp.log_every == 0 or step == total_steps
+            save_due = checkpoint_due(step, progress["epoch"], epoch_done, total_steps, tp)
+            if log_due or save_due:  # a checkpoint's steps are in metrics.jsonl before it is written
+                records, pending = flush_losses(pending, dist_ctx), []
+                last = {k: records[-1][k] for k in losses}
+            if dist_ctx.is_main and (log_due or save_due):
                 with open(metrics_path, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                if step % tp.log_every == 0 or step == total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    rate = window_steps / max(elapsed, 1e-9)
-                    eta = (total_steps - step) / rate
-                    terms = " ".join(f"{k} {v:.4f}" for k, v in values.items())
-                    print(f"step {step}/{total_steps} epoch {progress['epoch']} {terms} "
-                          f"| {rate:.2f} it/s | ETA {eta / 60:.1f} min", flush=True)
-                    window_start, window_steps = time.perf_counter(), 0
-                if step % tp.image_every == 0 or step == total_steps:
-                    image = training_image(model, config, source.float(), driving.float(),
-                                           {k: v for k, v in generated.items()})
-                    save_png(out_dir / "images" / f"step-{step:07d}.png", image)
-                if step % tp.checkpoint_every == 0 or step == total_steps:
-                    save_training_checkpoint(out_dir / CHECKPOINT_DIR / f"step-{step:07d}.pt", model,
-                                             optimizers, schedulers, config, progress)
-            if step >= total_steps or epoch_done:
+                    handle.writelines(json.dumps(record) + "\n" for record in records)
+            if dist_ctx.is_main and log_due:
+                elapsed = time.perf_counter() - window_start
+                rate = window_steps / max(elapsed, 1e-9)
+                eta = (total_steps - step) / rate
+                terms = " ".join(f"{k} {v:.4f}" for k, v in last.items())
+                print(f"step {step}/{total_steps} epoch {progress['epoch']} {terms} "
+                      f"| {rate:.2f} it/s | ETA {eta / 60:.1f} min", flush=True)
+                window_start, window_steps = time.perf_counter(), 0
+            if dist_ctx.is_main and (step % tp.image_every == 0 or step == total_steps):
+                image = training_image(model, config, source.float(), driving.float(), generated)
+                save_png(out_dir / "images" / f"step-{step:07d}.png", image)
+            if dist_ctx.is_main and save_due:
+                save_training_checkpoint(out_dir / CHECKPOINT_DIR / f"step-{step:07d}.pt", model,
+                                         optimizers, schedulers, config, progress)
+            if step >= total_steps:
                 break
     return last

@@ -142,6 +142,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str], Path]]:
                      f"train_params.num_epochs={budget.steps[model]}",
                      f"train_params.batch_size={budget.batch_size}",
                      f"train_params.checkpoint_every={budget.steps[model]}",
+                     f"train_params.checkpoint_freq={budget.steps[model]}",  # epochs: none before the end
                      f"train_params.image_every={budget.steps[model]}",
                      f"train_params.log_every={max(1, budget.steps[model] // 10)}",
                      *MODEL_OVERRIDES.get(model, [])]

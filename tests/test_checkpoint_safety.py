@@ -135,7 +135,7 @@ def test_released_format_loads_with_no_flag(shared_reference, tmp_path, monkeypa
     state = released_layout_state(shared_reference, "vox-256")
     path = tmp_path / "vox-cpk.pth.tar"
     torch.save(state, path, _use_new_zipfile_serialization=False)
-    model = load_model(load_config("vox-256"), path)
+    model = load_model(load_config("vox-256", ["train_params.loss_weights.generator_gan=1"]), path)  # with a GAN loss, so the discriminator loads too
     assert model.align_corners is True and model.generator.dense_motion_network.align_corners is True
     loaded = model.checkpoint_state()
     for name in ("generator", "kp_detector", "discriminator"):

@@ -20,7 +20,8 @@ def test_config_loads_and_builds(name):
     size = config.dataset_params.frame_shape[0]
     with torch.device("meta"):  # shapes only: no weight initialisation cost
         model = FirstOrderModel(config)
-    assert set(dict(model.named_children())) == {"kp_detector", "generator", "discriminator"}
+    with_gan = {"discriminator"} if config.train_params.loss_weights.generator_gan > 0 else set()
+    assert set(dict(model.named_children())) == {"kp_detector", "generator"} | with_gan
     # the keypoint detector's 7x7 head needs at least 7 pixels left after downscaling
     assert size * config.model_params.kp_detector_params.scale_factor >= 2 ** config.model_params.kp_detector_params.num_blocks
     assert all(s in config.train_params.scales for s in config.model_params.discriminator_params.scales)

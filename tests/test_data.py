@@ -212,3 +212,19 @@ def test_reconstruction_clips_stream_whole_clips_in_bounded_batches(original_roo
         seen[clip] = sum(s[0] for s in shapes)
     assert seen == {"08": 150, "horse": 26}
     assert len(ReconstructionClips(open_clips(original_root, "test"), SIZE, num_videos=1)) == 1
+
+
+def test_frame_strips_and_frames_honour_exif_orientation(tmp_path):
+    """Frames are read with core.media.load_image: a strip stored rotated with an EXIF
+    orientation tag (6: shown rotated 90 degrees clockwise) is read as shown, two square frames."""
+    from PIL import Image
+    shown = np.random.default_rng(0).integers(0, 256, size=(8, 16, 3), dtype=np.uint8)  # 2 frames of 8x8
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(shown, 1)))  # 16 tall, 8 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "train").mkdir()
+    stored.save(tmp_path / "train" / "strip.png", exif=exif)
+    store = open_clips(tmp_path, "train")
+    assert store.num_frames("strip") == 2
+    frames = store.read("strip", [0, 1])
+    assert np.array_equal(frames[0], shown[:, :8]) and np.array_equal(frames[1], shown[:, 8:])

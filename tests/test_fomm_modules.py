@@ -160,7 +160,7 @@ def test_full_modules_have_the_released_checkpoint_layout(shared_reference, conf
     expected = {(r["module"], r["key"]): (r["shape"], r["dtype"])
                 for r in layout_rows(shared_reference) if r["config"] == config_name}
     assert expected, f"no rows for {config_name} in the layout file"
-    model = FirstOrderModel(load_config(config_name))
+    model = FirstOrderModel(load_config(config_name, ["train_params.loss_weights.generator_gan=1"]))  # a discriminator is built with a GAN loss
     actual = {(module, key): (str(tuple(t.shape)), str(t.dtype).replace("torch.", ""))
               for module, state in model.checkpoint_state().items() for key, t in state.items()}
     missing = sorted(set(expected) - set(actual))
@@ -188,7 +188,7 @@ def test_without_jacobians_the_motion_is_zeroth_order(face_frames):
 
 
 def test_discriminator_with_keypoint_heatmaps(face_frames):
-    config = load_config("tiny", ["model_params.discriminator_params.use_kp=true",
+    config = load_config("tiny", ["train_params.loss_weights.generator_gan=1", "model_params.discriminator_params.use_kp=true",
                                   "model_params.discriminator_params.scales=[1, 0.5]",
                                   "model_params.discriminator_params.num_blocks=3"])
     model = build_model(config)

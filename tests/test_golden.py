@@ -34,7 +34,7 @@ def golden_config(golden_cfg: dict, align_corners: bool = False):
             "generator_params": golden_cfg["generator"],
             "discriminator_params": golden_cfg["discriminator"],
         },
-        "train_params": {"vgg19_weights": "random"},
+        "train_params": {"vgg19_weights": "random", "loss_weights": {"generator_gan": 1}},  # builds the discriminator
     })
 
 

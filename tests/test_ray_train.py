@@ -34,7 +34,7 @@ def _curve(out: Path) -> list[dict]:
 
 def test_two_ray_workers_match_single_process_within_noise(taichi_root, tmp_path):
     config = resolve_run_config("tiny", OVERRIDES, None)
-    train_distributed(config, taichi_root, tmp_path / "ray", num_workers=2)
+    train_distributed(train, config, taichi_root, tmp_path / "ray", num_workers=2)
     train(config, taichi_root, tmp_path / "seed0")
     train(resolve_run_config("tiny", OVERRIDES + ["train_params.seed=1"], None), taichi_root, tmp_path / "seed1")
 

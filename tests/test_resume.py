@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from fomm.checkpoint import load_checkpoint_file
+from fomm.registry import build_model
+from fomm.train import resolve_run_config
 from pipeline.cli import main as cli_main
 
 # 2 clips x 4 repeats / batch 4 = 2 steps per epoch: the stop at step 3 falls mid-epoch,
@@ -51,8 +53,7 @@ def test_stopped_and_resumed_run_equals_unbroken_run(taichi_root, tmp_path):
 
     a = load_checkpoint_file(unbroken / "checkpoints" / "step-0000006.pt")
     b = load_checkpoint_file(stopped / "checkpoints" / "step-0000006.pt")
-    for part in ("generator", "kp_detector", "discriminator", "optimizer_generator", "optimizer_kp_detector",
-                 "schedulers"):
+    for part in ("generator", "kp_detector", "optimizer_generator", "optimizer_kp_detector", "schedulers"):
         _equal(a[part], b[part], part)
     assert a["step"] == b["step"] == 6 and a["epoch"] == b["epoch"] == 3
     assert a["optimizer_generator"]["param_groups"][0]["lr"] == pytest.approx(2e-6)  # two milestones passed
@@ -97,6 +98,11 @@ def test_own_checkpoints_resume_through_the_safe_path(taichi_root, tmp_path, mon
     legacy = load_checkpoint_file(out / "checkpoints" / "step-0000002.pt")
     np.random.seed(7)
     legacy["rng"]["numpy"] = np.random.get_state()  # what the loop wrote before
+    # and, before a discriminator was built only with a GAN loss, an untrained one and its optimizer
+    with_gan = build_model(resolve_run_config("tiny", ["train_params.loss_weights.generator_gan=1"], None))
+    legacy["discriminator"] = with_gan.discriminator.state_dict()
+    legacy["optimizer_discriminator"] = torch.optim.Adam(with_gan.discriminator.parameters()).state_dict()
+    legacy["schedulers"]["discriminator"] = dict(legacy["schedulers"]["generator"])
     torch.save(legacy, out / "checkpoints" / "step-0000002.pt")
     _run(taichi_root, out, 3, "--resume")
     assert len(calls) >= 3 and all(flag is True for flag in calls), calls

@@ -82,8 +82,10 @@ def test_train_cli_writes_run_outputs(taichi_root, tmp_path):
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["perceptual"] > 0 and record["step"] == 2
     checkpoint = load_checkpoint_file(out / "checkpoints" / "step-0000002.pt")
-    assert {"config", "generator", "kp_detector", "discriminator", "optimizer_generator",
+    assert {"config", "generator", "kp_detector", "optimizer_generator",
             "optimizer_kp_detector", "schedulers", "step", "epoch", "rng"} <= set(checkpoint)
+    # tiny has generator_gan 0: no discriminator is built, trained or saved
+    assert "discriminator" not in checkpoint and "optimizer_discriminator" not in checkpoint
     assert {"python", "numpy", "torch"} <= set(checkpoint["rng"])
     assert checkpoint["config"]["train_params"]["max_steps"] == 2
     assert checkpoint["optimizer_generator"]["param_groups"][0]["betas"] == (0.5, 0.999)
@@ -132,3 +134,58 @@ def test_tiny_fomm_perceptual_loss_falls(taichi_root, tmp_path):
     first, last = (np.mean([r["perceptual"] for r in part]) for part in (records[:10], records[-10:]))
     print(f"perceptual {first:.3f} -> {last:.3f}")
     assert last <= 0.7 * first
+
+
+def test_no_discriminator_without_a_gan_loss():
+    """FOMM builds and trains a discriminator only with generator_gan > 0; Monkey-Net keeps its
+    discriminator (its feature matching reads it) but, without discriminator_gan, gives it
+    no optimizer and no gradients."""
+    from fomm.train import build_optimizers
+    model = build_model(resolve_run_config("tiny", [], None))
+    assert "discriminator" not in dict(model.named_children())
+    assert not any("discriminator" in name for name, _ in model.named_parameters())
+    assert set(build_optimizers(model, resolve_run_config("tiny", [], None))) == {"generator", "kp_detector"}
+    with_gan = resolve_run_config("tiny", ["train_params.loss_weights.generator_gan=1"], None)
+    assert set(build_optimizers(build_model(with_gan), with_gan)) == {"generator", "kp_detector", "discriminator"}
+
+    config = resolve_run_config("monkey-net-tiny", ["train_params.loss_weights.discriminator_gan=0"], "monkey-net")
+    monkey = build_model(config)
+    assert set(build_optimizers(monkey, config)) == {"generator", "kp_detector"}
+    assert not any(p.requires_grad for p in monkey.discriminator.parameters())
+    assert all(p.requires_grad for p in monkey.generator.parameters())
+
+
+def test_checkpoint_freq_and_losses_synced_only_at_log_steps(taichi_root, tmp_path, capsys, monkeypatch):
+    """checkpoint_freq=3 writes a checkpoint at the end of epoch 3 (1 step per epoch here) as well
+    as the last step's. Losses reach the host in two windows (steps 1-3 at the log step 3, step
+    4 at the end), and metrics.jsonl holds every step's own values, and each optimizer's lr."""
+    import fomm.train as loop
+    per_step, windows = [], []
+
+    def spy_step(*args, **kwargs):
+        losses, generated = real_step(*args, **kwargs)
+        per_step.append({k: float(v) for k, v in losses.items()})
+        return losses, generated
+
+    def spy_flush(window, dist_ctx):
+        windows.append([entry["step"] for entry in window])
+        return real_flush(window, dist_ctx)
+
+    real_step, real_flush = loop.train_step, loop.flush_losses
+    monkeypatch.setattr(loop, "train_step", spy_step)
+    monkeypatch.setattr(loop, "flush_losses", spy_flush)
+    out = tmp_path / "run"
+    train(resolve_run_config("tiny", [*FAST, "train_params.batch_size=2", "train_params.max_steps=4",
+                                      "train_params.num_epochs=10", "train_params.checkpoint_every=100",
+                                      "train_params.image_every=100", "train_params.checkpoint_freq=3",
+                                      "train_params.log_every=3"], None), taichi_root, out)
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-0000003.pt", "step-0000004.pt"]
+    assert windows == [[1, 2, 3], [4]]
+    printed = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert printed == ["3/4", "4/4"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for record, values in zip(records, per_step):
+        assert {k: record[k] for k in values} == values and record["loss"] == pytest.approx(sum(values.values()))
+    assert len({r["reconstruction_l1"] for r in records}) == 4  # per-step values, not one repeated
+    assert {"lr_generator", "lr_kp_detector"} <= set(records[0]) and "lr_discriminator" not in records[0]

@@ -410,9 +410,10 @@ class MonkeyNet(MotionTransferModel):
         return {"disc_gan": self.loss_weights.discriminator_gan * ((1 - real) ** 2 + fake ** 2).mean()}
 
     def optimizer_groups(self):
-        return {"generator": list(self.generator.parameters()),
-                "kp_detector": list(self.kp_detector.parameters()),
-                "discriminator": list(self.discriminator.parameters())}
+        groups = {"generator": list(self.generator.parameters()), "kp_detector": list(self.kp_detector.parameters())}
+        if self.loss_weights.discriminator_gan:  # else only its feature maps serve, untrained
+            groups["discriminator"] = list(self.discriminator.parameters())
+        return groups
 
     # ------------------------------------------------------------------ checkpoints
     def state_from_checkpoint(self, checkpoint: dict) -> dict[str, dict[str, torch.Tensor]]:
