@@ -125,7 +125,8 @@ def test_released_checkpoint_without_config_needs_one(tmp_path, trained_like):
 def test_training_resume_path_makes_the_same_checks(config, trained_like):
     """MotionTransferModel.load_checkpoint_state (the resume path) and load_model share one check:
     the same named errors, and nothing loads when any sub-network does not fit."""
-    model = build_model(load_config("tiny", ["model_params.discriminator_params.sn=false"]))
+    model = build_model(load_config("tiny", ["train_params.loss_weights.generator_gan=1",
+                                             "model_params.discriminator_params.sn=false"]))
     assert list(dict(model.named_children()))[-1] == "discriminator"  # checked after two that fit
     before = {k: v.clone() for k, v in model.kp_detector.state_dict().items()}
     with pytest.raises(UserError, match=r"^checkpoint does not match config fomm: tensor discriminator\."):
