@@ -124,7 +124,7 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]
 def checkpoint_config(checkpoint: dict[str, Any]) -> Config | None:
     """The resolved config a project checkpoint carries (None for released checkpoints)."""
     data = checkpoint.get("config")
-    return config_from_dict(data) if isinstance(data, dict) else None
+    return config_from_dict(data, recorded=True) if isinstance(data, dict) else None
 
 
 def checkpoint_align_corners(saved: Config | None) -> bool:
