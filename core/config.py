@@ -564,9 +564,10 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), recorded: bool = False) -> Config:
     """The Config of a plain tree (a yaml's, or a checkpoint's resolved config) and overrides.
 
-    `recorded`: `data` is a config the project wrote itself (inside a checkpoint); its
-    _UNSUPPORTED fields, which have no effect, are not checked, as earlier versions
-    accepted any value there.
+    `recorded`: `data` is a config the project wrote itself (inside a checkpoint). Earlier
+    versions accepted any value in the _UNSUPPORTED fields, which have no effect: such a
+    value is read as the field's default instead of refused, so the file still loads and
+    the config it gives passes the check wherever it goes next.
     """
     tree = json.loads(json.dumps(data or {}))  # deep copy, plain types
     tree = translate_monkey_net_yaml(tree)  # the original Monkey-Net yamls' layout
@@ -574,8 +575,9 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), re
         _set_path(tree, key, value)
     config = _build(Config, tree)
     _check_counts(config)
-    if not recorded:
-        _check_unsupported(config)
+    if recorded:
+        config = _reset_unsupported(config)
+    _check_unsupported(config)
     return config
 
 
@@ -626,6 +628,18 @@ def _check_unsupported(config: Config) -> None:
             expected = " or ".join(repr(v) for v in accepted if v is not None)
             raise ConfigError(f"{dotted}: {value!r} is not supported ({instead}); expected {expected} "
                               f"as in the original configs, or leave it out")
+
+
+def _reset_unsupported(config: Config) -> Config:
+    for dotted, (accepted, _) in _UNSUPPORTED.items():
+        section_name, name = dotted.split(".")
+        section = getattr(config, section_name)
+        if getattr(section, name) not in accepted:
+            default = getattr(type(section)(), name)
+            log.info("%s: %r, recorded by an earlier version, has no effect; read as %r", dotted,
+                     getattr(section, name), default)
+            config = replace(config, **{section_name: replace(section, **{name: default})})
+    return config
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
