@@ -56,8 +56,7 @@ def test_available_backends_lists_every_backend_with_its_scheme(monkeypatch, tmp
     golden = torch.load(shared_reference / "openface-golden.pt", weights_only=True)
     torch.save(golden["state_dict"], tmp_path / "openface.pth")  # the user's weights, found by name
     monkeypatch.delenv("OPENFACE_WEIGHTS")
-    openface = next(row for row in backends.available_backends() if row["name"] == "openface")
-    assert openface["available"] and openface["reason"] == ""
+    assert get_identity_backend("openface").scheme == "openface-nn4.small2.v1"
 
 
 @pytest.mark.parametrize("module, name, hint", [
