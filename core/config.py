@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import types
 import typing
@@ -24,6 +25,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from core.errors import UserError
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -77,6 +80,7 @@ class DatasetParams:
     root_dir: str = ""
     frame_shape: tuple[int, int, int] = (256, 256, 3)
     id_sampling: bool = False
+    # The original's csv of evaluation pairs: not supported (_UNSUPPORTED), kept so its files load.
     pairs_list: Optional[str] = None
     augmentation_params: AugmentationParams = AugmentationParams()
 
@@ -229,7 +233,8 @@ def translate_monkey_net_yaml(tree: dict) -> dict:
     MonkeyNetParams), `log_params` to log_every/checkpoint_freq and `transfer_params` to
     animate_params (move_location -> use_relative_movement, movement_mult ->
     adapt_movement_scale, adapt_variance -> use_relative_jacobian). `prediction_params`
-    (the original's RNN keypoint forecaster) has no counterpart and is dropped.
+    (the original's RNN keypoint forecaster) and the `format` ('.gif') of its reconstruction
+    and transfer outputs have no counterpart and are dropped, with a note in the log.
     """
     model = tree.get("model_params")
     if not isinstance(model, dict) or "kp_variance" not in (model.get("common_params") or {}):
@@ -255,11 +260,11 @@ def translate_monkey_net_yaml(tree: dict) -> dict:
     if "lr" in train:
         lr = train.pop("lr")
         train.update(lr_generator=lr, lr_discriminator=lr, lr_kp_detector=lr)
-    log = train.pop("log_params", None) or {}
-    if "log_freq_iter" in log:
-        train["log_every"] = log["log_freq_iter"]
-    if "cpk_freq_epoch" in log:
-        train["checkpoint_freq"] = log["cpk_freq_epoch"]
+    log_params = train.pop("log_params", None) or {}
+    if "log_freq_iter" in log_params:
+        train["log_every"] = log_params["log_freq_iter"]
+    if "cpk_freq_epoch" in log_params:
+        train["checkpoint_freq"] = log_params["cpk_freq_epoch"]
     weights = dict(train.pop("loss_weights", None) or {})
     reconstruction = list(weights.pop("reconstruction", [10, 10, 10, 10, 1]))
     family["reconstruction_deformed"] = weights.pop("reconstruction_deformed", 0)
@@ -269,12 +274,21 @@ def translate_monkey_net_yaml(tree: dict) -> dict:
     out["train_params"] = train
     transfer = tree.get("transfer_params") or {}
     normalization = transfer.get("normalization_params") or {}
-    animate = {key: transfer[key] for key in ("num_pairs", "format") if key in transfer}
+    animate = {key: transfer[key] for key in ("num_pairs",) if key in transfer}
     animate["normalization_params"] = {
         "use_relative_movement": normalization.get("move_location", False),
         "adapt_movement_scale": normalization.get("movement_mult", False),
         "use_relative_jacobian": normalization.get("adapt_variance", False)}
     out["animate_params"] = animate
+    reconstruction = dict(tree.get("reconstruction_params") or {})
+    dropped = [name for name, section in (("prediction_params", tree), ("transfer_params.format", transfer),
+                                          ("reconstruction_params.format", reconstruction))
+               if name.rpartition(".")[2] in section]
+    reconstruction.pop("format", None)
+    out["reconstruction_params"] = reconstruction
+    if dropped:
+        log.info("original Monkey-Net config: %s dropped (no counterpart here: the project writes .mp4 "
+                 "and forecasts no keypoints)", ", ".join(dropped))
     return out
 
 
@@ -381,6 +395,7 @@ class TrainParams:
 @dataclass(frozen=True)
 class ReconstructionParams:
     num_videos: Optional[int] = 1000
+    # reconstruct writes .mp4 (the original's default); other containers are not supported.
     format: str = ".mp4"
 
 
@@ -393,6 +408,8 @@ class NormalizationParams:
 
 @dataclass(frozen=True)
 class AnimateParams:
+    # The original's batch animation of num_pairs dataset pairs into `format` files: not
+    # supported (animate renders the one pair it is given); kept so the original files load.
     num_pairs: int = 50
     format: str = ".mp4"
     normalization_params: NormalizationParams = NormalizationParams()
@@ -401,6 +418,7 @@ class AnimateParams:
 @dataclass(frozen=True)
 class VisualizerParams:
     kp_size: int = 5
+    # White 2-pixel lines between the panels of the training images (fomm.visualize.image_grid).
     draw_border: bool = True
     colormap: str = "gist_rainbow"
 
@@ -545,13 +563,23 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor one of {known}")
 
 
-def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), recorded: bool = False) -> Config:
+    """The Config of a plain tree (a yaml's, or a checkpoint's resolved config) and overrides.
+
+    `recorded`: `data` is a config the project wrote itself (inside a checkpoint). Earlier
+    versions accepted any value in the _UNSUPPORTED fields, which have no effect: such a
+    value is read as the field's default instead of refused, so the file still loads and
+    the config it gives passes the check wherever it goes next.
+    """
     tree = json.loads(json.dumps(data or {}))  # deep copy, plain types
     tree = translate_monkey_net_yaml(tree)  # the original Monkey-Net yamls' layout
     for key, value in parse_overrides(overrides):
         _set_path(tree, key, value)
     config = _build(Config, tree)
     _check_counts(config)
+    if recorded:
+        config = _reset_unsupported(config)
+    _check_unsupported(config)
     return config
 
 
@@ -562,19 +590,58 @@ _MINIMUMS = {
     "train_params.max_steps": 1, "train_params.log_every": 1, "train_params.image_every": 1,
     "train_params.checkpoint_every": 1, "train_params.checkpoint_freq": 1,
     "train_params.dataloader_workers": 0, "reconstruction_params.num_videos": 1,
-    "animate_params.num_pairs": 1, "model_params.common_params.num_kp": 1,
+    "model_params.common_params.num_kp": 1,
     "model_params.common_params.num_channels": 1,
 }
 
 
 def _check_counts(config: Config) -> None:
     for dotted, minimum in _MINIMUMS.items():
-        value: Any = config
-        for name in dotted.split("."):
-            value = getattr(value, name)
+        value = _field(config, dotted)
         if value is not None and value < minimum:
             unset = " (null means no limit)" if value == 0 and minimum == 1 else ""
             raise ConfigError(f"{dotted}: {value} is out of range; expected an integer >= {minimum}{unset}")
+
+
+# Fields of the original files for modes this project does not have. Each loads only with the
+# values the original FOMM and Monkey-Net configs ship, so those files still load; any other
+# value would ask for something that does not happen, so it is refused.
+_UNSUPPORTED = {
+    "dataset_params.pairs_list": ((None, "data/vox256.csv", "data/taichi256.csv"),
+                                  "the original's evaluation pairs; `animate` takes one source and one driving video"),
+    "animate_params.num_pairs": ((50, 100), "the original's batch animation of dataset pairs; `animate` renders "
+                                            "the one pair it is given"),
+    "animate_params.format": ((".mp4",), "`animate` writes the file --output names"),
+    "reconstruction_params.format": ((".mp4",), "`reconstruct` writes .mp4 videos"),
+}
+
+
+def _field(config: Any, dotted: str) -> Any:
+    value = config
+    for name in dotted.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def _check_unsupported(config: Config) -> None:
+    for dotted, (accepted, instead) in _UNSUPPORTED.items():
+        value = _field(config, dotted)
+        if value not in accepted:
+            expected = " or ".join(repr(v) for v in accepted if v is not None)
+            raise ConfigError(f"{dotted}: {value!r} is not supported ({instead}); expected {expected} "
+                              f"as in the original configs, or leave it out")
+
+
+def _reset_unsupported(config: Config) -> Config:
+    for dotted, (accepted, _) in _UNSUPPORTED.items():
+        section_name, name = dotted.split(".")
+        section = getattr(config, section_name)
+        if getattr(section, name) not in accepted:
+            default = getattr(type(section)(), name)
+            log.info("%s: %r, recorded by an earlier version, has no effect; read as %r", dotted,
+                     getattr(section, name), default)
+            config = replace(config, **{section_name: replace(section, **{name: default})})
+    return config
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -88,31 +88,11 @@ class MotionTransferModel(nn.Module, ABC):
         return model_state(checkpoint)
 
     def load_checkpoint_state(self, state: dict[str, Any], strict: bool = True) -> None:
-        """Load `checkpoint_state()`-shaped dicts (a released checkpoint for FOMM).
-
-        Raises UserError naming the first missing/unexpected tensor or shape mismatch.
-        """
-        from core.errors import UserError
-        for name, module in self.named_children():
-            if name not in state:
-                if strict:
-                    raise UserError(f"checkpoint has no {name!r} state dict; it holds {sorted(state)}")
-                continue
-            expected = module.state_dict()
-            given = state[name]
-            missing = [k for k in expected if k not in given]
-            unexpected = [k for k in given if k not in expected]
-            if strict and (missing or unexpected):
-                raise UserError(
-                    f"checkpoint {name!r} does not match the config: "
-                    f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                    f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
-            for key, tensor in given.items():
-                if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
-                    raise UserError(
-                        f"checkpoint {name}.{key} has shape {tuple(tensor.shape)}, "
-                        f"the config builds {tuple(expected[key].shape)}")
-            module.load_state_dict(given, strict=strict)
+        """Load `checkpoint_state()`-shaped dicts (a released checkpoint for FOMM): every
+        sub-network must be there; UserError names the first missing/unexpected tensor or
+        shape mismatch (fomm.checkpoint.load_state_dicts, the same check `load_model` makes)."""
+        from fomm.checkpoint import load_state_dicts
+        load_state_dicts(self, state, strict)
 
     # ------------------------------------------------------------------ convenience
     def reconstruct(self, source: torch.Tensor, driving: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -124,7 +124,7 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]
 def checkpoint_config(checkpoint: dict[str, Any]) -> Config | None:
     """The resolved config a project checkpoint carries (None for released checkpoints)."""
     data = checkpoint.get("config")
-    return config_from_dict(data) if isinstance(data, dict) else None
+    return config_from_dict(data, recorded=True) if isinstance(data, dict) else None
 
 
 def checkpoint_align_corners(saved: Config | None) -> bool:
@@ -167,36 +167,47 @@ def load_model(config: Config | None, path: str | Path, device: Any = None, stri
                  "model_params.align_corners=false as configured; released checkpoints were trained "
                  "with align_corners=True", path)
     model = build_model(config)
-    state = model.state_from_checkpoint(checkpoint)
-    needed = {name for name, _ in model.named_children()} - _INFERENCE_OPTIONAL
-    absent = sorted(needed - set(state))
-    if absent:
-        raise UserError(f"checkpoint {path} has no {absent} state dict; it holds {sorted(state)}")
-    present = {name: sd for name, sd in state.items() if name in dict(model.named_children())}
-    try:
-        _load_parts(model, present, strict)
-    except UserError as err:
-        raise UserError(f"checkpoint {path} does not match config {config.model_params.name}: {err}") from None
+    load_state_dicts(model, model.state_from_checkpoint(checkpoint), strict,
+                     optional=_INFERENCE_OPTIONAL, source=f"checkpoint {path}")
     if device is not None:
         model.to(device)
     return model.eval()
 
 
-def _load_parts(model, state: dict[str, dict], strict: bool) -> None:
-    """Load each sub-network's state dict, naming the first mismatching tensor."""
+def load_state_dicts(model, state: dict[str, dict], strict: bool = True, optional=frozenset(),
+                     source: str = "checkpoint") -> None:
+    """Load each of `model`'s sub-networks from the state dict of its name in `state`.
+
+    The one check behind `load_model` and `MotionTransferModel.load_checkpoint_state`: a
+    sub-network absent from `state` raises unless named in `optional` (it then keeps its
+    weights); entries that are no sub-network of `model` are ignored. Before anything loads,
+    UserError names the first tensor that is missing or unexpected (only when `strict`, as
+    torch's `load_state_dict`) or of another shape than the model's; `source` opens the message.
+    """
     children = dict(model.named_children())
-    for name, given in state.items():
-        expected = children[name].state_dict()
-        missing = [k for k in expected if k not in given]
-        unexpected = [k for k in given if k not in expected]
-        if strict and missing:
-            raise UserError(f"tensor {name}.{missing[0]} is missing from the checkpoint "
-                            f"({len(missing)} missing in all)")
-        if strict and unexpected:
-            raise UserError(f"tensor {name}.{unexpected[0]} in the checkpoint is not built by the config "
-                            f"({len(unexpected)} unexpected in all)")
-        for key, tensor in given.items():
-            if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
-                raise UserError(f"tensor {name}.{key} has shape {tuple(tensor.shape)} in the checkpoint, "
-                                f"the config builds {tuple(expected[key].shape)}")
+    absent = sorted(set(children) - set(state) - set(optional))
+    if absent:
+        raise UserError(f"{source} has no {absent} state dict; it holds {sorted(state)}")
+    present = {name: sd for name, sd in state.items() if name in children}
+    for name, given in present.items():
+        mismatch = _tensor_mismatch(name, children[name].state_dict(), given, strict)
+        if mismatch:
+            raise UserError(f"{source} does not match config {model.name}: {mismatch}")
+    for name, given in present.items():
         children[name].load_state_dict(given, strict=strict)
+
+
+def _tensor_mismatch(name: str, expected: dict, given: dict, strict: bool) -> str | None:
+    """The first tensor of sub-network `name` that the checkpoint lacks, adds or shapes otherwise."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    if strict and missing:
+        return f"tensor {name}.{missing[0]} is missing from the checkpoint ({len(missing)} missing in all)"
+    if strict and unexpected:
+        return (f"tensor {name}.{unexpected[0]} in the checkpoint is not built by the config "
+                f"({len(unexpected)} unexpected in all)")
+    for key, tensor in given.items():
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+            return (f"tensor {name}.{key} has shape {tuple(tensor.shape)} in the checkpoint, "
+                    f"the config builds {tuple(expected[key].shape)}")
+    return None

@@ -370,7 +370,7 @@ def training_image(model, config: Config, source, driving, generated, num_rows: 
                      to_uint8(_deformed_image(generated, source, i, config.model_params.align_corners)),
                      to_uint8(_occlusion_image(generated, i, size)),
                      to_uint8(generated["prediction"][i])])
-    return image_grid(rows)
+    return image_grid(rows, border=2 if vis.draw_border else 0)
 
 
 def save_png(path: Path, image: np.ndarray) -> None:

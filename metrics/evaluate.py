@@ -8,7 +8,7 @@
 L1, SSIM, PSNR and LPIPS compare the frames at their own size. Keypoints are detected on
 frames resized to 256x256, so AKD is in pixels at 256x256 as in the paper. NaN marks a
 frame where a backend found nothing; the counts of missing detections are in the
-`joints_*` / `identity_*` columns and in `frame.attrs` (see `clip_summary`).
+`joints_*` / `identity_*` columns and in `frame.attrs`.
 """
 from __future__ import annotations
 
@@ -153,13 +153,3 @@ def missing_counts(table: pd.DataFrame) -> dict:
         "identity_missing_real": int((~table["identity_real"]).sum()) if has_identity else None,
         "identity_missing_fake": int((~table["identity_fake"]).sum()) if has_identity else None,
     }
-
-
-def clip_summary(table: pd.DataFrame) -> dict:
-    """Means over a clip's frames (NaN frames left out; PSNR's +inf for identical frames kept)
-    plus the backends and missing-detection counts from `table.attrs`."""
-    metrics = [c for c in ("l1", "ssim", "psnr", "akd", "mkr", "aed", "lpips") if c in table]
-    summary = {name: float(np.nanmean(table[name])) if table[name].notna().any() else float("nan")
-               for name in metrics}
-    summary.update(table.attrs)
-    return summary

@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 # model -> the config it trains with (configs/*.yaml)
 MODEL_CONFIGS = {"fomm": "tiny", "monkey-net": "monkey-net-tiny", "x2face": "x2face-tiny"}
-# Per-model config overrides of this run (`key=value`), beside the budget's.
-MODEL_OVERRIDES: dict[str, list[str]] = {}
 
 
 @dataclass(frozen=True)
@@ -118,11 +116,6 @@ def run_stage(stage: str, argv: list[str]) -> None:
         raise UserError(f"stage {stage!r} ended with exit code {code} (arguments {argv})")
 
 
-def latest_checkpoint(train_dir: Path) -> Path | None:
-    found = sorted((train_dir / "checkpoints").glob("step-*.pt"))
-    return found[-1] if found else None
-
-
 # --------------------------------------------------------------------------- the plan
 def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str], Path]]:
     """(name, stage, argv, output that must exist) for every stage, in order."""
@@ -144,8 +137,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str], Path]]:
                      f"train_params.checkpoint_every={budget.steps[model]}",
                      f"train_params.checkpoint_freq={budget.steps[model]}",  # epochs: none before the end
                      f"train_params.image_every={budget.steps[model]}",
-                     f"train_params.log_every={max(1, budget.steps[model] // 10)}",
-                     *MODEL_OVERRIDES.get(model, [])]
+                     f"train_params.log_every={max(1, budget.steps[model] // 10)}"]
         steps.append((f"train-{model}", "train",
                       ["--config", MODEL_CONFIGS[model], "--model", model, "--data", str(data),
                        "--out", str(train_dir), *overrides],

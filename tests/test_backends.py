@@ -1,7 +1,6 @@
 """The backend registry, the offline backends on real media, and the optional ones' absence."""
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 
@@ -29,7 +28,15 @@ def test_registry_builds_by_name_and_names_unknown_ones():
         get_identity_backend("reid")
 
 
-def test_available_backends_lists_every_backend_with_its_scheme():
+def test_available_backends_lists_every_backend_with_its_scheme(monkeypatch, tmp_path, shared_reference):
+    """On a machine without the optional packages and weights (made so here, whatever this
+    machine has): the offline backends run, every other one says what to install or where to
+    put its weights; once the weights are there, that backend runs."""
+    for module in ("face_alignment", "mediapipe"):
+        monkeypatch.setitem(sys.modules, module, None)  # import -> ImportError, as when not installed
+    monkeypatch.setenv("OPENFACE_WEIGHTS", str(tmp_path / "absent.pth"))
+    monkeypatch.setattr("metrics.backends.openface.WEIGHTS_DIR", tmp_path)
+    monkeypatch.setenv("RTPOSE_WEIGHTS", str(tmp_path / "absent-pose.pth"))
     rows = {(row["kind"], row["name"]): row for row in backends.available_backends()}
     assert set(rows) == ({("pose", name) for name in backends.POSE_BACKENDS}
                          | {("identity", name) for name in backends.IDENTITY_BACKENDS})
@@ -38,21 +45,18 @@ def test_available_backends_lists_every_backend_with_its_scheme():
                        "mediapipe-openpose-18": "mediapipe-openpose-18", "body-pose": "openpose-18",
                        "openface": "openface-nn4.small2.v1",
                        "dlib-face": "dlib-128", "body-appearance": "body-appearance-v1"}
-    from metrics.backends import body_pose, openface
-    installed = lambda module: importlib.util.find_spec(module) is not None  # noqa: E731
-    # (runs here, hint when it does not): offline ones always run, the rest as this machine allows
-    expected = {"dlib68": (True, ""), "dlib-face": (True, ""), "body-appearance": (True, ""),
-                "face-alignment": (installed("face_alignment"), "pip install"),
-                "mediapipe-pose": (installed("mediapipe"), "pip install"),
-                "mediapipe-openpose-18": (installed("mediapipe"), "pip install"),
-                "openface": (openface.weights_path() is not None, "put thnkim/OpenFacePytorch's openface.pth"),
-                "body-pose": (body_pose.weights_path().is_file(), "put pose-evaluation's pose_model.pth")}
+    hints = {"dlib68": "", "dlib-face": "", "body-appearance": "",  # offline: always run
+             "face-alignment": "pip install 'motion-transfer[face-alignment]'",
+             "mediapipe-pose": "pip install 'motion-transfer[pose]'",
+             "mediapipe-openpose-18": "pip install 'motion-transfer[pose]'",
+             "openface": "put thnkim/OpenFacePytorch's", "body-pose": "put pose-evaluation's pose_model.pth"}
     for (_, name), row in rows.items():
-        available, hint = expected[name]
-        if available and name.startswith("face-alignment"):
-            continue  # installed, but its weights may still be missing: not decided by the package alone
-        assert row["available"] == available, row
-        assert hint in row["reason"], row
+        assert row["available"] == (hints[name] == ""), row
+        assert hints[name] in row["reason"], row
+    golden = torch.load(shared_reference / "openface-golden.pt", weights_only=True)
+    torch.save(golden["state_dict"], tmp_path / "openface.pth")  # the user's weights, found by name
+    monkeypatch.delenv("OPENFACE_WEIGHTS")
+    assert get_identity_backend("openface").scheme == "openface-nn4.small2.v1"
 
 
 @pytest.mark.parametrize("module, name, hint", [

@@ -120,3 +120,19 @@ def test_released_checkpoint_without_config_needs_one(tmp_path, trained_like):
     path = save_checkpoint(tmp_path / "r.pth", trained_like.checkpoint_state())
     with pytest.raises(UserError, match="--config"):
         load_model(None, path)
+
+
+def test_training_resume_path_makes_the_same_checks(config, trained_like):
+    """MotionTransferModel.load_checkpoint_state (the resume path) and load_model share one check:
+    the same named errors, and nothing loads when any sub-network does not fit."""
+    model = build_model(load_config("tiny", ["train_params.loss_weights.generator_gan=1",
+                                             "model_params.discriminator_params.sn=false"]))
+    assert list(dict(model.named_children()))[-1] == "discriminator"  # checked after two that fit
+    before = {k: v.clone() for k, v in model.kp_detector.state_dict().items()}
+    with pytest.raises(UserError, match=r"^checkpoint does not match config fomm: tensor discriminator\."):
+        model.load_checkpoint_state(trained_like.checkpoint_state())
+    assert all(torch.equal(before[k], v) for k, v in model.kp_detector.state_dict().items())
+    state = trained_like.checkpoint_state()
+    del state["discriminator"]  # optional for inference only, not for a resume
+    with pytest.raises(UserError, match=r"has no \['discriminator'\] state dict"):
+        build_model(config).load_checkpoint_state(state)

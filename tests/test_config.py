@@ -89,7 +89,7 @@ def test_python_tags_are_refused_before_anything_runs(tmp_path, capsys):
 @pytest.mark.parametrize("override", ["train_params.max_steps=0", "train_params.num_epochs=0",
                                       "train_params.batch_size=-4", "train_params.log_every=0",
                                       "train_params.dataloader_workers=-1", "reconstruction_params.num_videos=0",
-                                      "animate_params.num_pairs=0", "model_params.common_params.num_kp=0"])
+                                      "model_params.common_params.num_kp=0"])
 def test_non_positive_counts_are_rejected(override):
     """0 must not silently mean 'no limit' (max_steps) or divide by zero (log_every)."""
     key = override.split("=")[0]
@@ -100,3 +100,51 @@ def test_non_positive_counts_are_rejected(override):
 def test_null_still_means_no_limit():
     assert config_from_dict({}, ["train_params.max_steps=null"]).train_params.max_steps is None
     assert config_from_dict({}, ["train_params.dataloader_workers=0"]).train_params.dataloader_workers == 0
+
+
+@pytest.mark.parametrize("override", ["animate_params.num_pairs=7", "animate_params.format=.gif",
+                                      "reconstruction_params.format=.gif", "dataset_params.pairs_list=pairs.csv"])
+def test_fields_of_modes_the_project_lacks_are_refused(override):
+    """Set to anything but the original configs' values they would ask for something that never happens."""
+    key, value = override.split("=")
+    with pytest.raises(ConfigError, match=rf"^{key}: '?{value}'? is not supported .*original configs"):
+        config_from_dict({}, [override])
+    recorded = config_to_dict(Config())  # a checkpoint an earlier version wrote with such a value still loads
+    section, field = key.split(".")
+    recorded[section][field] = 7 if field == "num_pairs" else value
+    config = config_from_dict(recorded, recorded=True)
+    assert getattr(getattr(config, section), field) == getattr(getattr(Config(), section), field)
+    config_from_dict(config_to_dict(config))  # and what it gives passes the check where it goes next
+
+
+def test_the_original_values_load():
+    for override in ["animate_params.num_pairs=100", "dataset_params.pairs_list=data/taichi256.csv"]:
+        config_from_dict({}, [override])
+
+
+def test_draw_border_decides_the_lines_between_training_image_panels():
+    import torch
+    from fomm.train import training_image
+    frames = torch.rand(2, 3, 8, 8)
+
+    def image(draw_border):
+        config = config_from_dict({}, [f"visualizer_params.draw_border={draw_border}"])
+        return training_image(None, config, frames, frames, {"prediction": frames})
+
+    bordered, plain = image("true"), image("false")
+    assert plain.shape == (2 * 8, 5 * 8, 3)
+    assert bordered.shape == (2 * 8 + 3 * 2, 5 * 8 + 6 * 2, 3) and (bordered[:2] == 255).all()
+    assert (bordered[2:10, 2:10] == plain[:8, :8]).all()  # the same panels, moved by the border
+
+
+def test_original_monkey_net_output_formats_are_dropped_with_a_note(caplog):
+    """Monkey-Net's files ask for '.gif' outputs of its batch modes; they load, and the log says what went."""
+    tree = {"model_params": {"common_params": {"num_kp": 10, "kp_variance": "matrix"}},
+            "reconstruction_params": {"num_videos": 7, "format": ".gif"},
+            "transfer_params": {"num_pairs": 100, "format": ".gif", "normalization_params": {"move_location": True}},
+            "prediction_params": {"num_epochs": 1000}}
+    with caplog.at_level("INFO", logger="core.config"):
+        config = config_from_dict(tree)
+    assert config.model_params.name == "monkey-net" and config.reconstruction_params.num_videos == 7
+    assert config.animate_params.num_pairs == 100 and config.animate_params.normalization_params.use_relative_movement
+    assert "prediction_params, transfer_params.format, reconstruction_params.format dropped" in caplog.text

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fomm.blocks import identity_grid, make_coordinate_grid, warp
+from fomm.keypoint_detector import KPDetector
 from fomm.model import FirstOrderModel, convex_hull_area
 from fomm.registry import build_model
 from core.config import load_config
@@ -52,22 +53,36 @@ def test_corner_grid_matches_identity_only_with_align_corners_true():
 
 
 # --------------------------------------------------------------------------- keypoints
-def test_keypoints_lie_in_unit_square_and_jacobians_start_at_identity(tiny, face_frames):
+def test_a_keypoint_is_its_heatmap_position_x_from_the_column_y_from_the_row():
+    """Eq. 4's coordinates are the warping grid's: x = -1 .. 1 left to right, y top to bottom."""
+    heatmap = torch.zeros(1, 2, 5, 9, dtype=torch.float64)
+    heatmap[0, 0, 1, 6] = 1  # row 1 of 5, column 6 of 9
+    heatmap[0, 1, 4, 0] = heatmap[0, 1, 4, 8] = 0.5  # bottom row, half at each end
+    kp = KPDetector.heatmap_to_keypoints(heatmap)
+    expected = torch.tensor([[[-1 + 2 * 6 / 8, -1 + 2 * 1 / 4], [0.0, 1.0]]], dtype=torch.float64)
+    assert torch.allclose(kp, expected)
+
+
+def test_keypoints_are_per_frame_and_jacobians_start_at_identity(tiny, face_frames):
     with torch.no_grad():
         kp = tiny.detect(face_frames)
+        alone = tiny.detect(face_frames[2:3])
+        mirrored = tiny.detect(face_frames.flip(-1))
     assert kp["value"].shape == (4, 5, 2)
-    assert kp["value"].abs().max() <= 1.0
+    # in eval mode a frame's keypoints do not depend on the rest of its batch, but on the frame
+    assert torch.allclose(alone["value"], kp["value"][2:3], atol=1e-6)
+    assert (mirrored["value"] - kp["value"]).abs().amax() > 1e-3
     eye = torch.eye(2).expand_as(kp["jacobian"])
     assert torch.allclose(kp["jacobian"], eye, atol=1e-5)
 
 
 def test_full_vox_detector_on_a_real_frame(taichi_frame):
-    """vox-256 at its native size: keypoints in [-1, 1], identity jacobians at initialisation."""
+    """vox-256 at its native size: 10 keypoints, identity jacobians at initialisation."""
     torch.manual_seed(0)
     model = FirstOrderModel(load_config("vox-256")).eval()
     with torch.no_grad():
         kp = model.detect(taichi_frame)
-    assert kp["value"].shape == (1, 10, 2) and kp["value"].abs().max() <= 1.0
+    assert kp["value"].shape == (1, 10, 2)
     assert torch.allclose(kp["jacobian"], torch.eye(2).expand(1, 10, 2, 2), atol=1e-5)
 
 
