@@ -100,11 +100,6 @@ def _shift_hue(frames: np.ndarray, shift: float) -> np.ndarray:
     return hsv2rgb(hsv)
 
 
-# The old name: fomm/data.py and tests import it (the filter is core.frames.resize's default,
-# "bilinear", the one training frames have always had).
-resize_frames = resize
-
-
 class Augmentation:
     """All augmentations a config asks for, in the original's order; identity when none."""
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from fomm.augment import Augmentation, resize_frames
+from fomm.augment import Augmentation
 from core.config import DatasetParams
 from core.errors import UserError
-from core.frames import to_tensor
+from core.frames import resize, to_tensor
 from core.media import load_image
 
 log = logging.getLogger(__name__)
@@ -332,9 +332,9 @@ class FramePairs(Dataset):
         num_frames = self.store.num_frames(clip)
         # As the original: two frames drawn with replacement, in time order (time flip may swap).
         chosen = np.sort(rng.choice(num_frames, size=2, replace=True))
-        frames = resize_frames(self.store.read(clip, chosen.tolist()), self.frame_size)
+        frames = resize(self.store.read(clip, chosen.tolist()), self.frame_size)
         frames = self.augmentation(frames.astype(np.float32) / 255.0, rng)
-        frames = resize_frames(frames, self.frame_size)  # crop/resize augmentations may change size
+        frames = resize(frames, self.frame_size)  # crop/resize augmentations may change size
         tensor = to_tensor(frames)  # (2, 3, H, W)
         return {"source": tensor[0], "driving": tensor[1], "name": clip}
 
@@ -401,7 +401,7 @@ class ReconstructionClips:
 
     def frames(self, clip: str) -> Iterator[torch.Tensor]:
         for batch in self.store.iter_batches(clip, self.batch_size):
-            yield to_tensor(resize_frames(batch, self.frame_size))
+            yield to_tensor(resize(batch, self.frame_size))
 
     def __iter__(self) -> Iterator[tuple[str, Iterator[torch.Tensor]]]:
         for clip in self.clips:

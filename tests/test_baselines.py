@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fomm.augment import resize_frames
+from core.frames import resize
 from fomm.baselines.common import heatmap_moments
 from fomm.baselines.monkey_net import MonkeyNet
 from fomm.blocks import identity_grid, make_coordinate_grid, warp
@@ -33,7 +33,7 @@ def taichi_frames(taichi_dir) -> torch.Tensor:
     """Frames 0, 8, ..., 56 of a real Tai-Chi-HD test clip at 64x64: (8, 3, 64, 64)."""
     from core.media import load_image
     files = sorted(taichi_dir.glob("*.png"))[::8][:8]
-    return to_tensor(resize_frames(np.stack([load_image(f) for f in files]), SIZE))
+    return to_tensor(resize(np.stack([load_image(f) for f in files]), SIZE))
 
 
 @pytest.fixture()

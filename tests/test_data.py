@@ -126,9 +126,9 @@ def test_pairs_come_from_one_clip_and_are_deterministic(original_root):
     assert torch.equal(item["source"], again["source"]) and torch.equal(item["driving"], again["driving"])
     assert item["name"] == store.clips[3 % 2]
     # each frame of the pair is one of the clip's real frames (resized)
-    from fomm.augment import resize_frames
+    from core.frames import resize
     from core.frames import to_tensor
-    clip_frames = to_tensor(resize_frames(store.read(item["name"], range(store.num_frames(item["name"]))), (64, 64)))
+    clip_frames = to_tensor(resize(store.read(item["name"], range(store.num_frames(item["name"]))), (64, 64)))
     for key in ("source", "driving"):
         assert (clip_frames - item[key]).abs().flatten(1).max(1).values.min() == 0
 

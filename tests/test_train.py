@@ -13,7 +13,7 @@ import yaml
 from fomm.checkpoint import load_checkpoint_file, load_model
 from core.frames import to_tensor
 from fomm.data import open_clips
-from fomm.augment import resize_frames
+from core.frames import resize
 from fomm.registry import build_model
 from fomm.train import resolve_run_config, seed_everything, train
 from pipeline.cli import main as cli_main
@@ -31,7 +31,7 @@ def fixed_pairs(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     sources, drivings = [], []
     for clip in store.clips:
         n = store.num_frames(clip)
-        frames = to_tensor(resize_frames(store.read(clip, [0, n // 5, 2 * n // 5, 3 * n // 5, 4 * n // 5]), (64, 64)))
+        frames = to_tensor(resize(store.read(clip, [0, n // 5, 2 * n // 5, 3 * n // 5, 4 * n // 5]), (64, 64)))
         sources.append(frames[:1].expand(4, -1, -1, -1))
         drivings.append(frames[1:])
     return torch.cat(sources), torch.cat(drivings)
