@@ -89,20 +89,24 @@ def batched_path(model, source: torch.Tensor, driving: torch.Tensor, batch: int,
     return torch.cat(predictions)
 
 
-def animator_path(model, source: torch.Tensor, driving: torch.Tensor, batch: int | None) -> torch.Tensor:
-    """The Animator (fp32) on the inference copy, as it runs with the one-line hook in."""
+def animator_path(model, source: torch.Tensor, driving: torch.Tensor):
+    """The Animator (fp32, default batch) on the inference copy, as it runs with the one-line
+    hook in; built once (its model copy and the source's keypoints are set-up, not per frame)."""
     from core.devices import module_copy
     from fomm.animate import AnimateOptions, Animator, batch_size
     cpu = torch.device("cpu")
-    options = AnimateOptions(precision="fp32", adapt_scale=True, batch_size=batch)
+    options = AnimateOptions(precision="fp32", adapt_scale=True)
     # the Animator's own prepare_model changes the model it is given in place: give it a copy
     animator = Animator(module_copy(model), source, driving[:1], options, cpu)
     animator.model = animator.precision.inference_model(model)
     size = batch_size(options, cpu)
-    return torch.cat([animator(driving[i:i + size])["prediction"] for i in range(0, driving.shape[0], size)])
+
+    def run(_source: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        return torch.cat([animator(frames[i:i + size])["prediction"] for i in range(0, frames.shape[0], size)])
+    return run
 
 
-def variants(model, batches: tuple[int, ...]) -> dict:
+def variants(model, batches: tuple[int, ...], source: torch.Tensor, driving: torch.Tensor) -> dict:
     """name -> function(source, driving) -> predictions."""
     from core.devices import DEFAULT_BATCH, module_copy, resolve
     channels_last = module_copy(model).to(memory_format=torch.channels_last)
@@ -119,7 +123,7 @@ def variants(model, batches: tuple[int, ...]) -> dict:
         if batch != 4:
             rows[f"the fp32 path, batch {batch}"] = (
                 lambda s, d, b=batch: batched_path(folded, s, d, b, True, True))
-    rows[f"Animator, fp32, default batch ({default})"] = lambda s, d: animator_path(model, s, d, None)
+    rows[f"Animator, fp32, default batch ({default})"] = animator_path(model, source, driving)
     return rows
 
 
@@ -161,7 +165,7 @@ def main() -> None:
     model = load_animation_model(config, None, torch.device("cpu"))
     source, driving = load_frames(args.frames, tuple(config.dataset_params.frame_shape[:2]))
     load_before = os.getloadavg()[0]
-    rows = measure(variants(model, tuple(args.batches)), source, driving, args.repeats)
+    rows = measure(variants(model, tuple(args.batches), source, driving), source, driving, args.repeats)
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores"
     table = markdown_table(rows)
     print(table)
