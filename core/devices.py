@@ -221,9 +221,9 @@ def _set_submodule(module: nn.Module, name: str, value: nn.Module) -> None:
 # copy, channels_last, medians of interleaved repeats): wall s/frame 1.58 / 1.25 / 1.18 and CPU
 # s/frame 1.01 / 0.82 / 0.78 at batch 4 / 8 / 16. The deep hourglass layers (1024 channels at
 # 2x2 to 8x8 px) read their weights once per call, and the source is encoded once per batch,
-# so both pay off over more frames; 16 adds little for twice the activations (about 1 GiB at
-# 8). An earlier sweep on the idle machine (benchmarks/animate.py, before these changes) had
-# wall frames/s flat from 4 to 8. CPU bf16 + channels_last: 8, from benchmarks/animate.py (CPU
+# so both pay off over more frames; 16 adds little for twice the activations. An earlier
+# sweep on the idle machine (benchmarks/animate.py, before these changes) had wall frames/s
+# flat from 4 to 8. CPU bf16 + channels_last: 8, from benchmarks/animate.py (CPU
 # s/frame 2.3/1.2/0.86/0.58 at 1/2/4/8, still falling at 8: AMX tiles fill up with larger
 # batches). The old default of 8 spent most of its system time in page faults, not in the
 # batch (see keep_freed_memory). GPU values are a starting point until benchmarks/gpu.py has
