@@ -14,7 +14,7 @@ faces/fomm-demo/02.png animated by the first `--frames` frames of faces/fomm-dem
   the source encoded once per batch (fomm/generator.py), then channels_last, then the
   BatchNorms folded into their convolutions (core/devices.Precision.inference_model);
 - the whole path at other batch sizes, and the Animator itself at its default batch on
-  the inference copy (`animator.model = precision.inference_model(model)`).
+  the inference copy (its `self.model = model = self.precision.inference_model(model)`).
 
 Repeats are interleaved (every variant once, then again), and the medians are reported,
 so a load that comes and goes hits every row alike; ratios are to the demo loop (higher
@@ -96,9 +96,10 @@ def animator_path(model, source: torch.Tensor, driving: torch.Tensor):
     from fomm.animate import AnimateOptions, Animator, batch_size
     cpu = torch.device("cpu")
     options = AnimateOptions(precision="fp32", adapt_scale=True)
-    # the Animator's own prepare_model changes the model it is given in place: give it a copy
-    animator = Animator(module_copy(model), source, driving[:1], options, cpu)
-    animator.model = animator.precision.inference_model(model)
+    given = module_copy(model)  # without the hook the Animator changes its model's layout in place
+    animator = Animator(given, source, driving[:1], options, cpu)
+    if animator.model is given:  # the hook is not in: take the inference copy here
+        animator.model = animator.precision.inference_model(model)
     size = batch_size(options, cpu)
 
     def run(_source: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
