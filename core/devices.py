@@ -5,8 +5,8 @@ measures both):
 - CUDA: bf16 autocast and channels_last where the GPU supports bf16, else fp32;
 - CPU with native bf16 (AMX-BF16 or AVX512-BF16 in the CPU flags): bf16 autocast and
   channels_last; oneDNN then runs the convolutions on the bf16 units;
-- any other CPU: fp32, channels_last as well (oneDNN's fp32 convolutions skip a layout
-  reorder on either side of every call; benchmarks/fp32_path.py). Without native bf16,
+- any other CPU: fp32, channels_last as well (oneDNN runs nhwc convolutions without
+  reordering their inputs and outputs; benchmarks/fp32_path.py). Without native bf16,
   oneDNN would emulate bf16 at a loss.
 
 What is precision sensitive stays fp32 under autocast: the whole keypoint detector
@@ -127,8 +127,9 @@ def resolve(precision: str, device: torch.device | str) -> Precision:
             raise UserError("--precision bf16: this GPU has no bf16 support; use fp32 or auto")
         _warn_emulated_bf16()
     # channels_last pays where bf16 convolutions run on oneDNN or tensor cores, and in fp32 on
-    # CPU too once the model is in it as well (benchmarks/fp32_path.py: the whole fp32 frame
-    # about 1.2x); fp32 CUDA keeps the default layout (not measured on a GPU yet).
+    # CPU too once the model is in it as well (benchmarks/fp32_path.py, CPU s/frame at batch
+    # 4: 1.03x and 1.24x in two runs on a busy machine, 1.18x idle before); fp32 CUDA keeps
+    # the default layout (not measured on a GPU yet).
     return Precision(device_type, precision, channels_last=precision == "bf16" or device_type == "cpu")
 
 
