@@ -5,19 +5,23 @@ measures both):
 - CUDA: bf16 autocast and channels_last where the GPU supports bf16, else fp32;
 - CPU with native bf16 (AMX-BF16 or AVX512-BF16 in the CPU flags): bf16 autocast and
   channels_last; oneDNN then runs the convolutions on the bf16 units;
-- any other CPU: fp32 in the default (contiguous) layout. Without native bf16, oneDNN
-  would emulate bf16 at a loss, and channels_last alone did not pay off in fp32.
+- any other CPU: fp32, channels_last as well (oneDNN runs nhwc convolutions without
+  reordering their inputs and outputs; benchmarks/fp32_path.py). Without native bf16,
+  oneDNN would emulate bf16 at a loss.
 
 What is precision sensitive stays fp32 under autocast: the whole keypoint detector
 (`Precision.keypoint_context`), and inside the FOMM modules keypoint softmax and coordinates, jacobians and their inverses (`fomm.blocks.full_precision`
 regions), sampling grids and `grid_sample` (`fomm.blocks.warp` samples in the wider of the
 two dtypes). bf16 coordinates would be about one pixel off at 256 px.
 
-Inference also runs under `torch.inference_mode` (no autograd bookkeeping).
+Inference also runs under `torch.inference_mode` (no autograd bookkeeping), on a copy of
+the model whose eval-mode BatchNorms are folded into the convolutions before them
+(`Precision.inference_model`).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import ctypes.util
 import functools
@@ -25,6 +29,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from core.errors import UserError
 
@@ -93,6 +99,13 @@ class Precision:
         """`model` in this path's memory format (in place, as `Module.to` is)."""
         return model.to(memory_format=self.memory_format) if self.channels_last else model
 
+    def inference_model(self, model: nn.Module) -> nn.Module:
+        """A copy of `model` for inference on this path: in this path's memory format, with its
+        eval-mode BatchNorms folded into the convolutions that feed them (`fold_batchnorm`;
+        the folded weights keep the format). The caller's model is left as it is, so
+        training can go on with it."""
+        return fold_batchnorm(self.prepare_model(module_copy(model)))
+
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in this path's memory format."""
         return images.contiguous(memory_format=self.memory_format) if self.channels_last else images
@@ -113,9 +126,11 @@ def resolve(precision: str, device: torch.device | str) -> Precision:
         if device_type == "cuda":
             raise UserError("--precision bf16: this GPU has no bf16 support; use fp32 or auto")
         _warn_emulated_bf16()
-    # channels_last pays where bf16 convolutions run on oneDNN or tensor cores; on fp32 CPU
-    # paths the contiguous layout measured as fast or faster (benchmarks/animate.py).
-    return Precision(device_type, precision, channels_last=precision == "bf16")
+    # channels_last pays where bf16 convolutions run on oneDNN or tensor cores, and in fp32 on
+    # CPU too once the model is in it as well (benchmarks/fp32_path.py, CPU s/frame at batch
+    # 4: 1.03x and 1.24x in two runs on a busy machine, 1.18x idle before); fp32 CUDA keeps
+    # the default layout (not measured on a GPU yet).
+    return Precision(device_type, precision, channels_last=precision == "bf16" or device_type == "cpu")
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,14 +147,89 @@ def _native_bf16(device_type: str) -> bool:
     return False
 
 
-# Frames per model call when --batch-size is not given, per (device, precision), from the
-# batch sweep of benchmarks/animate.py (vox-256, 256 px, 2-core AMX Xeon, CPU seconds per
-# frame at batch 1/2/4/8): fp32 2.7/2.1/1.6/1.4 with wall-clock frames/s flat from 4 on, so 4
-# (half the memory of 8); bf16 + channels_last 2.3/1.2/0.86/0.58, still falling at 8 (AMX tiles
-# fill up with larger batches). The old default of 8 spent most of its system time in page
-# faults, not in the batch (see keep_freed_memory). GPU values are a starting point until
-# benchmarks/gpu.py has run on one.
-DEFAULT_BATCH = {("cpu", "fp32"): 4, ("cpu", "bf16"): 8, ("cuda", "fp32"): 32, ("cuda", "bf16"): 32}
+def module_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model`'s modules whose parameters and buffers share storage with the
+    original's: copying the tensors too would cost a pass over the weights that the
+    memory-format change or the folding then repeats. Safe because neither writes into a
+    tensor: `Module.to` and `fold_batchnorm` put new tensors in the copy's own modules."""
+    memo = {id(tensor): tensor for tensor in model.buffers()}
+    memo.update({id(param): nn.Parameter(param.detach(), requires_grad=param.requires_grad)
+                 for param in model.parameters()})
+    return copy.deepcopy(model, memo)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm2d that reads only a Conv2d's output into that
+    convolution (w' = w g / sqrt(var + eps), b' = (b - mean) g / sqrt(var + eps) + beta) and
+    replace it by an identity, in place; returns `model`. A model in training mode is
+    returned unchanged (its BatchNorms normalise with batch statistics).
+
+    The conv -> BatchNorm pairs come from each module's traced graph (torch.fx), not from
+    attribute names: a pair is folded only when the convolution's output goes to that
+    BatchNorm alone and each is called once. A module that cannot be traced (control flow
+    on tensor values) keeps its BatchNorms. The result equals the unfolded model's to
+    float32 rounding: the same products, summed in another order.
+    """
+    if model.training:
+        return model
+    folded = 0
+    for module in list(model.modules()):
+        if any(isinstance(child, nn.BatchNorm2d) for child in module.children()):
+            for conv_name, norm_name in _conv_batchnorm_pairs(module):
+                conv, norm = module.get_submodule(conv_name), module.get_submodule(norm_name)
+                # new tensors, never written in place: the weights may be shared (module_copy)
+                with torch.no_grad():
+                    conv.weight, conv.bias = fuse_conv_bn_weights(
+                        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
+                        norm.weight, norm.bias)
+                _set_submodule(module, norm_name, nn.Identity())
+                folded += 1
+    logger.debug("folded %d BatchNorm layers into their convolutions", folded)
+    return model
+
+
+def _conv_batchnorm_pairs(module: nn.Module) -> list[tuple[str, str]]:
+    """(conv, BatchNorm) submodule names where the BatchNorm reads only that conv's output."""
+    try:
+        graph = fx.symbolic_trace(module).graph
+    except Exception:  # noqa: BLE001 - any tracing failure just means: leave it unfolded
+        logger.debug("%s: not traceable, BatchNorms left as they are", type(module).__name__)
+        return []
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(module.get_submodule(node.target), nn.BatchNorm2d):
+            continue
+        source = node.args[0] if node.args else None
+        if (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1
+                and isinstance(module.get_submodule(source.target), nn.Conv2d)
+                and calls[source.target] == 1 and calls[node.target] == 1
+                and module.get_submodule(node.target).running_mean is not None):
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+def _set_submodule(module: nn.Module, name: str, value: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, leaf, value)
+
+
+# Frames per model call when --batch-size is not given, per (device, precision). CPU fp32: 8,
+# from benchmarks/fp32_path.py on a busy 2-core AVX-512 Xeon (vox-256, 256 px, the inference
+# copy, channels_last, medians of interleaved repeats): wall s/frame 1.58 / 1.25 / 1.18 and CPU
+# s/frame 1.01 / 0.82 / 0.78 at batch 4 / 8 / 16. The deep hourglass layers (1024 channels at
+# 2x2 to 8x8 px) read their weights once per call, and the source is encoded once per batch,
+# so both pay off over more frames; 16 adds little for twice the activations. An earlier
+# sweep on the idle machine (benchmarks/animate.py, before these changes) had wall frames/s
+# flat from 4 to 8. CPU bf16 + channels_last: 8, from benchmarks/animate.py (CPU
+# s/frame 2.3/1.2/0.86/0.58 at 1/2/4/8, still falling at 8: AMX tiles fill up with larger
+# batches). The old default of 8 spent most of its system time in page faults, not in the
+# batch (see keep_freed_memory). GPU values are a starting point until benchmarks/gpu.py has
+# run on one.
+DEFAULT_BATCH = {("cpu", "fp32"): 8, ("cpu", "bf16"): 8, ("cuda", "fp32"): 32, ("cuda", "bf16"): 32}
 
 
 def default_batch_size(resolved: Precision) -> int:
