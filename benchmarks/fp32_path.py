@@ -68,7 +68,7 @@ def batched_path(model, source: torch.Tensor, driving: torch.Tensor, batch: int,
     """What the Animator does per batch, with the layout and the source's sharing chosen:
     `shared_source=False` hands the generator B real copies of the source (encoded B times)."""
     from core.devices import Precision
-    from fomm.animate import expand_motion
+    from fomm.animation import expand_motion
     path = Precision("cpu", "fp32", channels_last)
     source = path.prepare_input(source)
     with path.keypoint_context():
@@ -93,7 +93,7 @@ def animator_path(model, source: torch.Tensor, driving: torch.Tensor):
     """The Animator (fp32, default batch) on the inference copy, as it runs with the one-line
     hook in; built once (its model copy and the source's keypoints are set-up, not per frame)."""
     from core.devices import module_copy
-    from fomm.animate import AnimateOptions, Animator, batch_size
+    from fomm.animation import AnimateOptions, Animator, batch_size
     cpu = torch.device("cpu")
     options = AnimateOptions(precision="fp32", adapt_scale=True)
     given = module_copy(model)  # without the hook the Animator changes its model's layout in place
@@ -159,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     from core.config import load_config
     from core.devices import keep_freed_memory
-    from fomm.animate import load_animation_model
+    from fomm.animation import load_animation_model
     keep_freed_memory()  # as the CLI stages do
     config = load_config("vox-256")
     torch.manual_seed(0)

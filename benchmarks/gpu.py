@@ -19,7 +19,6 @@ code generation, which alone takes minutes on a CPU).
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import time
 
@@ -68,22 +67,22 @@ def peak_gib(device: torch.device) -> float:
 
 
 def build_animator(model, variant, device, size, smoke: bool):
-    """An Animator running `variant`; the compiled variant compiles copies of the two networks."""
-    from fomm.animation import AnimateOptions, Animator
+    """An Animator running `variant`: the path's inference copy of the model (memory format,
+    BatchNorm folded), its two networks compiled for the compiled variant."""
     from core.devices import Precision
+    from fomm.animation import AnimateOptions, Animator
     _, name, channels_last, compiled = variant
-    if compiled:
-        model = copy.deepcopy(model)
-        backend = "eager" if smoke else "inductor"
-        model.kp_detector = torch.compile(model.kp_detector, backend=backend, dynamic=False)
-        model.generator = torch.compile(model.generator, backend=backend, dynamic=False)
     source = torch.rand(1, 3, *size, device=device)
     animator = Animator(model, source, source, AnimateOptions(precision="fp32"), device)
-    # The variant's path set directly: --precision picks channels_last with bf16 only.
+    # The variant's path set directly, whatever --precision would pick on this device.
     animator.precision = Precision(device.type, name, channels_last)
-    animator.precision.prepare_model(model)
+    animator.model = animator.precision.inference_model(model)
+    if compiled:
+        backend = "eager" if smoke else "inductor"
+        animator.model.kp_detector = torch.compile(animator.model.kp_detector, backend=backend, dynamic=False)
+        animator.model.generator = torch.compile(animator.model.generator, backend=backend, dynamic=False)
     animator.source = animator.precision.prepare_input(source)
-    return animator, model
+    return animator, animator.model
 
 
 def animate_row(model, variant, batch: int, steps: int, device, size, smoke: bool) -> dict:

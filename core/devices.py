@@ -103,7 +103,11 @@ class Precision:
         """A copy of `model` for inference on this path: in this path's memory format, with its
         eval-mode BatchNorms folded into the convolutions that feed them (`fold_batchnorm`;
         the folded weights keep the format). The caller's model is left as it is, so
-        training can go on with it."""
+        training can go on with it. A model with no BatchNorm is not copied: it is only put in
+        the path's format, as `prepare_model` does (and may hold what cannot be copied, such
+        as the onnxruntime sessions of `fomm.export.OnnxFomm`)."""
+        if not any(isinstance(module, nn.BatchNorm2d) for module in model.modules()):
+            return self.prepare_model(model)
         return fold_batchnorm(self.prepare_model(module_copy(model)))
 
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:

@@ -161,11 +161,12 @@ class Animator:
     def __init__(self, model: MotionTransferModel, source: torch.Tensor, initial: torch.Tensor,
                  options: AnimateOptions, device: torch.device, kp_size: int = 5,
                  colormap: str = "gist_rainbow"):
-        self.model, self.options, self.device = model, options, device
+        self.options, self.device = options, device
         self.kp_size, self.colormap = kp_size, colormap
         self.source_frame = to_uint8(source[:1])[0]              # (H, W, 3): the side-by-side panel
         self.precision = precision.resolve(options.precision, device)
-        self.precision.prepare_model(model)
+        # the path's inference model: a copy with BatchNorm folded (Precision.inference_model)
+        self.model = model = self.precision.inference_model(model)
         self.source = self.precision.prepare_input(source)      # (1, 3, H, W)
         with self.precision.keypoint_context():
             self.motion_source = model.detect(self.source)

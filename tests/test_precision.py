@@ -132,7 +132,7 @@ def normalised_model(config, real_frames):
 
 def predictions(model, frames: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
     """Relative motion with adapt scale, the source expanded over the batch as the Animator does."""
-    from fomm.animate import expand_motion
+    from fomm.animation import expand_motion
     frames = frames.contiguous(memory_format=memory_format)
     source, driving = frames[:1], frames[1:]
     batch = driving.shape[0]
