@@ -62,10 +62,10 @@ def demo_loop(config_name: str, source_path: Path, driving_path: Path, out_path:
     frame per call, `relative=True, adapt_movement_scale=True`, predictions gathered in a list
     and written when the loop is done.
     """
-    from fomm import source_crop
-    from fomm.animation import load_animation_model
     from core.config import load_config
     from core.media import VideoWriter, iter_frames, load_image, probe
+    from fomm import source_crop
+    from fomm.animation import load_animation_model
     config = load_config(config_name)
     size = tuple(config.dataset_params.frame_shape[:2])
     torch.manual_seed(seed)
@@ -131,8 +131,8 @@ def process_rows(clip: Path, frames: int, onnx_dir: Path, tmp: Path) -> list[dic
 
 # --------------------------------------------------------------------------- batch sweep
 def sweep(model, batches: tuple[int, ...], frames: int) -> list[dict]:
-    from fomm.animation import AnimateOptions, Animator
     from core.devices import cpu_has_native_bf16
+    from fomm.animation import AnimateOptions, Animator
     rows = []
     cpu = torch.device("cpu")
     image = torch.rand(1, 3, 256, 256)
@@ -193,8 +193,8 @@ def train_error_checkpoint(steps: int, tmp: Path) -> Path:
 
 
 def clip_frames(path: Path, count: int, size: tuple[int, int]) -> np.ndarray:
-    from fomm import source_crop
     from core.media import iter_frames
+    from fomm import source_crop
     return np.stack([source_crop.resize(f, size) for f in iter_frames(path, 0, count)])
 
 
@@ -224,11 +224,11 @@ def main() -> None:
     if args.demo_loop:
         demo_loop("vox-256", SOURCE, Path(args.clip), Path(args.demo_loop))
         return
+    from core.config import load_config
+    from core.devices import keep_freed_memory
+    from core.media import ffmpeg_exe
     from fomm.animation import load_animation_model
     from fomm.export import export_onnx
-    from core.devices import keep_freed_memory
-    from core.config import load_config
-    from core.media import ffmpeg_exe
     keep_freed_memory()
     load_start = load_text()
     with tempfile.TemporaryDirectory() as name:

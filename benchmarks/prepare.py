@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 from benchmarks._results import markdown_table, write_section
-from pipeline.crop import cut_clip, cut_clips
 from core.media import ffmpeg_exe, probe
+from pipeline.crop import cut_clip, cut_clips
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -169,8 +169,8 @@ def shard_reads(folder: Path, items: int) -> list[dict]:
     miss on every item) from shards of real 256 px clips, in the layout write_shards writes
     (clip-aligned groups of <= 8 frames) and in the former one (one row group per shard)."""
     import pyarrow.parquet as pq
-    from fomm.data import EpochSampler, FramePairs, ParquetStore
     from core.config import DatasetParams
+    from fomm.data import EpochSampler, FramePairs, ParquetStore
     from pipeline.shards import write_shards
     video = SHARED / "faces" / "liveportrait" / "d11.mp4"
     info = probe(video)

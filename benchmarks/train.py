@@ -39,8 +39,8 @@ def _frames(batch_size: int, size: int):
 
 
 def _vgg_available(spec: str) -> bool:
-    from fomm.vgg import resolve_weights
     from core.errors import UserError
+    from fomm.vgg import resolve_weights
     try:
         return resolve_weights(spec) is not None
     except UserError:
@@ -50,11 +50,9 @@ def _vgg_available(spec: str) -> bool:
 def measure(name: str, config_name: str, batch_size: int, steps: int, precision: str, channels_last: bool) -> dict:
     """Time `steps` training steps (after one warm-up) of model `name` in this process."""
     import contextlib
-
     import torch
-
-    from fomm.train import build_kit, build_optimizers, resolve_run_config, train_step
     from fomm.registry import build_model
+    from fomm.train import build_kit, build_optimizers, resolve_run_config, train_step
 
     overrides = [f"train_params.batch_size={batch_size}"]
     config = resolve_run_config(config_name, overrides, name)
@@ -101,7 +99,6 @@ def measure(name: str, config_name: str, batch_size: int, steps: int, precision:
 
 def importable_models() -> list[str]:
     import importlib
-
     from fomm.registry import MODELS
     names = []
     for name, target in MODELS.items():

@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-
 from core import devices as precision
+from core import media
 from core.config import Config, load_config
 from core.errors import UserError
-from core import media
 from fomm import source_crop, stream
 from fomm.animation import (LAYOUTS, AnimateOptions, Animator, batch_size, batched, check_options,
                             check_out_is_not_an_input, load_animation_model, model_device, resolve_device)

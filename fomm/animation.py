@@ -116,9 +116,9 @@ def load_animation_model(config: Config, checkpoint: str | Path | None, device: 
     """The config's (or `name`'s) model in eval mode on `device`, weights from `checkpoint`
     (fomm/checkpoint.load_model: released or project format; a checkpoint that does not match
     the config raises UserError). `checkpoint=None` keeps the random initialisation."""
+    from core.config import replace
     from fomm.checkpoint import load_model
     from fomm.registry import build_model
-    from core.config import replace
     if name is not None and name != config.model_params.name:
         config = replace(config, model_params=replace(config.model_params, name=name))
     if checkpoint is None:

@@ -13,8 +13,8 @@ import logging
 
 import numpy as np
 
-from core.frames import resize
 from core.config import AugmentationParams, CropParams, FlipParams, JitterParams, ResizeParams, RotationParams
+from core.frames import resize
 
 log = logging.getLogger(__name__)
 

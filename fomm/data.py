@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from fomm.augment import Augmentation
 from core.config import DatasetParams
 from core.errors import UserError
 from core.frames import resize, to_tensor
 from core.media import load_image
+from fomm.augment import Augmentation
 
 log = logging.getLogger(__name__)
 

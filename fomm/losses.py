@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.config import LossWeights, TrainParams, TransformParams
 from fomm.blocks import ImagePyramid, at_least_fp32, full_precision, identity_grid, make_coordinate_grid, warp
 from fomm.vgg import Vgg19
-from core.config import LossWeights, TrainParams, TransformParams
 
 
 class Transform:

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.config import Config, ConfigError, resolve_align_corners
 from fomm.api import Motion, MotionTransferModel
 from fomm.blocks import full_precision, scale_key
 from fomm.discriminator import MultiScaleDiscriminator
 from fomm.generator import OcclusionAwareGenerator
 from fomm.keypoint_detector import KPDetector
-from core.config import Config, ConfigError, resolve_align_corners
 
 
 def convex_hull_area(points: np.ndarray) -> float:

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fomm.data import ReconstructionClips, open_clips
-from fomm.reconstruction import frame_weighted_l1, reconstruct_batches
 from core.config import Config, config_from_dict, config_to_dict, config_to_yaml, load_config, replace
 from core.errors import UserError
+from fomm.data import ReconstructionClips, open_clips
+from fomm.reconstruction import frame_weighted_l1, reconstruct_batches
 
 log = logging.getLogger(__name__)
 

@@ -140,6 +140,7 @@ def driving_box(frames, mode: str, increase: float = 0.4, what: str = "driving v
     if mode == "center":
         return center_box(frames[0].shape)
     from core import faces
+
     # Driving videos are mostly head-and-shoulders: 400 px finds their faces at a third of the cost.
     boxes = [b for b in (_largest_face_any_scale(f, faces, 400) for f in frames) if b is not None]
     if not boxes:

@@ -240,8 +240,8 @@ def _animate_live(model, config, source, reader, writer, options, device, report
 def _find_face_box(items, options, searched):
     """Crop box from the first frame (of the waiting ones) with a face; frames before it
     are skipped. UserError when none of the first FACE_SEARCH_FRAMES frames has one."""
-    from fomm.source_crop import _largest_face_any_scale, square_around
     from core import faces
+    from fomm.source_crop import _largest_face_any_scale, square_around
     for index, (_, frame) in enumerate(items):
         face = _largest_face_any_scale(frame, faces)
         searched += 1

@@ -73,8 +73,8 @@ def parse_models(text: str) -> list[ModelSpec]:
 def model_config(spec: ModelSpec):
     """The config a checkpoint was trained with: `@CONFIG` if given, else the embedded one,
     with `model_params.name` set to the spec's family."""
-    from fomm.checkpoint import checkpoint_config, load_checkpoint_file
     from core.config import load_config, replace
+    from fomm.checkpoint import checkpoint_config, load_checkpoint_file
     config = load_config(spec.config) if spec.config else checkpoint_config(load_checkpoint_file(spec.checkpoint))
     if config is None:
         raise UserError(f"checkpoint {str(spec.checkpoint)!r} embeds no config (a released checkpoint?); "

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metrics import protocol as paper_protocol
 from core.errors import UserError
+from metrics import protocol as paper_protocol
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def match_clips(real: dict[str, Path], generated: dict[str, Path]) -> list[tuple
 
 def read_clip(path: Path) -> np.ndarray:
     """(T, 256, 256, 3) uint8 frames of a video or a frame folder."""
-    from metrics.evaluate import resize_frames
     from core.media import load_image, read_frames
+    from metrics.evaluate import resize_frames
     if path.is_dir():
         frames = [load_image(image) for image in _images(path)]
         shapes = {frame.shape for frame in frames}

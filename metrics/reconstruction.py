@@ -12,8 +12,8 @@ import warnings
 
 import numpy as np
 
-from metrics.backends import BackendUnavailable, check_frames
 from core.errors import UserError
+from metrics.backends import BackendUnavailable, check_frames
 
 log = logging.getLogger(__name__)
 

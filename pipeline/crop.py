@@ -21,9 +21,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from pipeline import clips as clips_mod
 from core.errors import UserError
 from core.media import ffmpeg_exe
+from pipeline import clips as clips_mod
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,8 @@ def _resize_folder_clip(clip: clips_mod.Clip, folder: Path, size: int, out: Path
 def prepare_video(job, settings) -> list[dict]:
     """Fetch one video (once) and cut all of `job.clips` from it; one row per clip, each
     also written to disk as soon as it is final."""
-    from pipeline import download
     from core.media import probe
+    from pipeline import download
     out = Path(settings.out)
     began = time.perf_counter()
     rows = []

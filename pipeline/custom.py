@@ -117,9 +117,9 @@ def prepare_video(video: Path, out: Path, size: int, policy,
     row naming the video when it has none). When every tube is done (or there is none),
     `finished` = (marker, text) records the video as finished."""
     import av
-    from pipeline.crop import CropError, cut_clip
     from core.errors import UserError
     from core.media import probe
+    from pipeline.crop import CropError, cut_clip
     began = time.perf_counter()
     video_id = video_id_of(video)
     try:

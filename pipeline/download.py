@@ -19,8 +19,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from pipeline.clips import PLAIN_NAME
 from core.errors import UserError
+from pipeline.clips import PLAIN_NAME
 
 log = logging.getLogger(__name__)
 

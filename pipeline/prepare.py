@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import clips as clips_mod
 from core.errors import UserError
+from pipeline import clips as clips_mod
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from fomm import source_crop
+from core.config import load_config
 from core.frames import to_tensor, to_uint8
+from core.media import audio_offset, ffmpeg_exe, iter_frames, load_image, probe, read_frames
+from fomm import source_crop
 from fomm.animate import animate
 from fomm.animation import AnimateOptions, Animator
 from fomm.best_frame import find_best_frame
 from pipeline import cli
-from core.config import load_config
-from core.media import audio_offset, ffmpeg_exe, iter_frames, load_image, probe, read_frames
 
 CPU = torch.device("cpu")
 

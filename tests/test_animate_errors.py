@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import load_config
+from core.errors import UserError
 from fomm.animate import animate
 from fomm.animation import AnimateOptions, Animator, load_animation_model
 from pipeline import cli
-from core.config import load_config
-from core.errors import UserError
 
 
 @pytest.fixture
@@ -86,8 +86,8 @@ def test_no_face_with_crop_auto(checkpoint, shared_data, out_dir, tmp_path, caps
 
 
 def test_no_face_in_driving_with_crop_auto(checkpoint, shared_data, out_dir, tmp_path, capsys):
-    from core.media import write_video
     from skimage import data
+    from core.media import write_video
     scenery = write_video(tmp_path / "scenery.mp4", [data.coffee()] * 5, fps=25)
     code = run(checkpoint, shared_data / "faces/sadtalker/happy.png", scenery, out_dir / "x.mp4",
                "--crop", "auto")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from benchmarks.animate import clip_frames, error_budget
+from core.media import ffmpeg_exe
 from fomm.animation import load_animation_model
 from fomm.train import resolve_run_config, train
-from core.media import ffmpeg_exe
 
 
 @pytest.mark.slow

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fomm.augment import random_flip
 from core.config import FlipParams
+from fomm.augment import random_flip
 
 TRIALS = 4000
 

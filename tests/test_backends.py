@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import UserError
+from core.media import iter_frames, load_image
 from metrics import backends
 from metrics.backends import BackendUnavailable, get_identity_backend, get_pose_backend
 from metrics.evaluate import resize_frames
 from metrics.identity import pairwise
-from core.errors import UserError
-from core.media import iter_frames, load_image
 
 DETECTION_STEP = 8  # every 8th frame of every clip: about 280 frames, 10 s on an idle core
 

@@ -12,13 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.frames import resize
+from core.config import load_config
+from core.frames import resize, to_tensor
 from fomm.baselines.common import heatmap_moments
 from fomm.baselines.monkey_net import MonkeyNet
 from fomm.blocks import identity_grid, make_coordinate_grid, warp
-from core.frames import to_tensor
 from fomm.registry import build_model
-from core.config import load_config
 
 SIZE = (64, 64)
 
@@ -182,8 +181,8 @@ def _reconstruction_error(model, frames: torch.Tensor) -> float:
 
 def _checkpoint(name: str, path: Path) -> Path:
     """An untrained tiny model saved as the training loop saves it (config inside)."""
-    from fomm.checkpoint import save_checkpoint
     from core.config import config_to_dict
+    from fomm.checkpoint import save_checkpoint
     config = tiny(name)
     torch.manual_seed(0)
     save_checkpoint(path, {"config": config_to_dict(config), **build_model(config).checkpoint_state()})
@@ -193,8 +192,8 @@ def _checkpoint(name: str, path: Path) -> Path:
 @pytest.mark.parametrize("name", ["monkey-net"])
 def test_reconstruct_stage(name, taichi_root, taichi_frames, tmp_path):
     """`pipeline run reconstruct` with a baseline's checkpoint, exactly as for FOMM."""
-    from pipeline.cli import main
     from core.media import probe
+    from pipeline.cli import main
     checkpoint = _checkpoint(name, tmp_path / "model.pt")
     out = tmp_path / "recon"
     assert main(["run", "reconstruct", "--checkpoint", str(checkpoint), "--data", str(taichi_root),
@@ -211,8 +210,8 @@ def test_reconstruct_stage(name, taichi_root, taichi_frames, tmp_path):
 def test_animate_stage(name, motion, shared_data, tmp_path):
     """`pipeline run animate` with the same options as FOMM: a real portrait driven by a
     real video, keypoints drawn where the family has them, side-by-side layout."""
-    from pipeline.cli import main
     from core.media import probe
+    from pipeline.cli import main
     checkpoint = _checkpoint(name, tmp_path / "model.pt")
     out = tmp_path / "animated.mp4"
     args = ["run", "animate", "--config", f"{name}-tiny", "--checkpoint", str(checkpoint),

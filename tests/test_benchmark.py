@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from metrics import benchmark
 from core.config import config_from_dict, config_to_dict, load_config
 from core.errors import UserError
+from metrics import benchmark
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from fomm.checkpoint import (CHECKPOINT_FORMAT, load_checkpoint_file, load_model, model_state,
-                             save_checkpoint)
-from fomm.registry import build_model
 from core.config import config_to_dict, load_config
 from core.errors import UserError
 from core.media import load_image
+from fomm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file, load_model, model_state, save_checkpoint
+from fomm.registry import build_model
 
 
 @pytest.fixture(scope="module")

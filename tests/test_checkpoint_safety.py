@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.config import config_to_dict, load_config
+from core.errors import UserError
 from fomm.checkpoint import TRUST_PICKLE_ENV, load_checkpoint_file, load_model, save_checkpoint
 from fomm.registry import build_model
 from pipeline.cli import main as cli_main
-from core.config import config_to_dict, load_config
-from core.errors import UserError
 
 
 class WritesAFile:

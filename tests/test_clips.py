@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import UserError
 from pipeline import datasets
 from pipeline.clips import clip_name, group_by_video, read_manifest
 from pipeline.crop import CropError, frame_range, scaled_bbox
-from core.errors import UserError
 
 
 def test_upstream_manifests_parse(shared_data):

@@ -2,8 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import (Config, ConfigError, config_from_dict, config_hash, config_to_dict,
-                             load_config)
+from core.config import Config, ConfigError, config_from_dict, config_hash, config_to_dict, load_config
 
 
 def test_defaults_are_the_vox256_architecture():

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from core import faces
-
 from pipeline import cli
 from pipeline.custom import enlarge, iou, link_tubes
 

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
+from core.config import AugmentationParams, CropParams, DatasetParams, FlipParams, JitterParams
+from core.errors import UserError
 from fomm.augment import Augmentation, color_jitter, random_crop
 from fomm.data import EpochSampler, FramePairs, ReconstructionClips, frame_sort_key, open_clips
-from core.config import (AugmentationParams, CropParams, DatasetParams, FlipParams, JitterParams)
-from core.errors import UserError
 
 SIZE = (64, 64, 3)
 
@@ -126,8 +126,7 @@ def test_pairs_come_from_one_clip_and_are_deterministic(original_root):
     assert torch.equal(item["source"], again["source"]) and torch.equal(item["driving"], again["driving"])
     assert item["name"] == store.clips[3 % 2]
     # each frame of the pair is one of the clip's real frames (resized)
-    from core.frames import resize
-    from core.frames import to_tensor
+    from core.frames import resize, to_tensor
     clip_frames = to_tensor(resize(store.read(item["name"], range(store.num_frames(item["name"]))), (64, 64)))
     for key in ("source", "driving"):
         assert (clip_frames - item[key]).abs().flatten(1).max(1).values.min() == 0

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from fomm import export
+from core.config import load_config
+from core.errors import UserError
 from core.frames import to_tensor
+from core.media import iter_frames, probe
+from fomm import export
 from fomm.animate import animate
 from fomm.animation import AnimateOptions, Animator, load_animation_model
 from pipeline import cli
-from core.config import load_config
-from core.errors import UserError
-from core.media import iter_frames, probe
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import TransformParams, load_config, replace
+from core.errors import UserError
+from core.media import read_frames
 from fomm.blocks import identity_grid
 from fomm.losses import LossKit, Transform
 from fomm.registry import build_model
 from fomm.vgg import TORCHVISION_FILE, Vgg19
-from core.config import TransformParams, load_config, replace
-from core.errors import UserError
-from core.media import read_frames
 
 
 @pytest.fixture(scope="module")

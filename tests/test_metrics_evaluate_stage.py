@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from metrics import evaluate_stage
-from pipeline.cli import main as cli
 from core.errors import UserError
 from core.media import VideoWriter, read_frames
+from metrics import evaluate_stage
+from pipeline.cli import main as cli
 
 FRAMES = 12
 

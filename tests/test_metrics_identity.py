@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import UserError
+from core.media import iter_frames
 from metrics.backends import get_identity_backend
 from metrics.evaluate import resize_frames, score_clip
 from metrics.identity import aed, pairwise
-from core.errors import UserError
-from core.media import iter_frames
 
 NAN = np.nan
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import UserError
+from core.media import iter_frames
 from metrics.backends import get_pose_backend
 from metrics.evaluate import score_clip
 from metrics.keypoints import akd, found, mkr, scale_to
-from core.errors import UserError
-from core.media import iter_frames
 
 NAN = np.nan
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.media import read_frames
 from metrics import protocol
 from metrics.backends.dlib68 import Dlib68Pose
 from metrics.evaluate import score_clip
-from core.media import read_frames
 
 
 def _face(offset_x: float = 0.0, offset_y: float = 0.0) -> np.ndarray:

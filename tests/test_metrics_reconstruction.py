@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 
+from core.errors import UserError
+from core.media import read_frames
 from metrics import reconstruction
 from metrics.backends import BackendUnavailable
 from metrics.evaluate import score_clip
-from core.errors import UserError
-from core.media import read_frames
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from fomm.registry import build_model
 from core.config import config_from_dict, load_config
+from fomm.registry import build_model
 
 ORIGINAL_SECTIONS = ("dataset_params", "model_params", "train_params", "reconstruction_params",
                      "transfer_params", "prediction_params", "visualizer_params")
@@ -235,8 +235,8 @@ def test_original_checkpoint_loads_and_matches_golden_in_float32(golden, tmp_pat
     other option, and runs it as released (grid_sample as align_corners=True); with the golden
     file's convention named explicitly (align_corners=false wins), the float32 outputs stay
     within 2/255 of the float64 golden ones."""
-    from fomm.checkpoint import load_model
     from core.config import replace
+    from fomm.checkpoint import load_model
     config = config_from_dict(original_yaml(golden))
     path = _original_checkpoint(golden, tmp_path / "monkey-net.pth.tar")
     assert load_model(config, path).align_corners is True

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from core import devices as precision
-from fomm.animation import AnimateOptions, Animator, batch_size
 from core.errors import UserError
+from fomm.animation import AnimateOptions, Animator, batch_size
 
 
 @pytest.fixture
@@ -77,9 +77,9 @@ def test_keypoints_are_detected_in_fp32_on_the_bf16_path(model, cpu_with, shared
     error budget): on real frames the bf16 path's keypoints and jacobians equal the fp32
     path's to float32 rounding (only the memory layout differs), while its predictions do
     differ (the generator does run in bf16)."""
-    from fomm import source_crop
     from core.frames import to_tensor
     from core.media import iter_frames
+    from fomm import source_crop
     clip = shared_data / "faces" / "fomm-demo" / "04.mp4"
     frames = to_tensor(np.stack([source_crop.resize(f, (64, 64)) for f in iter_frames(clip, 0, 6)]),
                        torch.device("cpu"))
@@ -104,9 +104,9 @@ def test_allocator_keeps_freed_memory():
 @pytest.fixture(scope="module")
 def real_frames(shared_data):
     """(7, 3, 64, 64) real face frames: the first is the source."""
-    from fomm import source_crop
     from core.frames import to_tensor
     from core.media import iter_frames
+    from fomm import source_crop
     clip = shared_data / "faces" / "fomm-demo" / "04.mp4"
     return to_tensor(np.stack([source_crop.resize(f, (64, 64)) for f in iter_frames(clip, 0, 7)]),
                      torch.device("cpu"))

@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 from skimage.transform import resize
 
+from core.media import read_frames
 from pipeline import cli
 from pipeline.clips import is_done, read_row
-from core.media import read_frames
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_prepare import HEADER, MIRROR, REPO, _QuietHandler, _QuietServer
 
 from pipeline import cli
-from test_prepare import HEADER, MIRROR, REPO, _QuietHandler, _QuietServer
 
 
 class _Handler(_QuietHandler):
@@ -195,8 +195,8 @@ def test_outputs_honour_the_umask(sized):
 
 
 def test_atomic_outputs_follow_a_changed_umask(tmp_path):
-    from pipeline.clips import staging_dir
     from core.media import atomic_path
+    from pipeline.clips import staging_dir
     old = os.umask(0o007)
     try:
         with atomic_path(tmp_path / "x.json") as tmp:
@@ -214,8 +214,8 @@ def test_training_pairs_from_prepared_shards_read_two_small_groups(sized):
     at most 2 row groups of one clip, and the bytes the process reads per item (/proc
     rchar) stay under those two groups plus the PNG headers, far below a shard."""
     import pyarrow.parquet as pq
-    from fomm.data import EpochSampler, FramePairs, open_clips
     from core.config import DatasetParams
+    from fomm.data import EpochSampler, FramePairs, open_clips
     out = sized[0]
     shards = sorted((out / "shards").glob("train-*.parquet"))
     clips_per_shard = [len(set(pq.read_table(p, columns=["clip"]).column("clip").to_pylist()))
@@ -251,7 +251,8 @@ def test_training_pairs_from_prepared_shards_read_two_small_groups(sized):
 def test_killed_reshard_leaves_the_old_set_whole(sized, monkeypatch):
     """A rebuild killed after its first shard leaves the live set as it was; the half set
     is removed by the next run."""
-    from pipeline import clips as clips_mod, prepare, shards
+    from pipeline import clips as clips_mod
+    from pipeline import prepare, shards
     out = sized[0]
     before = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
     calls = []
@@ -295,9 +296,9 @@ def test_half_cut_faststart_mp4_is_a_failed_row_and_bad_clips_fail_alone(tmp_pat
 def test_a_clip_ffmpeg_cannot_cut_fails_alone(shared_data, tmp_path, monkeypatch):
     """When the one ffmpeg run of a batch fails, each clip is cut alone: only the clip
     that ffmpeg cannot cut fails."""
+    from core.media import probe
     from pipeline import crop
     from pipeline.clips import Clip
-    from core.media import probe
     video = shared_data / MIRROR["face08"]
     clips = [Clip(f"c{i}#000000#000005", f"c{i}", None, "train", 5 * i, 5 * i + 5, 35.0,
                   (0, 0, 256, 256), 256, 256) for i in range(3)]
@@ -330,8 +331,8 @@ def test_trickling_server_is_given_up_within_the_stall_timeout(tmp_path, mirror,
 
 
 def test_manifest_download_from_a_trickling_server_gives_up(mirror, tmp_path):
-    from pipeline import datasets
     from core.errors import UserError
+    from pipeline import datasets
     began = time.perf_counter()
     with pytest.raises(UserError, match="stalled: less than 16 KiB in 1 s"):
         datasets.fetch(datasets.RemoteFile(mirror + "/slow/m.csv", "0" * 64), tmp_path, timeout=1)
@@ -460,8 +461,8 @@ def test_bad_out_folders_are_refused(tmp_path, capsys):
 
 
 def test_num_videos_zero_is_refused_not_all(tmp_path, capsys, taichi_root):
-    from fomm.data import ReconstructionClips, open_clips
     from core.errors import UserError
+    from fomm.data import ReconstructionClips, open_clips
     out = tmp_path / "rec"
     assert cli.main(["run", "reconstruct", "--checkpoint", str(tmp_path / "none.pt"),
                      "--data", str(taichi_root), "--out", str(out), "--num-videos", "0"]) == 2
@@ -504,8 +505,8 @@ def test_sample_bugs_raise_instead_of_becoming_rows(tmp_path, monkeypatch):
 
 
 def test_run_all_logs_the_traceback_of_a_failing_stage(tmp_path, monkeypatch, caplog):
-    from pipeline import run_all
     from core.errors import UserError
+    from pipeline import run_all
 
     def fake(stage, argv):
         if stage == "train":

@@ -12,13 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from core import provenance
-
-from core import watermark
-
-from pipeline import cli
+from core import provenance, watermark
 from core.credentials import config_dir, load_credential
 from core.media import ffmpeg_exe, read_frames, write_video
+from pipeline import cli
 from pipeline.verify import verify_file
 
 FRAMES = 20
@@ -241,9 +238,9 @@ def test_stream_to_a_file_is_marked(model, config, shared_data, tmp_path):
 
 @pytest.mark.slow
 def test_reconstruction_video_is_marked_and_l1_unchanged(shared_data, tmp_path):
+    from core.config import config_to_dict, load_config
     from fomm.checkpoint import save_checkpoint
     from fomm.registry import build_model
-    from core.config import config_to_dict, load_config
     root = tmp_path / "data"
     (root / "test").mkdir(parents=True)
     (root / "test" / "taichi2").symlink_to(shared_data / "bodies" / "dwnet-taichi" / "2")

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from core.errors import UserError
+from core.media import sha256_of
 from metrics import report
 from metrics.render import render
 from pipeline.cli import main as cli_main
-from core.media import sha256_of
-from core.errors import UserError
 
 
 @pytest.fixture(scope="module")

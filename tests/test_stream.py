@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import UserError
+from core.media import (ffmpeg_exe, is_live_target, iter_frames, live_input_arguments, probe, read_frames,
+                        realtime_input_arguments)
 from fomm import stream
 from fomm.animate import animate
 from fomm.animation import AnimateOptions, Animator
 from pipeline import cli
-from core.errors import UserError
-from core.media import (ffmpeg_exe, is_live_target, iter_frames, live_input_arguments, probe, read_frames,
-                        realtime_input_arguments)
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,13 @@ import pytest
 import torch
 import yaml
 
+from core.config import config_from_dict
+from core.frames import resize, to_tensor
 from fomm.checkpoint import load_checkpoint_file, load_model
-from core.frames import to_tensor
 from fomm.data import open_clips
-from core.frames import resize
 from fomm.registry import build_model
 from fomm.train import resolve_run_config, seed_everything, train
 from pipeline.cli import main as cli_main
-from core.config import config_from_dict
 
 # The perceptual loss's VGG19 costs ~3x the tiny model per step on these 2 shared cores, so
 # the 50-step test trains on the L1 photometric term (plus equivariance) and measures L1

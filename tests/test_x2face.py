@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from fomm.baselines.x2face import X2Face, from_released, to_released
-from core.frames import to_tensor
-from fomm.registry import build_model
 from core.config import load_config
 from core.errors import UserError
+from core.frames import to_tensor
+from fomm.baselines.x2face import X2Face, from_released, to_released
+from fomm.registry import build_model
 
 SIZE = 256  # the U-Nets' 8 stride-2 levels take 256x256 to 1x1
 
@@ -130,8 +130,8 @@ def test_released_file_loads_with_no_flag_and_matches_in_float32(golden, release
     num_batches_tracked) loads through load_model with only the config and runs as released
     (align_corners=True); with the golden file's convention named explicitly (an explicit
     align_corners=false wins), its float32 output is the golden forward within 2/255."""
-    from fomm.checkpoint import load_model
     from core.config import replace
+    from fomm.checkpoint import load_model
     state = {k: v.float() for k, v in released_weights.items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "x2face_model.pth"
     torch.save({"state_dict": state}, path)
@@ -263,8 +263,8 @@ def test_fifty_sgd_steps_at_the_original_settings_lower_the_loss(face_frames, tm
 # --------------------------------------------------------------------------- shared stages
 def _checkpoint(path: Path) -> Path:
     """An untrained tiny X2Face saved as the training loop saves it (config inside)."""
-    from fomm.checkpoint import save_checkpoint
     from core.config import config_to_dict
+    from fomm.checkpoint import save_checkpoint
     config = load_config("x2face-tiny")
     torch.manual_seed(0)
     save_checkpoint(path, {"config": config_to_dict(config), **build_model(config).checkpoint_state()})
@@ -273,8 +273,8 @@ def _checkpoint(path: Path) -> Path:
 
 def test_project_checkpoint_reconstruct_stage(tmp_path, face_frames):
     """The project's own checkpoint format still loads, through `pipeline run reconstruct`."""
-    from pipeline.cli import main
     from core.media import probe
+    from pipeline.cli import main
     write_clip(face_frames[:4], tmp_path / "data" / "test" / "clip")
     out = tmp_path / "recon"
     assert main(["run", "reconstruct", "--checkpoint", str(_checkpoint(tmp_path / "model.pt")),
@@ -286,8 +286,8 @@ def test_project_checkpoint_reconstruct_stage(tmp_path, face_frames):
 
 
 def test_animate_stage(shared_data, tmp_path):
-    from pipeline.cli import main
     from core.media import probe
+    from pipeline.cli import main
     out = tmp_path / "animated.mp4"
     assert main(["run", "animate", "--config", "x2face-tiny", "--checkpoint", str(_checkpoint(tmp_path / "m.pt")),
                  "--source", str(shared_data / "faces" / "fomm-demo" / "02.png"),

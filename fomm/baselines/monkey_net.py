@@ -37,14 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.config import (Config, MonkeyNetDenseMotionParams, MonkeyNetDiscriminatorParams,
+                         MonkeyNetEmbeddingParams, MonkeyNetGeneratorParams, MonkeyNetKpDetectorParams)
+from core.errors import UserError
 from fomm.api import Motion, MotionTransferModel
 from fomm.baselines.common import full, heatmap_moments, keypoint_gaussians
-from fomm.blocks import (Encoder, ResBlock2d, SameBlock2d, UpBlock2d, full_precision,
-                         make_coordinate_grid, warp)
+from fomm.blocks import (Encoder, ResBlock2d, SameBlock2d, UpBlock2d, full_precision, make_coordinate_grid,
+                         warp)
 from fomm.model import movement_scale
-from core.config import (Config, MonkeyNetDenseMotionParams, MonkeyNetDiscriminatorParams,
-                             MonkeyNetEmbeddingParams, MonkeyNetGeneratorParams, MonkeyNetKpDetectorParams)
-from core.errors import UserError
 
 
 def downscale(frames: torch.Tensor, scale_factor: float) -> torch.Tensor:

@@ -34,10 +34,10 @@ import logging
 import torch
 from torch import nn
 
-from fomm.api import Motion, MotionTransferModel
-from fomm.blocks import make_coordinate_grid, warp
 from core.config import Config
 from core.errors import UserError
+from fomm.api import Motion, MotionTransferModel
+from fomm.blocks import make_coordinate_grid, warp
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import hashlib
 
 import numpy as np
 
-from metrics.backends import PoseBackend
 from core import faces
+from metrics.backends import PoseBackend
 
 _BOXES: collections.OrderedDict = collections.OrderedDict()
 _BOX_CACHE_SIZE = 512

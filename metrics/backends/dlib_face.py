@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from core import faces
 from metrics.backends import IdentityBackend
 from metrics.backends.dlib68 import face_box
-from core import faces
 
 
 class DlibFaceIdentity(IdentityBackend):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from metrics.backends import BackendUnavailable, PoseBackend
 from core.errors import UserError
+from metrics.backends import BackendUnavailable, PoseBackend
 
 # BlazePose index of each OpenPose COCO-18 joint (nose, neck, right arm, left arm, right leg,
 # left leg, right eye, left eye, right ear, left ear); the neck (-1) is the shoulders' midpoint.
