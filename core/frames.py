@@ -22,7 +22,10 @@ def to_tensor(frames: np.ndarray | Sequence[np.ndarray], device: torch.device | 
         array = array[None]
     if array.ndim != 4 or array.shape[-1] != 3:
         raise ValueError(f"frames of shape {array.shape}: expected (H, W, 3) or (B, H, W, 3)")
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # e.g. a PIL image's buffer: torch.from_numpy warns on those
+        array = array.copy()
+    tensor = torch.from_numpy(array)
     if device is not None:
         tensor = tensor.to(device)
     if tensor.dtype == torch.uint8:
