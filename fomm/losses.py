@@ -97,7 +97,7 @@ class LossKit(nn.Module):
         super().__init__()
         self.weights: LossWeights = train_params.loss_weights
         self.transform_params = train_params.transform_params
-        self.align_corners = align_corners
+        self.align_corners = bool(align_corners)  # None: a config not yet resolved, a new model's False
         self.image_pyramid = ImagePyramid(tuple(train_params.scales), num_channels)
         used = [i for i, w in enumerate(self.weights.perceptual) if w]
         self.vgg = Vgg19(train_params.vgg19_weights, num_outputs=used[-1] + 1) if used else None

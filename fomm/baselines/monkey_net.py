@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import (Config, MonkeyNetDenseMotionParams, MonkeyNetDiscriminatorParams,
-                         MonkeyNetEmbeddingParams, MonkeyNetGeneratorParams, MonkeyNetKpDetectorParams)
+                         MonkeyNetEmbeddingParams, MonkeyNetGeneratorParams, MonkeyNetKpDetectorParams,
+                         resolve_align_corners)
 from core.errors import UserError
 from fomm.api import Motion, MotionTransferModel
 from fomm.baselines.common import full, heatmap_moments, keypoint_gaussians
@@ -328,6 +329,7 @@ class MonkeyNet(MotionTransferModel):
 
     def __init__(self, config: Config):
         super().__init__()
+        config = resolve_align_corners(config, None)  # built directly: a new model (False)
         model = config.model_params
         params, num_kp, channels = model.monkey_net_params, model.common_params.num_kp, model.common_params.num_channels
         align = self.align_corners = model.align_corners  # grid_sample's convention (module doc)

@@ -34,7 +34,7 @@ import logging
 import torch
 from torch import nn
 
-from core.config import Config
+from core.config import Config, resolve_align_corners
 from core.errors import UserError
 from fomm.api import Motion, MotionTransferModel
 from fomm.blocks import make_coordinate_grid, warp
@@ -140,6 +140,7 @@ class X2Face(MotionTransferModel):
 
     def __init__(self, config: Config):
         super().__init__()
+        config = resolve_align_corners(config, None)  # built directly: a new model (False)
         model = config.model_params
         params, channels = model.x2face_params, model.common_params.num_channels
         self.align_corners = model.align_corners
