@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from metrics.backends import WEIGHTS_DIR, BackendUnavailable, PoseBackend, check_frames, find_weights, load_weights
+from metrics.backends import (WEIGHTS_DIR, BackendUnavailable, PoseBackend, check_frames, find_weights,
+                              load_weights)
 
 log = logging.getLogger(__name__)
 

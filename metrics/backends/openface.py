@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrics.backends import WEIGHTS_DIR, BackendUnavailable, IdentityBackend, check_frames, find_weights, load_weights
+from metrics.backends import (WEIGHTS_DIR, BackendUnavailable, IdentityBackend, check_frames, find_weights,
+                              load_weights)
 
 log = logging.getLogger(__name__)
 

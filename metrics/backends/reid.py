@@ -138,8 +138,8 @@ class ReidIdentity(IdentityBackend):
         path = weights_path(weights)
         if path is None:
             where = weights or f"${WEIGHTS_ENV} or {WEIGHTS_DIR / WEIGHTS_NAMES[0]}"
-            raise BackendUnavailable(f"reid weights not found: put pose-evaluation's reid_model.pth "
-                                     f"(layumi/Person_reID_baseline_pytorch ft_net) at {where}")
+            raise BackendUnavailable(f"reid weights not found: put pose-evaluation's reid_model.pth at {where} "
+                                     "(layumi/Person_reID_baseline_pytorch's ft_net(751))")
         self.model = load_ft_net(load_weights(path), dtype, frame_statistics).to(device).eval()
         self.device, self.dtype, self.batch_size, self.path = device, dtype, int(batch_size), path
         self.paper_equivalent = bool(frame_statistics)
