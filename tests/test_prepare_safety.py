@@ -23,6 +23,7 @@ from PIL import Image
 from test_prepare import HEADER, MIRROR, REPO, _QuietHandler, _QuietServer
 
 from pipeline import cli
+from pipeline.clips import clip_dir
 
 
 class _Handler(_QuietHandler):
@@ -126,7 +127,7 @@ def test_url_list_and_source_dir_names_are_checked(tmp_path, capsys):
 
 def test_clip_paths_refuse_unsafe_parts(tmp_path):
     """The path builders themselves refuse what validation should have caught."""
-    from pipeline.clips import clip_dir, row_path
+    from pipeline.clips import row_path
     for split, name in (("train", "../x"), ("train", ".."), ("../train", "x"), ("train", "a/b")):
         with pytest.raises(ValueError, match="unsafe clip path part"):
             clip_dir(tmp_path, split, name)
@@ -286,7 +287,7 @@ def test_half_cut_faststart_mp4_is_a_failed_row_and_bad_clips_fail_alone(tmp_pat
     table = pd.read_parquet(out / "clips.parquet").set_index("clip")
     whole = table.loc["id1#halfcut#000000#000150"]
     assert whole.status == "failed" and "truncated" in whole.error, whole.error
-    assert not (out / "png" / "train" / "id1#halfcut#000000#000150").exists()
+    assert not clip_dir(out, "train", "id1#halfcut#000000#000150").exists()
     assert table.loc["id1#halfcut#000000#000010", "status"] == "done"
     assert table.loc["id2#face08#000400#000420", "status"] == "failed"
     assert table.loc["id2#face08#000000#000012", "num_frames"] == 12
