@@ -175,7 +175,7 @@ def test_corrected_bbox_redoes_that_clip_only(sized, mirror, tmp_path):
     assert _prepare(out, fixed, mirror, "--size", "48", "--shard-mb", "0.25") == 0
     after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "png").rglob("0000000.png")}
     changed = {name for name in after if after[name] != mtimes[name]}
-    assert changed == {"id001#face08#000010#000030"}
+    assert changed == {"id001#face08#000010#000030.mp4"}
     table = pd.read_parquet(out / "clips.parquet").set_index("clip")
     assert table.loc["id001#face08#000010#000030", "bbox"] == "0-0-512-512"
     assert json.loads((out / "summary.json").read_text())["processed_this_run"] == 1
