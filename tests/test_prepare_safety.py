@@ -294,9 +294,10 @@ def test_half_cut_faststart_mp4_is_a_failed_row_and_bad_clips_fail_alone(tmp_pat
     assert _prepare(out, manifest, mirror, "--size", "32", "--allow-failures") == 0
 
 
-def test_a_clip_ffmpeg_cannot_cut_fails_alone(shared_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("resize", ["ffmpeg", "original"])
+def test_a_clip_ffmpeg_cannot_cut_fails_alone(shared_data, tmp_path, monkeypatch, resize):
     """When the one ffmpeg run of a batch fails, each clip is cut alone: only the clip
-    that ffmpeg cannot cut fails."""
+    that ffmpeg cannot cut fails (with either resize)."""
     from core.media import probe
     from pipeline import crop
     from pipeline.clips import Clip
@@ -305,12 +306,12 @@ def test_a_clip_ffmpeg_cannot_cut_fails_alone(shared_data, tmp_path, monkeypatch
                   (0, 0, 256, 256), 256, 256) for i in range(3)]
     real = crop.cut_clips
 
-    def flaky(path, cuts, size, pad_square=False):
+    def flaky(path, cuts, size, *args):
         if len(cuts) > 1 or cuts[0][0] == 5:  # the batch, and clip c1 alone, "crash" ffmpeg
             raise crop.CropError("ffmpeg exited with 1: simulated")
-        return real(path, cuts, size, pad_square)
+        return real(path, cuts, size, *args)
     monkeypatch.setattr(crop, "cut_clips", flaky)
-    rows = crop.cut_video_clips(clips, video, probe(video), 16, tmp_path)
+    rows = crop.cut_video_clips(clips, video, probe(video), 16, tmp_path, resize=resize)
     assert {r["clip"]: r["status"] for r in rows} == {
         "c0#000000#000005": "done", "c1#000000#000005": "failed", "c2#000000#000005": "done"}
     assert [r["num_frames"] for r in rows if r["status"] == "done"] == [5, 5]
