@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", choices=("original", "ffmpeg"), default=None,
                         help="'original': load_videos.py's scikit-image 0.14 resize (Gaussian "
                              "anti-aliasing with zero padding, then bilinear, in RGB); "
-                             "'ffmpeg': ffmpeg's area filter in YUV, faster, about 1.4/255 off "
+                             "'ffmpeg': ffmpeg's area filter in YUV, about 3x cheaper, about 1/255 off "
                              "(default: the dataset's; original for vox, taichi and ted)")
     parser.add_argument("--allow-failures", action="store_true",
                         help="exit 0 even when some clips failed (as long as one is done)")
