@@ -276,8 +276,8 @@ def resize_rows(video: Path, frames: int, repeats: int, label: str) -> dict:
             "original fps": frames / best["original"][0], "ffmpeg fps": frames / best["ffmpeg"][0],
             "original / ffmpeg wall": best["original"][0] / best["ffmpeg"][0],
             "original / ffmpeg CPU": best["original"][1] / best["ffmpeg"][1],
-            "ffmpeg - original mean |diff| /255": float(np.mean(diffs)),
-            "outer 2 px mean |diff| /255": float(np.mean(border)), "max |diff| /255": worst}
+            "ffmpeg vs original: mean abs diff /255": float(np.mean(diffs)),
+            "outer 2 px: mean abs diff /255": float(np.mean(border)), "max abs diff /255": worst}
 
 
 def resize_main(frames: int, repeats: int) -> None:
