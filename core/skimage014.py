@@ -36,8 +36,8 @@ def _gaussian_pass(image: np.ndarray, sigma: float, axis: int) -> np.ndarray:
     """One gaussian pass with zero padding into uint8, as scipy stores it: truncated, not
     rounded (tests/test_prepare_original.py checks this against the formula written out)."""
     from scipy import ndimage
-    if sigma <= 1e-15:  # scipy skips an axis whose sigma is (about) zero
-        return image
+    if sigma <= 1e-15 or int(4.0 * sigma + 0.5) == 0:
+        return image  # scipy skips sigma ~ 0; a radius of 0 is the one-tap kernel [1.0]
     return ndimage.gaussian_filter1d(image, sigma, axis=axis, mode="constant", cval=0.0,
                                      truncate=4.0, output=np.uint8)
 
