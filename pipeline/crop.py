@@ -161,7 +161,9 @@ def iter_decoded(video: Path, ranges: list[tuple[int, int]], width: int, height:
     """(frame index, (height, width, 3) uint8 frame) for every frame of the disjoint
     `ranges` that ffmpeg decodes; CropError when ffmpeg fails (after the frames it gave)."""
     import tempfile
+
     import numpy as np
+
     from core.media import dies_with_parent
     indices = iter(i for first, stop in ranges for i in range(first, stop))
     frame_bytes = width * height * 3
@@ -219,7 +221,8 @@ def cut_clips_original(video: Path, cuts: list[tuple[int, int, tuple | None, Pat
                 crop = frame[y:y + h, x:x + w]
             else:
                 crop = pad_to_square(frame) if pad_square else frame
-            save_png(skimage014.resize(crop, (size, size)), Path(folder) / clips_mod.frame_name(index - first))
+            target = Path(folder) / clips_mod.frame_name(index - first)
+            save_png(skimage014.resize(crop, (size, size)), target)
             counts[number] += 1
     return counts
 
@@ -228,7 +231,9 @@ def resize_frame_folder(source: Path, size: int, folder: Path, resize: str = "ff
     """A folder of frame images (any names; natural order) resized to size x size PNGs:
     PIL's box (down) or bicubic (up) filter, or with resize="original" load_videos.py's."""
     import re
+
     from PIL import Image
+
     from core import skimage014
     from core.media import load_image
 

@@ -143,8 +143,9 @@ def test_the_formula_sees_what_differs(shared_data):
     """The formula is not blind to the two details of the old code: zero padding darkens the
     border (reflect padding does not), and the resize is exact to it while a variant that
     rounds the gaussian passes instead of truncating them is not."""
-    from core import skimage014
     from skimage.transform import resize
+
+    from core import skimage014
     frame = decode_rgb(shared_data / MIRROR["d0"])[0, :300, :420]
     reflect = np.rint(resize(frame, (SIZE, SIZE), anti_aliasing=True, mode="reflect") * 255)
     old = old_resize(frame, SIZE).astype(float)
@@ -177,6 +178,7 @@ def test_old_layout_reads_and_migrates_in_place(both, manifest, mirror, tmp_path
     """An output of the earlier layout (`png/<split>/<clip>/`) is read as it is, and the next
     prepare renames its folders to `<clip>.mp4` without redoing a clip."""
     import shutil
+
     from fomm.data import open_clips
     out = tmp_path / "old"
     shutil.copytree(both["original"], out, symlinks=True)
