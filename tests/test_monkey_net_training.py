@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from fomm.config import load_config
 from core.frames import resize, to_tensor
+from fomm.config import load_config
 from fomm.monkey_net.keypoints import heatmap_moments, keypoint_gaussians
 from fomm.registry import build_model
 
