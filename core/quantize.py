@@ -1,0 +1,443 @@
+"""The int8 path: a model's convolution blocks run by onnxruntime's quantised kernels.
+
+Which route: onnxruntime's static QDQ quantisation measured faster here than PyTorch's own
+x86 stack (benchmarks/animate.py and README "Fast inference": on a 2-core Zen 5 with
+AVX512-VNNI, vox-256 generator at batch 4, onnxruntime int8 about 1.9x torch's bf16 path,
+torch's eager oneDNN int8 convolutions 1.1x it: they quantise and dequantise around every
+convolution and leave ReLU, pooling, upsampling and concatenation in float; PT2E through
+inductor fuses those too but costs a minute of compilation in every new process).
+
+What runs in int8 is found from the model, not named per family (`find_regions`): the
+largest sub-modules that
+- are called while the model generates frames and never while it detects motion (the
+  keypoint detector, jacobians, TPS solves, SVDs and inverses stay in float),
+- take tensors and return a tensor or a list of tensors, and
+- contain a convolution.
+For FOMM these are the dense motion network's hourglass and mask / occlusion heads and
+the generator's encoder, bottleneck, decoder blocks and final convolution; the grid
+building, softmax-weighted motion and every `grid_sample` between them stay float. Each
+region is traced to ONNX with a dynamic batch axis and quantised statically: int8 weights
+with a scale per output channel (symmetric), uint8 activations with a scale and zero point
+per tensor from the min / max seen on real frames (the calibration); the ReLUs, pools,
+upsamplings, concatenations and additions between its convolutions stay in int8 (QDQ
+pairs that onnxruntime fuses into its integer kernels).
+
+The calibration is stored as a folder of ONNX graphs (protobuf: tensors and operator names,
+parsed by onnxruntime, nothing in it is executed as Python code, unlike a pickle) and a
+JSON manifest keyed by the checkpoint's sha256 and the model config's hash, with the sha256
+of every graph checked when read back. It is written to a staging folder and renamed into
+place, so a reader sees all of it or none.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.devices import CACHE_DIR, cpu_has_native_int8, module_copy
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+OPSET = 17
+# onnxruntime ops quantised inside a region: the convolutions and what lies between them.
+REGION_OPS = ("Conv", "Relu", "LeakyRelu", "AveragePool", "MaxPool", "Resize", "Concat", "Add",
+              "BatchNormalization")
+# A convolution alone with fewer output channels than this stays float: int8 does not pay on
+# it (onnxruntime's integer kernels are built for wide outputs; FOMM's 7x7 prediction,
+# mask and occlusion heads, 3, K+1 and 1 channels, measured slower in int8 than in fp32),
+# and heads are where the rounding would show (the prediction, the motion masks' softmax).
+MIN_INT8_CHANNELS = 16
+# The error budget of a fast path against fp32 (issue 12): per frame, mean and 99th
+# percentile of |fast - fp32| over the predicted pixels in [0, 1].
+BUDGET_MEAN, BUDGET_P99 = 1 / 255, 4 / 255
+
+
+# --------------------------------------------------------------------------- the budget
+def frame_errors(fast: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame mean and 99th percentile of |fast - reference|, (T,) each, for (T, C, H, W)."""
+    diff = (fast.float() - reference.float()).abs().flatten(1)  # (T, C H W)
+    return diff.mean(dim=1), torch.quantile(diff.double(), 0.99, dim=1).float()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The measured error of the int8 path against fp32 on the calibration's check frames."""
+    frames: int
+    worst_mean: float   # in [0, 1] pixel units
+    worst_p99: float
+
+    @property
+    def holds(self) -> bool:
+        return self.worst_mean <= BUDGET_MEAN and self.worst_p99 <= BUDGET_P99
+
+    @classmethod
+    def measure(cls, fast: torch.Tensor, reference: torch.Tensor) -> "Budget":
+        means, p99 = frame_errors(fast, reference)
+        return cls(int(fast.shape[0]), float(means.max()), float(p99.max()))
+
+    def __str__(self) -> str:
+        return (f"worst frame mean {self.worst_mean * 255:.3f}/255, p99 {self.worst_p99 * 255:.3f}/255 "
+                f"over {self.frames} frames ({'within' if self.holds else 'outside'} the budget "
+                f"{BUDGET_MEAN * 255:g}/255, {BUDGET_P99 * 255:g}/255)")
+
+
+# --------------------------------------------------------------------------- where it is stored
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class CalibrationKey:
+    """What a calibration belongs to: the weights (the checkpoint's sha256) and the model's
+    architecture and frame size (the sha256 of the config text that builds it)."""
+    checkpoint_sha256: str
+    config_sha256: str
+
+    @classmethod
+    def of(cls, checkpoint: Path, config_text: str) -> "CalibrationKey":
+        return cls(file_sha256(checkpoint), hashlib.sha256(config_text.encode()).hexdigest())
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.checkpoint_sha256[:16]}-{self.config_sha256[:12]}"
+
+
+@dataclass(frozen=True)
+class CalibrationStore:
+    """Where the calibration of one checkpoint lives: `<checkpoint>.int8/<key>/` beside it,
+    or under ~/.cache/motion-transfer/int8/ when the checkpoint's folder is not writable."""
+    key: CalibrationKey
+    beside: Path                     # <checkpoint>.int8
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint: str | Path, config_text: str) -> "CalibrationStore":
+        checkpoint = Path(checkpoint)
+        return cls(CalibrationKey.of(checkpoint, config_text), checkpoint.with_name(checkpoint.name + ".int8"))
+
+    @property
+    def candidates(self) -> list[Path]:
+        return [self.beside / self.key.folder_name, CACHE_DIR / "int8" / self.key.folder_name]
+
+    def find(self) -> Path | None:
+        """The first stored calibration folder (its manifest present), or None."""
+        return next((folder for folder in self.candidates if (folder / MANIFEST).is_file()), None)
+
+    def write(self, fill: Callable[[Path], None]) -> Path | None:
+        """Let `fill(staging)` write a calibration, then rename it into place (the first
+        writable candidate); None, with a warning, when no place can be written."""
+        for folder in self.candidates:
+            try:
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+            except OSError:
+                continue
+            try:
+                fill(staging)
+                staging.chmod(0o755)
+                try:
+                    staging.rename(folder)
+                except OSError:  # another process stored the same key first: theirs stays
+                    if not (folder / MANIFEST).is_file():
+                        raise
+                return folder
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        logger.warning("int8: no writable place for the calibration (%s); it is redone next run",
+                       ", ".join(map(str, self.candidates)))
+        return None
+
+
+# --------------------------------------------------------------------------- regions
+@dataclass
+class _Calls:
+    """What the hooks saw of one module."""
+    in_detect: bool = False
+    in_generate: bool = False
+    tensor_io: bool = True           # every generate call: tensors in, a tensor or tensors out
+    output_kind: str = "tensor"      # tensor | list
+    inputs: list | None = None       # per generate call: a tuple of numpy arrays
+
+    def add_inputs(self, arrays: tuple) -> None:
+        """Inputs of one more call; shapes other than the batch must match the first call's
+        (a region's graph has a dynamic batch axis only)."""
+        if self.inputs and [a.shape[1:] for a in arrays] != [a.shape[1:] for a in self.inputs[0]]:
+            self.tensor_io = False
+        self.inputs = (self.inputs or []) + [arrays]
+
+
+def _output_kind(output) -> str | None:
+    if isinstance(output, torch.Tensor):
+        return "tensor"
+    if isinstance(output, (list, tuple)) and output and all(isinstance(o, torch.Tensor) for o in output):
+        return "list"
+    return None
+
+
+class Recorder:
+    """Forward hooks on every sub-module of `model`: which are called in which phase, their
+    inputs in the generate phase (for calibration), their input / output kinds."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.phase = model, "detect"
+        self.calls: dict[str, _Calls] = {}
+        self.handles = []
+        for name, module in model.named_modules():
+            if name:
+                self.handles.append(module.register_forward_pre_hook(self._before(name), with_kwargs=True))
+                self.handles.append(module.register_forward_hook(self._after(name)))
+
+    def _before(self, name: str):
+        def hook(module, args, kwargs):
+            calls = self.calls.setdefault(name, _Calls())
+            if self.phase == "detect":
+                calls.in_detect = True
+            elif kwargs or not args or not all(isinstance(a, torch.Tensor) for a in args):
+                calls.in_generate, calls.tensor_io = True, False
+            else:  # copied before the call: a module may change its input in place
+                calls.in_generate = True
+                calls.add_inputs(tuple(_numpy(a) for a in args))
+        return hook
+
+    def _after(self, name: str):
+        def hook(module, args, output):
+            calls = self.calls[name]
+            if self.phase != "detect":
+                kind = _output_kind(output)
+                if kind is None or (calls.inputs and len(calls.inputs) > 1 and kind != calls.output_kind):
+                    calls.tensor_io = False
+                else:
+                    calls.output_kind = kind
+        return hook
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def find_regions(model: nn.Module, calls: dict[str, _Calls]) -> list[str]:
+    """The largest sub-modules called only while generating, with tensors in and out, that
+    hold a convolution (top-down: a qualifying module is taken whole, its children not)."""
+    regions: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}.{name}" if prefix else name
+            seen = calls.get(path)
+            has_conv = any(isinstance(m, nn.Conv2d) for m in child.modules())
+            narrow_head = isinstance(child, nn.Conv2d) and child.out_channels < MIN_INT8_CHANNELS
+            if not has_conv or narrow_head or (seen is not None and seen.in_detect):
+                continue  # nothing to quantise, or (part of) motion detection: float
+            if seen is not None and seen.in_generate and seen.tensor_io and not _detect_inside(path, calls):
+                regions.append(path)
+            else:
+                visit(path, child)
+    visit("", model)
+    return regions
+
+
+def _detect_inside(path: str, calls: dict[str, _Calls]) -> bool:
+    return any(name.startswith(path + ".") and seen.in_detect for name, seen in calls.items())
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().float().cpu().numpy())
+
+
+# --------------------------------------------------------------------------- building a calibration
+def quantise_regions(model: nn.Module, calls: dict[str, _Calls], regions: Sequence[str], folder: Path) -> list[dict]:
+    """Export each region to ONNX and quantise it on the inputs it was called with; the
+    graphs go to `folder`; returns the manifest's region entries."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Inputs(CalibrationDataReader):
+        def __init__(self, names, calls_inputs):
+            self.items = [dict(zip(names, arrays)) for arrays in calls_inputs]
+
+        def get_next(self):
+            return self.items.pop(0) if self.items else None
+
+    entries = []
+    for index, name in enumerate(regions):
+        seen = calls[name]
+        module = model.get_submodule(name)
+        first = seen.inputs[0]
+        inputs = [f"input{i}" for i in range(len(first))]
+        float_file, int8_file = folder / f".region{index:02d}.float.onnx", folder / f"region{index:02d}.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            example = tuple(torch.from_numpy(a) for a in first)
+            with torch.no_grad():
+                outputs = module(*example)
+            count = 1 if seen.output_kind == "tensor" else len(outputs)
+            names = [f"output{i}" for i in range(count)]
+            torch.onnx.export(_Listed(module) if seen.output_kind == "list" else module, example, str(float_file),
+                              input_names=inputs, output_names=names, opset_version=OPSET, dynamo=False,
+                              dynamic_axes={n: {0: "batch"} for n in inputs + names})
+        quantize_static(str(float_file), str(int8_file), Inputs(inputs, seen.inputs), quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=not cpu_has_native_int8(), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(REGION_OPS), calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        float_file.unlink()
+        entries.append({"module": name, "file": int8_file.name, "outputs": seen.output_kind, "count": count,
+                        "sha256": file_sha256(int8_file)})
+    return entries
+
+
+class _Listed(nn.Module):
+    """A module returning a list, as a tuple of outputs (what the ONNX exporter takes)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *inputs):
+        return tuple(self.module(*inputs))
+
+
+# --------------------------------------------------------------------------- running a calibration
+class OnnxRegion(nn.Module):
+    """A region of the model run by onnxruntime: tensors in, a tensor or a list out (fp32, on CPU)."""
+
+    def __init__(self, session, outputs: str, name: str):
+        super().__init__()
+        self.session, self.outputs, self.region = session, outputs, name
+        self.input_names = [i.name for i in session.get_inputs()]
+
+    def forward(self, *inputs: torch.Tensor):
+        results = self.session.run(None, {n: _numpy(t) for n, t in zip(self.input_names, inputs)})
+        tensors = [torch.from_numpy(r) for r in results]
+        return tensors[0] if self.outputs == "tensor" else tensors
+
+    def __deepcopy__(self, memo):  # sessions cannot be copied; the graph is read-only
+        return self
+
+    def extra_repr(self) -> str:
+        return f"{self.region}: onnxruntime int8"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A read calibration: the manifest and the folder its graphs are in."""
+    folder: Path
+    manifest: dict
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(**self.manifest["budget"])
+
+    @classmethod
+    def read(cls, folder: Path) -> "Calibration":
+        """The manifest and checked graphs of `folder`; ValueError when anything is off."""
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{folder}: calibration format {manifest.get('format')!r}, expected {FORMAT}")
+        for entry in manifest["regions"]:
+            path = folder / entry["file"]
+            if Path(entry["file"]).name != entry["file"] or file_sha256(path) != entry["sha256"]:
+                raise ValueError(f"{path}: not the graph the manifest names (sha256 differs)")
+        return cls(folder, manifest)
+
+    def apply(self, model: nn.Module, threads: int | None = None) -> nn.Module:
+        """Put the regions' int8 graphs in place of their modules in `model` (in place)."""
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        # torch's threads run the float ops between two regions: onnxruntime's must not spin
+        # on the cores meanwhile
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for entry in self.manifest["regions"]:
+            session = ort.InferenceSession(str(self.folder / entry["file"]), options,
+                                           providers=["CPUExecutionProvider"])
+            _set_submodule(model, entry["module"], OnnxRegion(session, entry["outputs"], entry["module"]))
+        return model
+
+
+def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable[[nn.Module, slice], torch.Tensor],
+              frames: int, store: CalibrationStore | None) -> tuple[nn.Module, Budget]:
+    """Calibrate the int8 regions of `model` (an fp32 inference copy, left as it is) on real
+    frames; returns the int8 copy and its measured error against fp32.
+
+    `detect()` runs motion detection and transfer for the calibration frames (what it calls
+    stays float), `generate(model, frames)` the generation of the frames `frames` (a slice
+    of the `frames` calibration frames) with `model`, returning the predictions. The first
+    half of the frames (at least one) calibrates the activation ranges; the budget is
+    measured on the other half (on the one frame when there is only one), frames the
+    ranges did not see. With a `store` the calibration is written there for later runs.
+    """
+    split = max(1, frames // 2)
+    seen, check = slice(0, split), slice(split if frames > 1 else 0, frames)
+    recorder = Recorder(model)
+    try:
+        with torch.inference_mode():
+            detect()
+            recorder.phase = "generate"
+            generate(model, seen)
+    finally:
+        recorder.close()
+    with torch.inference_mode():
+        reference = generate(model, check)
+    regions = find_regions(model, recorder.calls)
+    if not regions:
+        raise ValueError(f"{type(model).__name__}: no convolution block to run in int8")
+
+    def fill(folder: Path) -> None:
+        entries = quantise_regions(model, recorder.calls, regions, folder)
+        write_calibration(folder, store.key if store else None, entries, Budget(0, 0.0, 0.0), split)
+
+    staging = Path(tempfile.mkdtemp(prefix="motion-transfer-int8-"))
+    try:
+        fill(staging)
+        quantised = Calibration.read(staging).apply(module_copy(model))
+        with torch.inference_mode():
+            budget = Budget.measure(generate(quantised, check), reference)
+        entries = json.loads((staging / MANIFEST).read_text())["regions"]
+        write_calibration(staging, store.key if store else None, entries, budget, split)
+        if store is not None:
+            stored = store.write(lambda folder: _copy_into(staging, folder))
+            if stored is not None:
+                logger.info("int8: calibration written to %s", stored)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("int8: %d regions calibrated on %d frames: %s", len(regions), split, budget)
+    return quantised, budget
+
+
+def _copy_into(source: Path, target: Path) -> None:
+    for path in source.iterdir():
+        shutil.copy2(path, target / path.name)
+
+
+def write_calibration(folder: Path, key: CalibrationKey | None, regions: list[dict], budget: Budget,
+                      ranges_frames: int) -> None:
+    import onnxruntime
+    manifest = {"format": FORMAT, "checkpoint_sha256": key.checkpoint_sha256 if key else None,
+                "config_sha256": key.config_sha256 if key else None, "onnxruntime": onnxruntime.__version__,
+                "torch": torch.__version__, "calibration_frames": ranges_frames, "regions": regions,
+                "budget": {"frames": budget.frames, "worst_mean": budget.worst_mean,
+                           "worst_p99": budget.worst_p99},
+                "weights": "int8, symmetric, one scale per output channel",
+                "activations": "uint8, one scale and zero point per tensor, min/max of the calibration frames"}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def _set_submodule(module: nn.Module, name: str, value: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, leaf, value)
