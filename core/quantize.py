@@ -30,6 +30,7 @@ place, so a reader sees all of it or none.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -290,14 +291,30 @@ def quantise_regions(model: nn.Module, calls: dict[str, _Calls], regions: Sequen
             torch.onnx.export(_Listed(module) if seen.output_kind == "list" else module, example, str(float_file),
                               input_names=inputs, output_names=names, opset_version=OPSET, dynamo=False,
                               dynamic_axes={n: {0: "batch"} for n in inputs + names})
-        quantize_static(str(float_file), str(int8_file), Inputs(inputs, seen.inputs), quant_format=QuantFormat.QDQ,
-                        per_channel=True, reduce_range=not cpu_has_native_int8(), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(REGION_OPS), calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        with _quiet_onnxruntime():
+            quantize_static(str(float_file), str(int8_file), Inputs(inputs, seen.inputs), quant_format=QuantFormat.QDQ,
+                            per_channel=True, reduce_range=not cpu_has_native_int8(),
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=list(REGION_OPS), calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         float_file.unlink()
         entries.append({"module": name, "file": int8_file.name, "outputs": seen.output_kind, "count": count,
                         "sha256": file_sha256(int8_file)})
     return entries
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """Drop the advice onnxruntime's quantiser logs on the root logger (pre-processing, shape
+    inference): it is about its own tooling, not something a user of animate can act on."""
+    def keep(record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in record.pathname
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 class _Listed(nn.Module):
@@ -397,26 +414,21 @@ def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable
     regions = find_regions(model, recorder.calls)
     if not regions:
         raise ValueError(f"{type(model).__name__}: no convolution block to run in int8")
-
-    def fill(folder: Path) -> None:
-        entries = quantise_regions(model, recorder.calls, regions, folder)
-        write_calibration(folder, store.key if store else None, entries, Budget(0, 0.0, 0.0), split)
-
-    staging = Path(tempfile.mkdtemp(prefix="motion-transfer-int8-"))
+    staging, stored = Path(tempfile.mkdtemp(prefix="motion-transfer-int8-")), None
     try:
-        fill(staging)
-        quantised = Calibration.read(staging).apply(module_copy(model))
+        entries = quantise_regions(model, recorder.calls, regions, staging)
+        manifest = manifest_for(store.key if store else None, entries, split)
+        quantised = Calibration(staging, manifest).apply(module_copy(model))  # graphs read into memory
         with torch.inference_mode():
             budget = Budget.measure(generate(quantised, check), reference)
-        entries = json.loads((staging / MANIFEST).read_text())["regions"]
-        write_calibration(staging, store.key if store else None, entries, budget, split)
-        if store is not None:
-            stored = store.write(lambda folder: _copy_into(staging, folder))
-            if stored is not None:
-                logger.info("int8: calibration written to %s", stored)
+        manifest["budget"] = {"frames": budget.frames, "worst_mean": budget.worst_mean,
+                              "worst_p99": budget.worst_p99}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        stored = store.write(lambda folder: _copy_into(staging, folder)) if store is not None else None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("int8: %d regions calibrated on %d frames: %s", len(regions), split, budget)
+    where = f"stored in {stored}" if stored else "not stored" + (": no checkpoint file" if store is None else "")
+    logger.info("int8: %d regions calibrated on %d frames (%s): %s", len(regions), split, where, budget)
     return quantised, budget
 
 
@@ -425,17 +437,14 @@ def _copy_into(source: Path, target: Path) -> None:
         shutil.copy2(path, target / path.name)
 
 
-def write_calibration(folder: Path, key: CalibrationKey | None, regions: list[dict], budget: Budget,
-                      ranges_frames: int) -> None:
+def manifest_for(key: CalibrationKey | None, regions: list[dict], frames: int) -> dict:
+    """The calibration's manifest (its budget is added once measured)."""
     import onnxruntime
-    manifest = {"format": FORMAT, "checkpoint_sha256": key.checkpoint_sha256 if key else None,
-                "config_sha256": key.config_sha256 if key else None, "onnxruntime": onnxruntime.__version__,
-                "torch": torch.__version__, "calibration_frames": ranges_frames, "regions": regions,
-                "budget": {"frames": budget.frames, "worst_mean": budget.worst_mean,
-                           "worst_p99": budget.worst_p99},
-                "weights": "int8, symmetric, one scale per output channel",
-                "activations": "uint8, one scale and zero point per tensor, min/max of the calibration frames"}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return {"format": FORMAT, "checkpoint_sha256": key.checkpoint_sha256 if key else None,
+            "config_sha256": key.config_sha256 if key else None, "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__, "calibration_frames": frames, "regions": regions,
+            "weights": "int8, symmetric, one scale per output channel",
+            "activations": "uint8, one scale and zero point per tensor: min / max over the calibration frames"}
 
 
 def _set_submodule(module: nn.Module, name: str, value: nn.Module) -> None:
