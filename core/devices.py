@@ -95,14 +95,16 @@ class Precision:
     """The resolved path: `name` is fp32, bf16 (the autocast dtype) or int8 (the generating
     convolutions in int8 by onnxruntime, the rest in fp32: core/quantize.py);
     `channels_last` the memory format of the model and its inputs; `compiled` whether the
-    inference copy's detect and generate run through torch.compile. `fallback` is the float
-    path an `auto` int8 path turns into when its calibration breaks the error budget (None:
-    int8 was asked for, and stays)."""
+    inference copy's detect and generate run through torch.compile. An int8 path carries
+    its `fallback`, the best float path, which it turns into where nothing in the model can
+    run in int8, or where its calibration breaks the error budget and `budget_decides`
+    (auto; int8 asked for by name stays int8 then, with a warning)."""
     device_type: str
     name: str
     channels_last: bool
     compiled: bool = False
     fallback: Precision | None = None
+    budget_decides: bool = False
 
     @property
     def int8(self) -> bool:
@@ -112,11 +114,16 @@ class Precision:
         """The path to run once the int8 calibration measured its error against fp32
         (`holds`: within the budget; `measured`: the figures, for the log): this one, or
         its float fallback when the budget does not hold and int8 was not asked for."""
-        if holds or self.fallback is None:
+        if holds or not self.budget_decides:
             if not holds:
                 logger.warning("--precision int8: %s; running int8 as asked", measured)
             return self
         logger.warning("int8: %s; running %s instead", measured, self.fallback)
+        return self.fallback
+
+    def without_int8(self, why: str) -> Precision:
+        """The float path to run where the model has nothing to run in int8 (`why`)."""
+        logger.warning("int8: %s; running %s instead", why, self.fallback)
         return self.fallback
 
     @property
@@ -177,19 +184,25 @@ class Precision:
         return f"{self.name}{layout}{' compiled' if self.compiled else ''} on {self.device_type}"
 
 
-def resolve(precision: str, device: torch.device | str, compiled: bool = False) -> Precision:
+def resolve(precision: str, device: torch.device | str, compiled: bool = False,
+            calibrates: bool = True) -> Precision:
     """The path `precision` (auto, fp32, bf16, int8) means on `device`, with torch.compile
     when `compiled` (float paths only: the int8 regions are onnxruntime graphs already);
-    UserError for a bad name."""
+    UserError for a bad name. `calibrates`: the caller runs the int8 calibration (the
+    Animator does; reconstruct and benchmark do not, so for them auto is a float path and
+    int8 an error)."""
     device_type = torch.device(device).type
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: expected one of {list(PRECISIONS)}")
+    if precision == "int8" and not calibrates:
+        raise UserError("--precision int8 is animate's path (calibrated on the driving frames); "
+                        "expected auto, fp32 or bf16 here")
     if precision == "int8" and device_type != "cpu":
         raise UserError(f"--precision int8 runs on CPUs; on {device_type} use auto, bf16 or fp32")
     asked = precision
     native = _native_bf16(device_type)
     best_float = "bf16" if native else "fp32"
-    int8 = device_type == "cpu" and cpu_has_native_int8() and onnxruntime_available()
+    int8 = calibrates and device_type == "cpu" and cpu_has_native_int8() and onnxruntime_available()
     if precision == "int8" and not int8:
         _warn_no_int8(best_float)
         precision = best_float
@@ -201,8 +214,8 @@ def resolve(precision: str, device: torch.device | str, compiled: bool = False) 
         _warn_emulated_bf16()
     if precision == "int8":
         # auto keeps int8 only within the budget; int8 asked for stays int8
-        fallback = _float_path(device_type, best_float, compiled) if asked == "auto" else None
-        return Precision(device_type, "int8", channels_last=True, fallback=fallback)
+        return Precision(device_type, "int8", channels_last=True, fallback=_float_path(device_type, best_float, compiled),
+                         budget_decides=asked == "auto")
     return _float_path(device_type, precision, compiled)
 
 

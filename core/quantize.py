@@ -231,14 +231,18 @@ class Recorder:
             handle.remove()
 
 
-def find_regions(model: nn.Module, calls: dict[str, _Calls]) -> list[str]:
+def find_regions(model: nn.Module, calls: dict[str, _Calls], keep_float: Sequence[str] = ()) -> list[str]:
     """The largest sub-modules called only while generating, with tensors in and out, that
-    hold a convolution (top-down: a qualifying module is taken whole, its children not)."""
+    hold a convolution (top-down: a qualifying module is taken whole, its children not).
+    `keep_float` names sub-modules that estimate motion inside generation (the family's
+    `float_modules`, e.g. X2Face's driving network, whose output is the sampling grid)."""
     regions: list[str] = []
 
     def visit(prefix: str, module: nn.Module) -> None:
         for name, child in module.named_children():
             path = f"{prefix}.{name}" if prefix else name
+            if path in keep_float:
+                continue
             seen = calls.get(path)
             has_conv = any(isinstance(m, nn.Conv2d) for m in child.modules())
             narrow_head = isinstance(child, nn.Conv2d) and child.out_channels < MIN_INT8_CHANNELS
@@ -388,7 +392,7 @@ class Calibration:
 
 
 def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable[[nn.Module, slice], torch.Tensor],
-              frames: int, store: CalibrationStore | None) -> tuple[nn.Module, Budget]:
+              frames: int, store: CalibrationStore | None) -> tuple[nn.Module, Budget] | None:
     """Calibrate the int8 regions of `model` (an fp32 inference copy, left as it is) on real
     frames; returns the int8 copy and its measured error against fp32.
 
@@ -398,6 +402,7 @@ def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable
     half of the frames (at least one) calibrates the activation ranges; the budget is
     measured on the other half (on the one frame when there is only one), frames the
     ranges did not see. With a `store` the calibration is written there for later runs.
+    None when the model has no region to run in int8.
     """
     split = max(1, frames // 2)
     seen, check = slice(0, split), slice(split if frames > 1 else 0, frames)
@@ -411,9 +416,9 @@ def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable
         recorder.close()
     with torch.inference_mode():
         reference = generate(model, check)
-    regions = find_regions(model, recorder.calls)
+    regions = find_regions(model, recorder.calls, getattr(model, "float_modules", ()))
     if not regions:
-        raise ValueError(f"{type(model).__name__}: no convolution block to run in int8")
+        return None
     staging, stored = Path(tempfile.mkdtemp(prefix="motion-transfer-int8-")), None
     try:
         entries = quantise_regions(model, recorder.calls, regions, staging)

@@ -242,9 +242,14 @@ class Animator:
             transferred = {key: value[frames] for key, value in motions["transferred"].items()}
             return model.generate(self.source.expand(count, -1, -1, -1), expand_motion(self.motion_source, count),
                                   transferred)["prediction"]
-        quantised, budget = quantize.calibrate(self.model, detect, generate, batch, self.calibration)
-        self._use_int8(budget, lambda: quantised)
+        calibrated = quantize.calibrate(self.model, detect, generate, batch, self.calibration)
         self.calibrating = False
+        if calibrated is None:
+            self.precision = self.precision.without_int8(f"{type(self.model).__name__} has no convolution block "
+                                                         "outside motion estimation")
+            return
+        quantised, budget = calibrated
+        self._use_int8(budget, lambda: quantised)
 
     def __call__(self, driving: torch.Tensor) -> dict[str, torch.Tensor | Motion]:
         """Predictions (B, 3, H, W) and the motions behind them for a driving batch."""

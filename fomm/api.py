@@ -24,6 +24,9 @@ Motion = dict[str, torch.Tensor]
 class MotionTransferModel(nn.Module, ABC):
     #: The `model_params.name` that builds this family.
     name: ClassVar[str]
+    #: Sub-networks that estimate motion inside `generate` and so stay float on the int8 path
+    #: (core/quantize.py; motion detection in `detect` and `transfer` stays float anyway).
+    float_modules: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ inference
     @abstractmethod

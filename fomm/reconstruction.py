@@ -57,7 +57,7 @@ def reconstruct_batches(model, batches: Iterable[torch.Tensor], device: str = "c
     batch is the source of every frame. `precision` is a core.devices path (fp32 keeps L1
     comparable across machines)."""
     from core.devices import resolve
-    path = resolve(precision, device)
+    path = resolve(precision, device, calibrates=False)
     path.prepare_model(model)
     source = None
     for driving in batches:
