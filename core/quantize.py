@@ -404,6 +404,13 @@ def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable
     ranges did not see. With a `store` the calibration is written there for later runs.
     None when the model has no region to run in int8.
     """
+    fingerprint = weights_fingerprint(model) if store is None else None
+    if fingerprint in _REMEMBERED:  # the same weights calibrated before in this process
+        regions, budget = _REMEMBERED[fingerprint]
+        quantised = module_copy(model)
+        for name, region in regions:
+            _set_submodule(quantised, name, region)
+        return quantised, budget
     split = max(1, frames // 2)
     seen, check = slice(0, split), slice(split if frames > 1 else 0, frames)
     recorder = Recorder(model)
@@ -432,9 +439,26 @@ def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable
         stored = store.write(lambda folder: _copy_into(staging, folder)) if store is not None else None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if fingerprint is not None:
+        _REMEMBERED[fingerprint] = ([(name, quantised.get_submodule(name)) for name in regions], budget)
     where = f"stored in {stored}" if stored else "not stored" + (": no checkpoint file" if store is None else "")
     logger.info("int8: %d regions calibrated on %d frames (%s): %s", len(regions), split, where, budget)
     return quantised, budget
+
+
+# Calibrations of weights that came from no checkpoint file (random weights, a model built in
+# code), by `weights_fingerprint`, for the rest of the process: a second Animator on the same
+# model (a stream's warm-up and live loop, a test's several) reuses the first one's graphs.
+_REMEMBERED: dict[str, tuple[list[tuple[str, nn.Module]], Budget]] = {}
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer of `model`, with their names."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _copy_into(source: Path, target: Path) -> None:
