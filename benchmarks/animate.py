@@ -105,16 +105,20 @@ def demo_loop(config, checkpoint: Path, source_path: Path, driving_path: Path, o
 
 # --------------------------------------------------------------------------- inputs
 def families() -> list[str]:
-    """The registered model families, FOMM first."""
-    from fomm.registry import MODELS
-    return sorted(MODELS, key=lambda name: (name != "fomm", name))
+    """The registered model families (fomm/families.py), FOMM first."""
+    from fomm.families import NAMES
+    return sorted(NAMES, key=lambda name: (name != "fomm", name))
+
+
+def family_config_name(family: str) -> str:
+    """The family's vox-256 config: its own file where there is one (fomm.registry.family_config)."""
+    from fomm.registry import family_config as config_name
+    return config_name("vox-256", family)
 
 
 def family_config(family: str):
-    """The family's vox-256 config (its own file where there is one, fomm.registry.family_config)."""
-    from core.config import load_config
-    from fomm.registry import family_config as config_name
-    config = load_config(config_name("vox-256", family))
+    from fomm.config import load_config
+    config = load_config(family_config_name(family))
     if config.model_params.name != family:
         raise SystemExit(f"{family}: no vox-256 config of its own (configs/{family}-vox-256.yaml)")
     return config
@@ -122,7 +126,7 @@ def family_config(family: str):
 
 def random_checkpoint(family: str, folder: Path, seed: int = 0) -> Path:
     """The family's vox-256 model with seeded random weights, as a project checkpoint."""
-    from core.config import config_to_dict
+    from fomm.config import config_to_dict
     from fomm.animation import load_animation_model
     from fomm.checkpoint import save_checkpoint
     config = family_config(family)
@@ -158,11 +162,6 @@ def animate_command(family: str, checkpoint: Path, clip: Path, out: Path, *extra
     return [sys.executable, "-m", "pipeline.cli", "run", "animate", "--config", config, "--model", family,
             "--checkpoint", str(checkpoint), "--source", str(SOURCE), "--driving", str(clip), "--adapt-scale",
             "--device", "cpu", "--out", str(out), *extra]
-
-
-def family_config_name(family: str) -> str:
-    from fomm.registry import family_config as config_name
-    return config_name("vox-256", family)
 
 
 def demo_command(family: str, checkpoint: Path, clip: Path, out: Path) -> list[str]:
@@ -458,11 +457,11 @@ def main() -> None:
     if args.demo_loop:
         demo_loop(family_config(args.family), Path(args.checkpoint), SOURCE, Path(args.clip), Path(args.demo_loop))
         return
-    from core.config import load_config
     from core.devices import keep_freed_memory
     from core.frames import to_tensor
     from core.media import ffmpeg_exe
     from fomm.animation import load_animation_model
+    from fomm.config import load_config
     keep_freed_memory()
     names = family_list(args.families)
     load_start = load_text()

@@ -36,7 +36,7 @@ BATCH = 4
 
 def setup():
     from benchmarks.animate import ERROR_CLIP, clip_frames
-    from core.config import load_config
+    from fomm.config import load_config
     from core.devices import resolve
     from core.frames import to_tensor
     from fomm.animation import load_animation_model

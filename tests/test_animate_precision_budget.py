@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks.animate import clip_frames, error_budget
-from core.config import load_config
+from fomm.config import load_config
 from core.media import ffmpeg_exe
 from fomm.animation import load_animation_model
 from fomm.train import resolve_run_config, train
