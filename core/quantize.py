@@ -231,11 +231,13 @@ class Recorder:
             handle.remove()
 
 
-def find_regions(model: nn.Module, calls: dict[str, _Calls], keep_float: Sequence[str] = ()) -> list[str]:
-    """The largest sub-modules called only while generating, with tensors in and out, that
-    hold a convolution (top-down: a qualifying module is taken whole, its children not).
-    `keep_float` names sub-modules that estimate motion inside generation (the family's
-    `float_modules`, e.g. X2Face's driving network, whose output is the sampling grid)."""
+def find_regions(model: nn.Module, calls: dict[str, _Calls], keep_float: Sequence[str] = (),
+                 inside: str = "") -> list[str]:
+    """The largest sub-modules (of `inside`, default the whole model) called only while
+    generating, with tensors in and out, that hold a convolution (top-down: a qualifying
+    module is taken whole, its children not). `keep_float` names sub-modules that estimate
+    motion inside generation (the family's `float_modules`, e.g. X2Face's networks, whose
+    outputs are sampling grids)."""
     regions: list[str] = []
 
     def visit(prefix: str, module: nn.Module) -> None:
@@ -252,7 +254,7 @@ def find_regions(model: nn.Module, calls: dict[str, _Calls], keep_float: Sequenc
                 regions.append(path)
             else:
                 visit(path, child)
-    visit("", model)
+    visit(inside, model.get_submodule(inside) if inside else model)
     return regions
 
 
@@ -265,46 +267,62 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- building a calibration
-def quantise_regions(model: nn.Module, calls: dict[str, _Calls], regions: Sequence[str], folder: Path) -> list[dict]:
+def quantise_regions(model: nn.Module, calls: dict[str, _Calls], regions: Sequence[str], folder: Path,
+                     keep_float: Sequence[str] = ()) -> list[dict]:
     """Export each region to ONNX and quantise it on the inputs it was called with; the
-    graphs go to `folder`; returns the manifest's region entries."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    graphs go to `folder`; returns the manifest's region entries. A region that does not
+    export or quantise (an operator ONNX or the quantiser lacks) is replaced by its parts."""
+    entries, pending = [], list(regions)
+    while pending:
+        name = pending.pop(0)
+        try:
+            entries.append(_quantise_region(model.get_submodule(name), name, calls[name], folder, len(entries)))
+        except Exception as err:  # noqa: BLE001 - whatever the exporter or quantiser refuses: try the parts
+            logger.info("int8: %s stays float (%s: %s); trying its parts", name, type(err).__name__, err)
+            pending[:0] = find_regions(model, calls, keep_float, inside=name)
+    return entries
 
-    class Inputs(CalibrationDataReader):
-        def __init__(self, names, calls_inputs):
-            self.items = [dict(zip(names, arrays)) for arrays in calls_inputs]
 
-        def get_next(self):
-            return self.items.pop(0) if self.items else None
+class _Inputs:
+    """The calibration inputs of one region, call by call, as onnxruntime's quantiser reads them
+    (its CalibrationDataReader protocol: `get_next` until None)."""
 
-    entries = []
-    for index, name in enumerate(regions):
-        seen = calls[name]
-        module = model.get_submodule(name)
-        first = seen.inputs[0]
-        inputs = [f"input{i}" for i in range(len(first))]
-        float_file, int8_file = folder / f".region{index:02d}.float.onnx", folder / f"region{index:02d}.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            example = tuple(torch.from_numpy(a) for a in first)
-            with torch.no_grad():
-                outputs = module(*example)
-            count = 1 if seen.output_kind == "tensor" else len(outputs)
-            names = [f"output{i}" for i in range(count)]
-            torch.onnx.export(_Listed(module) if seen.output_kind == "list" else module, example, str(float_file),
-                              input_names=inputs, output_names=names, opset_version=OPSET, dynamo=False,
-                              dynamic_axes={n: {0: "batch"} for n in inputs + names})
+    def __init__(self, names: list[str], calls_inputs: list[tuple[np.ndarray, ...]]):
+        self.items = [dict(zip(names, arrays)) for arrays in calls_inputs]
+
+    def get_next(self):
+        return self.items.pop(0) if self.items else None
+
+    def __iter__(self):
+        return iter(self.get_next, None)
+
+
+def _quantise_region(module: nn.Module, name: str, seen: _Calls, folder: Path, index: int) -> dict:
+    """Export region `name` to ONNX (dynamic batch) and quantise it statically; its manifest entry."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    first = seen.inputs[0]
+    inputs = [f"input{i}" for i in range(len(first))]
+    float_file, int8_file = folder / f".region{index:02d}.float.onnx", folder / f"region{index:02d}.onnx"
+    example = tuple(torch.from_numpy(a) for a in first)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        outputs = module(*example)
+        count = 1 if seen.output_kind == "tensor" else len(outputs)
+        names = [f"output{i}" for i in range(count)]
+        torch.onnx.export(_Listed(module) if seen.output_kind == "list" else module, example, str(float_file),
+                          input_names=inputs, output_names=names, opset_version=OPSET, dynamo=False,
+                          dynamic_axes={n: {0: "batch"} for n in inputs + names})
+    try:
         with _quiet_onnxruntime():
-            quantize_static(str(float_file), str(int8_file), Inputs(inputs, seen.inputs), quant_format=QuantFormat.QDQ,
-                            per_channel=True, reduce_range=not cpu_has_native_int8(),
+            quantize_static(str(float_file), str(int8_file), _Inputs(inputs, seen.inputs),
+                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=not cpu_has_native_int8(),
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=list(REGION_OPS), calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-        float_file.unlink()
-        entries.append({"module": name, "file": int8_file.name, "outputs": seen.output_kind, "count": count,
-                        "sha256": file_sha256(int8_file)})
-    return entries
+    finally:
+        float_file.unlink(missing_ok=True)
+    return {"module": name, "file": int8_file.name, "outputs": seen.output_kind, "count": count,
+            "sha256": file_sha256(int8_file)}
 
 
 @contextlib.contextmanager
@@ -423,12 +441,16 @@ def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable
         recorder.close()
     with torch.inference_mode():
         reference = generate(model, check)
-    regions = find_regions(model, recorder.calls, getattr(model, "float_modules", ()))
+    keep_float = getattr(model, "float_modules", ())
+    regions = find_regions(model, recorder.calls, keep_float)
     if not regions:
         return None
     staging, stored = Path(tempfile.mkdtemp(prefix="motion-transfer-int8-")), None
     try:
-        entries = quantise_regions(model, recorder.calls, regions, staging)
+        entries = quantise_regions(model, recorder.calls, regions, staging, keep_float)
+        if not entries:
+            return None
+        regions = [entry["module"] for entry in entries]
         manifest = manifest_for(store.key if store else None, entries, split)
         quantised = Calibration(staging, manifest).apply(module_copy(model))  # graphs read into memory
         with torch.inference_mode():
