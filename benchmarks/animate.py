@@ -202,7 +202,8 @@ def chosen_path(log: str) -> str:
     return "; ".join(said[:1] + fell_back[:1]) or "-"
 
 
-def process_rows(checkpoint: Path, clip: Path, frames: int, repeats: int, tmp: Path) -> list[dict]:
+def process_rows(checkpoint: Path, clip: Path, frames: int, repeats: int, tmp: Path, compile_rows: bool = True
+                 ) -> list[dict]:
     from core.devices import cpu_has_native_bf16, resolve
     calibration = checkpoint.with_name(checkpoint.name + ".int8")
     cache = {"TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor")}
@@ -226,7 +227,7 @@ def process_rows(checkpoint: Path, clip: Path, frames: int, repeats: int, tmp: P
     # compile alike)
     compiled = [(f"animate --precision {name} --compile (inductor cache warm)",
                  animate_command("fomm", checkpoint, clip, tmp / f"{name}-c.mp4", "--precision", name, "--compile"),
-                 cache) for name in floats[-1:]]
+                 cache) for name in floats[-1:] if compile_rows]
     # the cold compiles (empty cache) first: they are also what warms the cache
     cold = []
     for name, command, env in compiled:
@@ -429,6 +430,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--families", default="others",
                         help="families timed in section 4: others (every registered family but FOMM), all, none, "
                              "or names joined by commas")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="leave out the --compile rows (their cold compile takes minutes)")
     parser.add_argument("--no-write", dest="write", action="store_false", help="print only, leave RESULTS.md")
     parser.add_argument("--error-checkpoint", help="trained tiny FOMM checkpoint for the error budget")
     parser.add_argument("--train-steps", type=int, default=40, help="without --error-checkpoint: steps to train one")
@@ -472,7 +475,7 @@ def main() -> None:
         subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(DRIVING), "-frames:v", str(args.frames),
                         "-an", "-c:v", "libx264", "-crf", "10", str(clip)], check=True)
         checkpoint = random_checkpoint("fomm", tmp)
-        rows = process_rows(checkpoint, clip, args.frames, args.repeats, tmp)
+        rows = process_rows(checkpoint, clip, args.frames, args.repeats, tmp, args.compile)
         print(markdown_table(rows), flush=True)
         model = load_animation_model(family_config("fomm"), checkpoint, CPU)
         alone = model_rows(model, to_tensor(clip_frames(clip, 17, (256, 256)), CPU), args.model_repeats)
@@ -487,9 +490,7 @@ def main() -> None:
         del model
         family_speed, family_budget = family_rows(names, clip, args.frames, tmp) if names else ([], [])
     load_end = load_text()
-    command = "python -m benchmarks.animate" + ("" if (args.frames, args.repeats, args.families) == (48, 2, "others")
-                                                 else f" --frames {args.frames} --repeats {args.repeats} "
-                                                      f"--families {args.families}")
+    command = " ".join(["python -m benchmarks.animate"] + sys.argv[1:])
     mhz, cores = cpu_mhz(), torch.get_num_threads()
     body = [
         f"Command: `{command}` ({(time.perf_counter() - started) / 60:.1f} min). {cpu_description()}. "
