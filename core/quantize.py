@@ -31,9 +31,11 @@ place, so a reader sees all of it or none.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -103,16 +105,36 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def checkpoint_sha256(checkpoint: Path, beside: Path) -> str:
+    """The checkpoint's sha256, remembered in `beside`/checkpoint.sha256.json with the file's
+    size, mtime and inode (a released checkpoint is 700 MB: half a second to hash each run);
+    hashed again whenever one of those differs."""
+    stat = checkpoint.stat()
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    memo = beside / "checkpoint.sha256.json"
+    try:
+        saved = json.loads(memo.read_text())
+        if {key: saved.get(key) for key in stamp} == stamp and len(saved.get("sha256", "")) == 64:
+            return saved["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    digest = file_sha256(checkpoint)
+    try:
+        beside.mkdir(exist_ok=True)
+        partial = memo.with_name(f".{memo.name}.{os.getpid()}")
+        partial.write_text(json.dumps({**stamp, "sha256": digest}))
+        partial.replace(memo)
+    except OSError:
+        pass  # a read-only folder: hashed every run
+    return digest
+
+
 @dataclass(frozen=True)
 class CalibrationKey:
     """What a calibration belongs to: the weights (the checkpoint's sha256) and the model's
     architecture and frame size (the sha256 of the config text that builds it)."""
     checkpoint_sha256: str
     config_sha256: str
-
-    @classmethod
-    def of(cls, checkpoint: Path, config_text: str) -> "CalibrationKey":
-        return cls(file_sha256(checkpoint), hashlib.sha256(config_text.encode()).hexdigest())
 
     @property
     def folder_name(self) -> str:
@@ -122,14 +144,23 @@ class CalibrationKey:
 @dataclass(frozen=True)
 class CalibrationStore:
     """Where the calibration of one checkpoint lives: `<checkpoint>.int8/<key>/` beside it,
-    or under ~/.cache/motion-transfer/int8/ when the checkpoint's folder is not writable."""
-    key: CalibrationKey
-    beside: Path                     # <checkpoint>.int8
+    or under ~/.cache/motion-transfer/int8/ when the checkpoint's folder is not writable.
+    The key is computed on first use (the int8 path only)."""
+    checkpoint: Path
+    config_text: str
 
     @classmethod
     def for_checkpoint(cls, checkpoint: str | Path, config_text: str) -> "CalibrationStore":
-        checkpoint = Path(checkpoint)
-        return cls(CalibrationKey.of(checkpoint, config_text), checkpoint.with_name(checkpoint.name + ".int8"))
+        return cls(Path(checkpoint), config_text)
+
+    @property
+    def beside(self) -> Path:
+        return self.checkpoint.with_name(self.checkpoint.name + ".int8")
+
+    @functools.cached_property
+    def key(self) -> CalibrationKey:
+        return CalibrationKey(checkpoint_sha256(self.checkpoint, self.beside),
+                              hashlib.sha256(self.config_text.encode()).hexdigest())
 
     @property
     def candidates(self) -> list[Path]:
@@ -153,15 +184,25 @@ class CalibrationStore:
                 staging.chmod(0o755)
                 try:
                     staging.rename(folder)
-                except OSError:  # another process stored the same key first: theirs stays
-                    if not (folder / MANIFEST).is_file():
-                        raise
+                except OSError:  # there is one already: another process's stays, a broken one goes
+                    if _readable(folder):
+                        return folder
+                    shutil.rmtree(folder)
+                    staging.rename(folder)
                 return folder
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         logger.warning("int8: no writable place for the calibration (%s); it is redone next run",
                        ", ".join(map(str, self.candidates)))
         return None
+
+
+def _readable(folder: Path) -> bool:
+    try:
+        Calibration.read(folder)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- regions

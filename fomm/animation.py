@@ -131,7 +131,7 @@ def load_animation_model(config: Config, checkpoint: str | Path | None, device: 
         model = load_model(config, checkpoint, device)
     except UserError as err:  # torch's unpickling messages span lines; the CLI prints one
         raise UserError(" ".join(str(err).split())) from None
-    # where an int8 calibration of these weights is kept (core/quantize.py; hashed on use)
+    # where an int8 calibration of these weights is kept (core/quantize.py)
     model.calibration_store = quantize.CalibrationStore.for_checkpoint(checkpoint, config_to_yaml(config))
     return model
 
