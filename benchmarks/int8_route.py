@@ -79,10 +79,14 @@ def eager_int8(folded, run) -> nn.Module:
     from core.devices import module_copy
     from core.quantize import MIN_INT8_CHANNELS
     ranges, hooks = {}, []
+
+    def record(name):
+        def hook(module, args, output) -> None:  # None: the output stays as it is
+            ranges[name] = (float(args[0].min()), float(args[0].max()))
+        return hook
     for name, module in folded.generator.named_modules():
         if isinstance(module, nn.Conv2d) and module.out_channels >= MIN_INT8_CHANNELS:
-            hooks.append(module.register_forward_hook(
-                lambda m, args, out, name=name: ranges.setdefault(name, (float(args[0].min()), float(args[0].max())))))
+            hooks.append(module.register_forward_hook(record(name)))
     run(folded)
     for hook in hooks:
         hook.remove()
