@@ -55,7 +55,7 @@ class EagerInt8Conv(nn.Module):
     """A convolution as oneDNN's quantized::conv2d: uint8 input (calibrated scale), int8
     weights with a scale per output channel, float output."""
 
-    def __init__(self, conv: nn.Conv2d, low: float, high: float):
+    def __init__(self, conv: nn.Conv2d, low: float, high: float, out_low: float, out_high: float):
         super().__init__()
         weight = conv.weight.detach().float().contiguous()
         scales = (weight.abs().amax(dim=(1, 2, 3)).clamp_min(1e-8) / 127).double()
@@ -64,13 +64,19 @@ class EagerInt8Conv(nn.Module):
         bias = conv.bias.detach().float() if conv.bias is not None else None
         self.packed = torch.ops.quantized.conv2d_prepack(quantised, bias, list(conv.stride), list(conv.padding),
                                                          list(conv.dilation), conv.groups)
-        low, high = min(low, 0.0), max(high, 0.0)
-        self.scale = max((high - low) / 255, 1e-8)
-        self.zero_point = int(round(-low / self.scale))
+        self.scale, self.zero_point = _affine(low, high)
+        self.out_scale, self.out_zero_point = _affine(out_low, out_high)
 
     def forward(self, x):
         q = torch.quantize_per_tensor(x.float(), self.scale, self.zero_point, torch.quint8)
-        return torch.ops.quantized.conv2d(q, self.packed, 1.0, 0).dequantize()  # unit scale: dequantised at once
+        return torch.ops.quantized.conv2d(q, self.packed, self.out_scale, self.out_zero_point).dequantize()
+
+
+def _affine(low: float, high: float) -> tuple[float, int]:
+    """uint8 scale and zero point covering [low, high] (and 0)."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = max((high - low) / 255, 1e-8)
+    return scale, int(round(-low / scale))
 
 
 def eager_int8(folded, run) -> nn.Module:
@@ -82,7 +88,7 @@ def eager_int8(folded, run) -> nn.Module:
 
     def record(name):
         def hook(module, args, output) -> None:  # None: the output stays as it is
-            ranges[name] = (float(args[0].min()), float(args[0].max()))
+            ranges[name] = (float(args[0].min()), float(args[0].max()), float(output.min()), float(output.max()))
         return hook
     for name, module in folded.generator.named_modules():
         if isinstance(module, nn.Conv2d) and module.out_channels >= MIN_INT8_CHANNELS:
@@ -92,10 +98,10 @@ def eager_int8(folded, run) -> nn.Module:
         hook.remove()
     copy = module_copy(folded)
     torch.backends.quantized.engine = "onednn"
-    for name, (low, high) in ranges.items():
+    for name, bounds in ranges.items():
         parent, _, leaf = name.rpartition(".")
         holder = copy.generator.get_submodule(parent) if parent else copy.generator
-        setattr(holder, leaf, EagerInt8Conv(getattr(holder, leaf), low, high))
+        setattr(holder, leaf, EagerInt8Conv(getattr(holder, leaf), *bounds))
     return copy
 
 
