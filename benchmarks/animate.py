@@ -126,7 +126,7 @@ def family_config(family: str):
 
 def random_checkpoint(family: str, folder: Path, seed: int = 0) -> Path:
     """The family's vox-256 model with seeded random weights, as a project checkpoint."""
-    from fomm.config import config_to_dict
+    from core.config import config_to_dict
     from fomm.animation import load_animation_model
     from fomm.checkpoint import save_checkpoint
     config = family_config(family)
