@@ -1,11 +1,12 @@
 """The int8 path: a model's convolution blocks run by onnxruntime's quantised kernels.
 
 Which route: onnxruntime's static QDQ quantisation measured faster here than PyTorch's own
-x86 stack (benchmarks/animate.py and README "Fast inference": on a 2-core Zen 5 with
-AVX512-VNNI, vox-256 generator at batch 4, onnxruntime int8 about 1.9x torch's bf16 path,
-torch's eager oneDNN int8 convolutions 1.1x it: they quantise and dequantise around every
-convolution and leave ReLU, pooling, upsampling and concatenation in float; PT2E through
-inductor fuses those too but costs a minute of compilation in every new process).
+x86 stack (benchmarks/int8_route.py, README "Fast inference": on a 2-core Zen 5 with
+AVX512-VNNI, vox-256 generator at batch 4, onnxruntime int8 about 1.6-1.9x torch's bf16
+path, torch's eager oneDNN int8 convolutions 1.1x it: they quantise and dequantise around
+every convolution and leave ReLU, pooling, upsampling and concatenation in float; PT2E
+through inductor fuses those too but measured slower than onnxruntime after minutes of
+export and compilation, paid again in every new process).
 
 What runs in int8 is found from the model, not named per family (`find_regions`): the
 largest sub-modules that
