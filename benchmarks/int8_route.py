@@ -179,11 +179,13 @@ def main() -> None:
     for name in runs:
         wall = statistics.median(t[0] for t in times[name])
         rows.append({"route": name, "wall s/frame": wall, "cpu s/frame": statistics.median(t[1] for t in times[name]),
-                     "max abs to fp32 (/255)": float((outputs[name] - reference).abs().max() * 255),
+                     "max abs to fp32 (/255)": float((outputs[name] - reference).detach().abs().max() * 255),
                      **{key: f"{value:.1f}" for key, value in setup_seconds.get(name, {}).items()}})
     for row in rows:
         row["x torch bf16 (wall)"] = rows[1]["wall s/frame"] / row["wall s/frame"]
-    table = markdown_table(rows)
+        row["x torch bf16 (cpu)"] = rows[1]["cpu s/frame"] / row["cpu s/frame"]
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # the set-up columns of some rows too
+    table = markdown_table(rows, columns)
     load = f"load average {load_before:.1f} before the timed repeats, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores"
     print(table)
     print(load)
