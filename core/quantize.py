@@ -239,6 +239,9 @@ class Recorder:
     def __init__(self, model: nn.Module):
         self.model, self.phase = model, "detect"
         self.calls: dict[str, _Calls] = {}
+        # only a module holding a convolution can be a region: the others' inputs are not kept
+        self.candidates = {name for name, module in model.named_modules()
+                           if any(isinstance(m, nn.Conv2d) for m in module.modules())}
         self.handles = []
         for name, module in model.named_modules():
             if name:
@@ -254,7 +257,8 @@ class Recorder:
                 calls.in_generate, calls.tensor_io = True, False
             else:  # copied before the call: a module may change its input in place
                 calls.in_generate = True
-                calls.add_inputs(tuple(_numpy(a) for a in args))
+                if name in self.candidates:
+                    calls.add_inputs(tuple(_numpy(a) for a in args))
         return hook
 
     def _after(self, name: str):
