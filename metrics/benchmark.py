@@ -191,7 +191,9 @@ def score_model(spec: ModelSpec, store, clips: list[str], args, pose, identity, 
     rows = []
     for index, clip in enumerate(clips):
         batches = clip_batches(store, clip, size, args.batch_size, args.max_frames)
-        clip_out = reconstruct_clip(model, batches, args.device, getattr(args, "precision", "fp32"))
+        # the paper protocol scores the PNGs the original wrote: predictions truncated to uint8
+        clip_out = reconstruct_clip(model, batches, args.device, getattr(args, "precision", "fp32"),
+                                    truncate=args.protocol == "paper")
         real, fake = clip_out.real, clip_out.fake
         real_kp, real_emb = _real_detections(cache, clip, real, pose, identity)
         scores = score_clip(real, fake, pose=pose, identity=identity, lpips=args.lpips,
