@@ -1,0 +1,292 @@
+"""TPSMM (Zhao and Zhang, CVPR 2022) behind the project's model contract (fomm.api).
+
+Sub-networks, under the released checkpoints' names and in their order: `inpainting_network`,
+`dense_motion_network`, `kp_detector`, `bg_predictor` (only with `bg`) and `avd_network`.
+Motion is `{'fg_kp': (B, 5K, 2)}`.
+
+- inference: `generate` is demo.py's (dense motion without background motion, then the
+  inpainting network); `reconstruct` is reconstruction.py's, with the background affine of
+  the bg predictor on (source, driving); `transfer` gives the modes of demo.py: standard
+  (the driving keypoints), relative (`relative_kp`: kp_source + (kp_driving - kp_initial) *
+  sqrt(hull area(kp_source) / hull area(kp_initial)), the scale when adapt_movement_scale,
+  which TPSMM's configs set, as demo.py always scales) and avd (the AVD network).
+- training, stage "reconstruction" (train.py, GeneratorFullModel): perceptual pyramid,
+  equivariance, warp and background losses; TPS dropout before `dropout_epoch`; background
+  motion from `bg_start` (`set_epoch`); two Adam optimisers (betas 0.5, 0.999, weight decay
+  1e-4, lr_generator), `generator` for the inpainting, dense motion and keypoint networks
+  and `bg_predictor`; gradients of the keypoint detector, the dense motion network and
+  (from bg_start) the bg predictor clipped to max-norm 10 (inf-norm) as train.py does.
+- stage "avd" (train_avd.py): only the AVD network trains, on train_avd_params' schedule;
+  the other networks are frozen but stay in training mode, as the original leaves them (its
+  keypoint detector's BatchNorm normalises with batch statistics and updates its running
+  statistics during this stage).
+
+Grids: TPSMM writes align_corners=True into every grid_sample and bilinear interpolate, so
+the family has that one convention whatever `model_params.align_corners` says (its configs
+and translated original yamls say true).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import clip_grad_norm_
+
+from core.errors import UserError
+from fomm.api import Motion, MotionTransferModel
+from fomm.blocks import at_least_fp32, full_precision
+from fomm.model import convex_hull_area
+from fomm.tpsmm import losses
+from fomm.tpsmm.avd_network import AVDNetwork
+from fomm.tpsmm.bg_motion_predictor import BGMotionPredictor
+from fomm.tpsmm.config import Params
+from fomm.tpsmm.dense_motion import DenseMotionNetwork
+from fomm.tpsmm.inpainting import InpaintingNetwork
+from fomm.tpsmm.keypoint_detector import KPDetector
+from fomm.tpsmm.tps import RandomTPS
+
+log = logging.getLogger(__name__)
+
+ALIGN_CORNERS = True
+# train.py: Adam(betas=(0.5, 0.999), weight_decay=1e-4); clip_grad_norm_(max_norm=10, inf)
+WEIGHT_DECAY = 1e-4
+CLIP_MAX_NORM = 10.0
+STAGES = ("reconstruction", "avd")
+
+
+def build_networks(params: Params, num_channels: int) -> dict[str, nn.Module]:
+    """The five networks as demo.py / run.py construct them, in the released layout's order."""
+    nets: dict[str, nn.Module] = {
+        "inpainting_network": InpaintingNetwork(num_channels, multi_mask=params.multi_mask,
+                                                **vars_of(params.generator_params)),
+        "dense_motion_network": DenseMotionNetwork(num_tps=params.num_tps, num_channels=num_channels,
+                                                   bg=params.bg, multi_mask=params.multi_mask,
+                                                   **vars_of(params.dense_motion_params)),
+        "kp_detector": KPDetector(params.num_tps, num_channels),
+    }
+    if params.bg:
+        nets["bg_predictor"] = BGMotionPredictor(num_channels)
+    nets["avd_network"] = AVDNetwork(params.num_tps, **vars_of(params.avd_network_params))
+    return nets
+
+
+def vars_of(section: Any) -> dict[str, Any]:
+    import dataclasses
+    return {field.name: getattr(section, field.name) for field in dataclasses.fields(section)}
+
+
+def dropout_probability(params: Params, epoch: int) -> float | None:
+    """TPS dropout's p at `epoch` (GeneratorFullModel.forward), None from dropout_epoch on:
+    min(epoch / dropout_inc_epoch * dropout_maxp + dropout_startp, dropout_maxp)."""
+    if epoch >= params.dropout_epoch:
+        return None
+    return min(epoch / params.dropout_inc_epoch * params.dropout_maxp + params.dropout_startp, params.dropout_maxp)
+
+
+def relative_motion(kp_source: Motion, kp_driving: Motion, kp_initial: Motion, adapt_movement_scale: bool) -> Motion:
+    """demo.py's relative_kp: kp_source + (kp_driving - kp_initial) * scale, scale =
+    sqrt(hull area of the first source's keypoints) / sqrt(that of the initial frame's)."""
+    scale = 1.0
+    if adapt_movement_scale:
+        source_area = convex_hull_area(kp_source["fg_kp"][0].detach().double().cpu().numpy())
+        initial_area = convex_hull_area(kp_initial["fg_kp"][0].detach().double().cpu().numpy())
+        scale = math.sqrt(source_area) / math.sqrt(initial_area) if initial_area > 0 else 1.0
+    with full_precision(kp_driving["fg_kp"]):
+        driving, initial = at_least_fp32(kp_driving["fg_kp"]), at_least_fp32(kp_initial["fg_kp"])
+        return {"fg_kp": (driving - initial) * scale + at_least_fp32(kp_source["fg_kp"])}
+
+
+class TPSMM(MotionTransferModel):
+    name = "tpsmm"
+    stages = STAGES
+
+    def __init__(self, config):
+        super().__init__()
+        mp = config.model_params
+        self.params: Params = mp.tpsmm_params
+        self.transform_params = config.train_params.transform_params
+        self.align_corners = ALIGN_CORNERS
+        if mp.align_corners is False:
+            log.debug("tpsmm runs with align_corners=True, the convention written into its code; "
+                      "model_params.align_corners=false does not apply to it")
+        for name, module in build_networks(self.params, mp.common_params.num_channels).items():
+            self.add_module(name, module)
+        self.epoch = 0
+        self.stage = "reconstruction"
+
+    @property
+    def has_bg(self) -> bool:
+        return self.params.bg
+
+    # ------------------------------------------------------------------ inference
+    def detect(self, frames: torch.Tensor) -> Motion:
+        """{'fg_kp': (B, 5K, 2)} in [-1, 1]."""
+        return self.kp_detector(frames)
+
+    def keypoints(self, motion: Motion) -> torch.Tensor | None:
+        return motion.get("fg_kp")
+
+    def generate(self, source: torch.Tensor, motion_source: Motion, motion_driving: Motion,
+                 bg_param: torch.Tensor | None = None, dropout_p: float | None = None) -> dict[str, Any]:
+        """prediction (B, 3, H, W), deformed, deformation (B, h, w, 2), occlusion_map (the finest
+        mask, (B, 1, H, W)), occlusion_maps (all four, coarse to fine), contribution_maps,
+        deformed_source, warped_encoder_maps. `bg_param` (B, 3, 3): the background affine
+        (None: no background motion, as demo.py); `dropout_p`: TPS dropout (training)."""
+        dense = self.dense_motion_network(source_image=source, kp_driving=motion_driving, kp_source=motion_source,
+                                          bg_param=bg_param, dropout_flag=dropout_p is not None,
+                                          dropout_p=dropout_p or 0.0)
+        out = self.inpainting_network(source, dense)
+        out["occlusion_maps"] = out["occlusion_map"]
+        out["occlusion_map"] = out["occlusion_maps"][-1]
+        out["deformation"] = dense["deformation"]
+        return out
+
+    def background(self, source: torch.Tensor, driving: torch.Tensor) -> torch.Tensor | None:
+        """The background affine (B, 3, 3) of BGMotionPredictor(source, driving), or None without one."""
+        if not self.has_bg:
+            return None
+        with full_precision(source):
+            return self.bg_predictor(at_least_fp32(source), at_least_fp32(driving))
+
+    def reconstruct(self, source: torch.Tensor, driving: torch.Tensor) -> dict[str, Any]:
+        """reconstruction.py: the driving keypoints and the background motion of (source, driving)."""
+        return self.generate(source, self.detect(source), self.detect(driving),
+                             bg_param=self.background(source, driving))
+
+    def transfer(self, motion_source: Motion, motion_driving: Motion, motion_initial: Motion,
+                 relative: bool = True, relative_jacobian: bool = True, adapt_movement_scale: bool = False,
+                 avd: bool = False) -> Motion:
+        """demo.py's modes: avd (the AVD network), relative (relative_kp), else standard.
+        TPSMM has no jacobians: `relative_jacobian` does not apply."""
+        if avd:
+            with full_precision(motion_driving["fg_kp"]):
+                return self.avd_network({"fg_kp": at_least_fp32(motion_source["fg_kp"])},
+                                        {"fg_kp": at_least_fp32(motion_driving["fg_kp"])})
+        if not relative:
+            return dict(motion_driving)
+        return relative_motion(motion_source, motion_driving, motion_initial, adapt_movement_scale)
+
+    # ------------------------------------------------------------------ training
+    def set_epoch(self, epoch: int) -> None:
+        """The loop's epoch: TPS dropout before dropout_epoch, background motion from bg_start."""
+        self.epoch = int(epoch)
+
+    @property
+    def bg_active(self) -> bool:
+        return self.has_bg and self.epoch >= self.params.bg_start
+
+    def set_stage(self, stage: str) -> None:
+        if stage not in STAGES:
+            raise UserError(f"tpsmm training stage {stage!r}: expected one of {list(STAGES)}")
+        self.stage = stage
+
+    @classmethod
+    def stage_config(cls, config, stage: str):
+        """The config the loop runs `stage` with: for "avd", train_avd_params' epochs, repeats,
+        batch size, workers, checkpoint_freq and milestones. The milestones are one later than
+        the yaml's: train_avd.py steps its MultiStepLR with scheduler.step(epoch) after each
+        epoch, which applies a decay one epoch after the milestone."""
+        if stage not in STAGES:
+            raise UserError(f"tpsmm training stage {stage!r}: expected one of {list(STAGES)}")
+        if stage == "reconstruction":
+            return config
+        from dataclasses import replace
+        avd = config.model_params.tpsmm_params.train_avd_params
+        train = replace(config.train_params, num_epochs=avd.num_epochs, num_repeats=avd.num_repeats,
+                        batch_size=avd.batch_size, dataloader_workers=avd.dataloader_workers,
+                        checkpoint_freq=avd.checkpoint_freq,
+                        epoch_milestones=tuple(m + 1 for m in avd.epoch_milestones))
+        return replace(config, train_params=train)
+
+    def generator_losses(self, source: torch.Tensor, driving: torch.Tensor, kit
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        if self.stage == "avd":
+            return self.avd_losses(source, driving)
+        return self.reconstruction_losses(source, driving, kit)
+
+    def reconstruction_losses(self, source: torch.Tensor, driving: torch.Tensor, kit,
+                              transform: RandomTPS | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """GeneratorFullModel.forward at the current epoch: perceptual (Eq. 9), equivariance
+        (Eq. 10), warp (Eq. 11) and background (Eq. 12) losses, weighted. `transform` replaces
+        the random TPS the equivariance loss draws (tests feed a stored one)."""
+        params, weights = self.params, kit.weights
+        kp_source, kp_driving = self.detect(source), self.detect(driving)
+        bg_param = self.background(source, driving) if self.bg_active else None
+        generated = self.generate(source, kp_source, kp_driving, bg_param=bg_param,
+                                  dropout_p=dropout_probability(params, self.epoch))
+        generated.update(kp_source=kp_source, kp_driving=kp_driving)
+        out: dict[str, torch.Tensor] = {}
+        if sum(weights.perceptual) != 0:
+            out["perceptual"] = kit.perceptual(generated["prediction"], driving)
+        if weights.equivariance_value != 0:
+            tp = self.transform_params
+            if transform is None:
+                transform = RandomTPS(driving.shape[0], tp.sigma_affine, tp.sigma_tps, tp.points_tps,
+                                      dtype=at_least_fp32(driving).dtype, device=driving.device)
+            frame = losses.transformed_frame(driving, transform)
+            kp_transformed = self.detect(frame.to(driving.dtype))
+            generated.update(transformed_frame=frame, transformed_kp=kp_transformed)
+            out["equivariance_value"] = losses.equivariance_value(weights.equivariance_value, kp_driving,
+                                                                  kp_transformed, transform)
+        if params.loss_weights.warp_loss != 0:
+            encoded = self.inpainting_network.encode(driving, generated["occlusion_maps"])
+            out["warp_loss"] = losses.warp_loss(params.loss_weights.warp_loss, encoded,
+                                                generated["warped_encoder_maps"])
+        if self.bg_active and params.loss_weights.bg != 0:
+            out["bg"] = losses.bg_loss(params.loss_weights.bg, bg_param, self.background(driving, source))
+        return out, generated
+
+    def avd_losses(self, source: torch.Tensor, driving: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
+        """train_avd.py: the AVD network rebuilds the driving keypoints from the source's and a
+        randomly rescaled copy of the driving's (the keypoints without gradients)."""
+        avd = self.params.train_avd_params
+        with torch.no_grad():
+            kp_source, kp_driving = self.detect(source), self.detect(driving)
+            kp_random = losses.random_scale(kp_driving, avd.random_scale)
+        reconstructed = self.avd_network(kp_source, kp_random)
+        loss = losses.avd_reconstruction(avd.lambda_shift, kp_driving, reconstructed)
+        with torch.no_grad():  # what the training images show: the source driven by the AVD keypoints
+            generated = self.generate(source, kp_source, reconstructed)
+        generated.update(kp_source=kp_source, kp_driving=reconstructed)
+        return {"rec_kp": loss}, generated
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        if self.stage == "avd":
+            return {"avd": list(self.avd_network.parameters())}
+        groups = {"generator": [*self.inpainting_network.parameters(), *self.dense_motion_network.parameters(),
+                                *self.kp_detector.parameters()]}
+        if self.has_bg:
+            groups["bg_predictor"] = list(self.bg_predictor.parameters())
+        return groups
+
+    def optimizer_lr(self, group: str, train_params) -> float:
+        """lr_generator for both reconstruction optimisers (train.py), train_avd_params.lr for avd."""
+        if group == "avd":
+            return self.params.train_avd_params.lr
+        return train_params.lr_generator
+
+    def optimizer_weight_decay(self, group: str) -> float:
+        """train.py's Adam weight decay (1e-4) for the reconstruction stage; train_avd.py's Adam has none."""
+        return 0.0 if group == "avd" else WEIGHT_DECAY
+
+    def clip_gradients(self) -> None:
+        """train.py: inf-norm clipping at 10 of the keypoint detector's and dense motion
+        network's gradients, and the bg predictor's from bg_start (not the inpainting network's)."""
+        if self.stage == "avd":
+            return
+        clip_grad_norm_(self.kp_detector.parameters(), max_norm=CLIP_MAX_NORM, norm_type=math.inf)
+        clip_grad_norm_(self.dense_motion_network.parameters(), max_norm=CLIP_MAX_NORM, norm_type=math.inf)
+        if self.bg_active:
+            clip_grad_norm_(self.bg_predictor.parameters(), max_norm=CLIP_MAX_NORM, norm_type=math.inf)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_from_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        """The sub-network state dicts of a released file ({inpainting_network, dense_motion_network,
+        kp_detector, bg_predictor, avd_network, optimizer..., epoch}) or a project checkpoint;
+        optimiser states and the epoch are not model weights and are left out."""
+        from fomm.checkpoint import model_state
+        state = model_state(checkpoint)
+        return {name: sd for name, sd in state.items() if name in dict(self.named_children())}
