@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from fomm.tpsmm.tps import KeypointTPS, RandomTPS
+from fomm.tpsmm.tps import KeypointTPS, RandomTPS, traceable_solve
 
 ATOL = RTOL = 1e-9
 # The training call's seed: torch.manual_seed(seed * 100003 + 99991) before GeneratorFullModel.
@@ -230,7 +230,8 @@ def test_training_losses_and_background_motion(golden, model, config, weights, i
 
 def test_keypoint_tps_solves_the_regularised_system(golden):
     """Eq. 2 as the original sets it up: (L + 0.01 I) [w; A^T] = [kp_source; 0], with the
-    driving keypoints as control points; the stored theta and weights satisfy it."""
+    driving keypoints as control points; the stored theta and weights satisfy it, and the
+    export's Gauss-Jordan solve (no torch.linalg in ONNX) gives the same solution."""
     out = golden["outputs"]
     kp_driving = out["kp_driving"]["fg_kp"].view(3, 4, 5, 2)
     kp_source = out["kp_source"]["fg_kp"].view(1, 4, 5, 2).expand(3, -1, -1, -1)
@@ -245,3 +246,7 @@ def test_keypoint_tps_solves_the_regularised_system(golden):
     target = torch.cat([kp_source, torch.zeros(3, 4, 3, 2, dtype=torch.float64)], dim=2)
     assert torch.allclose(system @ params, target, atol=1e-12)
     assert_close(tps.theta, out["dense_motion_absolute_steps"]["tps_theta"], "tps_theta")
+    with traceable_solve():
+        eliminated = KeypointTPS(kp_driving, kp_source)
+    assert_close(eliminated.theta, tps.theta, "pivoted_solve theta")
+    assert_close(eliminated.control_params, tps.control_params, "pivoted_solve control_params")

@@ -55,6 +55,8 @@ ALIGN_CORNERS = True
 WEIGHT_DECAY = 1e-4
 CLIP_MAX_NORM = 10.0
 STAGES = ("reconstruction", "avd")
+# Rows of the training images (fomm.train.training_image shows 4).
+IMAGE_ROWS = 4
 
 
 def build_networks(params: Params, num_channels: int) -> dict[str, nn.Module]:
@@ -84,6 +86,16 @@ def dropout_probability(params: Params, epoch: int) -> float | None:
     if epoch >= params.dropout_epoch:
         return None
     return min(epoch / params.dropout_inc_epoch * params.dropout_maxp + params.dropout_startp, params.dropout_maxp)
+
+
+def unused(module: nn.Module) -> torch.Tensor:
+    """0 with a (zero) gradient path to every trainable parameter of `module`: a sub-network
+    that sits out a step (the bg predictor before bg_start) still takes part in DDP's gradient
+    all-reduce, and the loss keys stay the same every step."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return torch.zeros(())
+    return sum(p.sum() for p in params) * 0.0
 
 
 def relative_motion(kp_source: Motion, kp_driving: Motion, kp_initial: Motion, adapt_movement_scale: bool) -> Motion:
@@ -235,22 +247,29 @@ class TPSMM(MotionTransferModel):
             encoded = self.inpainting_network.encode(driving, generated["occlusion_maps"])
             out["warp_loss"] = losses.warp_loss(params.loss_weights.warp_loss, encoded,
                                                 generated["warped_encoder_maps"])
-        if self.bg_active and params.loss_weights.bg != 0:
-            out["bg"] = losses.bg_loss(params.loss_weights.bg, bg_param, self.background(driving, source))
+        if self.has_bg:
+            if self.bg_active and params.loss_weights.bg != 0:
+                out["bg"] = losses.bg_loss(params.loss_weights.bg, bg_param, self.background(driving, source))
+            else:
+                out["bg"] = unused(self.bg_predictor)
         return out, generated
 
     def avd_losses(self, source: torch.Tensor, driving: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
         """train_avd.py: the AVD network rebuilds the driving keypoints from the source's and a
-        randomly rescaled copy of the driving's (the keypoints without gradients)."""
+        randomly rescaled copy of the driving's (the keypoints without gradients). The
+        generated outputs, for the training images only, are the first IMAGE_ROWS sources
+        driven by the AVD's keypoints (train_avd.py draws its epoch images the same way)."""
         avd = self.params.train_avd_params
         with torch.no_grad():
             kp_source, kp_driving = self.detect(source), self.detect(driving)
             kp_random = losses.random_scale(kp_driving, avd.random_scale)
         reconstructed = self.avd_network(kp_source, kp_random)
         loss = losses.avd_reconstruction(avd.lambda_shift, kp_driving, reconstructed)
-        with torch.no_grad():  # what the training images show: the source driven by the AVD keypoints
-            generated = self.generate(source, kp_source, reconstructed)
-        generated.update(kp_source=kp_source, kp_driving=reconstructed)
+        rows = slice(0, IMAGE_ROWS)
+        with torch.no_grad():
+            shown = {"fg_kp": reconstructed["fg_kp"][rows].detach()}
+            generated = self.generate(source[rows], {"fg_kp": kp_source["fg_kp"][rows]}, shown)
+        generated.update(kp_source=kp_source, kp_driving=shown)
         return {"rec_kp": loss}, generated
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -274,13 +293,19 @@ class TPSMM(MotionTransferModel):
 
     def clip_gradients(self) -> None:
         """train.py: inf-norm clipping at 10 of the keypoint detector's and dense motion
-        network's gradients, and the bg predictor's from bg_start (not the inpainting network's)."""
+        network's gradients, and the bg predictor's from bg_start (not the inpainting network's).
+        Before bg_start the bg predictor's (zero) gradients are dropped, so its optimiser
+        leaves it untouched (Adam skips parameters without gradients), as in train.py, where
+        it is not stepped."""
         if self.stage == "avd":
             return
         clip_grad_norm_(self.kp_detector.parameters(), max_norm=CLIP_MAX_NORM, norm_type=math.inf)
         clip_grad_norm_(self.dense_motion_network.parameters(), max_norm=CLIP_MAX_NORM, norm_type=math.inf)
         if self.bg_active:
             clip_grad_norm_(self.bg_predictor.parameters(), max_norm=CLIP_MAX_NORM, norm_type=math.inf)
+        elif self.has_bg:
+            for param in self.bg_predictor.parameters():
+                param.grad = None
 
     # ------------------------------------------------------------------ checkpoints
     def state_from_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
