@@ -81,7 +81,8 @@ ORIGINAL_CONFIGS = ("vox-256", "taichi-256", "ted-384", "mgif-256")
 def test_original_yaml_loads_unchanged_and_equals_the_project_config(name, tmp_path):
     """The original file, as a yaml on disk, loads with no option; configs/tpsmm-<name>.yaml
     has the same values in the same layout (frame_shape written out for the null)."""
-    from fomm.config import CONFIG_DIR, load_config
+    from core.config import CONFIG_DIR
+    from fomm.config import load_config
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(original_yaml(name)))
     original = load_config(path)

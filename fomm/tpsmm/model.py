@@ -55,6 +55,9 @@ ALIGN_CORNERS = True
 WEIGHT_DECAY = 1e-4
 CLIP_MAX_NORM = 10.0
 STAGES = ("reconstruction", "avd")
+# What a released file must hold (demo.py loads these three) and what it may lack.
+RELEASED_REQUIRED = ("inpainting_network", "dense_motion_network", "kp_detector")
+RELEASED_OPTIONAL = ("bg_predictor", "avd_network")
 # Rows of the training images (fomm.train.training_image shows 4).
 IMAGE_ROWS = 4
 
@@ -203,11 +206,11 @@ class TPSMM(MotionTransferModel):
         epoch, which applies a decay one epoch after the milestone."""
         if stage not in STAGES:
             raise UserError(f"tpsmm training stage {stage!r}: expected one of {list(STAGES)}")
-        if stage == "reconstruction":
-            return config
         from dataclasses import replace
+        if stage == "reconstruction":
+            return replace(config, train_params=replace(config.train_params, stage=stage))
         avd = config.model_params.tpsmm_params.train_avd_params
-        train = replace(config.train_params, num_epochs=avd.num_epochs, num_repeats=avd.num_repeats,
+        train = replace(config.train_params, stage=stage, num_epochs=avd.num_epochs, num_repeats=avd.num_repeats,
                         batch_size=avd.batch_size, dataloader_workers=avd.dataloader_workers,
                         checkpoint_freq=avd.checkpoint_freq,
                         epoch_milestones=tuple(m + 1 for m in avd.epoch_milestones))
@@ -287,7 +290,7 @@ class TPSMM(MotionTransferModel):
             return self.params.train_avd_params.lr
         return train_params.lr_generator
 
-    def optimizer_weight_decay(self, group: str) -> float:
+    def optimizer_weight_decay(self, group: str, train_params) -> float:
         """train.py's Adam weight decay (1e-4) for the reconstruction stage; train_avd.py's Adam has none."""
         return 0.0 if group == "avd" else WEIGHT_DECAY
 
@@ -308,10 +311,25 @@ class TPSMM(MotionTransferModel):
                 param.grad = None
 
     # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def recognises(cls, checkpoint) -> bool:
+        """A released TPSMM file: the state dicts of its three inference networks at the top
+        level (demo.py loads exactly these), beside optimiser states and the epoch."""
+        return all(isinstance(checkpoint.get(name), dict) for name in RELEASED_REQUIRED)
+
     def state_from_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
         """The sub-network state dicts of a released file ({inpainting_network, dense_motion_network,
         kp_detector, bg_predictor, avd_network, optimizer..., epoch}) or a project checkpoint;
-        optimiser states and the epoch are not model weights and are left out."""
+        optimiser states and the epoch are not model weights and are left out.
+
+        Files of the original's train.py have no `avd_network` (train_avd.py adds it) and,
+        before bg_start, no `bg_predictor`; logger.py's load_cpk skips what is absent, so those
+        networks keep their initialisation here too (named in the log)."""
         from fomm.checkpoint import model_state
-        state = model_state(checkpoint)
-        return {name: sd for name, sd in state.items() if name in dict(self.named_children())}
+        children = dict(self.named_children())
+        state = {name: sd for name, sd in model_state(checkpoint).items() if name in children}
+        for name in RELEASED_OPTIONAL:
+            if name in children and name not in state:
+                log.info("checkpoint has no %s: it keeps its initialisation (as the original's load_cpk)", name)
+                state[name] = children[name].state_dict()
+        return state
