@@ -172,7 +172,8 @@ class Animator:
         with self.precision.keypoint_context():
             self.motion_source = model.detect(self.source)
             self.motion_initial = model.detect(self.precision.prepare_input(initial))
-        self._transfer(self.motion_initial)  # a mode the family lacks (avd) fails before any frame
+        with self.precision.context():  # inference tensors: a network in transfer (AVD) needs inference mode
+            self._transfer(self.motion_initial)  # a mode the family lacks (avd) fails before any frame
 
     @classmethod
     def from_frames(cls, model: MotionTransferModel, source: np.ndarray, initial: np.ndarray,

@@ -231,3 +231,29 @@ class _nothing:
 
     def __exit__(self, *args):
         return False
+
+
+# --------------------------------------------------------------------------- DDP
+def test_two_ray_workers_train_tpsmm_with_synchronised_batchnorm(taichi_root, tmp_path):
+    """`--workers 2` (Ray Train, DDP over gloo, one frame per worker): every BatchNorm of the
+    two ResNet-18s and the AVD network is synchronised, and the bg predictor, idle before
+    bg_start (epoch 1 here), stays in DDP's gradient all-reduce through its zero-loss path:
+    untouched by step 1, trained by step 2."""
+    from torch import nn
+
+    from fomm.distributed import GlooSyncBatchNorm, synchronize_batch_norm, train_distributed
+    config = tiny("train_params.batch_size=2", "train_params.num_repeats=1", "train_params.max_steps=2",
+                  "train_params.checkpoint_every=1", "model_params.tpsmm_params.bg_start=1")
+    model = synchronize_batch_norm(build_model(config), "cpu")
+    assert not any(type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, GlooSyncBatchNorm) for m in model.modules()) == 40 + 9
+    seed_everything(config.train_params.seed)
+    initial = build_model(config).bg_predictor.state_dict()
+    train_distributed(train, config, taichi_root, tmp_path / "ray", num_workers=2)
+    curve = metrics(tmp_path / "ray")
+    assert [r["step"] for r in curve] == [1, 2] and [r["epoch"] for r in curve] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and "bg" in r for r in curve)
+    steps = [load_checkpoint_file(tmp_path / "ray" / "checkpoints" / f"step-{s:07d}.pt") for s in (1, 2)]
+    weights = [k for k in initial if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert all(torch.equal(steps[0]["bg_predictor"][k], initial[k]) for k in weights)
+    assert not all(torch.equal(steps[1]["bg_predictor"][k], initial[k]) for k in weights)
