@@ -84,7 +84,7 @@ def test_fifty_steps_at_the_original_settings_lower_the_loss(taichi_root, tmp_pa
     assert math.isclose(control[0], trained[0], rel_tol=1e-5), (control[0], trained[0])
     last, last_control = np.mean(trained[-10:]), np.mean(control[1:])
     print(f"tpsmm tiny: last-10-step loss {last:.4f} trained, {last_control:.4f} at lr 0 (step 1: {trained[0]:.4f})")
-    assert last < 0.95 * last_control, (last, last_control)
+    assert last < 0.8 * last_control, (last, last_control)  # measured: 6.23 against 13.42
 
 
 def save_untrained(config, path: Path) -> Path:
@@ -257,3 +257,21 @@ def test_two_ray_workers_train_tpsmm_with_synchronised_batchnorm(taichi_root, tm
     weights = [k for k in initial if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert all(torch.equal(steps[0]["bg_predictor"][k], initial[k]) for k in weights)
     assert not all(torch.equal(steps[1]["bg_predictor"][k], initial[k]) for k in weights)
+
+
+def test_bf16_autocast_and_channels_last_training_step():
+    """The GPU training path (bf16 autocast, channels_last) with CPU autocast as a stand-in:
+    keypoints, the background affine, TPS grids and the flow stay float32; losses and
+    gradients are finite."""
+    config = tiny()
+    model = build_model(config).to(memory_format=torch.channels_last).train()
+    kit = build_kit(config, "cpu")
+    frames = torch.rand(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses, generated = model.generator_losses(frames[:2], frames[2:], kit)
+    sum(losses.values()).backward()
+    assert generated["kp_driving"]["fg_kp"].dtype == torch.float32
+    assert generated["deformation"].dtype == torch.float32 and generated["contribution_maps"].dtype == torch.float32
+    assert all(torch.isfinite(v) for v in losses.values())
+    grads = [p.grad for p in model.optimizer_groups()["generator"] if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

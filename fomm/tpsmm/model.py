@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -66,21 +67,16 @@ def build_networks(params: Params, num_channels: int) -> dict[str, nn.Module]:
     """The five networks as demo.py / run.py construct them, in the released layout's order."""
     nets: dict[str, nn.Module] = {
         "inpainting_network": InpaintingNetwork(num_channels, multi_mask=params.multi_mask,
-                                                **vars_of(params.generator_params)),
+                                                **asdict(params.generator_params)),
         "dense_motion_network": DenseMotionNetwork(num_tps=params.num_tps, num_channels=num_channels,
                                                    bg=params.bg, multi_mask=params.multi_mask,
-                                                   **vars_of(params.dense_motion_params)),
+                                                   **asdict(params.dense_motion_params)),
         "kp_detector": KPDetector(params.num_tps, num_channels),
     }
     if params.bg:
         nets["bg_predictor"] = BGMotionPredictor(num_channels)
-    nets["avd_network"] = AVDNetwork(params.num_tps, **vars_of(params.avd_network_params))
+    nets["avd_network"] = AVDNetwork(params.num_tps, **asdict(params.avd_network_params))
     return nets
-
-
-def vars_of(section: Any) -> dict[str, Any]:
-    import dataclasses
-    return {field.name: getattr(section, field.name) for field in dataclasses.fields(section)}
 
 
 def dropout_probability(params: Params, epoch: int) -> float | None:
@@ -138,8 +134,11 @@ class TPSMM(MotionTransferModel):
 
     # ------------------------------------------------------------------ inference
     def detect(self, frames: torch.Tensor) -> Motion:
-        """{'fg_kp': (B, 5K, 2)} in [-1, 1]."""
-        return self.kp_detector(frames)
+        """{'fg_kp': (B, 5K, 2)} in [-1, 1], in at least fp32 even under bf16 autocast (training on
+        a GPU): the TPS solves amplify keypoint rounding (condition numbers ~20), as the
+        Animator's keypoint_context keeps detection fp32 too."""
+        with full_precision(frames):
+            return self.kp_detector(at_least_fp32(frames))
 
     def keypoints(self, motion: Motion) -> torch.Tensor | None:
         return motion.get("fg_kp")
@@ -163,7 +162,7 @@ class TPSMM(MotionTransferModel):
         """The background affine (B, 3, 3) of BGMotionPredictor(source, driving), or None without one."""
         if not self.has_bg:
             return None
-        with full_precision(source):
+        with full_precision(source):  # an affine of the whole frame: fp32, as the keypoints
             return self.bg_predictor(at_least_fp32(source), at_least_fp32(driving))
 
     def reconstruct(self, source: torch.Tensor, driving: torch.Tensor) -> dict[str, Any]:
