@@ -242,8 +242,8 @@ def test_two_ray_workers_train_tpsmm_with_synchronised_batchnorm(taichi_root, tm
     from torch import nn
 
     from fomm.distributed import GlooSyncBatchNorm, synchronize_batch_norm, train_distributed
-    config = tiny("train_params.batch_size=2", "train_params.num_repeats=1", "train_params.max_steps=2",
-                  "train_params.checkpoint_every=1", "model_params.tpsmm_params.bg_start=1")
+    config = tiny("train_params.batch_size=2", "train_params.num_repeats=1", "train_params.num_epochs=10",
+                  "train_params.max_steps=2", "train_params.checkpoint_every=1", "model_params.tpsmm_params.bg_start=1")
     model = synchronize_batch_norm(build_model(config), "cpu")
     assert not any(type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) for m in model.modules())
     assert sum(isinstance(m, GlooSyncBatchNorm) for m in model.modules()) == 40 + 9

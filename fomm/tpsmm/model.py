@@ -313,8 +313,11 @@ class TPSMM(MotionTransferModel):
     @classmethod
     def recognises(cls, checkpoint) -> bool:
         """A released TPSMM file: the state dicts of its three inference networks at the top
-        level (demo.py loads exactly these), beside optimiser states and the epoch."""
-        return all(isinstance(checkpoint.get(name), dict) for name in RELEASED_REQUIRED)
+        level (demo.py loads exactly these), the detector a ResNet (`fg_encoder`), beside
+        optimiser states and the epoch."""
+        detector = checkpoint.get("kp_detector")
+        return (all(isinstance(checkpoint.get(name), dict) for name in RELEASED_REQUIRED)
+                and torch.is_tensor(detector.get("fg_encoder.fc.weight")))
 
     def state_from_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
         """The sub-network state dicts of a released file ({inpainting_network, dense_motion_network,
