@@ -178,7 +178,8 @@ class Animator:
         with self.precision.keypoint_context():
             self.motion_source = model.detect(self.source)
             self.motion_initial = model.detect(self.precision.prepare_input(initial))
-        self._transfer(self.motion_initial)  # a mode the family lacks (avd) fails before any frame
+        with self.precision.context():  # inference tensors: a network in transfer (AVD) needs inference mode
+            self._transfer(self.motion_initial)  # a mode the family lacks (avd) fails before any frame
         # int8: the stored calibration of the weights, else one from the first driving batch
         self.calibration = getattr(model, "calibration_store", None)  # set by load_animation_model
         self.calibrating = self.precision.int8 and not self._stored_int8()

@@ -94,6 +94,10 @@ class MotionTransferModel(nn.Module, ABC):
                             "kp_detector or discriminator")
         return lr
 
+    def optimizer_weight_decay(self, group: str, train_params: Any) -> float:
+        """The weight decay of optimiser `group` (0: none, as FOMM; TPSMM's train.py uses 1e-4)."""
+        return 0.0
+
     def clip_gradients(self) -> None:
         """Called by the loop after the generator-side backward, before the optimisers step:
         where the original clips gradients (TPSMM), the family does it here."""

@@ -1,4 +1,4 @@
-"""`pipeline run export`: a FOMM's keypoint detector and generator as ONNX graphs.
+"""`pipeline run export`: a FOMM's (or TPSMM's) keypoint detector and generator as ONNX graphs.
 
     pipeline run export --config vox-256 --checkpoint vox-cpk.pth.tar --format onnx --out vox-onnx/ \\
         [--check-frames driving.mp4]
@@ -20,7 +20,10 @@ difference above 1e-4 is an error and nothing is written.
 Graphs are traced in fp32 by torch's TorchScript exporter at opset 17: it measured exact
 (max diff ~1e-7) where the dynamo exporter's graph was ~6e-3 off on the generator. ONNX has
 no matrix inverse, so while tracing `torch.inverse` of the 2x2 jacobians is the closed form
-adj(J)/det(J). Monkey-Net and X2Face are not exported yet.
+adj(J)/det(J). TPSMM exports its keypoint detector, its generator (dense motion and
+inpainting) and its AVD network (fomm/tpsmm/onnx.py: its TPS solves become Gauss-Jordan
+elimination while tracing); `open_export` picks the runner by the folder's config.
+Monkey-Net, X2Face and MRAA are not exported yet.
 """
 from __future__ import annotations
 
@@ -52,6 +55,8 @@ GENERATOR_INPUTS = ("source", "kp_source_value", "kp_source_jacobian", "kp_drivi
                     "kp_driving_jacobian")
 TOLERANCE = 1e-4
 OPSET = 17
+# Families with graphs: FOMM here, TPSMM in fomm/tpsmm/onnx.py.
+EXPORTED = ("fomm", "tpsmm")
 
 
 # --------------------------------------------------------------------------- graphs
@@ -117,35 +122,24 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 
 
 def export_onnx(model, config: Config, out_dir: str | Path, check_frames: np.ndarray) -> dict:
-    """Write the graphs, config and parity report of `model` (a FOMM) to `out_dir`.
+    """Write the graphs, config and parity report of `model` (a FOMM or a TPSMM) to `out_dir`.
 
     `check_frames` (N >= 2, H, W, 3) uint8 at the config's size: frame 0 is the source,
     the others drive it. Returns the report (max abs differences per output)."""
-    if getattr(model, "name", None) != "fomm":
-        raise UserError(f"export supports the fomm family; {getattr(model, 'name', model)!r} is not "
-                        "exported yet")
-    if model.kp_detector.jacobian is None:
+    name = getattr(model, "name", None)
+    if name not in EXPORTED:
+        raise UserError(f"export supports the {' and '.join(EXPORTED)} families; {getattr(model, 'name', model)!r} "
+                        "is not exported yet")
+    if name == "fomm" and model.kp_detector.jacobian is None:
         raise UserError("export needs common_params.estimate_jacobian: true (the graphs take jacobians)")
     out_dir = Path(out_dir)
-    kp_detector = copy.deepcopy(model.kp_detector).float().eval()
-    generator = copy.deepcopy(model.generator).float().eval()
     frames = to_tensor(check_frames)
-    source, driving = frames[:1], frames[1:]
-    with torch.no_grad():
-        kp_source, kp_driving = kp_detector(source), kp_detector(driving)
-    batch = driving.shape[0]
-    generator_args = (source.expand(batch, -1, -1, -1).contiguous(),
-                      kp_source["value"].expand(batch, -1, -1).contiguous(),
-                      kp_source["jacobian"].expand(batch, -1, -1, -1).contiguous(),
-                      kp_driving["value"], kp_driving["jacobian"])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        with torch.no_grad(), traceable_inverse():
-            _export(KeypointGraph(kp_detector).eval(), (driving,), staging / KP_FILE, ["frames"], ["value", "jacobian"])
-            _export(GeneratorGraph(generator).eval(), generator_args, staging / GENERATOR_FILE,
-                    list(GENERATOR_INPUTS), ["prediction"])
-        report = check_parity(staging, kp_detector, generator, frames)
+        diffs = (_write_tpsmm if name == "tpsmm" else _write_fomm)(model, staging, frames)
+        report = {"frames": int(frames.shape[0]), "batches": sorted({1, int(frames.shape[0]) - 1}),
+                  "max_abs_diff": diffs, "tolerance": TOLERANCE, "opset": OPSET}
         (staging / CONFIG_FILE).write_text(config_to_yaml(config))
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2))
         worst = max(report["max_abs_diff"].values())
@@ -158,8 +152,50 @@ def export_onnx(model, config: Config, out_dir: str | Path, check_frames: np.nda
         staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("export: %s and %s in %s, max abs diff %.2e", KP_FILE, GENERATOR_FILE, out_dir, worst)
+    logger.info("export: %s graphs in %s, max abs diff %.2e", name, out_dir, worst)
     return report
+
+
+def _write_fomm(model, staging: Path, frames: torch.Tensor) -> dict[str, float]:
+    """FOMM's two graphs into `staging`; their parity with the torch modules."""
+    kp_detector = copy.deepcopy(model.kp_detector).float().eval()
+    generator = copy.deepcopy(model.generator).float().eval()
+    source, driving = frames[:1], frames[1:]
+    with torch.no_grad():
+        kp_source, kp_driving = kp_detector(source), kp_detector(driving)
+    batch = driving.shape[0]
+    generator_args = (source.expand(batch, -1, -1, -1).contiguous(),
+                      kp_source["value"].expand(batch, -1, -1).contiguous(),
+                      kp_source["jacobian"].expand(batch, -1, -1, -1).contiguous(),
+                      kp_driving["value"], kp_driving["jacobian"])
+    with torch.no_grad(), traceable_inverse():
+        _export(KeypointGraph(kp_detector).eval(), (driving,), staging / KP_FILE, ["frames"], ["value", "jacobian"])
+        _export(GeneratorGraph(generator).eval(), generator_args, staging / GENERATOR_FILE,
+                list(GENERATOR_INPUTS), ["prediction"])
+    return check_parity(staging, kp_detector, generator, frames)["max_abs_diff"]
+
+
+def _write_tpsmm(model, staging: Path, frames: torch.Tensor) -> dict[str, float]:
+    """TPSMM's three graphs (fomm/tpsmm/onnx.py) into `staging`; their parity with the model."""
+    from fomm.tpsmm import onnx as tpsmm_onnx
+    tpsmm_onnx.export_graphs(model, staging, frames, _export)
+    return tpsmm_onnx.check_parity(staging, copy.deepcopy(model), frames)
+
+
+def open_export(folder: str | Path, threads: int | None = None) -> nn.Module:
+    """The onnxruntime runner of an export folder: the family its config.yaml names."""
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise UserError(f"--backend onnxruntime {str(folder)!r}: expected a folder written by `pipeline run "
+                        f"export`; {CONFIG_FILE} missing")
+    config = load_config(config_path)
+    if config.model_params.name == "tpsmm":
+        from fomm.tpsmm.onnx import OnnxTPSMM
+        runner = OnnxTPSMM(folder, threads)
+        runner.config = config
+        return runner
+    return OnnxFomm(folder, threads)
 
 
 def _umask() -> int:

@@ -139,15 +139,15 @@ def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Pat
 
 
 def main(args: argparse.Namespace) -> int:
-    from fomm.checkpoint import checkpoint_config, load_checkpoint_file, load_model
+    from fomm.checkpoint import checkpoint_config, load_checkpoint_file, load_model, released_config
     if args.num_videos is not None and args.num_videos < 1:  # checked before anything is written
         raise UserError(f"--num-videos must be a positive number of clips, got {args.num_videos}")
     if args.config:
         config = load_config(args.config, args.overrides)
     else:
-        config = checkpoint_config(load_checkpoint_file(args.checkpoint))
-        if config is None:
-            raise UserError(f"{args.checkpoint!r} carries no config (a released checkpoint): pass --config")
+        # A project checkpoint's own config, or a released file's family default (by its layout).
+        checkpoint = load_checkpoint_file(args.checkpoint)
+        config = checkpoint_config(checkpoint) or released_config(checkpoint, args.checkpoint)
         config = config_from_dict(config_to_dict(config), args.overrides)
     if args.model and args.model != config.model_params.name:
         config = replace(config, model_params=replace(config.model_params, name=args.model))

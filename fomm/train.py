@@ -176,15 +176,17 @@ def use_bf16(config: Config, device: str) -> bool:
     return device.startswith("cuda") and precision in ("auto", "bf16")
 
 
-def make_optimizer(params: list[nn.Parameter], lr: float, config: Config) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], lr: float, config: Config,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """train_params.optimizer: Adam with betas (0.5, 0.999) as FOMM, or SGD with
-    train_params.momentum as X2Face's train_model.py (momentum 0.9)."""
+    train_params.momentum as X2Face's train_model.py (momentum 0.9); `weight_decay` the
+    family's (`optimizer_weight_decay`: TPSMM's 1e-4, else 0)."""
     tp = config.train_params
     if not 0 <= tp.momentum < 1:
         raise UserError(f"train_params.momentum={tp.momentum}: expected a value in [0, 1)")
     if tp.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=tp.momentum)
-    return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS)
+        return torch.optim.SGD(params, lr=lr, momentum=tp.momentum, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, weight_decay=weight_decay)
 
 
 def build_optimizers(model, config: Config) -> dict[str, torch.optim.Optimizer]:
@@ -204,7 +206,8 @@ def build_optimizers(model, config: Config) -> dict[str, torch.optim.Optimizer]:
         params = [p for p in params if p.requires_grad]
         if not params:
             continue
-        optimizers[group] = make_optimizer(params, model.optimizer_lr(group, config.train_params), config)
+        optimizers[group] = make_optimizer(params, model.optimizer_lr(group, config.train_params), config,
+                                           model.optimizer_weight_decay(group, config.train_params))
     return optimizers
 
 
