@@ -36,7 +36,11 @@ def symmetric_svd(covar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     b = (covar[..., 0, 1] + covar[..., 1, 0]) / 2  # exact for a symmetric matrix
     half, mean = (a - c) / 2, (a + c) / 2
     radius = torch.sqrt(half * half + b * b)
-    s = torch.stack([mean + radius, (mean - radius).clamp(min=0)], dim=-1)  # eigenvalues = singular values
+    # Eigenvalues = singular values; the smaller as det / larger, which keeps its relative precision
+    # for elongated regions, where mean - radius would cancel.
+    largest = mean + radius
+    smallest = (a * c - b * b).clamp(min=0) / torch.where(largest > 0, largest, torch.ones_like(largest))
+    s = torch.stack([largest, smallest], dim=-1)
     # Eigenvector of the larger eigenvalue, from the row without cancellation.
     wide = a >= c
     vx = torch.where(wide, half + radius, b)
