@@ -49,7 +49,7 @@ def symmetric_svd(covar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     norm = torch.where(norm > 0, norm, torch.ones_like(norm))  # 0 only where b == 0 and a == c (replaced below)
     x, y = vx / norm, vy / norm
     swapped = a * c - b * b > a * a + b * b
-    flip = torch.where(swapped, y < 0, x > 0)
+    flip = (swapped & (y < 0)) | (~swapped & (x > 0))  # logic, not where(): onnxruntime has no boolean Where
     x, y = torch.where(flip, -x, x), torch.where(flip, -y, y)
     u = torch.stack([torch.stack([x, y], dim=-1), torch.stack([y, -x], dim=-1)], dim=-2)
     identity = torch.eye(2, dtype=u.dtype, device=u.device).expand_as(u)

@@ -67,6 +67,22 @@ def random_scale(region_params: Motion, scale: float) -> Motion:
     return {"shift": (theta @ shift.unsqueeze(-1)).squeeze(-1), "affine": theta @ region_params["affine"]}
 
 
+def relative_motion(motion_source: Motion, motion_driving: Motion, motion_initial: Motion) -> Motion:
+    """animate.py's relative mode: shift p_S + (p_D - p_D0) sqrt(area_S) / sqrt(area_D0) (convex
+    hulls of the first sample's shifts; 1 when the initial frame's hull is degenerate, where the
+    original's scipy ConvexHull raises), affine A_D A_D0^-1 A_S; the driving frame's covariances
+    and heat maps unchanged. Float32 at least."""
+    with full_precision(motion_driving["shift"]):
+        out = dict(motion_driving)
+        scale = movement_scale({"value": motion_source["shift"]}, {"value": motion_initial["shift"]})
+        shift = at_least_fp32(motion_driving["shift"]) - at_least_fp32(motion_initial["shift"])
+        out["shift"] = shift * scale + at_least_fp32(motion_source["shift"])
+        if "affine" in motion_driving:
+            change = at_least_fp32(motion_driving["affine"]) @ inverse_2x2(at_least_fp32(motion_initial["affine"]))
+            out["affine"] = change @ at_least_fp32(motion_source["affine"])
+    return out
+
+
 class MRAA(MotionTransferModel):
     name = "mraa"
     stages = ("reconstruction", "avd")
@@ -126,15 +142,7 @@ class MRAA(MotionTransferModel):
             return self.animate_avd(motion_source, motion_driving)
         if not relative:
             return dict(motion_driving)
-        with full_precision(motion_driving["shift"]):
-            out = dict(motion_driving)
-            scale = movement_scale({"value": motion_source["shift"]}, {"value": motion_initial["shift"]})
-            shift = at_least_fp32(motion_driving["shift"]) - at_least_fp32(motion_initial["shift"])
-            out["shift"] = shift * scale + at_least_fp32(motion_source["shift"])
-            if "affine" in motion_driving:
-                change = at_least_fp32(motion_driving["affine"]) @ inverse_2x2(at_least_fp32(motion_initial["affine"]))
-                out["affine"] = change @ at_least_fp32(motion_source["affine"])
-        return out
+        return relative_motion(motion_source, motion_driving, motion_initial)
 
     def animate_avd(self, motion_source: Motion, motion_driving: Motion) -> Motion:
         """The AVD network's region parameters: the source's shape in the driving frame's pose."""
@@ -204,11 +212,16 @@ class MRAA(MotionTransferModel):
         rec = self.avd_network(identity, scaled)
         losses = {"rec_shift": settings.lambda_shift * (pose["shift"] - rec["shift"]).abs().mean(),
                   "rec_affine": settings.lambda_affine * (pose["affine"] - rec["affine"]).abs().mean()}
-        with torch.no_grad():  # the training image's rows: the source moved by the reconstructed regions
-            rows = min(AVD_IMAGE_ROWS, source.shape[0])
-            part = lambda params: {k: v[:rows] for k, v in params.items() if k in MOTION_KEYS}  # noqa: E731
+        # The training image's rows: the source moved by the reconstructed regions, with the
+        # generator in eval mode so that its BatchNorm statistics stay the reconstruction run's.
+        rows = min(AVD_IMAGE_ROWS, source.shape[0])
+        part = lambda params: {k: v[:rows].detach() for k, v in params.items() if k in MOTION_KEYS}  # noqa: E731
+        training = self.generator.training
+        with torch.no_grad():
+            self.generator.eval()
             generated = self.generator(source[:rows], driving_region_params=part(rec),
                                        source_region_params=part(identity))
+            self.generator.train(training)
         generated.update(kp_source=identity, kp_driving=rec)
         return losses, generated
 

@@ -82,7 +82,9 @@ class RegionPredictor(nn.Module):
                 params["covar"] = affine @ affine.transpose(-1, -2)
             elif self.pca_based:
                 u, s = symmetric_svd(params["covar"].view(-1, 2, 2))  # (B * K, 2, 2), (B * K, 2)
-                d = torch.diag_embed(s.sqrt())
-                params["affine"] = (u @ d).view(batch, regions, 2, 2)
+                root = s.sqrt()
+                zero = torch.zeros_like(root[:, 0])
+                d = torch.stack([torch.stack([root[:, 0], zero], -1), torch.stack([zero, root[:, 1]], -1)], -2)
+                params["affine"] = (u * root.unsqueeze(-2)).view(batch, regions, 2, 2)  # u diag(sqrt(s))
                 params.update(u=u, d=d)
         return params
