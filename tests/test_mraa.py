@@ -192,8 +192,8 @@ def test_equivariance_is_zero_under_the_identity_transform(face_frames):
     regions = model.region_predictor(frames)
     transformed = model.region_predictor(transform.transform_frame(frames))
     shifts = kit.equivariance({"value": regions["shift"]}, {"value": transformed["shift"]}, transform)
-    assert float(shifts["equivariance_value"]) < 1e-6
-    assert float(model.equivariance_affine(regions["affine"], transformed, transform)) < 1e-5
+    assert float(shifts["equivariance_value"].detach()) < 1e-6
+    assert float(model.equivariance_affine(regions["affine"], transformed, transform).detach()) < 1e-5
     bg = model.bg_predictor(frames, face_frames[2:4])
     assert torch.equal(bg, torch.eye(3).expand(2, 3, 3))
 
@@ -201,13 +201,14 @@ def test_equivariance_is_zero_under_the_identity_transform(face_frames):
 def test_bf16_autocast_keeps_regions_and_grids_in_float32(face_frames):
     """The GPU path (bf16 autocast, channels_last) on CPU autocast: region parameters, flow,
     masks and the AVD output stay float32; losses and gradients are finite; the prediction is
-    within 0.05 of float32's for an untrained model."""
+    within 0.05 of float32's for an untrained model. (32x32 frames: CPU autocast is slow.)"""
     from fomm.train import build_kit
     config = tiny()
     model = build_model(config).to(memory_format=torch.channels_last)
     kit = build_kit(config, "cpu")
-    source = face_frames[:2].contiguous(memory_format=torch.channels_last)
-    driving = face_frames[4:6].contiguous(memory_format=torch.channels_last)
+    small = torch.nn.functional.interpolate(face_frames[:6], size=(32, 32), mode="area")
+    source = small[:2].contiguous(memory_format=torch.channels_last)
+    driving = small[4:6].contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses, generated = model.generator_losses(source, driving, kit)
     sum(losses.values()).backward()
