@@ -265,8 +265,8 @@ def main(args: argparse.Namespace) -> int:
     onnx_dir = _backend(args)
     onnx_model = None
     if onnx_dir is not None:
-        from fomm.export import OnnxFomm
-        onnx_model = OnnxFomm(onnx_dir)
+        from fomm.export import open_onnx
+        onnx_model = open_onnx(onnx_dir)
         config = onnx_model.config if args.config is None else load_config(args.config, args.overrides)
         args.precision = "fp32"  # the graphs are fp32
     else:

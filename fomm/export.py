@@ -20,7 +20,9 @@ difference above 1e-4 is an error and nothing is written.
 Graphs are traced in fp32 by torch's TorchScript exporter at opset 17: it measured exact
 (max diff ~1e-7) where the dynamo exporter's graph was ~6e-3 off on the generator. ONNX has
 no matrix inverse, so while tracing `torch.inverse` of the 2x2 jacobians is the closed form
-adj(J)/det(J). Monkey-Net and X2Face are not exported yet.
+adj(J)/det(J). A family with graphs of its own exports them through its model's
+`export_onnx` and runs them with its class's `onnx_runner` (`open_onnx` picks it by the
+folder's config): MRAA, fomm/mraa/export.py. Monkey-Net and X2Face are not exported yet.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from torch import nn
 from core.config import config_to_yaml
 from core.errors import UserError
 from core.frames import to_tensor
+from fomm.blocks import inverse_2x2  # noqa: F401 (re-exported: the closed form the graphs trace)
 from fomm.config import Config, load_config
 
 logger = logging.getLogger(__name__)
@@ -84,14 +87,6 @@ class GeneratorGraph(nn.Module):
 # BatchNorms in train mode too.)
 
 
-def inverse_2x2(matrix: torch.Tensor) -> torch.Tensor:
-    """(..., 2, 2) inverse as adj(M) / det(M): traceable into plain ONNX arithmetic."""
-    a, b = matrix[..., 0, 0], matrix[..., 0, 1]
-    c, d = matrix[..., 1, 0], matrix[..., 1, 1]
-    adjugate = torch.stack([torch.stack([d, -b], dim=-1), torch.stack([-c, a], dim=-1)], dim=-2)
-    return adjugate / (a * d - b * c)[..., None, None]
-
-
 @contextlib.contextmanager
 def traceable_inverse():
     """`torch.inverse` as `inverse_2x2` while tracing (the dense motion network inverts the
@@ -121,6 +116,9 @@ def export_onnx(model, config: Config, out_dir: str | Path, check_frames: np.nda
 
     `check_frames` (N >= 2, H, W, 3) uint8 at the config's size: frame 0 is the source,
     the others drive it. Returns the report (max abs differences per output)."""
+    family_export = getattr(model, "export_onnx", None)  # a family with graphs of its own (MRAA)
+    if family_export is not None:
+        return family_export(config, out_dir, check_frames)
     if getattr(model, "name", None) != "fomm":
         raise UserError(f"export supports the fomm family; {getattr(model, 'name', model)!r} is not "
                         "exported yet")
@@ -191,6 +189,18 @@ def check_parity(folder: Path, kp_detector: nn.Module, generator: nn.Module, fra
 
 
 # --------------------------------------------------------------------------- runtime
+def open_onnx(folder: str | Path, threads: int | None = None) -> nn.Module:
+    """The onnxruntime runner for an export folder: its config's family's (`onnx_runner`, e.g.
+    MRAA's) where the family has one, else FOMM's."""
+    from fomm.registry import model_class
+    config_path = Path(folder) / CONFIG_FILE
+    if config_path.is_file():
+        runner = getattr(model_class(load_config(config_path).model_params.name), "onnx_runner", None)
+        if runner is not None:
+            return runner(folder, threads)
+    return OnnxFomm(folder, threads)
+
+
 class OnnxFomm(nn.Module):
     """The exported graphs behind the model contract animate uses (detect, transfer,
     generate, keypoints), on the CPU with onnxruntime. No parameters: nothing for torch to run."""
@@ -287,7 +297,7 @@ def main(args: argparse.Namespace) -> int:
     if args.checkpoint is None and not args.random_weights:
         raise UserError("--checkpoint is required (or --random-weights for a smoke test)")
     out = Path(args.out)
-    if out.exists() and not (out / KP_FILE).is_file():
+    if out.exists() and not (out / REPORT_FILE).is_file():
         raise UserError(f"--out {args.out!r} exists and is not an export folder; expected a new path "
                         "or an earlier export to replace")
     config = load_config(args.config, args.overrides)
@@ -295,6 +305,6 @@ def main(args: argparse.Namespace) -> int:
     frames = check_frames(args.check_frames, tuple(config.dataset_params.frame_shape[:2]))
     report = export_onnx(model, config, out, frames)
     diffs = ", ".join(f"{k} {v:.1e}" for k, v in report["max_abs_diff"].items())
-    print(f"{out}: {KP_FILE}, {GENERATOR_FILE}; onnxruntime vs torch max abs diff {diffs} "
+    print(f"{out}: {', '.join(sorted(p.name for p in out.glob('*.onnx')))}; onnxruntime vs torch max abs diff {diffs} "
           f"(tolerance {TOLERANCE:g})")
     return 0

@@ -15,8 +15,9 @@ import yaml
 from core.config import ConfigError, config_to_dict
 from core.errors import UserError
 from core.frames import resize, to_tensor
+from fomm.blocks import inverse_2x2
 from fomm.config import config_from_dict, load_config
-from fomm.mraa.linalg import inverse_2x2, symmetric_svd
+from fomm.mraa.linalg import symmetric_svd
 from fomm.mraa.model import MRAA
 from fomm.registry import build_model
 
@@ -302,3 +303,32 @@ def test_released_layout_variants_load(shared_reference, tmp_path):
     model = load_model(config_from_dict(tree), tmp_path / "avd.pth")
     assert model.avd_weights == "loaded" and "avd_network" in model.checkpoint_state()
     assert torch.equal(model.avd_network.decoder[9].bias, golden["state_dict"]["avd_network"]["decoder.9.bias"].float())
+
+
+# --------------------------------------------------------------------------- ONNX
+def test_onnx_export_and_onnxruntime_animation(shared_data, tmp_path):
+    """`pipeline run export` writes MRAA's region, generator and AVD graphs (closed-form SVD and
+    inverses: plain ONNX arithmetic) only after onnxruntime matched torch within 1e-4 on real
+    frames at two batch sizes; `animate --backend onnxruntime DIR --mode avd` runs them."""
+    import json
+
+    from core.media import probe
+    from fomm.export import open_onnx
+    from fomm.mraa.export import OnnxMraa
+    from pipeline.cli import main
+    out = tmp_path / "mraa-onnx"
+    video = shared_data / "faces" / "fomm-demo" / "04.mp4"
+    assert main(["run", "export", "--config", "mraa-tiny", "--random-weights", "--format", "onnx", "--out", str(out),
+                 "--check-frames", str(video)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["avd_network.onnx", "config.yaml", "export.json",
+                                                     "generator.onnx", "region_predictor.onnx"]
+    report = json.loads((out / "export.json").read_text())
+    assert report["batches"] == [1, 4] and max(report["max_abs_diff"].values()) <= 1e-4
+    assert set(report["max_abs_diff"]) == {"shift", "covar", "affine", "prediction", "avd_shift", "avd_affine",
+                                           "avd_covar"}
+    assert isinstance(open_onnx(out), OnnxMraa)
+    animated = tmp_path / "onnx.mp4"
+    assert main(["run", "animate", "--backend", "onnxruntime", str(out), "--source",
+                 str(shared_data / "faces" / "fomm-demo" / "02.png"), "--driving", str(video), "--out", str(animated),
+                 "--max-frames", "3", "--device", "cpu", "--mode", "avd"]) == 0
+    assert probe(animated).num_frames == 3

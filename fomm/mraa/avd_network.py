@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fomm.blocks import at_least_fp32, full_precision
+from fomm.blocks import at_least_fp32, full_precision, inverse_2x2
 from fomm.mraa.config import AvdNetworkParams
-from fomm.mraa.linalg import inverse_2x2
 
 
 def mlp(widths: list[int]) -> nn.Sequential:

@@ -9,7 +9,7 @@ weights (source and driving shift and affine -> the AVD network's shift, affine,
 resolved `config.yaml` and `export.json` with the parity check. The SVD and the 2x2 inverses
 are closed forms (fomm/mraa/linalg.py), so the graphs are plain ONNX arithmetic. The relative
 mode's convex-hull scale stays outside, in Python, the very code the torch model runs
-(`fomm.mraa.model.relative_motion`). Batch is a dynamic axis; the frame size is the config's.
+(`fomm.mraa.transfer.relative_motion`). Batch is a dynamic axis; the frame size is the config's.
 """
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ class OnnxMraa(nn.Module):
     def transfer(self, motion_source, motion_driving, motion_initial, relative=True, relative_jacobian=True,
                  adapt_movement_scale=False, avd=False):
         """MRAA's modes (fomm.mraa.model.MRAA.transfer): standard, relative, avd."""
-        from fomm.mraa.model import relative_motion
+        from fomm.mraa.transfer import relative_motion
         if avd:
             if self.avd_session is None:
                 raise UserError("--mode avd: this export has no avd_network.onnx (its checkpoint had no AVD "

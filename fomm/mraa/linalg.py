@@ -1,5 +1,5 @@
 """Closed-form 2x2 linear algebra for region parameters: the SVD of a covariance with the
-singular-vector signs torch.svd (LAPACK) gives, and the inverse.
+singular-vector signs torch.svd (LAPACK) gives, and the inverse (fomm.blocks.inverse_2x2).
 
 Why closed form: the golden outputs and the released models depend on torch.svd's signs (a
 region's affine is u diag(sqrt(s)), and the AVD network reads it), which LAPACK fixes by its
@@ -19,14 +19,6 @@ a >= c, else the column swap [[0, 1], [1, 0]].
 from __future__ import annotations
 
 import torch
-
-
-def inverse_2x2(matrix: torch.Tensor) -> torch.Tensor:
-    """(..., 2, 2) inverse as adj(M) / det(M)."""
-    a, b = matrix[..., 0, 0], matrix[..., 0, 1]
-    c, d = matrix[..., 1, 0], matrix[..., 1, 1]
-    adjugate = torch.stack([torch.stack([d, -b], dim=-1), torch.stack([-c, a], dim=-1)], dim=-2)
-    return adjugate / (a * d - b * c)[..., None, None]
 
 
 def symmetric_svd(covar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

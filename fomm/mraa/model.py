@@ -40,15 +40,14 @@ from torch import nn
 from core.config import replace
 from core.errors import UserError
 from fomm.api import Motion, MotionTransferModel
-from fomm.blocks import at_least_fp32, full_precision
-from fomm.model import movement_scale
+from fomm.blocks import at_least_fp32, full_precision, inverse_2x2
 from fomm.mraa.avd_network import AVDNetwork
 from fomm.mraa.bg_motion_predictor import BGMotionPredictor
 from fomm.mraa.config import SECTION
 from fomm.mraa.generator import Generator
-from fomm.mraa.linalg import inverse_2x2
 from fomm.mraa.pixelwise_flow_predictor import ALIGN_CORNERS
 from fomm.mraa.region_predictor import RegionPredictor
+from fomm.mraa.transfer import relative_motion
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +64,6 @@ def random_scale(region_params: Motion, scale: float) -> Motion:
     theta = torch.rand(shift.shape[0], 2) * (2 * scale) + (1 - scale)
     theta = torch.diag_embed(theta).unsqueeze(1).to(shift.device, shift.dtype)  # (B, 1, 2, 2)
     return {"shift": (theta @ shift.unsqueeze(-1)).squeeze(-1), "affine": theta @ region_params["affine"]}
-
-
-def relative_motion(motion_source: Motion, motion_driving: Motion, motion_initial: Motion) -> Motion:
-    """animate.py's relative mode: shift p_S + (p_D - p_D0) sqrt(area_S) / sqrt(area_D0) (convex
-    hulls of the first sample's shifts; 1 when the initial frame's hull is degenerate, where the
-    original's scipy ConvexHull raises), affine A_D A_D0^-1 A_S; the driving frame's covariances
-    and heat maps unchanged. Float32 at least."""
-    with full_precision(motion_driving["shift"]):
-        out = dict(motion_driving)
-        scale = movement_scale({"value": motion_source["shift"]}, {"value": motion_initial["shift"]})
-        shift = at_least_fp32(motion_driving["shift"]) - at_least_fp32(motion_initial["shift"])
-        out["shift"] = shift * scale + at_least_fp32(motion_source["shift"])
-        if "affine" in motion_driving:
-            change = at_least_fp32(motion_driving["affine"]) @ inverse_2x2(at_least_fp32(motion_initial["affine"]))
-            out["affine"] = change @ at_least_fp32(motion_source["affine"])
-    return out
 
 
 class MRAA(MotionTransferModel):
@@ -262,6 +245,18 @@ class MRAA(MotionTransferModel):
         self.stage = stage
         if stage == "avd":
             self.avd_weights = "trained"
+
+    # ------------------------------------------------------------------ ONNX (fomm/export.py)
+    def export_onnx(self, config, out_dir, check_frames) -> dict:
+        """fomm/mraa/export.py's graphs and parity report, for `pipeline run export`."""
+        from fomm.mraa.export import export_onnx
+        return export_onnx(self, config, out_dir, check_frames)
+
+    @classmethod
+    def onnx_runner(cls, folder, threads=None):
+        """The onnxruntime runner of an MRAA export folder (`animate --backend onnxruntime`)."""
+        from fomm.mraa.export import OnnxMraa
+        return OnnxMraa(folder, threads)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, dict[str, torch.Tensor]]:

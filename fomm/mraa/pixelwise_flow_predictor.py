@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fomm.blocks import AntiAliasInterpolation2d, Hourglass, at_least_fp32, full_precision, make_coordinate_grid, warp
+from fomm.blocks import (AntiAliasInterpolation2d, Hourglass, at_least_fp32, full_precision, inverse_2x2,
+                         make_coordinate_grid, warp)
 from fomm.mraa.config import PixelwiseFlowPredictorParams
-from fomm.mraa.linalg import inverse_2x2
 
 # MRAA was written for torch 1.4, whose grid_sample and bilinear interpolate default to this.
 ALIGN_CORNERS = False
