@@ -250,11 +250,13 @@ def test_released_checkpoint_reconstructs_the_golden_frames(shared_reference, tm
     three driving frames, as PNGs) writes frames within 2/255 of generator_absolute_bg."""
     from PIL import Image
 
-    from fomm.checkpoint import load_checkpoint_file, released_family
+    from fomm.checkpoint import load_checkpoint_file, released_config, released_family
     from pipeline.cli import main
     golden = torch.load(shared_reference / "mraa-golden.pt", weights_only=True)
     checkpoint = released_checkpoint(golden, tmp_path / "vox256.pth")
     assert released_family(load_checkpoint_file(checkpoint)) == "mraa"
+    # Without --config a released file runs with configs/mraa-vox-256.yaml (the full vox256 widths).
+    assert released_config(load_checkpoint_file(checkpoint), checkpoint) == load_config("mraa-vox-256")
     sections = ("dataset_params", "model_params", "train_params", "train_avd_params", "reconstruction_params",
                 "animate_params", "visualizer_params")
     config_path = tmp_path / "vox256.yaml"
