@@ -53,6 +53,14 @@ def full_precision(tensor: torch.Tensor):
     return torch.autocast(device_type=tensor.device.type, enabled=False)
 
 
+def inverse_2x2(matrix: torch.Tensor) -> torch.Tensor:
+    """(..., 2, 2) inverse as adj(M) / det(M): traceable into plain ONNX arithmetic."""
+    a, b = matrix[..., 0, 0], matrix[..., 0, 1]
+    c, d = matrix[..., 1, 0], matrix[..., 1, 1]
+    adjugate = torch.stack([torch.stack([d, -b], dim=-1), torch.stack([-c, a], dim=-1)], dim=-2)
+    return adjugate / (a * d - b * c)[..., None, None]
+
+
 def warp(image: torch.Tensor, grid: torch.Tensor, align_corners: bool,
          padding_mode: str = "zeros") -> torch.Tensor:
     """Backward warp: out[b, :, i, j] = image[b] sampled at grid[b, i, j] (normalised x, y).

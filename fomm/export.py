@@ -1,4 +1,4 @@
-"""`pipeline run export`: a FOMM's (or TPSMM's) keypoint detector and generator as ONNX graphs.
+"""`pipeline run export`: a model's networks as ONNX graphs (FOMM here; MRAA and TPSMM by their hooks).
 
     pipeline run export --config vox-256 --checkpoint vox-cpk.pth.tar --format onnx --out vox-onnx/ \\
         [--check-frames driving.mp4]
@@ -20,10 +20,15 @@ difference above 1e-4 is an error and nothing is written.
 Graphs are traced in fp32 by torch's TorchScript exporter at opset 17: it measured exact
 (max diff ~1e-7) where the dynamo exporter's graph was ~6e-3 off on the generator. ONNX has
 no matrix inverse, so while tracing `torch.inverse` of the 2x2 jacobians is the closed form
-adj(J)/det(J). TPSMM exports its keypoint detector, its generator (dense motion and
-inpainting) and its AVD network (fomm/tpsmm/onnx.py: its TPS solves become Gauss-Jordan
-elimination while tracing); `open_export` picks the runner by the folder's config.
-Monkey-Net, X2Face and MRAA are not exported yet.
+adj(J)/det(J).
+
+Other families export through two hooks of their model class: `write_onnx(staging, frames)`
+traces the family's graphs into the staging folder and returns their parity with the torch
+model, and `onnx_runner(folder, threads)` runs them behind the model contract. This module
+does the rest for every family (the staging folder, config, report, tolerance and the
+rename), and `open_export` picks the runner by the folder's config. MRAA: fomm/mraa/export.py
+(closed-form SVD and inverses); TPSMM: fomm/tpsmm/onnx.py (its TPS solves become Gauss-Jordan
+elimination while tracing). Monkey-Net and X2Face are not exported yet.
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ from torch import nn
 from core.config import config_to_yaml
 from core.errors import UserError
 from core.frames import to_tensor
+from fomm.blocks import inverse_2x2
 from fomm.config import Config, load_config
 
 logger = logging.getLogger(__name__)
@@ -55,8 +61,8 @@ GENERATOR_INPUTS = ("source", "kp_source_value", "kp_source_jacobian", "kp_drivi
                     "kp_driving_jacobian")
 TOLERANCE = 1e-4
 OPSET = 17
-# Families with graphs: FOMM here, TPSMM in fomm/tpsmm/onnx.py.
-EXPORTED = ("fomm", "tpsmm")
+# Families with graphs: FOMM here, the others through their model's write_onnx / onnx_runner.
+EXPORTED = ("fomm", "mraa", "tpsmm")
 
 
 # --------------------------------------------------------------------------- graphs
@@ -89,14 +95,6 @@ class GeneratorGraph(nn.Module):
 # BatchNorms in train mode too.)
 
 
-def inverse_2x2(matrix: torch.Tensor) -> torch.Tensor:
-    """(..., 2, 2) inverse as adj(M) / det(M): traceable into plain ONNX arithmetic."""
-    a, b = matrix[..., 0, 0], matrix[..., 0, 1]
-    c, d = matrix[..., 1, 0], matrix[..., 1, 1]
-    adjugate = torch.stack([torch.stack([d, -b], dim=-1), torch.stack([-c, a], dim=-1)], dim=-2)
-    return adjugate / (a * d - b * c)[..., None, None]
-
-
 @contextlib.contextmanager
 def traceable_inverse():
     """`torch.inverse` as `inverse_2x2` while tracing (the dense motion network inverts the
@@ -122,13 +120,17 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 
 
 def export_onnx(model, config: Config, out_dir: str | Path, check_frames: np.ndarray) -> dict:
-    """Write the graphs, config and parity report of `model` (a FOMM or a TPSMM) to `out_dir`.
+    """Write the graphs, config and parity report of `model` to `out_dir` (replaced only when
+    onnxruntime matches torch within TOLERANCE).
 
     `check_frames` (N >= 2, H, W, 3) uint8 at the config's size: frame 0 is the source,
     the others drive it. Returns the report (max abs differences per output)."""
     name = getattr(model, "name", None)
-    if name not in EXPORTED:
-        raise UserError(f"export supports the {' and '.join(EXPORTED)} families; {getattr(model, 'name', model)!r} "
+    write = getattr(model, "write_onnx", None) if name != "fomm" else (lambda staging, frames:
+                                                                        _write_fomm(model, staging, frames))
+    if write is None:
+        families = ", ".join(EXPORTED[:-1]) + f" and {EXPORTED[-1]}"
+        raise UserError(f"export supports the {families} families; {getattr(model, 'name', model)!r} "
                         "is not exported yet")
     if name == "fomm" and model.kp_detector.jacobian is None:
         raise UserError("export needs common_params.estimate_jacobian: true (the graphs take jacobians)")
@@ -137,7 +139,7 @@ def export_onnx(model, config: Config, out_dir: str | Path, check_frames: np.nda
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        diffs = (_write_tpsmm if name == "tpsmm" else _write_fomm)(model, staging, frames)
+        diffs = write(staging, frames)
         report = {"frames": int(frames.shape[0]), "batches": sorted({1, int(frames.shape[0]) - 1}),
                   "max_abs_diff": diffs, "tolerance": TOLERANCE, "opset": OPSET}
         (staging / CONFIG_FILE).write_text(config_to_yaml(config))
@@ -175,13 +177,6 @@ def _write_fomm(model, staging: Path, frames: torch.Tensor) -> dict[str, float]:
     return check_parity(staging, kp_detector, generator, frames)["max_abs_diff"]
 
 
-def _write_tpsmm(model, staging: Path, frames: torch.Tensor) -> dict[str, float]:
-    """TPSMM's three graphs (fomm/tpsmm/onnx.py) into `staging`; their parity with the model."""
-    from fomm.tpsmm import onnx as tpsmm_onnx
-    tpsmm_onnx.export_graphs(model, staging, frames, _export)
-    return tpsmm_onnx.check_parity(staging, copy.deepcopy(model), frames)
-
-
 def open_export(folder: str | Path, threads: int | None = None) -> nn.Module:
     """The onnxruntime runner of an export folder: the family its config.yaml names."""
     folder = Path(folder)
@@ -189,13 +184,14 @@ def open_export(folder: str | Path, threads: int | None = None) -> nn.Module:
     if not config_path.is_file():
         raise UserError(f"--backend onnxruntime {str(folder)!r}: expected a folder written by `pipeline run "
                         f"export`; {CONFIG_FILE} missing")
+    from fomm.registry import model_class
     config = load_config(config_path)
-    if config.model_params.name == "tpsmm":
-        from fomm.tpsmm.onnx import OnnxTPSMM
-        runner = OnnxTPSMM(folder, threads)
-        runner.config = config
-        return runner
-    return OnnxFomm(folder, threads)
+    runner = getattr(model_class(config.model_params.name), "onnx_runner", None)
+    if runner is None:
+        return OnnxFomm(folder, threads)
+    model = runner(folder, threads)
+    model.config = config
+    return model
 
 
 def _umask() -> int:
@@ -323,7 +319,7 @@ def main(args: argparse.Namespace) -> int:
     if args.checkpoint is None and not args.random_weights:
         raise UserError("--checkpoint is required (or --random-weights for a smoke test)")
     out = Path(args.out)
-    if out.exists() and not (out / KP_FILE).is_file():
+    if out.exists() and not (out / REPORT_FILE).is_file():
         raise UserError(f"--out {args.out!r} exists and is not an export folder; expected a new path "
                         "or an earlier export to replace")
     config = load_config(args.config, args.overrides)
@@ -331,6 +327,7 @@ def main(args: argparse.Namespace) -> int:
     frames = check_frames(args.check_frames, tuple(config.dataset_params.frame_shape[:2]))
     report = export_onnx(model, config, out, frames)
     diffs = ", ".join(f"{k} {v:.1e}" for k, v in report["max_abs_diff"].items())
-    print(f"{out}: {KP_FILE}, {GENERATOR_FILE}; onnxruntime vs torch max abs diff {diffs} "
+    graphs = ", ".join(sorted(path.name for path in out.glob("*.onnx")))
+    print(f"{out}: {graphs}; onnxruntime vs torch max abs diff {diffs} "
           f"(tolerance {TOLERANCE:g})")
     return 0

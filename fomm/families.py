@@ -21,6 +21,7 @@ FAMILIES: dict[str, Family] = {
     "fomm": Family("fomm.model:FirstOrderModel", None, "vox-256"),
     "monkey-net": Family("fomm.monkey_net.model:MonkeyNet", "fomm.monkey_net.config", "monkey-net-vox-256"),
     "x2face": Family("fomm.x2face.model:X2Face", "fomm.x2face.config", "x2face-vox-256"),
+    "mraa": Family("fomm.mraa.model:MRAA", "fomm.mraa.config", "mraa-vox-256"),
     "tpsmm": Family("fomm.tpsmm.model:TPSMM", "fomm.tpsmm.config", "tpsmm-vox-256"),
 }
 

@@ -94,7 +94,7 @@ def test_animate_cli_with_onnxruntime_backend(trained_like, exported, shared_dat
 
 def test_export_refuses_other_families_and_bad_folders(tmp_path):
     from fomm.registry import build_model
-    with pytest.raises(UserError, match="export supports the fomm and tpsmm families; .x2face. is not exported"):
+    with pytest.raises(UserError, match="export supports the fomm, mraa and tpsmm families; .x2face. is not exported"):
         export.export_onnx(build_model(load_config("x2face-tiny")), load_config("x2face-tiny"), tmp_path / "x",
                            np.zeros((2, 64, 64, 3), np.uint8))
     with pytest.raises(UserError, match="pipeline run export"):

@@ -39,7 +39,6 @@ from torch.nn.utils import clip_grad_norm_
 from core.errors import UserError
 from fomm.api import Motion, MotionTransferModel
 from fomm.blocks import at_least_fp32, full_precision
-from fomm.model import convex_hull_area
 from fomm.tpsmm import losses
 from fomm.tpsmm.avd_network import AVDNetwork
 from fomm.tpsmm.bg_motion_predictor import BGMotionPredictor
@@ -48,6 +47,7 @@ from fomm.tpsmm.dense_motion import DenseMotionNetwork
 from fomm.tpsmm.inpainting import InpaintingNetwork
 from fomm.tpsmm.keypoint_detector import KPDetector
 from fomm.tpsmm.tps import RandomTPS
+from fomm.tpsmm.transfer import relative_motion
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +95,6 @@ def unused(module: nn.Module) -> torch.Tensor:
     if not params:
         return torch.zeros(())
     return sum(p.sum() for p in params) * 0.0
-
-
-def relative_motion(kp_source: Motion, kp_driving: Motion, kp_initial: Motion, adapt_movement_scale: bool) -> Motion:
-    """demo.py's relative_kp: kp_source + (kp_driving - kp_initial) * scale, scale =
-    sqrt(hull area of the first source's keypoints) / sqrt(that of the initial frame's)."""
-    scale = 1.0
-    if adapt_movement_scale:
-        source_area = convex_hull_area(kp_source["fg_kp"][0].detach().double().cpu().numpy())
-        initial_area = convex_hull_area(kp_initial["fg_kp"][0].detach().double().cpu().numpy())
-        scale = math.sqrt(source_area) / math.sqrt(initial_area) if initial_area > 0 else 1.0
-    with full_precision(kp_driving["fg_kp"]):
-        driving, initial = at_least_fp32(kp_driving["fg_kp"]), at_least_fp32(kp_initial["fg_kp"])
-        return {"fg_kp": (driving - initial) * scale + at_least_fp32(kp_source["fg_kp"])}
 
 
 class TPSMM(MotionTransferModel):
@@ -308,6 +295,22 @@ class TPSMM(MotionTransferModel):
         elif self.has_bg:
             for param in self.bg_predictor.parameters():
                 param.grad = None
+
+    # ------------------------------------------------------------------ ONNX (fomm/export.py)
+    def write_onnx(self, staging, frames) -> dict[str, float]:
+        """fomm/tpsmm/onnx.py's three graphs in `staging` and their parity, for `pipeline run export`."""
+        import copy
+
+        from fomm.export import _export
+        from fomm.tpsmm import onnx
+        onnx.export_graphs(self, staging, frames, _export)
+        return onnx.check_parity(staging, copy.deepcopy(self), frames)
+
+    @classmethod
+    def onnx_runner(cls, folder, threads=None):
+        """The onnxruntime runner of a TPSMM export folder (`animate --backend onnxruntime`)."""
+        from fomm.tpsmm.onnx import OnnxTPSMM
+        return OnnxTPSMM(folder, threads)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod

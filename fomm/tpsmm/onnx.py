@@ -142,7 +142,7 @@ class OnnxTPSMM(nn.Module):
     def transfer(self, motion_source, motion_driving, motion_initial, relative=True, relative_jacobian=True,
                  adapt_movement_scale=False, avd=False):
         """demo.py's modes, relative_kp being the torch model's own code."""
-        from fomm.tpsmm.model import relative_motion
+        from fomm.tpsmm.transfer import relative_motion
         if avd:
             feeds = (motion_source["fg_kp"], motion_driving["fg_kp"])
             (fg_kp,) = self.sessions[AVD_FILE].run(None, {name: _numpy(t) for name, t in zip(AVD_INPUTS, feeds)})
