@@ -72,8 +72,10 @@ def _result_files(out: Path) -> dict[Path, tuple[int, int]]:
 # its temporary file exists and before the rename: the worst moment a kill can come.
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
+    import torch
     from metrics import clip_scores
     from pipeline.cli import main
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # as tests/conftest.py: the same arithmetic
     write = clip_scores.ClipResults.write
     calls = []
 
