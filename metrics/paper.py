@@ -45,7 +45,7 @@ class Publication:
     citation: str                 # authors, title, venue
     short: str                    # the paper's name and venue, as a table cell says it
     table: str | None             # the table the numbers are in; None: not confirmed
-    datasets: tuple[str, ...]     # the datasets its reconstruction table reports
+    datasets: tuple[str, ...]     # the datasets it reports (MRAA, TPSMM: those of their released configs)
     methods: tuple[str, ...]      # its rows (registry names) that our tables print
 
     def cell_text(self) -> str:
