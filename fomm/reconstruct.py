@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.config import Config, config_from_dict, config_hash, config_to_dict, config_to_yaml, load_config, replace
+from core.config import Config, config_from_dict, config_to_dict, config_to_yaml, load_config, replace
 from core.errors import UserError
 from fomm.data import ReconstructionClips, open_clips
 from fomm.reconstruction import frame_weighted_l1, reconstruct_batches
@@ -149,6 +149,7 @@ def load_clip_writer(config: Config, checkpoint: str, settings: ClipSettings) ->
 
 def settings_digest(model, config: Config, settings: ClipSettings) -> str:
     """The weights and every setting that changes a clip's frames, video or L1, hashed."""
+    from core.config import config_hash
     digest = hashlib.sha256(json.dumps({
         "config": config_hash(config), "data": str(Path(settings.data).resolve()), "split": settings.split,
         "batch_size": settings.batch_size, "device": settings.device, "precision": settings.precision,

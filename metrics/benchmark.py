@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.config import config_hash
 from core.errors import UserError
 from metrics import clip_scores
 from metrics.clip_scores import ClipItem, ClipResults, ModelSpec, ScoringSettings
@@ -54,13 +55,12 @@ NO_MOTION = "no motion (identity grid)"
 
 
 # --------------------------------------------------------------------------- scoring
-def score_model(spec: ModelSpec, clips: list[str], settings: ScoringSettings, out: Path, args,
+def score_model(spec: ModelSpec, config, clips: list[str], settings: ScoringSettings, out: Path, args,
                 detections: dict) -> tuple[ClipResults, dict]:
     """Score every clip of `clips` that `spec` has no result for in `out`; returns its result
     files and what benchmark.json records of this run. `detections`: (clip, frame size) -> the real clip's
     (keypoints, embeddings), filled by every model and passed to the next at the same size."""
     from core.ray_runner import map_items
-    config = clip_scores.model_config(spec)
     size = clip_scores.frame_size(config)
     results = ClipResults.of(out, spec.name, clip_scores.settings_digest(spec, config, settings))
     todo = [clip for clip in clips if not results.done(clip, settings.sample_clip)]
@@ -78,12 +78,12 @@ def score_model(spec: ModelSpec, clips: list[str], settings: ScoringSettings, ou
     gpus = 1 if settings.device.startswith("cuda") else 0
     map_items(clip_scores.ClipScorer, (spec, settings), items, keep, args.workers, args.ray_address, gpus)
     seconds = time.perf_counter() - started
-    from core.config import config_hash
-    return results, {"checkpoint": str(spec.checkpoint.resolve()), "config": spec.config,
-            "config_hash": config_hash(config), "results": str(results.folder),
-            "clips_scored_this_run": len(todo), "clips_from_earlier_runs": len(clips) - len(todo),
-            "seconds": round(seconds, 2), "frames_scored_this_run": frames[0],
-            "frames_per_second": round(frames[0] / seconds, 2) if frames[0] else None}
+    record = {"checkpoint": str(spec.checkpoint.resolve()), "config": spec.config,
+              "config_hash": config_hash(config), "results": str(results.folder),
+              "clips_scored_this_run": len(todo), "clips_from_earlier_runs": len(clips) - len(todo),
+              "seconds": round(seconds, 2), "frames_scored_this_run": frames[0],
+              "frames_per_second": round(frames[0] / seconds, 2) if frames[0] else None}
+    return results, record
 
 
 def collect(results: dict[str, ClipResults], clips: list[str],
@@ -130,6 +130,7 @@ def write_samples(samples: list[tuple[str, dict]], out: Path, generations: dict 
     driving (the first model's real frames) and each model's. Model frames carry the
     provenance marks of `generations[name]` (the scores were taken before)."""
     from PIL import Image
+
     from core.provenance import save_marked_png
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)
@@ -277,6 +278,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> dict:
     """The benchmark as a function; returns what benchmark.json records."""
     import torch
+
     from core.media import remove_partial_files
     from core.writer_lock import writer_lock
     from metrics import paper
@@ -304,12 +306,13 @@ def _run(args: argparse.Namespace, specs: list[ModelSpec], out: Path) -> dict:
                                args.device, getattr(args, "precision", "fp32"), args.protocol,
                                pose.name if pose else "none", identity.name if identity else "none",
                                bool(args.lpips), clips[0])
+    configs = {spec.name: clip_scores.model_config(spec) for spec in specs}
     results, record, detections = {}, {"models": {}}, {}
     for spec in specs:
-        results[spec.name], record["models"][spec.name] = score_model(spec, clips, settings, out, args,
-                                                                      detections)
+        results[spec.name], record["models"][spec.name] = score_model(spec, configs[spec.name], clips, settings,
+                                                                      out, args, detections)
     per_frame, clip_frames, samples = collect(results, clips, out)
-    frame_shape = clip_scores.frame_size(clip_scores.model_config(specs[0]))
+    frame_shape = clip_scores.frame_size(configs[specs[0].name])
     per_frame = pd.concat([per_frame, no_motion_rows(clips, args, frame_shape)], ignore_index=True)
     for column in SCORE_COLUMNS:
         if column not in per_frame:
@@ -329,7 +332,7 @@ def _run(args: argparse.Namespace, specs: list[ModelSpec], out: Path) -> dict:
     record.update(dataset=args.dataset, data=str(Path(args.data).resolve()), split=args.split,
                   clips=clips, clip_frames=clip_frames, clip_list=clip_list, backends=backends,
                   device=args.device, workers=args.workers, bootstrap=args.bootstrap, seed=args.seed,
-                  samples=write_samples(samples, out, generations=_generations(specs, args)),
+                  samples=write_samples(samples, out, generations=_generations(configs, args)),
                   protocol=args.protocol, comparable=comparable, frame_counts=frame_counts(per_frame),
                   tables=write_tables(per_frame, out, args, backends, comparable, clip_list))
     record["argv"] = command_line(args)
@@ -339,12 +342,12 @@ def _run(args: argparse.Namespace, specs: list[ModelSpec], out: Path) -> dict:
     return record
 
 
-def _generations(specs, args) -> dict:
+def _generations(configs: dict, args) -> dict:
     from core.provenance import Generation, warn_opt_out
     if not getattr(args, "provenance", True):
         warn_opt_out()
         return {}
-    return {spec.name: Generation.of(clip_scores.model_config(spec), spec.name) for spec in specs}
+    return {name: Generation.of(config, name) for name, config in configs.items()}
 
 
 def main(args: argparse.Namespace) -> int:
