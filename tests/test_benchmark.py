@@ -94,9 +94,11 @@ def test_model_specs_name_the_bad_item(tmp_path):
 
 
 def test_bad_counts_are_named_before_any_work(sample_data, tmp_path):
-    with pytest.raises(UserError, match="--max-clips 0: expected a positive number"):
-        benchmark.run(_args(dataset="sample", data=sample_data, models="fomm=x.pt", out=tmp_path / "o",
-                            max_clips=0))
+    for flag, value in (("max_clips", 0), ("workers", 0), ("batch_size", -1)):
+        name = "--" + flag.replace("_", "-")
+        with pytest.raises(UserError, match=f"{name} {value}: expected a positive number"):
+            benchmark.run(_args(dataset="sample", data=sample_data, models="fomm=x.pt", out=tmp_path / "o",
+                                **{flag: value}))
     assert not (tmp_path / "o").exists()
 
 

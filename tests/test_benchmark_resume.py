@@ -172,3 +172,15 @@ def test_a_missing_test_clip_changes_the_recorded_hash(sample_data, models, unbr
     assert full["clip_list"] == benchmark.json.loads((unbroken / "benchmark.json").read_text())["clip_list"]
     for name in ("comparison.md", "motion.md"):
         assert record["clip_list"]["sha256"] in (out / name).read_text()
+
+
+def test_a_second_benchmark_into_a_folder_in_use_is_refused(sample_data, models, unbroken, capsys):
+    """One writer per output folder (core.writer_lock, as prepare): the second names the first."""
+    from core.writer_lock import writer_lock
+    before = _result_files(unbroken)
+    tables = {name: (unbroken / name).read_bytes() for name in TABLE_FILES}
+    with writer_lock(unbroken):  # flock: a second open file of the same process conflicts too
+        assert cli_main(_argv(sample_data, models, unbroken)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is being written by pid" in err
+    assert _result_files(unbroken) == before and all((unbroken / n).read_bytes() == t for n, t in tables.items())
