@@ -299,7 +299,10 @@ class ClipResults:
         """Scored with these settings (and, for the sample clip, its sample frames kept)."""
         if not self._scores_path(clip).is_file():
             return False
-        return clip != sample_clip or self.samples() is not None and str(self.samples()["clip"]) == clip
+        if clip != sample_clip:
+            return True
+        samples = self.samples()
+        return samples is not None and str(samples["clip"]) == clip
 
     def write(self, result: ClipResult) -> None:
         """The result's files, each complete or absent; the scores last, since they mark it done."""
