@@ -62,10 +62,10 @@ def demo_loop(config_name: str, source_path: Path, driving_path: Path, out_path:
     frame per call, `relative=True, adapt_movement_scale=True`, predictions gathered in a list
     and written when the loop is done.
     """
-    from core.config import load_config
     from core.media import VideoWriter, iter_frames, load_image, probe
     from fomm import source_crop
     from fomm.animation import load_animation_model
+    from fomm.config import load_config
     config = load_config(config_name)
     size = tuple(config.dataset_params.frame_shape[:2])
     torch.manual_seed(seed)
@@ -224,10 +224,10 @@ def main() -> None:
     if args.demo_loop:
         demo_loop("vox-256", SOURCE, Path(args.clip), Path(args.demo_loop))
         return
-    from core.config import load_config
     from core.devices import keep_freed_memory
     from core.media import ffmpeg_exe
     from fomm.animation import load_animation_model
+    from fomm.config import load_config
     from fomm.export import export_onnx
     keep_freed_memory()
     load_start = load_text()

@@ -145,7 +145,7 @@ def measure(method, clips: list[np.ndarray], folder: Path) -> dict:
 
 
 def c2pa_states(frames: np.ndarray, folder: Path) -> dict:
-    from core.config import load_config
+    from fomm.config import load_config
     from pipeline.verify import read_c2pa
     generation = provenance.Generation.of(load_config("tiny"), "benchmark")
     path = write_video(folder / "signed.mp4", [generation.marker()(f) for f in frames], 25)

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from core import devices as precision
-from core.config import Config
 from core.errors import UserError
 from core.frames import to_tensor, to_uint8
 from fomm import source_crop
 from fomm.api import Motion, MotionTransferModel
+from fomm.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ OUTPUT_SUFFIXES = (".mp4", ".gif")
 @dataclass(frozen=True)
 class AnimateOptions:
     relative: bool = True              # Eq. 8 relative motion (False: absolute keypoints)
+    avd: bool = False                  # MRAA's / TPSMM's animation-via-disentanglement (--mode avd)
     relative_jacobian: bool = True
     adapt_scale: bool = False          # scale motion by sqrt(source hull area / driving hull area)
     find_best_frame: bool = False
@@ -171,6 +172,7 @@ class Animator:
         with self.precision.keypoint_context():
             self.motion_source = model.detect(self.source)
             self.motion_initial = model.detect(self.precision.prepare_input(initial))
+        self._transfer(self.motion_initial)  # a mode the family lacks (avd) fails before any frame
 
     @classmethod
     def from_frames(cls, model: MotionTransferModel, source: np.ndarray, initial: np.ndarray,
@@ -192,15 +194,18 @@ class Animator:
 
     def motion(self, driving: torch.Tensor) -> tuple[Motion, Motion]:
         """(detected driving motion, transferred motion) for a batch (B, 3, H, W)."""
-        batch = driving.shape[0]
         with self.precision.keypoint_context():
             motion_driving = self.model.detect(self.precision.prepare_input(driving))
-        transferred = self.model.transfer(
+        return motion_driving, self._transfer(motion_driving)
+
+    def _transfer(self, motion_driving: Motion) -> Motion:
+        """The family's transfer (the options' mode) of a driving batch's motion."""
+        batch = next(iter(motion_driving.values())).shape[0]
+        return self.model.transfer(
             expand_motion(self.motion_source, batch), motion_driving,
             expand_motion(self.motion_initial, batch), relative=self.options.relative,
             relative_jacobian=self.options.relative_jacobian,
-            adapt_movement_scale=self.options.adapt_scale)
-        return motion_driving, transferred
+            adapt_movement_scale=self.options.adapt_scale, avd=self.options.avd)
 
     def __call__(self, driving: torch.Tensor) -> dict[str, torch.Tensor | Motion]:
         """Predictions (B, 3, H, W) and the motions behind them for a driving batch."""

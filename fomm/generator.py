@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.config import CommonParams, GeneratorParams
 from fomm.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, resize_grid, warp
+from fomm.config import CommonParams, GeneratorParams
 from fomm.dense_motion import DenseMotionNetwork
 
 

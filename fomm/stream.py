@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import Config
 from core.errors import UserError
 from core.media import (FrameReader, LiveWriter, Stalled, VideoWriter, is_live_target, live_decoder_command,
                         probe)
@@ -48,6 +47,7 @@ from fomm import source_crop
 from fomm.animation import (AnimateOptions, Animator, batch_size, check_options, check_out_is_not_an_input,
                             model_device)
 from fomm.api import MotionTransferModel
+from fomm.config import Config
 
 logger = logging.getLogger(__name__)
 

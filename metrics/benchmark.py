@@ -230,7 +230,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset name (vox, taichi, sample, ...)")
     parser.add_argument("--data", required=True, type=Path, help="prepared dataset folder")
     parser.add_argument("--models", required=True,
-                        help="NAME=CHECKPOINT[@CONFIG],...; names from fomm.registry")
+                        help="NAME=CHECKPOINT[@CONFIG],...; names from fomm/families.py")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--pose", default=None, help="pose backend (default: the dataset's; 'none')")
     parser.add_argument("--identity", default=None, help="identity backend (default: the dataset's; 'none')")

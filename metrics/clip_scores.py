@@ -41,21 +41,21 @@ SAMPLE_COUNT = 4   # frames of the first clip kept as the report's sample grid
 # --------------------------------------------------------------------------- model specs
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str          # a registry name (fomm.registry.MODELS)
+    name: str          # a family's name (fomm/families.py)
     checkpoint: Path
     config: str | None  # a config name or yaml path for checkpoints that embed none
 
 
 def parse_models(text: str) -> list[ModelSpec]:
-    """`fomm=CKPT,monkey-net=CKPT@CONFIG,...` -> specs (registry names, files checked)."""
-    from fomm.registry import MODELS
+    """`fomm=CKPT,monkey-net=CKPT@CONFIG,...` -> specs (family names, files checked)."""
+    from fomm.families import NAMES
     specs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, rest = item.partition("=")
         if not sep or not rest:
             raise UserError(f"--models item {item!r}: expected NAME=CHECKPOINT[@CONFIG]")
-        if name not in MODELS:
-            raise UserError(f"--models item {item!r}: unknown model {name!r}; expected one of {sorted(MODELS)}")
+        if name not in NAMES:
+            raise UserError(f"--models item {item!r}: unknown model {name!r}; expected one of {sorted(NAMES)}")
         checkpoint, _, config = rest.partition("@")
         if not Path(checkpoint).is_file():
             raise UserError(f"--models item {item!r}: checkpoint {checkpoint!r} does not exist")
@@ -70,8 +70,9 @@ def parse_models(text: str) -> list[ModelSpec]:
 def model_config(spec: ModelSpec):
     """The config a checkpoint was trained with: `@CONFIG` if given, else the embedded one,
     with `model_params.name` set to the spec's family."""
-    from core.config import load_config, replace
+    from core.config import replace
     from fomm.checkpoint import checkpoint_config, load_checkpoint_file
+    from fomm.config import load_config
     config = load_config(spec.config) if spec.config else checkpoint_config(load_checkpoint_file(spec.checkpoint))
     if config is None:
         raise UserError(f"checkpoint {str(spec.checkpoint)!r} embeds no config (a released checkpoint?); "

@@ -3,7 +3,7 @@ budget, benchmark them on the same clips and write the report: the README's main
 
     pipeline run all --dataset sample --out runs/sample [--budget small|tiny] [--models a,b]
 
-The families are fomm.registry's (`--models` picks some); each trains with its tiny config,
+The families are fomm/families.py's (`--models` picks some); each trains with its tiny config,
 `configs/<family>-tiny.yaml` (FOMM's is `tiny.yaml`; fomm.registry.family_config). Stages
 run one after another in this process, each through its own stage module (the same code
 `pipeline run <stage>` runs), and write under `--out`:
@@ -39,9 +39,9 @@ from core.errors import UserError
 log = logging.getLogger(__name__)
 
 def families() -> list[str]:
-    """Every registered model family, in the registry's order."""
-    from fomm.registry import MODELS
-    return list(MODELS)
+    """Every registered model family, in the registry's order (fomm/families.py)."""
+    from fomm.families import NAMES
+    return list(NAMES)
 
 
 def train_config(family: str) -> str:
@@ -81,8 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="small",
                         help="small: the README's run (<15 min on 2 cores); tiny: the tests' run")
     parser.add_argument("--models", default=None,
-                        help="families to train and compare (default: every registered one, "
-                             "fomm.registry)")
+                        help="families to train and compare (default: every one of fomm/families.py)")
     parser.add_argument("--prepare-arg", action="append", default=[],
                         help="extra argument for prepare, e.g. --prepare-arg=--manifest=FILE (repeatable)")
     parser.add_argument("--force", action="store_true", help="rerun every stage")

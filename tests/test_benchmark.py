@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.config import config_from_dict, config_to_dict, load_config
+from core.config import config_to_dict
 from core.errors import UserError
+from fomm.config import config_from_dict, load_config
 from metrics import benchmark, clip_scores
 
 

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from core.config import config_from_dict, config_to_dict, load_config
+from core.config import config_to_dict
+from fomm.config import config_from_dict, load_config
 from metrics import benchmark, clip_scores
 from pipeline.cli import main as cli_main
 

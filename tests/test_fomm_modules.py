@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import load_config
 from core.media import load_image, read_frames
 from fomm.blocks import identity_grid, make_coordinate_grid, warp
+from fomm.config import load_config
 from fomm.keypoint_detector import KPDetector
 from fomm.model import FirstOrderModel, convex_hull_area
 from fomm.registry import build_model

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import load_config
 from core.errors import UserError
 from core.frames import to_tensor
-from fomm.baselines.x2face import X2Face, from_released, to_released
+from fomm.config import load_config
 from fomm.registry import build_model
+from fomm.x2face.model import X2Face, from_released, to_released
 
 SIZE = 256  # the U-Nets' 8 stride-2 levels take 256x256 to 1x1
 
