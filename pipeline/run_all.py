@@ -66,11 +66,12 @@ class Budget:
 
 
 BUDGETS = {
-    # CPU seconds per training step at batch 8 (2 threads), measured on a shared 2-core
-    # machine: FOMM 2.9, Monkey-Net 1.45, X2Face 0.24. Five families in under 10 minutes
-    # on 2 cores leave each about a minute and a half of training (README, Reproducing).
-    "small": Budget(steps={"fomm": 80, "monkey-net": 80, "x2face": 300}, default_steps=80, batch_size=8,
-                    max_clips=None, max_frames=None, bootstrap=1000),
+    # CPU seconds per training step at batch 8 of each tiny config (2 threads), measured side
+    # by side on the shared 2-core machine under load (about twice an idle machine's): FOMM 6.2,
+    # Monkey-Net 3.0, X2Face 5.2, MRAA 7.4, TPSMM 19.1. These steps give each family a similar
+    # share of the README's run, which must stay under 10 minutes on 2 cores.
+    "small": Budget(steps={"fomm": 40, "monkey-net": 60, "x2face": 40, "mraa": 40, "tpsmm": 20},
+                    default_steps=40, batch_size=8, max_clips=None, max_frames=None, bootstrap=1000),
     "tiny": Budget(steps={}, default_steps=4, batch_size=2, max_clips=2, max_frames=6, bootstrap=100),
 }
 
