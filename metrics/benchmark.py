@@ -5,21 +5,32 @@ runs too): for each test clip, the source is its first frame and the driving fra
 of its frames, with absolute motion (`model.reconstruct`); L1 is the protocol's, on the
 model's float output. Each generated frame is scored against the real one with
 `metrics.evaluate.score_clip` (SSIM, PSNR, and AKD / MKR / AED / LPIPS where a backend is
-given) under `--protocol` (paper: pose-evaluation's arithmetic, the default wherever Table 3
-has numbers for the dataset; see metrics.protocol). On the `sample` dataset, whose true
-motion is known, each model's 'deformation' output is also compared with the truth.
+given) under `--protocol` (paper: pose-evaluation's arithmetic, the default wherever a
+published table reports the dataset; see metrics.protocol). On the `sample` dataset, whose
+true motion is known, each model's 'deformation' output is also compared with the truth.
+
+Reads top to bottom: check every flag, take the writer lock of `--out` (one benchmark at a
+time), remove what a killed run left half-written, then for each model in `--models` order
+score the clips it has no result for (metrics.clip_scores: one worker per GPU or CPU slot,
+in this process or as Ray actors, each holding the loaded model; every (model, clip) result
+is written as its own file the moment it arrives), then build every output from those files
+in a fixed order (models as given, clips by name), so a killed run rerun scores only what is
+missing and writes the same tables as an unbroken run.
 
 Writes to `--out`:
+    clips/<model>-<digest>/     one Parquet file per scored clip (metrics.clip_scores)
     per_frame.parquet   model, clip, frame, l1, ssim, psnr, akd, mkr, aed, lpips, motion_epe,
                         akd_skip, mkr_skip, aed_skip (why a frame has no value),
                         pose_backend, identity_backend
     per_clip.parquet    the same, averaged per (model, clip), with num_frames
-    comparison.{md,csv,html}   ours with bootstrap 95 % intervals over clips, beside the paper's
-    motion.{md,csv,html}       (sample only) motion error against the true backward grids
+    comparison.{json,md,csv,html}   ours with bootstrap 95 % intervals over clips, beside the
+                        published numbers (metrics.paper), with the test-clip list's sha256
+    motion.{json,md,csv,html}       (sample only) motion error against the true backward grids
     samples/            source, driving and each model's frames of the first clip (PNG)
-    benchmark.json      what ran: data, checkpoints, config hashes, protocol, backends (and
-                        which metrics compare with the paper), frames scored and skipped
-                        per metric and reason, seconds per model
+    benchmark.json      what ran: data, checkpoints, config hashes, the clips and their frame
+                        counts and sha256 (`clip_list`), protocol, backends (and which metrics
+                        compare with the paper), frames scored and skipped per metric and
+                        reason, per model the clips scored in this run and its seconds
 """
 from __future__ import annotations
 
@@ -27,13 +38,15 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from core.config import config_hash
 from core.errors import UserError
+from metrics import clip_scores
+from metrics.clip_scores import ClipItem, ClipResults, ModelSpec, ScoringSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,191 +54,67 @@ SCORE_COLUMNS = ["l1", "ssim", "psnr", "akd", "mkr", "aed", "lpips", "motion_epe
 NO_MOTION = "no motion (identity grid)"
 
 
-# --------------------------------------------------------------------------- model specs
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str          # registry name: fomm, monkey-net, x2face
-    checkpoint: Path
-    config: str | None  # a config name or yaml path for checkpoints that embed none
-
-
-def parse_models(text: str) -> list[ModelSpec]:
-    """`fomm=CKPT,monkey-net=CKPT@CONFIG,...` -> specs (registry names, files checked)."""
-    from fomm.registry import MODELS
-    specs = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, rest = item.partition("=")
-        if not sep or not rest:
-            raise UserError(f"--models item {item!r}: expected NAME=CHECKPOINT[@CONFIG]")
-        if name not in MODELS:
-            raise UserError(f"--models item {item!r}: unknown model {name!r}; expected one of {sorted(MODELS)}")
-        checkpoint, _, config = rest.partition("@")
-        if not Path(checkpoint).is_file():
-            raise UserError(f"--models item {item!r}: checkpoint {checkpoint!r} does not exist")
-        specs.append(ModelSpec(name, Path(checkpoint), config or None))
-    if not specs:
-        raise UserError(f"--models {text!r}: expected at least one NAME=CHECKPOINT")
-    if len({s.name for s in specs}) != len(specs):
-        raise UserError(f"--models {text!r} names a model twice")
-    return specs
-
-
-def model_config(spec: ModelSpec):
-    """The config a checkpoint was trained with: `@CONFIG` if given, else the embedded one,
-    with `model_params.name` set to the spec's family."""
-    from core.config import replace
-    from fomm.checkpoint import checkpoint_config, load_checkpoint_file
-    from fomm.config import load_config
-    config = load_config(spec.config) if spec.config else checkpoint_config(load_checkpoint_file(spec.checkpoint))
-    if config is None:
-        raise UserError(f"checkpoint {str(spec.checkpoint)!r} embeds no config (a released checkpoint?); "
-                        f"pass {spec.name}={spec.checkpoint}@CONFIG, e.g. @vox-256")
-    if config.model_params.name != spec.name:
-        config = replace(config, model_params=replace(config.model_params, name=spec.name))
-    return config
-
-
-def load_model(spec: ModelSpec, device: str = "cpu"):
-    """(model in eval mode on `device`, its Config) from a released or project checkpoint."""
-    from fomm.checkpoint import load_model as load_checkpoint_model
-    config = model_config(spec)
-    return load_checkpoint_model(config, spec.checkpoint, device=device), config
-
-
-# --------------------------------------------------------------------------- test clips
-def open_test_clips(data: str | Path, split: str, max_clips: int | None):
-    """(store, clip names): the split's clips in name order, from any layout that
-    `fomm.data.open_clips` reads (shards, png folders, the original layouts)."""
-    from fomm.data import open_clips
-    store = open_clips(data, split)
-    return store, list(store.clips[:max_clips] if max_clips else store.clips)
-
-
-def clip_batches(store, clip: str, size: tuple[int, int], batch_size: int, max_frames: int | None = None):
-    """(n, 3, H, W) float batches of `clip`'s first `max_frames` frames (all when None) at
-    `size`, as `pipeline run reconstruct` reads them (`fomm.data.ReconstructionClips`)."""
-    from fomm.data import ReconstructionClips
-    left = max_frames
-    for batch in ReconstructionClips(store, size, min(batch_size, max_frames or batch_size)).frames(clip):
-        if left is not None:
-            batch, left = batch[:left], left - min(left, len(batch))
-        if len(batch):
-            yield batch
-        if left == 0:
-            return
-
-
-def truth_grid(data: str | Path, split: str, clip: str) -> np.ndarray | None:
-    """The sample dataset's true backward grid (T, 64, 64, 2) of `clip`, or None."""
-    path = Path(data) / "truth" / split / f"{clip}.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as archive:
-        return archive["backward_grid"].astype(np.float32)
-
-
-# --------------------------------------------------------------------------- motion error
-def identity_grid(size: int) -> np.ndarray:
-    """(size, size, 2) normalised (x, y) of pixel centres (align_corners=False)."""
-    from fomm.blocks import identity_grid as grid
-    return grid((size, size), align_corners=False).numpy()
-
-
-def motion_epe(deformation: np.ndarray, truth: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
-    """Per-frame mean end-point error in pixels between a predicted backward grid and the truth.
-
-    deformation (T, h, w, 2) and truth (T, g, g, 2) hold normalised source (x, y) in [-1, 1];
-    the prediction is resized to g x g (bilinear, align_corners=False, as pixel centres), and
-    a normalised unit is W/2 (x) or H/2 (y) pixels of the scored frames `frame_size` (H, W).
-    """
-    import torch
-    import torch.nn.functional as F
-    count = min(len(deformation), len(truth))
-    grid = torch.from_numpy(np.ascontiguousarray(deformation[:count])).permute(0, 3, 1, 2)  # (T, 2, h, w)
-    grid = F.interpolate(grid, size=truth.shape[1:3], mode="bilinear", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).numpy()  # (T, g, g, 2)
-    scale = np.array([frame_size[1] / 2, frame_size[0] / 2], np.float32)
-    error = np.linalg.norm((grid - truth[:count]) * scale, axis=-1)  # (T, g, g)
-    out = np.full(len(deformation), np.nan)
-    out[:count] = error.mean(axis=(1, 2))
-    return out
-
-
 # --------------------------------------------------------------------------- scoring
-def _backends(dataset: str, pose: str | None, identity: str | None):
-    from metrics import backends
-    default_pose, default_identity = (None, None)
-    if pose is None or identity is None:
-        default_pose, default_identity = backends.default_backends(dataset)
-    pose_backend = (None if pose == "none" else backends.get_pose_backend(pose) if pose else default_pose)
-    identity_backend = (None if identity == "none" else backends.get_identity_backend(identity)
-                        if identity else default_identity)
-    return pose_backend, identity_backend
+def score_model(spec: ModelSpec, config, clips: list[str], settings: ScoringSettings, out: Path, args,
+                detections: dict) -> tuple[ClipResults, dict]:
+    """Score every clip of `clips` that `spec` has no result for in `out`; returns its result
+    files and what benchmark.json records of this run. `detections`: (clip, frame size) -> the real clip's
+    (keypoints, embeddings), filled by every model and passed to the next at the same size."""
+    from core.ray_runner import map_items
+    size = clip_scores.frame_size(config)
+    results = ClipResults.of(out, spec.name, clip_scores.settings_digest(spec, config, settings))
+    todo = [clip for clip in clips if not results.done(clip, settings.sample_clip)]
+    log.info("%s: %d of %d clips to score (%d done in an earlier run)", spec.name, len(todo), len(clips),
+             len(clips) - len(todo))
+    items = [ClipItem(clip, *detections.get((clip, size), (None, None))) for clip in todo]
+    frames = [0]
+
+    def keep(item: ClipItem, result: clip_scores.ClipResult) -> None:
+        results.write(result)
+        detections[(result.clip, size)] = (result.real_keypoints, result.real_embeddings)
+        frames[0] += len(result.scores)
+
+    started = time.perf_counter()
+    gpus = 1 if settings.device.startswith("cuda") else 0
+    map_items(clip_scores.ClipScorer, (spec, settings), items, keep, args.workers, args.ray_address, gpus)
+    seconds = time.perf_counter() - started
+    record = {"checkpoint": str(spec.checkpoint.resolve()), "config": spec.config,
+              "config_hash": config_hash(config), "results": str(results.folder),
+              "clips_scored_this_run": len(todo), "clips_from_earlier_runs": len(clips) - len(todo),
+              "seconds": round(seconds, 2), "frames_scored_this_run": frames[0],
+              "frames_per_second": round(frames[0] / seconds, 2) if frames[0] else None}
+    return results, record
 
 
-def backend_label(backend) -> str:
-    if backend is None:
-        return "none"
-    kind = "the paper's network" if backend.paper_equivalent else "substitute"
-    return f"{backend.name} (scheme {backend.scheme}, {kind})"
+def collect(results: dict[str, ClipResults], clips: list[str],
+            out: Path) -> tuple[pd.DataFrame, dict[str, int], list[tuple[str, dict]]]:
+    """(per-frame rows, clip -> frames in the data, (model, sample frames)) from the per-clip
+    files, models in `results` (--models) order and clips in `clips` order: never in the
+    order they were scored."""
+    parts, clip_frames, samples = [], {}, []
+    for name, files in results.items():
+        for clip in clips:
+            scores, count = files.read(clip)
+            if clip_frames.setdefault(clip, count) != count:
+                raise UserError(f"clip {clip!r} has {count} frames in {str(files.folder)!r} but "
+                                f"{clip_frames[clip]} for the models before: the data changed under "
+                                f"--out {str(out)!r}; benchmark into a new folder")
+            parts.append(scores)
+        samples.append((name, files.samples()))
+    return pd.concat(parts, ignore_index=True), clip_frames, samples
 
 
-def _real_detections(cache: dict, clip: str, real: np.ndarray, pose, identity):
-    """The real clip's keypoints and embeddings, detected once and shared by every model
-    that scores at the same frame size."""
-    from metrics.evaluate import embeddings_at_256, keypoints_at_256
-    key = (clip, real.shape)
-    if key not in cache:
-        cache[key] = (keypoints_at_256(pose, real) if pose is not None else None,
-                      embeddings_at_256(identity, real) if identity is not None else None)
-    return cache[key]
-
-
-def score_model(spec: ModelSpec, store, clips: list[str], args, pose, identity, samples: dict,
-                cache: dict) -> pd.DataFrame:
-    """Reconstruct and score every clip with one model: its per-frame rows."""
-    from fomm.reconstruction import reconstruct_clip
-    from metrics.evaluate import score_clip
-    model, config = load_model(spec, args.device)
-    size = tuple(config.dataset_params.frame_shape[:2])
-    rows = []
-    for index, clip in enumerate(clips):
-        batches = clip_batches(store, clip, size, args.batch_size, args.max_frames)
-        # the paper protocol scores the PNGs the original wrote: predictions truncated to uint8
-        clip_out = reconstruct_clip(model, batches, args.device, getattr(args, "precision", "fp32"),
-                                    truncate=args.protocol == "paper")
-        real, fake = clip_out.real, clip_out.fake
-        real_kp, real_emb = _real_detections(cache, clip, real, pose, identity)
-        scores = score_clip(real, fake, pose=pose, identity=identity, lpips=args.lpips,
-                            real_keypoints=real_kp, real_embeddings=real_emb, protocol=args.protocol,
-                            l1=clip_out.l1)
-        scores = scores.reset_index(drop=True)
-        scores["motion_epe"] = np.nan
-        truth = truth_grid(args.data, args.split, clip)
-        if truth is not None and clip_out.deformation is not None:
-            scores["motion_epe"] = motion_epe(clip_out.deformation, truth, real.shape[1:3])
-        scores.insert(0, "clip", clip)
-        scores.insert(0, "model", spec.name)
-        rows.append(scores)
-        if index == 0:
-            samples[spec.name] = fake
-            samples.setdefault("driving", real)
-        log.info("%s: clip %d/%d %s, L1 %.4f", spec.name, index + 1, len(clips), clip,
-                 float(scores["l1"].mean()))
-    return pd.concat(rows, ignore_index=True)
-
-
-def no_motion_rows(clips: list[str], args, frame_size: tuple[int, int]) -> pd.DataFrame:
+def no_motion_rows(clips: list[str], args, frame_shape: tuple[int, int]) -> pd.DataFrame:
     """Motion error of the identity grid (no motion at all): the floor a model must beat."""
     rows = []
     for clip in clips:
-        truth = truth_grid(args.data, args.split, clip)
+        truth = clip_scores.truth_grid(args.data, args.split, clip)
         if truth is not None:
             truth = truth[:args.max_frames] if args.max_frames else truth
-            still = np.broadcast_to(identity_grid(truth.shape[1]), truth.shape)
+            still = np.broadcast_to(clip_scores.identity_grid(truth.shape[1]), truth.shape)
             rows.append(pd.DataFrame({"model": NO_MOTION, "clip": clip,
                                       "frame": np.arange(len(truth)),
-                                      "motion_epe": motion_epe(still, truth, frame_size)}))
+                                      "motion_epe": clip_scores.motion_epe(still, truth, frame_shape)}))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
@@ -236,24 +125,24 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
         frame.to_parquet(tmp, index=False)
 
 
-def write_samples(samples: dict, out: Path, count: int = 4, generations: dict | None = None) -> dict:
-    """PNGs of `count` evenly spaced frames of the first clip: driving, source, each model.
-    Model frames carry the provenance marks of `generations[name]` (scores are already taken)."""
+def write_samples(samples: list[tuple[str, dict]], out: Path, generations: dict | None = None) -> dict:
+    """PNGs of the first clip's sample frames (metrics.clip_scores.sample_frames): source,
+    driving (the first model's real frames) and each model's. Model frames carry the
+    provenance marks of `generations[name]` (the scores were taken before)."""
     from PIL import Image
 
     from core.provenance import save_marked_png
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    driving = samples["driving"]
-    picks = sorted(set(np.linspace(0, len(driving) - 1, count).round().astype(int).tolist()))
-    Image.fromarray(driving[0]).save(folder / "source.png")
-    for name, frames in samples.items():
-        for frame in picks:
-            if name == "driving":
-                Image.fromarray(frames[frame]).save(folder / f"{name}_{frame:04d}.png")
-            else:
-                save_marked_png(folder / f"{name}_{frame:04d}.png", frames[frame], (generations or {}).get(name))
-    return {"frames": picks, "rows": ["driving"] + [n for n in samples if n != "driving"]}
+    first = samples[0][1]
+    picks = [int(frame) for frame in first["frames"]]
+    Image.fromarray(first["source"]).save(folder / "source.png")
+    for index, frame in enumerate(picks):
+        Image.fromarray(first["real"][index]).save(folder / f"driving_{frame:04d}.png")
+    for name, sample in samples:
+        for index, frame in enumerate(picks):
+            save_marked_png(folder / f"{name}_{frame:04d}.png", sample["fake"][index], (generations or {}).get(name))
+    return {"frames": picks, "rows": ["driving"] + [name for name, _ in samples]}
 
 
 def comparable_metrics(protocol: str, pose, identity) -> dict[str, bool]:
@@ -290,8 +179,22 @@ def skipped_notes(counts: dict, metrics: list[str]) -> list[str]:
     return notes
 
 
+def clip_list_note(clip_list: dict) -> str:
+    """The table note that names the scored clips by their hash (metrics.clip_scores.clip_list_sha256)."""
+    return (f"test clips: {clip_list['clips']} ({clip_list['frames']} frames in the data), sha256 "
+            f"{clip_list['sha256']} of their sorted names and frame counts: two benchmarks with the "
+            "same hash scored the same clips.")
+
+
+def extra_columns(out: Path, models: list[str]) -> tuple:
+    """Columns other stages measured per model, set beside the metrics (metrics.tables.
+    ExtraColumn); none yet. This is the one place an optional per-model column (read from a
+    file in `out`) joins the comparison table."""
+    return ()
+
+
 def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict,
-                 comparable: dict[str, bool] | None = None) -> dict:
+                 comparable: dict[str, bool] | None = None, clip_list: dict | None = None) -> dict:
     from metrics import tables
     models = per_frame[per_frame["model"] != NO_MOTION]
     metrics = ["l1", "ssim", "psnr"] + (["akd", "mkr"] if backends["pose"] != "none" else [])
@@ -302,8 +205,10 @@ def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict,
     summary = tables.summarise(models, metrics, args.bootstrap, args.seed)
     protocol = getattr(args, "protocol", None)
     comparison = tables.comparison_table(summary, args.dataset, metrics, backends, comparable=comparable,
-                                         protocol=protocol)
-    comparison.notes += skipped_notes(frame_counts(per_frame), metrics)
+                                         protocol=protocol,
+                                         extra=extra_columns(out, list(pd.unique(models["model"]))))
+    clip_notes = [clip_list_note(clip_list)] if clip_list else []
+    comparison.notes += skipped_notes(frame_counts(per_frame), metrics) + clip_notes
     written = {"comparison": tables.write_table(comparison, out, "comparison")}
     if per_frame["motion_epe"].notna().any():
         motion = per_frame[per_frame["motion_epe"].notna()]
@@ -315,7 +220,7 @@ def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict,
         table.notes = [f"mean end-point error, in pixels of the scored frames, between each model's "
                        f"'deformation' (resized to 64x64) and the true backward grid; "
                        f"'{NO_MOTION}' is the error of predicting no motion at all.",
-                       table.notes[0]]
+                       table.notes[0]] + clip_notes
         written["motion"] = tables.write_table(table, out, "motion")
     return {k: {ext: str(p) for ext, p in v.items()} for k, v in written.items()}
 
@@ -325,7 +230,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset name (vox, taichi, sample, ...)")
     parser.add_argument("--data", required=True, type=Path, help="prepared dataset folder")
     parser.add_argument("--models", required=True,
-                        help="NAME=CHECKPOINT[@CONFIG],...; names from fomm.registry")
+                        help="NAME=CHECKPOINT[@CONFIG],...; names from fomm/families.py")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--pose", default=None, help="pose backend (default: the dataset's; 'none')")
     parser.add_argument("--identity", default=None, help="identity backend (default: the dataset's; 'none')")
@@ -340,6 +245,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="models loaded at once, each scoring its share of the clips: one per GPU "
+                             "(the default: every GPU when --device is cuda, else 1); 1 without "
+                             "--ray-address runs in this process, more run as Ray actors")
+    parser.add_argument("--ray-address", default=None, help="score on this Ray cluster (its workers "
+                        "must read --data at the same path) instead of here")
     from core.provenance import add_argument
     add_argument(parser)
     parser.add_argument("--precision", default="fp32", help="fp32 (default: scores comparable across "
@@ -348,77 +259,95 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command_line(args: argparse.Namespace) -> list[str]:
     """The `pipeline run benchmark` arguments that repeat this run."""
-    argv = []
+    argv = [] if getattr(args, "provenance", True) else ["--no-provenance"]
     for key, value in vars(args).items():
-        if key in ("command", "stage", "verbose") or value is None or value is False:
+        if key in ("command", "stage", "verbose", "provenance") or value is None or value is False:
             continue
         argv += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return argv
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every count, before anything is written: UserError on the first bad one."""
+    for option in ("max_clips", "max_frames", "batch_size", "bootstrap", "workers"):
+        value = getattr(args, option, None)
+        if value is not None and value < 1:
+            raise UserError(f"--{option.replace('_', '-')} {value}: expected a positive number")
 
 
 def run(args: argparse.Namespace) -> dict:
     """The benchmark as a function; returns what benchmark.json records."""
     import torch
 
-    from core.config import config_hash
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    for option in ("max_clips", "max_frames", "batch_size", "bootstrap"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            raise UserError(f"--{option.replace('_', '-')} {value}: expected a positive number")
+    from core.media import remove_partial_files
+    from core.writer_lock import writer_lock
     from metrics import paper
-    default_protocol = "paper" if paper.paper_dataset(args.dataset) else "project"
-    args.protocol = getattr(args, "protocol", None) or default_protocol
-    specs = parse_models(args.models)
-    store, clips = open_test_clips(args.data, args.split, args.max_clips)
-    pose, identity = _backends(args.dataset, args.pose, args.identity)
-    backends = {"pose": backend_label(pose), "identity": backend_label(identity)}
+    check_arguments(args)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.workers = args.workers or (torch.cuda.device_count() if args.device.startswith("cuda") else 1) or 1
+    args.ray_address = getattr(args, "ray_address", None)
+    args.protocol = getattr(args, "protocol", None) or ("paper" if paper.paper_dataset(args.dataset)
+                                                        else "project")
+    specs = clip_scores.parse_models(args.models)
+    with writer_lock(Path(args.out)) as out:
+        remove_partial_files(out)
+        for folder in sorted((out / "clips").glob("*")):
+            remove_partial_files(folder)
+        return _run(args, specs, out)
+
+
+def _run(args: argparse.Namespace, specs: list[ModelSpec], out: Path) -> dict:
+    """Everything after the checks, with the writer lock held."""
+    store, clips = clip_scores.open_test_clips(args.data, args.split, args.max_clips)
+    pose, identity = clip_scores.resolve_backends(args.dataset, args.pose, args.identity)
+    backends = {"pose": clip_scores.backend_label(pose), "identity": clip_scores.backend_label(identity)}
     log.info("benchmark %s: %d %s clips, %s", args.dataset, len(clips), args.split, backends)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    parts, samples, cache, record = [], {}, {}, {"models": {}}
+    settings = ScoringSettings(str(Path(args.data).resolve()), args.split, args.max_frames, args.batch_size,
+                               args.device, getattr(args, "precision", "fp32"), args.protocol,
+                               pose.name if pose else "none", identity.name if identity else "none",
+                               bool(args.lpips), clips[0])
+    configs = {spec.name: clip_scores.model_config(spec) for spec in specs}
+    results, record, detections = {}, {"models": {}}, {}
     for spec in specs:
-        started = time.perf_counter()
-        frame_rows = score_model(spec, store, clips, args, pose, identity, samples, cache)
-        seconds = time.perf_counter() - started
-        config = model_config(spec)
-        record["models"][spec.name] = {
-            "checkpoint": str(spec.checkpoint.resolve()), "config": spec.config,
-            "config_hash": config_hash(config), "seconds": round(seconds, 2),
-            "frames": len(frame_rows), "frames_per_second": round(len(frame_rows) / seconds, 2)}
-        parts.append(frame_rows)
-    size = tuple(samples["driving"].shape[1:3])
-    parts.append(no_motion_rows(clips, args, size))
-    per_frame = pd.concat(parts, ignore_index=True)
+        results[spec.name], record["models"][spec.name] = score_model(spec, configs[spec.name], clips, settings,
+                                                                      out, args, detections)
+    per_frame, clip_frames, samples = collect(results, clips, out)
+    frame_shape = clip_scores.frame_size(configs[specs[0].name])
+    per_frame = pd.concat([per_frame, no_motion_rows(clips, args, frame_shape)], ignore_index=True)
     for column in SCORE_COLUMNS:
         if column not in per_frame:
             per_frame[column] = np.nan
     per_frame["pose_backend"] = backends["pose"]
     per_frame["identity_backend"] = backends["identity"]
+    for name in record["models"]:
+        record["models"][name]["frames"] = int((per_frame["model"] == name).sum())
     per_clip = (per_frame.groupby(["model", "clip", "pose_backend", "identity_backend"], sort=False)
                 [SCORE_COLUMNS].mean().reset_index())
     per_clip["num_frames"] = per_frame.groupby(["model", "clip"], sort=False).size().to_numpy()
     _write_parquet(per_frame, out / "per_frame.parquet")
     _write_parquet(per_clip, out / "per_clip.parquet")
+    clip_list = {"sha256": clip_scores.clip_list_sha256(clip_frames), "clips": len(clip_frames),
+                 "frames": int(sum(clip_frames.values()))}
+    comparable = comparable_metrics(args.protocol, pose, identity)
     record.update(dataset=args.dataset, data=str(Path(args.data).resolve()), split=args.split,
-                  clips=clips, backends=backends, device=args.device,
-                  bootstrap=args.bootstrap, seed=args.seed,
-                  samples=write_samples(samples, out, generations=_generations(specs, args)),
-                  protocol=args.protocol, comparable=comparable_metrics(args.protocol, pose, identity),
-                  frame_counts=frame_counts(per_frame),
-                  tables=write_tables(per_frame, out, args, backends,
-                                      comparable_metrics(args.protocol, pose, identity)))
+                  clips=clips, clip_frames=clip_frames, clip_list=clip_list, backends=backends,
+                  device=args.device, workers=args.workers, bootstrap=args.bootstrap, seed=args.seed,
+                  samples=write_samples(samples, out, generations=_generations(configs, args)),
+                  protocol=args.protocol, comparable=comparable, frame_counts=frame_counts(per_frame),
+                  tables=write_tables(per_frame, out, args, backends, comparable, clip_list))
     record["argv"] = command_line(args)
-    (out / "benchmark.json").write_text(json.dumps(record, indent=2))
+    from core.media import atomic_path
+    with atomic_path(out / "benchmark.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
     return record
 
 
-def _generations(specs, args) -> dict:
+def _generations(configs: dict, args) -> dict:
     from core.provenance import Generation, warn_opt_out
     if not getattr(args, "provenance", True):
         warn_opt_out()
         return {}
-    return {spec.name: Generation.of(model_config(spec), spec.name) for spec in specs}
+    return {name: Generation.of(config, name) for name, config in configs.items()}
 
 
 def main(args: argparse.Namespace) -> int:

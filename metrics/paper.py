@@ -1,15 +1,69 @@
-"""The paper's published reconstruction numbers (FOMM, NeurIPS 2019, Table 3) as data.
+"""The published reconstruction numbers as data: which paper, which table, which cells are
+confirmed.
 
-Every cell carries a `confirmed` flag: only three cells are confirmed by the maintainers'
-own words (VoxCeleb AKD 1.294 and AED 0.140 and Nemo AKD 1.119 for FOMM); the others come
-from secondary sources and are shown with a "(?)" mark wherever they are printed.
-Protocol: source = first frame of a test video, driving = every frame of the same video.
+Three papers publish the reconstruction protocol's numbers (source = first frame of a test
+video, driving = every frame of the same video; L1, AKD, MKR, AED from pose-evaluation):
+FOMM (NeurIPS 2019, Table 3: X2Face, Monkey-Net and FOMM), MRAA (CVPR 2021) and TPSMM
+(CVPR 2022), each on its own copy of the datasets. A table prints a published number only
+where it is confirmed; every other cell stays empty, never quoted with a doubt mark:
+
+- FOMM Table 3: the three cells the maintainers' own words confirm (VoxCeleb AKD 1.294 and
+  AED 0.140, Nemo AKD 1.119 for FOMM; REFERENCE.md §1). The other Table 3 values come from
+  secondary sources (marked (?) there) and are kept here as data, unconfirmed, unprinted.
+- MRAA and TPSMM: no number of theirs is confirmed against the papers' text yet, nor which
+  of their tables holds it, so their rows name the paper and hold no number. Confirming a
+  value means adding its cell here with `confirmed=True` and the table it is in.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Table 3's datasets and the metrics it reports for each (Tai-Chi-HD adds MKR; Bair only L1).
+# Our dataset names (`--dataset`) -> the published tables' dataset.
+DATASET_ALIASES = {
+    "taichi": "taichi", "taichi-256": "taichi", "tai-chi-hd": "taichi",
+    "vox": "vox", "vox-256": "vox", "voxceleb": "vox",
+    "nemo": "nemo", "bair": "bair", "bair-256": "bair",
+    "ted": "ted", "ted-384": "ted", "ted-talks": "ted",
+    "mgif": "mgif", "mgif-256": "mgif",
+}
+
+# What the published numbers were measured with (pose-evaluation's networks).
+PAPER_BACKENDS = {
+    "taichi": "pose: OpenPose (18 body joints); identity: person re-id ResNet-50",
+    "ted": "pose: OpenPose (18 body joints); identity: person re-id ResNet-50",
+    "vox": "pose: face-alignment (68 2D landmarks); identity: OpenFace",
+    "nemo": "pose: face-alignment (68 2D landmarks); identity: OpenFace",
+    "bair": "L1 only",
+    "mgif": "the paper's own choice (not confirmed here)",
+}
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A paper whose reconstruction table a benchmark table sets beside ours."""
+    key: str
+    citation: str                 # authors, title, venue
+    short: str                    # the paper's name and venue, as a table cell says it
+    table: str | None             # the table the numbers are in; None: not confirmed
+    datasets: tuple[str, ...]     # the datasets it reports (MRAA, TPSMM: those of their released configs)
+    methods: tuple[str, ...]      # its rows (registry names) that our tables print
+
+    def cell_text(self) -> str:
+        """What a table's "published in" column says for this paper's rows."""
+        return f"{self.short}, {self.table}" if self.table else f"{self.short}, table not confirmed"
+
+
+FOMM = Publication("fomm", "Siarohin, Lathuilière, Tulyakov, Ricci, Sebe: First Order Motion Model for "
+                   "Image Animation, NeurIPS 2019", "FOMM (NeurIPS 2019)", "Table 3",
+                   ("taichi", "vox", "nemo", "bair"), ("x2face", "monkey-net", "fomm"))
+MRAA = Publication("mraa", "Siarohin, Woodford, Ren, Chai, Tulyakov: Motion Representations for Articulated "
+                   "Animation, CVPR 2021", "MRAA (CVPR 2021)", None,
+                   ("vox", "taichi", "ted", "mgif"), ("mraa",))
+TPSMM = Publication("tpsmm", "Zhao, Zhang: Thin-Plate Spline Motion Model for Image Animation, CVPR 2022",
+                    "TPSMM (CVPR 2022)", None, ("vox", "taichi", "ted", "mgif"), ("tpsmm",))
+PUBLICATIONS = (FOMM, MRAA, TPSMM)
+
+# FOMM Table 3's datasets and the metrics it reports for each (Tai-Chi-HD adds MKR; Bair only L1).
 DATASET_METRICS: dict[str, tuple[str, ...]] = {
     "taichi": ("l1", "akd", "mkr", "aed"),
     "vox": ("l1", "akd", "aed"),
@@ -17,14 +71,7 @@ DATASET_METRICS: dict[str, tuple[str, ...]] = {
     "bair": ("l1",),
 }
 
-# Our dataset names (`--dataset`) -> Table 3's column group.
-DATASET_ALIASES = {
-    "taichi": "taichi", "taichi-256": "taichi", "tai-chi-hd": "taichi",
-    "vox": "vox", "vox-256": "vox", "voxceleb": "vox",
-    "nemo": "nemo", "bair": "bair", "bair-256": "bair",
-}
-
-# Table 3, method -> dataset -> values in DATASET_METRICS order.
+# FOMM Table 3, method -> dataset -> values in DATASET_METRICS order (REFERENCE.md §1).
 _TABLE3 = {
     "x2face": {"taichi": (0.080, 17.654, 0.109, 0.272), "vox": (0.078, 7.687, 0.405),
                "nemo": (0.031, 3.539, 0.221), "bair": (0.065,)},
@@ -34,16 +81,8 @@ _TABLE3 = {
              "nemo": (0.016, 1.119, 0.048), "bair": (0.027,)},
 }
 
-# (method, dataset, metric) cells confirmed by the maintainers' quotes (REFERENCE.md §1).
+# (method, dataset, metric) cells of Table 3 confirmed by the maintainers' quotes.
 _CONFIRMED = {("fomm", "vox", "akd"), ("fomm", "vox", "aed"), ("fomm", "nemo", "akd")}
-
-# What the paper's numbers were measured with: a table that prints them names these.
-PAPER_BACKENDS = {
-    "taichi": "pose: OpenPose (18 body joints); identity: person re-id ResNet-50",
-    "vox": "pose: face-alignment (68 2D landmarks); identity: OpenFace",
-    "nemo": "pose: face-alignment (68 2D landmarks); identity: OpenFace",
-    "bair": "L1 only",
-}
 
 
 @dataclass(frozen=True)
@@ -53,21 +92,28 @@ class PaperCell:
     metric: str
     value: float
     confirmed: bool
+    publication: Publication = FOMM
 
     def text(self) -> str:
-        """The value as printed in tables: unconfirmed cells carry a "(?)" mark."""
-        return f"{self.value:.3f}" + ("" if self.confirmed else " (?)")
+        """The value as a table prints it; an unconfirmed cell prints nothing."""
+        return f"{self.value:.3f}" if self.confirmed else ""
 
 
 def paper_dataset(dataset: str) -> str | None:
-    """Table 3's column group for one of our dataset names, or None (e.g. `sample`)."""
+    """The published tables' name for one of our dataset names, or None (e.g. `sample`)."""
     return DATASET_ALIASES.get(dataset.lower())
 
 
-def paper_cells(dataset: str) -> list[PaperCell]:
-    """All Table 3 cells for `dataset` (empty when the paper has no numbers for it)."""
+def publications_for(dataset: str) -> list[Publication]:
+    """The papers whose reconstruction table reports `dataset`, in PUBLICATIONS order."""
     group = paper_dataset(dataset)
-    if group is None:
+    return [p for p in PUBLICATIONS if group in p.datasets]
+
+
+def paper_cells(dataset: str) -> list[PaperCell]:
+    """Every published cell recorded for `dataset`, confirmed or not (empty when none)."""
+    group = paper_dataset(dataset)
+    if group not in DATASET_METRICS:
         return []
     cells = []
     for method, per_dataset in _TABLE3.items():
@@ -76,9 +122,9 @@ def paper_cells(dataset: str) -> list[PaperCell]:
     return cells
 
 
-def paper_value(method: str, dataset: str, metric: str) -> PaperCell | None:
-    """One cell, or None when Table 3 does not report it."""
+def paper_value(method: str, dataset: str, metric: str, publication: Publication = FOMM) -> PaperCell | None:
+    """One recorded cell of `publication`, or None when it records none."""
     for cell in paper_cells(dataset):
-        if cell.method == method and cell.metric == metric:
+        if cell.method == method and cell.metric == metric and cell.publication == publication:
             return cell
     return None

@@ -377,8 +377,12 @@ def timing_rows(info: RunInfo) -> list[dict]:
              "status": entry.get("status", "") + (f": {entry['error']}" if entry.get("error") else "")}
             for stage, entry in info.timings.get("stages", {}).items()]
     for name, model in info.benchmark.get("models", {}).items():
+        scored = model.get("frames_scored_this_run", model["frames"])
+        status = f"{scored} frames scored" + (f", {model['frames_per_second']} frames/s" if scored else "")
+        if model.get("clips_from_earlier_runs"):
+            status += f"; {model['clips_from_earlier_runs']} clips scored by an earlier run"
         rows.append({"stage": f"benchmark: {name}", "seconds": f"{model['seconds']:.1f}",
-                     "CPU seconds (this process)": "", "load average at end": "", "status": f"{model['frames']} frames, {model['frames_per_second']} frames/s"})
+                     "CPU seconds (this process)": "", "load average at end": "", "status": status})
     return rows
 
 
@@ -432,6 +436,11 @@ def build_report(info: RunInfo, env: dict) -> Report:
     if data.manifest_sha256:
         hashes.append({"model": "data manifest", "checkpoint": str(info.data_dir / "clips.parquet"),
                        "checkpoint sha256": data.manifest_sha256[:16], "config sha256": "", "config": ""})
+    clip_list = info.benchmark.get("clip_list")
+    if clip_list:  # metrics.clip_scores.clip_list_sha256: which clips the benchmark scored
+        hashes.append({"model": "test clips", "checkpoint": f"{clip_list['clips']} clips, {clip_list['frames']} "
+                       "frames (sorted names and frame counts)", "checkpoint sha256": clip_list["sha256"][:16],
+                       "config sha256": "", "config": ""})
     tables, missing = load_tables(info)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return Report(
@@ -452,9 +461,11 @@ def headline(info: RunInfo, tables: dict[str, Table]) -> list[str]:
         return ["no benchmark in this run"]
     from metrics.benchmark import NO_MOTION
     motion = {r["model"]: r["motion_epe"] for r in tables["motion"].records} if "motion" in tables else {}
+    clip_list = info.benchmark.get("clip_list")
     lines = [f"{len(info.benchmark.get('clips', []))} {info.benchmark.get('split', 'test')} clips of "
-             f"{info.benchmark.get('dataset', '?')}; protocol: {info.benchmark.get('protocol', 'project')}; "
-             "backends: "
+             f"{info.benchmark.get('dataset', '?')}"
+             + (f" (clip list sha256 {clip_list['sha256']})" if clip_list else "")
+             + f"; protocol: {info.benchmark.get('protocol', 'project')}; backends: "
              + "; ".join(f"{k}: {v}" for k, v in info.benchmark.get("backends", {}).items())]
     for row in tables["comparison"].records:
         if row["source"] != "ours":

@@ -105,32 +105,49 @@ def _header(metric: str) -> str:
     return METRICS[metric][0] + (" ↓" if METRICS[metric][1] else " ↑")
 
 
+@dataclass(frozen=True)
+class ExtraColumn:
+    """A column beside the metrics, measured per model by another stage (e.g. how often a
+    detector flags the model's frames): filled for our rows, empty for the published ones."""
+    header: str
+    cells: dict[str, str]                              # model -> printed text
+    values: dict[str, float] = field(default_factory=dict)  # model -> the number, for the records
+    note: str = ""                                     # appended to the table's notes
+
+
 def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
                      backends: dict[str, str], references: tuple[str, ...] = (),
-                     comparable: dict[str, bool] | None = None, protocol: str | None = None) -> Table:
-    """Our models (value [95 % CI]) and, below them, the paper's Table 3 rows for `dataset`.
+                     comparable: dict[str, bool] | None = None, protocol: str | None = None,
+                     extra: tuple[ExtraColumn, ...] = ()) -> Table:
+    """Our models (value [95 % CI]) and, below them, the published rows for `dataset`.
 
     `backends`: role -> backend description (e.g. {"pose": "dlib68 (scheme ibug-68)"});
     printed in the title and notes, since numbers from different backends do not compare.
     `references`: rows that are yardsticks rather than models (labelled "reference").
-    `comparable`: metric -> whether ours was measured as the paper measured it (its protocol
-    and network). A metric that is not gets two columns: ours, headed "not comparable",
-    and the paper's, so a substitute's number never stands in the paper's column.
-    `protocol`: printed in the title and notes.
+    `comparable`: metric -> whether ours was measured as the papers measured it (their
+    protocol and network). A metric that is not gets two columns: ours, headed "not
+    comparable", and the paper's, so a substitute's number never stands in the paper's column.
+    `protocol`: printed in the title and notes. `extra`: columns after the metrics.
+    Published rows (metrics.paper) carry their paper and table in a "published in" column;
+    a cell whose number is not confirmed is left empty.
     """
     comparable = {metric: comparable.get(metric, True) for metric in metrics} if comparable else \
         {metric: True for metric in metrics}
     group = paper.paper_dataset(dataset)
+    publications = paper.publications_for(dataset)
     backend_text = "; ".join(f"{role}: {name}" for role, name in backends.items()) or "none"
     # (metric, whose values: "both" | "ours" | "paper") per printed column
     layout = []
     for metric in metrics:
-        if comparable[metric] or group is None:
+        if comparable[metric] or not publications:
             layout.append((metric, "both"))
         else:
             layout += [(metric, "ours"), (metric, "paper")]
     names = {"both": "", "ours": " (ours, not comparable)", "paper": " (paper)"}
-    columns = ["model", "source"] + [_header(m) + names[whose] for m, whose in layout] + ["clips", "frames"]
+    columns = (["model", "source"] + [_header(m) + names[whose] for m, whose in layout]
+               + [column.header for column in extra] + ["clips", "frames"]
+               + (["published in"] if publications else []))
+    cited = [""] if publications else []
     rows, records, coverage = [], [], []
     for _, row in summary.iterrows():
         source = "reference" if row["model"] in references else "ours"
@@ -140,14 +157,18 @@ def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
                   "num_frames": int(row["num_frames"])}
         for metric, whose in layout:
             if whose == "paper":
-                cells.append("–")
+                cells.append(EMPTY)
                 continue
             value, low, high = row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"]
             cells.append(_fmt(value, metric) if not np.isfinite(value) else
                          f"{_fmt(value, metric)} [{_fmt(low, metric)}, {_fmt(high, metric)}]")
             record.update({metric: value, f"{metric}_lo": low, f"{metric}_hi": high,
                            f"{metric}_comparable": comparable[metric]})
-        rows.append(cells + [str(int(row["num_clips"])), str(int(row["num_frames"]))])
+        for column in extra:
+            cells.append(column.cells.get(row["model"], EMPTY))
+            if row["model"] in column.values:
+                record[column.header] = column.values[row["model"]]
+        rows.append(cells + [str(int(row["num_clips"])), str(int(row["num_frames"]))] + cited)
         records.append(record)
         partial = [f"{METRICS[m][0]} on {int(row[f'{m}_frames'])}/{int(row['num_frames'])}"
                    for m in metrics if row[f"{m}_frames"] < row["num_frames"]]
@@ -159,31 +180,52 @@ def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
     if coverage:
         notes.append("defined only where the backend found the subject in both frames: "
                      + "; ".join(coverage) + ".")
-    if group is not None:
-        for method in ("x2face", "monkey-net", "fomm"):
-            cells, record = [method, "paper"], {"model": method, "source": "paper",
-                                                "backends": paper.PAPER_BACKENDS[group]}
-            for metric, whose in layout:
-                cell = paper.paper_value(method, dataset, metric)
-                if whose == "ours":
-                    cells.append("–")
-                    continue
-                cells.append(cell.text() if cell else "–")
-                record[metric] = cell.value if cell else float("nan")
-                record[f"{metric}_confirmed"] = cell.confirmed if cell else None
-            rows.append(cells + ["", ""])
+    for publication in publications:
+        for method in publication.methods:
+            cells, record = _published_row(publication, method, dataset, layout, len(extra))
+            rows.append(cells)
             records.append(record)
-        notes.append(f"paper: FOMM (NeurIPS 2019) Table 3, {group}; measured with "
-                     f"{paper.PAPER_BACKENDS[group]}, so it compares with ours only where the "
-                     "backends agree. (?) = from secondary sources, not confirmed against the paper.")
-        apart = [METRICS[m][0] for m in metrics if not comparable[m]]
-        if apart:
-            notes.append("not comparable with the paper (a substitute network or another protocol), so "
-                         "printed apart from the paper's column: " + ", ".join(apart) + ".")
-    else:
-        notes.append(f"paper: Table 3 has no numbers for dataset {dataset!r}.")
+    notes += [column.note for column in extra if column.note]
+    notes += _publication_notes(publications, group, dataset)
+    apart = [METRICS[m][0] for m in metrics if not comparable[m]]
+    if publications and apart:
+        notes.append("not comparable with the papers (a substitute network or another protocol), so "
+                     "printed apart from the papers' columns: " + ", ".join(apart) + ".")
     title = f"Reconstruction on {dataset} ({protocol_text}backends: {backend_text})"
     return Table(title, columns, rows, records, notes)
+
+
+EMPTY = "–"
+
+
+def _published_row(publication: paper.Publication, method: str, dataset: str,
+                   layout: list[tuple[str, str]], num_extra: int) -> tuple[list[str], dict]:
+    """A published row's cells and record: confirmed numbers only, the citation last."""
+    group = paper.paper_dataset(dataset)
+    cells = [method, "paper"]
+    record = {"model": method, "source": "paper", "publication": publication.key,
+              "published_in": publication.cell_text(), "backends": paper.PAPER_BACKENDS.get(group, "")}
+    for metric, whose in layout:
+        if whose == "ours":
+            cells.append(EMPTY)
+            continue
+        cell = paper.paper_value(method, dataset, metric, publication)
+        confirmed = cell is not None and cell.confirmed
+        cells.append(cell.text() if confirmed else EMPTY)
+        record[metric] = cell.value if confirmed else float("nan")
+        record[f"{metric}_confirmed"] = confirmed
+    return cells + [EMPTY] * num_extra + ["", "", publication.cell_text()], record
+
+
+def _publication_notes(publications: list[paper.Publication], group: str | None, dataset: str) -> list[str]:
+    if not publications:
+        return [f"paper: no numbers published for dataset {dataset!r}."]
+    notes = [f"{p.cell_text()}: {p.citation}." for p in publications]
+    notes.append(f"published numbers: measured by each paper on its own copy of the dataset with "
+                 f"{paper.PAPER_BACKENDS.get(group, 'its own networks')}, so they compare with ours only "
+                 "where the clips and the backends agree; a cell is empty where its number is not confirmed "
+                 "by the paper's text or its authors' words (metrics/paper.py says which are).")
+    return notes
 
 
 def to_markdown(table: Table) -> str:

@@ -1,25 +1,27 @@
-"""`pipeline run all`: prepare a dataset, train FOMM and both baselines on a small budget,
-benchmark them and write the report: the README's main command.
+"""`pipeline run all`: prepare a dataset, train every registered model family on a small
+budget, benchmark them on the same clips and write the report: the README's main command.
 
-    pipeline run all --dataset sample --out runs/sample [--budget small|tiny]
+    pipeline run all --dataset sample --out runs/sample [--budget small|tiny] [--models a,b]
 
-Stages run one after another in this process, each through its own stage module (the
-same code `pipeline run <stage>` runs), and write under `--out`:
+The families are fomm/families.py's (`--models` picks some); each trains with its tiny config,
+`configs/<family>-tiny.yaml` (FOMM's is `tiny.yaml`; fomm.registry.family_config). Stages
+run one after another in this process, each through its own stage module (the same code
+`pipeline run <stage>` runs), and write under `--out`:
 
     data/                     pipeline run prepare (Ray)
-    train/{fomm,monkey-net,x2face}/   pipeline run train (config.yaml, metrics.jsonl, checkpoints/)
-    benchmark/                pipeline run benchmark (parquet, tables, samples)
+    train/<family>/           pipeline run train (config.yaml, metrics.jsonl, checkpoints/)
+    benchmark/                pipeline run benchmark (per-clip results, parquet, tables, samples)
     report.html, report.md    pipeline run report
     timings.json              seconds and settings of every stage
 
 A stage is done when timings.json records it done with the same settings and its output
 is on disk; a rerun skips done stages up to the first one that is not, and runs that one
 and every later one (their inputs may have changed), so a killed run resumes where it
-stopped (a training stage from its latest checkpoint) and a finished run rerun does
-nothing but the report. A model that fails to train is recorded as failed with its error and
-left out of the benchmark; the others go on (exit code 1). Budgets: `small` (the default)
-is the README's run, sized to finish in under 15 minutes on 2 CPU cores; `tiny` is the
-reduced version the tests run.
+stopped (a training stage from its latest checkpoint, the benchmark from its finished
+clips) and a finished run rerun does nothing but the report. A model that fails to train
+is recorded as failed with its error and left out of the benchmark; the others go on (exit
+code 1). Budgets: `small` (the default) is the README's run, sized to finish in under 10
+minutes on 2 CPU cores; `tiny` is the reduced version the tests run.
 """
 from __future__ import annotations
 
@@ -36,29 +38,41 @@ from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# model -> the config it trains with (configs/*.yaml)
-MODEL_CONFIGS = {"fomm": "tiny", "monkey-net": "monkey-net-tiny", "x2face": "x2face-tiny"}
+def families() -> list[str]:
+    """Every registered model family, in the registry's order (fomm/families.py)."""
+    from fomm.families import NAMES
+    return list(NAMES)
+
+
+def train_config(family: str) -> str:
+    """The tiny config a family trains with here: configs/<family>-tiny.yaml where it has one."""
+    from fomm.registry import family_config
+    return family_config("tiny", family)
 
 
 @dataclass(frozen=True)
 class Budget:
     """How much work each stage does."""
-    steps: dict[str, int]          # training steps per model
+    steps: dict[str, int]          # training steps per family
+    default_steps: int             # for a family `steps` does not name
     batch_size: int
     max_clips: int | None          # benchmark: first N test clips (None: all)
     max_frames: int | None         # benchmark: first N frames of each clip
     bootstrap: int                 # bootstrap resamples of the confidence intervals
 
 
+    def steps_for(self, family: str) -> int:
+        return self.steps.get(family, self.default_steps)
+
+
 BUDGETS = {
-    # Measured on a shared 2-core machine (load 3-13) with 300/300/800 steps: 29.3 min
-    # wall; CPU seconds per step (2 threads) FOMM 2.9, Monkey-Net 1.45, X2Face 0.24, and
-    # 31 s prepare, 6 s benchmark. These steps cut that CPU time by a third, aiming at
-    # under 15 minutes on 2 free cores (not yet measured on an idle machine).
-    "small": Budget(steps={"fomm": 200, "monkey-net": 200, "x2face": 600}, batch_size=8,
-                    max_clips=None, max_frames=None, bootstrap=1000),
-    "tiny": Budget(steps={"fomm": 4, "monkey-net": 4, "x2face": 4}, batch_size=2,
-                   max_clips=2, max_frames=6, bootstrap=100),
+    # CPU seconds per training step at batch 8 of each tiny config (2 threads), measured side
+    # by side on the shared 2-core machine under load (about twice an idle machine's): FOMM 6.2,
+    # Monkey-Net 3.0, X2Face 5.2, MRAA 7.4, TPSMM 19.1. These steps give each family a similar
+    # share of the README's run, which must stay under 10 minutes on 2 cores.
+    "small": Budget(steps={"fomm": 40, "monkey-net": 60, "x2face": 40, "mraa": 40, "tpsmm": 20},
+                    default_steps=40, batch_size=8, max_clips=None, max_frames=None, bootstrap=1000),
+    "tiny": Budget(steps={}, default_steps=4, batch_size=2, max_clips=2, max_frames=6, bootstrap=100),
 }
 
 
@@ -67,8 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="run folder")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="small",
                         help="small: the README's run (<15 min on 2 cores); tiny: the tests' run")
-    parser.add_argument("--models", default=",".join(MODEL_CONFIGS),
-                        help=f"models to train and compare (default: {','.join(MODEL_CONFIGS)})")
+    parser.add_argument("--models", default=None,
+                        help="families to train and compare (default: every one of fomm/families.py)")
     parser.add_argument("--prepare-arg", action="append", default=[],
                         help="extra argument for prepare, e.g. --prepare-arg=--manifest=FILE (repeatable)")
     parser.add_argument("--force", action="store_true", help="rerun every stage")
@@ -121,34 +135,36 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str], Path]]:
     """(name, stage, argv, output that must exist) for every stage, in order."""
     budget = BUDGETS[args.budget]
     out = Path(args.out)
-    models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in models if m not in MODEL_CONFIGS]
+    known = families()
+    models = [m for m in args.models.split(",") if m] if args.models is not None else known
+    unknown = [m for m in models if m not in known]
     if unknown or not models:
-        raise UserError(f"--models {args.models!r}: expected names from {list(MODEL_CONFIGS)}")
+        raise UserError(f"--models {args.models!r}: expected names from {known}")
     data = out / "data"
     steps = [("prepare", "prepare", ["--dataset", args.dataset, "--out", str(data), "--no-progress",
                                      *args.prepare_arg], data / "clips.parquet")]
     for model in models:
         train_dir = out / "train" / model
         # num_epochs = steps: an epoch has at least one step, so max_steps is what stops it
-        overrides = [f"train_params.max_steps={budget.steps[model]}",
-                     f"train_params.num_epochs={budget.steps[model]}",
+        count = budget.steps_for(model)
+        overrides = [f"train_params.max_steps={count}",
+                     f"train_params.num_epochs={count}",
                      f"train_params.batch_size={budget.batch_size}",
-                     f"train_params.checkpoint_every={budget.steps[model]}",
-                     f"train_params.checkpoint_freq={budget.steps[model]}",  # epochs: none before the end
-                     f"train_params.image_every={budget.steps[model]}",
-                     f"train_params.log_every={max(1, budget.steps[model] // 10)}"]
+                     f"train_params.checkpoint_every={count}",
+                     f"train_params.checkpoint_freq={count}",  # epochs: none before the end
+                     f"train_params.image_every={count}",
+                     f"train_params.log_every={max(1, count // 10)}"]
         steps.append((f"train-{model}", "train",
-                      ["--config", MODEL_CONFIGS[model], "--model", model, "--data", str(data),
+                      ["--config", train_config(model), "--model", model, "--data", str(data),
                        "--out", str(train_dir), *overrides],
-                      train_dir / "checkpoints" / f"step-{budget.steps[model]:07d}.pt"))
+                      train_dir / "checkpoints" / f"step-{count:07d}.pt"))
     return steps
 
 
 def benchmark_stage(args: argparse.Namespace, models: list[str]) -> tuple[str, str, list[str], Path]:
     """The benchmark of the models that trained."""
     budget, out = BUDGETS[args.budget], Path(args.out)
-    spec = ",".join(f"{m}={out / 'train' / m / 'checkpoints' / f'step-{budget.steps[m]:07d}.pt'}"
+    spec = ",".join(f"{m}={out / 'train' / m / 'checkpoints' / f'step-{budget.steps_for(m):07d}.pt'}"
                     for m in models)
     bench = ["--dataset", args.dataset, "--data", str(out / "data"), "--models", spec,
              "--out", str(out / "benchmark"), "--bootstrap", str(budget.bootstrap)]

@@ -17,7 +17,7 @@ from PIL import Image
 from core.config import config_to_dict
 from core.errors import UserError
 from fomm.config import config_from_dict, load_config
-from metrics import benchmark
+from metrics import benchmark, clip_scores
 from pipeline.clips import clip_dir
 
 
@@ -64,19 +64,19 @@ def _args(**given) -> argparse.Namespace:
 
 # --------------------------------------------------------------------------- units
 def test_motion_error_is_zero_for_the_truth_and_k_pixels_for_a_k_pixel_shift():
-    truth = np.broadcast_to(benchmark.identity_grid(64), (3, 64, 64, 2)).copy()
+    truth = np.broadcast_to(clip_scores.identity_grid(64), (3, 64, 64, 2)).copy()
     truth[..., 0] += np.linspace(0, 0.2, 3)[:, None, None]
-    assert np.allclose(benchmark.motion_epe(truth, truth, (64, 64)), 0, atol=1e-6)
+    assert np.allclose(clip_scores.motion_epe(truth, truth, (64, 64)), 0, atol=1e-6)
     for k in (1, 3):  # shifting x by k pixels of a 128-px frame is k / 64 normalised units
         shifted = truth.copy()
         shifted[..., 0] += k / 64
-        assert benchmark.motion_epe(shifted, truth, (128, 128)) == pytest.approx([k] * 3, rel=1e-4)
+        assert clip_scores.motion_epe(shifted, truth, (128, 128)) == pytest.approx([k] * 3, rel=1e-4)
 
 
 def test_motion_error_resizes_a_coarser_deformation_to_the_truth_grid():
-    truth = benchmark.identity_grid(64)[None] * np.float32(0.9)  # a zoom: linear in the pixel centres
-    coarse = benchmark.identity_grid(16)[None] * np.float32(0.9)
-    error = benchmark.motion_epe(coarse, truth, (64, 64))
+    truth = clip_scores.identity_grid(64)[None] * np.float32(0.9)  # a zoom: linear in the pixel centres
+    coarse = clip_scores.identity_grid(16)[None] * np.float32(0.9)
+    error = clip_scores.motion_epe(coarse, truth, (64, 64))
     # bilinear resizing is exact inside; only the outer 2 pixels of each side clamp
     # (at most 1.5 px of 64 there), which averages to about 0.11 px over the grid
     assert 0 < error[0] < 0.15
@@ -85,20 +85,22 @@ def test_motion_error_resizes_a_coarser_deformation_to_the_truth_grid():
 def test_model_specs_name_the_bad_item(tmp_path):
     checkpoint = tmp_path / "a.pt"
     checkpoint.write_bytes(b"x")
-    specs = benchmark.parse_models(f"fomm={checkpoint},x2face={checkpoint}@x2face-tiny")
+    specs = clip_scores.parse_models(f"fomm={checkpoint},x2face={checkpoint}@x2face-tiny")
     assert [(s.name, s.config) for s in specs] == [("fomm", None), ("x2face", "x2face-tiny")]
     for bad, words in ((f"dalle={checkpoint}", "unknown model 'dalle'"),
                        ("fomm", "expected NAME=CHECKPOINT"),
                        (f"fomm={tmp_path}/missing.pt", "does not exist"),
                        (f"fomm={checkpoint},fomm={checkpoint}", "names a model twice")):
         with pytest.raises(UserError, match=words):
-            benchmark.parse_models(bad)
+            clip_scores.parse_models(bad)
 
 
 def test_bad_counts_are_named_before_any_work(sample_data, tmp_path):
-    with pytest.raises(UserError, match="--max-clips 0: expected a positive number"):
-        benchmark.run(_args(dataset="sample", data=sample_data, models="fomm=x.pt", out=tmp_path / "o",
-                            max_clips=0))
+    for flag, value in (("max_clips", 0), ("workers", 0), ("batch_size", -1)):
+        name = "--" + flag.replace("_", "-")
+        with pytest.raises(UserError, match=f"{name} {value}: expected a positive number"):
+            benchmark.run(_args(dataset="sample", data=sample_data, models="fomm=x.pt", out=tmp_path / "o",
+                                **{flag: value}))
     assert not (tmp_path / "o").exists()
 
 
@@ -106,7 +108,7 @@ def test_checkpoint_without_config_asks_for_one(tmp_path):
     path = tmp_path / "bare.pt"
     torch.save({"generator": {}}, path)
     with pytest.raises(UserError, match="embeds no config"):
-        benchmark.load_model(benchmark.ModelSpec("fomm", path, None))
+        clip_scores.load_model(clip_scores.ModelSpec("fomm", path, None))
 
 
 # --------------------------------------------------------------------------- runs
@@ -153,7 +155,7 @@ def test_a_model_that_copies_the_source_scores_as_the_direct_computation(sample_
             return {"value": torch.zeros(len(frames), 1, 2)}
 
         def generate(self, source, motion_source, motion_driving):
-            grid = torch.from_numpy(benchmark.identity_grid(64)).expand(len(source), 64, 64, 2)
+            grid = torch.from_numpy(clip_scores.identity_grid(64)).expand(len(source), 64, 64, 2)
             return {"prediction": source, "deformation": grid}
 
         def generator_losses(self, source, driving, kit):
@@ -230,14 +232,14 @@ def test_released_checkpoint_needs_and_takes_a_config(sample_data, tmp_path):
     released = tmp_path / "released.pth.tar"
     torch.save({**model.checkpoint_state(), "epoch": 99}, released)
     with pytest.raises(UserError, match="embeds no config"):
-        benchmark.load_model(benchmark.ModelSpec("fomm", released, None))
+        clip_scores.load_model(clip_scores.ModelSpec("fomm", released, None))
     config_file = tmp_path / "tiny64.yaml"
     from core.config import config_to_yaml
     config_file.write_text(config_to_yaml(config))
-    loaded, loaded_config = benchmark.load_model(benchmark.ModelSpec("fomm", released, str(config_file)))
+    loaded, loaded_config = clip_scores.load_model(clip_scores.ModelSpec("fomm", released, str(config_file)))
     assert loaded_config == config
-    store, clips = benchmark.open_test_clips(sample_data, "test", 1)
-    ours, theirs = (reconstruct_clip(m, benchmark.clip_batches(store, clips[0], (64, 64), 16, 4))
+    store, clips = clip_scores.open_test_clips(sample_data, "test", 1)
+    ours, theirs = (reconstruct_clip(m, clip_scores.clip_batches(store, clips[0], (64, 64), 16, 4))
                     for m in (model, loaded))
     assert len(ours.fake) == 4 and np.array_equal(ours.fake, theirs.fake)
 

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +78,7 @@ def test_first_frame_is_the_source_and_reruns_skip_done_clips(test_root, checkpo
     args = ["run", "reconstruct", "--checkpoint", str(checkpoint), "--data", str(test_root),
             "--out", str(out), "--num-videos", "1", "--batch-size", "7"]
     assert cli_main(args) == 0
-    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "l1.csv"}
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in ("l1.csv", ".lock")}
     assert len([p for p in written if p.suffix == ".png"]) == 48  # taichi2 only (name order)
 
     frames = torch.cat(list(ReconstructionClips(open_clips(test_root, "test"), (64, 64, 3), 48).frames("taichi2")))
@@ -88,7 +93,7 @@ def test_first_frame_is_the_source_and_reruns_skip_done_clips(test_root, checkpo
 
     assert cli_main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in written} == written
-    assert not any(p.name.startswith(".") for p in out.iterdir())  # no half-written clip left
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".lock", ".rows"]  # no part left
 
 
 def test_reconstruct_rejects_missing_checkpoint_and_data(test_root, checkpoint, tmp_path):
@@ -99,3 +104,65 @@ def test_reconstruct_rejects_missing_checkpoint_and_data(test_root, checkpoint, 
     # a checkpoint built for another config names the mismatching tensor
     assert cli_main(["run", "reconstruct", "--config", "tiny", "--checkpoint", str(checkpoint), "--data",
                      str(test_root), "--out", str(tmp_path / "o"), "model_params.common_params.num_kp=3"]) == 2
+
+
+@pytest.fixture
+def sample_root(tmp_path) -> Path:
+    """Three test clips of the built-in sample dataset (8 frames, 64 px)."""
+    from pipeline import sample
+    root = tmp_path / "sample"
+    for clip in sample.sample_clips(num_train=0, num_test=3, num_frames=8, size=64):
+        assert sample.prepare_clip(clip, root)["status"] == "done"
+    return root
+
+
+# `reconstruct` in a child process that SIGKILLs itself while writing the 4th frame of the
+# second clip: its staged folder, its temporary mp4 and its ffmpeg are left behind.
+KILLED_RECONSTRUCT = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    from fomm import reconstruct
+    from pipeline.cli import main
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # as tests/conftest.py: the same arithmetic
+    save, calls = reconstruct.save_frame, []
+
+    def save_then_die(path, frame):
+        calls.append(path)
+        if len(calls) == 8 + 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+        save(path, frame)
+
+    reconstruct.save_frame = save_then_die
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_killed_reconstruct_rerun_does_the_missing_clips_and_leaves_no_part(sample_root, checkpoint, tmp_path):
+    argv = ["run", "reconstruct", "--checkpoint", str(checkpoint), "--data", str(sample_root), "--num-videos", "3",
+            "--batch-size", "3", "--no-provenance"]
+    assert cli_main([*argv, "--out", str(tmp_path / "unbroken")]) == 0
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.run([sys.executable, "-c", KILLED_RECONSTRUCT, *argv, "--out", str(out)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    first, second, third = sorted(p.name.removesuffix(".mp4") for p in (sample_root / "png" / "test").iterdir())
+    left = sorted(p.name for p in out.iterdir())
+    assert f".{second}.part" in left and any(n.startswith(f".{second}.") and n.endswith(".part.mp4") for n in left)
+    kept = {p: p.stat().st_mtime_ns for p in [out / f"{first}.mp4", *(out / first).iterdir()]}
+
+    assert cli_main([*argv, "--out", str(out)]) == 0
+    assert (out / "l1.csv").read_text() == (tmp_path / "unbroken" / "l1.csv").read_text()
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the finished clip was not redone
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".lock", ".rows"]
+    for clip in (first, second, third):
+        assert len(list((out / clip).glob("*.png"))) == 8 and probe(out / f"{clip}.mp4").num_frames == 8
+
+    # another model into the same folder redoes every clip: a row is only reused for its own weights
+    other = tmp_path / "other.pt"
+    torch.manual_seed(1)
+    config = load_config("tiny")
+    save_checkpoint(other, {"config": config_to_dict(config), **build_model(config).checkpoint_state()})
+    assert cli_main(["run", "reconstruct", "--checkpoint", str(other), *argv[4:], "--out", str(out)]) == 0
+    assert (out / "l1.csv").read_text() != (tmp_path / "unbroken" / "l1.csv").read_text()
+    assert all(p.stat().st_mtime_ns != stamp for p, stamp in kept.items())

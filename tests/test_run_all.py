@@ -1,5 +1,6 @@
-"""`pipeline run all --dataset sample` at the tiny budget: prepare (Ray), train FOMM,
-Monkey-Net and X2Face, benchmark, report; then a rerun that only rewrites the report."""
+"""`pipeline run all --dataset sample` at the tiny budget: prepare (Ray), train every
+registered family, benchmark them all on the same clips, report; then a rerun that only
+rewrites the report."""
 from __future__ import annotations
 
 import json
@@ -8,10 +9,11 @@ import re
 import pandas as pd
 import pytest
 
+from metrics import clip_scores
 from pipeline.cli import main as cli_main
-from pipeline.run_all import BUDGETS, MODEL_CONFIGS
+from pipeline.run_all import BUDGETS, families
 
-MODELS = ("fomm", "monkey-net", "x2face")
+MODELS = tuple(families())  # the registry's, not a list of our own
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +32,10 @@ def test_every_stage_is_timed_and_done(run_dir):
                                                      abs=0.05)
     for model in MODELS:  # each model trained exactly the budget's steps
         curve = pd.read_json(run_dir / "train" / model / "metrics.jsonl", lines=True)
-        assert curve["step"].max() == BUDGETS["tiny"].steps[model]
+        assert curve["step"].max() == BUDGETS["tiny"].steps_for(model)
 
 
-def test_benchmark_scores_all_three_models_on_every_test_clip(run_dir):
+def test_benchmark_scores_every_family_on_the_same_test_clips(run_dir):
     per_clip = pd.read_parquet(run_dir / "benchmark" / "per_clip.parquet")
     clips = pd.read_parquet(run_dir / "data" / "clips.parquet")
     test_clips = sorted(clips[(clips["split"] == "test") & (clips["status"] == "done")]["clip"])
@@ -44,9 +46,12 @@ def test_benchmark_scores_all_three_models_on_every_test_clip(run_dir):
         assert rows["l1"].between(0, 1).all()
         assert rows["motion_epe"].notna().all()  # the sample dataset's truth was used
     assert (per_clip["num_frames"] == BUDGETS["tiny"].max_frames).all()
+    record = json.loads((run_dir / "benchmark" / "benchmark.json").read_text())
+    assert list(record["models"]) == list(MODELS) and sorted(record["clip_frames"]) == chosen
+    assert record["clip_list"]["sha256"] == clip_scores.clip_list_sha256(record["clip_frames"])
 
 
-def test_report_holds_all_three_models_tables_and_nothing_external(run_dir):
+def test_report_holds_every_familys_tables_and_nothing_external(run_dir):
     page = (run_dir / "report.html").read_text()
     for section in ("Environment", "Configs, checkpoints and manifest hashes", "Data", "Training curves",
                     "Metrics", "Sample frames", "Time per stage"):
@@ -57,6 +62,8 @@ def test_report_holds_all_three_models_tables_and_nothing_external(run_dir):
         assert metrics.count(f"<td>{model}</td>") == 2  # in the metric table and the motion table
     assert "backends: pose: none; identity: none" in metrics
     assert "<svg" in page  # the training curves, inline
+    sha = json.loads((run_dir / "benchmark" / "benchmark.json").read_text())["clip_list"]["sha256"]
+    assert sha in page and sha in metrics  # which clips were scored: in the headline and the tables
     images = re.findall(r'<img[^>]* src="([^"]+)"', page)
     assert len(images) >= 4 * (2 + len(MODELS)) - 4  # source, driving and each model, per frame
     assert all(src.startswith("data:image/png;base64,") for src in images)
@@ -82,5 +89,5 @@ def test_unknown_model_is_named(tmp_path, capsys):
     """One line naming the bad value and the known models, before any stage writes anything."""
     assert cli_main(["run", "all", "--out", str(tmp_path), "--models", "fomm,dalle"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "'fomm,dalle'" in err and all(m in err for m in MODEL_CONFIGS)
+    assert len(err.splitlines()) == 1 and "'fomm,dalle'" in err and all(m in err for m in families())
     assert list(tmp_path.iterdir()) == []
