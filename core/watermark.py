@@ -128,6 +128,9 @@ def _dither(height: int, width: int) -> np.ndarray:
     return dither
 
 
+_WARNED: set[tuple[int, int]] = set()  # small frame sizes warned about, once a process
+
+
 class FrameMarker:
     """Embeds the mark of `run` in RGB uint8 frames (H, W, 3); a callable built once per run.
     The same frame always gives the same marked frame (Ray may run a task twice)."""
@@ -135,18 +138,17 @@ class FrameMarker:
     def __init__(self, run: int):
         self.run = run
         self.pattern = cell_pattern(run)
-        self._warned = False
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         height, width = frame.shape[:2]
         if min(height, width) < MIN_SIDE:
             raise ValueError(f"frame {width}x{height} is too small to watermark "
                              f"(expected at least {MIN_SIDE} px a side)")
-        if min(height, width) < SMALL_SIDE and not self._warned:
+        if min(height, width) < SMALL_SIDE and (height, width) not in _WARNED:
             logger.warning("frames of %dx%d px carry a weak watermark (under %d px a side it may not "
                            "survive re-encoding); C2PA and the metadata tag still mark the file",
                            width, height, SMALL_SIDE)
-            self._warned = True
+            _WARNED.add((height, width))
         change = self.pattern[cell_index(height)][:, cell_index(width)]   # (H, W) V change
         out = frame.astype(np.float64) + _dither(height, width)
         for channel, weight in enumerate(V_TO_RGB):
