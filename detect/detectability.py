@@ -5,7 +5,8 @@ train.py, on unmarked frames) on the train split's real clips against the other 
 generated clips, then scores the test split's clips of the held-out family against its real
 clips, unmarked and marked copies alike. Lower AUC is harder to detect; the marked AUC beside
 the unmarked one shows the detector does not lean on the watermark. The benchmark table and the
-report read the `detectability.json` this writes (metrics/ reads the file, never this module):
+report read the `detectability.json` this writes (metrics/detectability.py reads it; metrics/
+never imports this module):
 
     {"format": "motion-transfer-detectability/1",
      "detector": {"architecture", "width", "size", "steps", "frames_per_clip", "weights", ...},
@@ -25,11 +26,9 @@ from core.errors import UserError
 from detect.dataset import families_of, read_manifest, select
 from detect.evaluate import group_report, score_clips
 from detect.train import TrainOptions, manifest_sha256, train_detector
+from metrics.detectability import FILE, FORMAT, read_detectability  # noqa: F401 - the file's one reader
 
 log = logging.getLogger(__name__)
-
-FORMAT = "motion-transfer-detectability/1"
-FILE = "detectability.json"
 
 
 def leave_one_family_out(data: str | Path, out: str | Path, options: TrainOptions,
@@ -78,17 +77,4 @@ def leave_one_family_out(data: str | Path, out: str | Path, options: TrainOption
                  *entry["video_auc_ci"])
     with atomic_path(out / FILE) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
-    return record
-
-
-def read_detectability(path: str | Path) -> dict:
-    """A detectability.json; UserError when it is not one."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / FILE
-    if not path.is_file():
-        raise UserError(f"{str(path)!r} does not exist; expected {FILE} from `pipeline run detect detectability`")
-    record = json.loads(path.read_text())
-    if record.get("format") != FORMAT:
-        raise UserError(f"{str(path)!r} is not a detectability file (format {record.get('format')!r})")
     return record

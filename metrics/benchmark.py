@@ -16,6 +16,7 @@ Writes to `--out`:
     per_clip.parquet    the same, averaged per (model, clip), with num_frames
     comparison.{md,csv,html}   ours with bootstrap 95 % intervals over clips, beside the paper's
     motion.{md,csv,html}       (sample only) motion error against the true backward grids
+    detectability.json  with --detectability: the file given, copied; its column is in comparison
     samples/            source, driving and each model's frames of the first clip (PNG)
     benchmark.json      what ran: data, checkpoints, config hashes, protocol, backends (and
                         which metrics compare with the paper), frames scored and skipped
@@ -287,7 +288,7 @@ def skipped_notes(counts: dict, metrics: list[str]) -> list[str]:
 
 
 def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict,
-                 comparable: dict[str, bool] | None = None) -> dict:
+                 comparable: dict[str, bool] | None = None, detectability: dict | None = None) -> dict:
     from metrics import tables
     models = per_frame[per_frame["model"] != NO_MOTION]
     metrics = ["l1", "ssim", "psnr"] + (["akd", "mkr"] if backends["pose"] != "none" else [])
@@ -300,6 +301,9 @@ def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict,
     comparison = tables.comparison_table(summary, args.dataset, metrics, backends, comparable=comparable,
                                          protocol=protocol)
     comparison.notes += skipped_notes(frame_counts(per_frame), metrics)
+    if detectability:
+        from metrics.detectability import add_column
+        comparison = add_column(comparison, detectability)
     written = {"comparison": tables.write_table(comparison, out, "comparison")}
     if per_frame["motion_epe"].notna().any():
         motion = per_frame[per_frame["motion_epe"].notna()]
@@ -340,6 +344,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_argument(parser)
     parser.add_argument("--precision", default="fp32", help="fp32 (default: scores comparable across "
                         "machines), bf16 or auto (core/devices.py)")
+    parser.add_argument("--detectability", type=Path, default=None,
+                        help="a detectability.json (pipeline run detect detectability): adds each model's "
+                             "held-out-family detector AUC to the table")
 
 
 def command_line(args: argparse.Namespace) -> list[str]:
@@ -365,6 +372,10 @@ def run(args: argparse.Namespace) -> dict:
     default_protocol = "paper" if paper.paper_dataset(args.dataset) else "project"
     args.protocol = getattr(args, "protocol", None) or default_protocol
     specs = parse_models(args.models)
+    detectability = None
+    if getattr(args, "detectability", None) is not None:
+        from metrics.detectability import read_detectability
+        detectability = read_detectability(args.detectability)
     store, clips = open_test_clips(args.data, args.split, args.max_clips)
     pose, identity = _backends(args.dataset, args.pose, args.identity)
     backends = {"pose": backend_label(pose), "identity": backend_label(identity)}
@@ -402,7 +413,11 @@ def run(args: argparse.Namespace) -> dict:
                   protocol=args.protocol, comparable=comparable_metrics(args.protocol, pose, identity),
                   frame_counts=frame_counts(per_frame),
                   tables=write_tables(per_frame, out, args, backends,
-                                      comparable_metrics(args.protocol, pose, identity)))
+                                      comparable_metrics(args.protocol, pose, identity), detectability))
+    if detectability:
+        from metrics.detectability import FILE
+        (out / FILE).write_text(json.dumps(detectability, indent=2) + "\n")
+        record["detectability"] = {"source": str(Path(args.detectability).resolve()), "file": FILE}
     record["argv"] = command_line(args)
     (out / "benchmark.json").write_text(json.dumps(record, indent=2))
     return record
