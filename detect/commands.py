@@ -96,8 +96,9 @@ def run_train(args: argparse.Namespace) -> int:
     with writer_lock(args.out) as out:
         detector = train_detector(args.data, options, out / "train.jsonl")
         path = detector.save(out / MODEL_FILE)
-    print(f"detector: {path} (trained on {detector.trained_on['clips']['real']} real and "
-          f"{detector.trained_on['clips']['generated']} generated clips of {', '.join(detector.trained_on['families'])})")
+    trained = detector.trained_on
+    print(f"detector: {path} (trained on {trained['clips']['real']} real and {trained['clips']['generated']} "
+          f"generated clips of {', '.join(trained['families'])})")
     return 0
 
 

@@ -63,7 +63,7 @@ def spaced(total: int, count: int | None) -> list[int]:
 def read_frames_of(path: Path, count: int | None, size: int) -> np.ndarray:
     """(n, size, size, 3) uint8: `count` evenly spaced frames of a clip folder, video or image."""
     from core.frames import resize
-    from core.media import iter_frames, load_image
+    from core.media import load_image
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")
                        and not p.name.startswith("."))
@@ -73,11 +73,19 @@ def read_frames_of(path: Path, count: int | None, size: int) -> np.ndarray:
     elif path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         frames = [load_image(path)]
     else:
-        every = list(iter_frames(path))
-        if not every:
-            raise UserError(f"{str(path)!r} has no frames")
-        frames = [every[i] for i in spaced(len(every), count)]
+        frames = _spaced_video_frames(path, count)
     return np.stack([resize(frame, (size, size)) for frame in frames])
+
+
+def _spaced_video_frames(path: Path, count: int | None) -> list[np.ndarray]:
+    """`count` evenly spaced frames of a video, decoded in one pass and kept only when chosen
+    (a long video is never held whole); the container's frame count picks them."""
+    from core.media import iter_frames, probe
+    wanted = set(spaced(max(probe(path).num_frames, 1), count))
+    frames = [frame for index, frame in enumerate(iter_frames(path)) if count is None or index in wanted]
+    if not frames:
+        raise UserError(f"{str(path)!r} has no frames")
+    return frames
 
 
 def clip_frames(data: str | Path, row, count: int | None, size: int) -> np.ndarray:

@@ -62,7 +62,8 @@ def leave_one_family_out(data: str | Path, out: str | Path, options: TrainOption
         model_path = detector.save(out / "models" / f"without-{held}.pt")
         rows = select(test, families=[held], marked=None, transforms=["none"])
         scores = score_clips(detector, data, rows, frames_per_clip)
-        unmarked = group_report(select(rows, families=[held], marked=False, transforms=["none"]), scores, detector.threshold, resamples, seed)
+        unmarked_rows = select(rows, families=[held], marked=False, transforms=["none"])
+        unmarked = group_report(unmarked_rows, scores, detector.threshold, resamples, seed)
         entry = {"video_auc": unmarked["video"]["auc"], "video_auc_ci": unmarked["video"]["auc_ci"],
                  "frame_auc": unmarked["frame"]["auc"], "frame_auc_ci": unmarked["frame"]["auc_ci"],
                  "video_accuracy": unmarked["video"]["accuracy"], "trained_on": list(others),

@@ -56,7 +56,8 @@ def groups(test: pd.DataFrame) -> list[tuple[str, pd.DataFrame, dict]]:
         found += [(f"{family}, marked", select(test, families=[family], marked=True, transforms=["none"]),
                    {"families": [family], "marked": True, "transform": "none"}) for family in families]
     for transform in sorted(set(test["transform"]) - {"none"}):
-        found.append((f"all families, unmarked, {transform}", select(test, families=None, marked=False, transforms=[transform]),
+        rows = select(test, families=None, marked=False, transforms=[transform])
+        found.append((f"all families, unmarked, {transform}", rows,
                       {"families": families, "marked": False, "transform": transform}))
     return [(name, rows, what) for name, rows, what in found
             if (rows["label"] == "real").any() and (rows["label"] == "generated").any()]

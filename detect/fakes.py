@@ -159,6 +159,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UserError(f"--test-fraction {args.test_fraction}: expected a share between 0 and 1")
     if not Path(args.data).is_dir():
         raise UserError(f"--data {str(args.data)!r} is not a folder; expected a prepared dataset")
+    data, out = Path(args.data).resolve(), Path(args.out).resolve()
+    if out == data or data in out.parents:
+        raise UserError(f"--out {str(args.out)!r} is inside --data {str(args.data)!r}; expected a folder of its own")
     parse_transforms(args.transforms)
 
 
@@ -437,8 +440,9 @@ def execute(jobs, settings: Settings, chunk: int, workers: int | None) -> list[d
             rows += ray.get(done[0])
         except Exception as err:  # a dead worker after Ray's retries: its clips say so
             log.error("task for %s failed: %s", model.name if model else "real clips", err)
-            rows += [_failed(Path(settings.out), v, model, settings_key(v, model, settings), err)
-                     for v in variants if read_row(Path(settings.out), v.id) is None]
+            out = Path(settings.out)
+            rows += [_failed(out, v, model, settings_key(v, model, settings), err) for v in variants
+                     if not is_done(out, read_row(out, v.id), settings_key(v, model, settings))]
     return rows
 
 

@@ -137,7 +137,8 @@ def train_detector(data: str | Path, options: TrainOptions, log_path: Path | Non
             loss.backward()
             optimizer.step()
             if step % options.log_every == 0 or step == options.steps:
-                record = {"step": step, "loss": float(loss.detach()), "accuracy": float((logits.argmax(1) == target).float().mean()),
+                hits = (logits.argmax(1) == target).float().mean()
+                record = {"step": step, "loss": float(loss.detach()), "accuracy": float(hits),
                           "time": round(time.perf_counter() - began, 2)}
                 log.info("detector step %d/%d loss %.4f accuracy %.2f", step, options.steps, record["loss"],
                          record["accuracy"])

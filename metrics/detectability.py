@@ -31,7 +31,8 @@ def read_detectability(path: str | Path) -> dict:
         record = json.loads(path.read_text())
     except (UnicodeDecodeError, ValueError) as err:
         raise UserError(f"--detectability {str(path)!r} is not JSON ({err})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("families"), dict):
+    if not isinstance(record, dict) or record.get("format") != FORMAT \
+            or not isinstance(record.get("families"), dict):
         raise UserError(f"--detectability {str(path)!r} is not a detectability file (expected format {FORMAT!r})")
     return record
 

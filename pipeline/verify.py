@@ -62,6 +62,7 @@ class WatermarkReading:
     threshold: float = watermark.THRESHOLD
     detected: bool = False
     crop: dict | None = None         # the crop found (scale, left, top), when read as a cropped copy
+    crop_score: float | None = None  # the crop search's best z, when it ran
 
     @property
     def fraction(self) -> float:
@@ -178,11 +179,13 @@ def read_watermark(path: Path, kind: str, max_frames: int | None = None) -> Wate
     if result.detected or reader.mean_plane() is None:
         return result
     crop, found = watermark.find_crop(reader.mean_plane())
+    result.crop_score = round(found.score, 3)
     if found.detected:
         hits = sum(watermark.decode(watermark.frame_evidence_at(frame, crop), found.threshold).detected
                    for frame in _readable_frames(path, kind, max_frames))
         cropped = _current(found, reader.frames, hits)
         cropped.crop = {"scale": round(crop.scale, 4), "left": crop.left, "top": crop.top}
+        cropped.crop_score = result.crop_score
         return cropped
     legacy = read_legacy_watermark(path, kind, max_frames)
     return legacy if legacy.detected or legacy.frames_with_tag > result.frames_with_tag else result
