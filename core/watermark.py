@@ -97,10 +97,17 @@ def walsh_hadamard(values: np.ndarray) -> np.ndarray:
 @functools.cache
 def key() -> tuple[np.ndarray, np.ndarray]:
     """(signs, chips), both (GRID, GRID): each cell's keyed sign and the chip it carries
-    (every chip in GRID^2 / CHIPS cells, scattered), drawn from TAG."""
-    rng = np.random.default_rng(TAG)
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(GRID, GRID))
-    chips = (rng.permutation(GRID * GRID) % CHIPS).reshape(GRID, GRID)
+    (every chip in GRID^2 / CHIPS cells, scattered), drawn from TAG with SHA-256 rather than a
+    numpy generator, whose streams may change between numpy versions: a file marked today must
+    read with tomorrow's numpy."""
+    def digest(kind: str, cell: int) -> bytes:
+        return hashlib.sha256(f"{TAG:06x}:{kind}:{cell}".encode()).digest()
+    cells = range(GRID * GRID)
+    signs = np.array([1.0 if digest("sign", c)[0] & 1 else -1.0 for c in cells]).reshape(GRID, GRID)
+    order = sorted(cells, key=lambda c: digest("chip", c))
+    chips = np.empty(GRID * GRID, int)
+    chips[order] = np.arange(GRID * GRID) % CHIPS
+    chips = chips.reshape(GRID, GRID)
     signs.setflags(write=False)
     chips.setflags(write=False)
     return signs, chips

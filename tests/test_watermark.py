@@ -63,7 +63,8 @@ def test_cropped_copy_is_found_by_the_search(shared_data):
     crop, found = watermark.find_crop(np.mean([watermark.v_plane(f) for f in cropped], axis=0))
     assert found.threshold == pytest.approx(watermark.crop_threshold()) and found.threshold > watermark.THRESHOLD
     assert found.detected and found.run == 0x21
-    assert crop.scale == pytest.approx(0.8, abs=0.01) and crop.left == pytest.approx(0.1, abs=0.01)
+    # within a quarter cell the scores of neighbouring hypotheses differ by less than their noise
+    assert crop.scale == pytest.approx(0.8, abs=0.025) and crop.left == pytest.approx(0.1, abs=0.02)
 
 
 def test_animation_scaled_to_75_percent_at_crf_28_verifies_as_marked(shared_data, tmp_path, capsys):
