@@ -192,8 +192,15 @@ def data_sources(data: Path, choice: str, max_clips: int | None, test_fraction: 
     from fomm.data import identity_of, open_clips
     found = []
     for data_split in (SPLITS if choice == "all" else (choice,)):
-        store = open_clips(data, data_split)
+        try:
+            store = open_clips(data, data_split)
+        except UserError:
+            if choice != "all":
+                raise
+            continue  # `all` takes the splits the data has
         found += [(clip, data_split) for clip in store.clips]
+    if not found:
+        raise UserError(f"--data {str(data)!r} holds no clips in its train or test split")
     found = sorted(found)[:max_clips] if max_clips else sorted(found)
     splits = identity_splits(sorted({identity_of(clip) for clip, _ in found}), test_fraction, seed)
     return [Source(clip, data_split, identity_of(clip), splits[identity_of(clip)]) for clip, data_split in found]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import signal
 import subprocess
@@ -311,3 +312,24 @@ def benchmark_args(data: Path, models: str, out: Path, detectability: Path):
     benchmark.add_arguments(parser)
     return parser.parse_args(["--dataset", "sample", "--data", str(data), "--models", models, "--out", str(out),
                               "--detectability", str(detectability)])
+
+
+def test_transforms_parse_and_reencode(tmp_path):
+    from core.media import probe, read_frames
+    from detect.reencode import parse_transforms, write_reencoded
+    names = [t.name for t in parse_transforms("crf23, scale75+crf28,fps15+crf35")]
+    assert names == ["none", "crf23", "scale75+crf28", "fps15+crf35"]
+    scaled = parse_transforms("scale75+crf28")[1]
+    assert (scaled.scale, scaled.crf, scaled.fps) == (75, 28, None)
+    frames = [np.full((64, 64, 3), 40 * i, np.uint8) for i in range(6)]
+    path = write_reencoded(tmp_path / "clip.mp4", frames, 30.0, scaled)
+    info = probe(path)
+    assert (info.width, info.height, info.codec) == (48, 48, "h264")  # 75 % of each side
+    assert len(read_frames(path)) == 6 and not list(tmp_path.glob(".*part*"))
+    again = write_reencoded(tmp_path / "again.mp4", frames, 30.0, scaled)
+    assert again.read_bytes() == path.read_bytes()  # same frames, same bytes: a rerun repeats a run
+    fewer = write_reencoded(tmp_path / "fps.mp4", frames * 2, 30.0, parse_transforms("fps15")[1])
+    assert len(read_frames(fewer)) == 6
+    for bad in ("crf", "scale5", "crf23+crf28", "gif"):
+        with pytest.raises(UserError, match=re.escape(repr(bad))):
+            parse_transforms(bad)
