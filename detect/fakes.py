@@ -19,9 +19,10 @@ every variant again through each `--transforms` re-encoding (detect/reencode.py)
 generated alike, so that a detector cannot learn the codec (REFERENCE §10).
 
 Splits are the fakes dataset's own, identity-disjoint: the identities (a clip name before its
-first '#') are ordered by a hash of the identity and `--seed`, and the first `--test-fraction`
-of them (at least one, and at least one left for train) are test. An animation takes its
-source from another identity of the same split, so no identity is in both.
+first '#') are taken in the order of a hash of the identity and `--seed`, each joining test
+while test holds at most `--test-fraction` of the clips (at least one identity in each split).
+An animation takes its source from another identity of the same split, so no identity is in
+both.
 
 Writes under `--out`: `clips/{train,test}/<id>/0000000.png...` (lossless frames) or
 `clips/{train,test}/<id>.mp4` (a re-encoding), `manifest.parquet` (one row per clip: id, split,
@@ -77,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-marked", dest="marked", action="store_false",
                         help="no watermarked variant of the generated clips")
     parser.add_argument("--test-fraction", type=float, default=0.5,
-                        help="share of the identities in the test split (default 0.5)")
+                        help="share of the clips in the test split, whole identities (default 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="split and animation-source seed")
     parser.add_argument("--max-clips", type=int, default=None, help="first N clips of the data only")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per model call")
@@ -175,15 +176,21 @@ def model_entries(text: str) -> list[ModelEntry]:
                        config_hash(model_config(spec))) for spec in parse_models(text)]
 
 
-def identity_splits(identities: list[str], test_fraction: float, seed: int) -> dict[str, str]:
-    """identity -> train | test: ordered by a seeded hash, the first share of them test
-    (at least one identity in each split)."""
-    if len(identities) < 2:
-        raise UserError(f"the data holds {len(identities)} identity ({', '.join(identities)}); "
+def identity_splits(clips_per_identity: dict[str, int], test_fraction: float, seed: int) -> dict[str, str]:
+    """identity -> train | test, whole identities: in the order of a seeded hash, each identity
+    joins test while the test split stays within `test_fraction` of the clips (at least one
+    identity in each split)."""
+    if len(clips_per_identity) < 2:
+        raise UserError(f"the data holds {len(clips_per_identity)} identity ({', '.join(clips_per_identity)}); "
                         "identity-disjoint splits need at least 2")
-    order = sorted(identities, key=lambda name: hashlib.sha256(f"{seed}\x1f{name}".encode()).hexdigest())
-    count = min(len(order) - 1, max(1, round(test_fraction * len(order))))
-    return {name: "test" if index < count else "train" for index, name in enumerate(order)}
+    order = sorted(clips_per_identity, key=lambda name: hashlib.sha256(f"{seed}\x1f{name}".encode()).hexdigest())
+    target = test_fraction * sum(clips_per_identity.values())
+    test, count = set(), 0
+    for name in order[:-1]:  # the last identity in hash order stays in train whatever happens
+        if not test or count + clips_per_identity[name] <= target:
+            test.add(name)
+            count += clips_per_identity[name]
+    return {name: "test" if name in test else "train" for name in order}
 
 
 def data_sources(data: Path, choice: str, max_clips: int | None, test_fraction: float,
@@ -202,7 +209,10 @@ def data_sources(data: Path, choice: str, max_clips: int | None, test_fraction: 
     if not found:
         raise UserError(f"--data {str(data)!r} holds no clips in its train or test split")
     found = sorted(found)[:max_clips] if max_clips else sorted(found)
-    splits = identity_splits(sorted({identity_of(clip) for clip, _ in found}), test_fraction, seed)
+    counts: dict[str, int] = {}
+    for clip, _ in found:
+        counts[identity_of(clip)] = counts.get(identity_of(clip), 0) + 1
+    splits = identity_splits(counts, test_fraction, seed)
     return [Source(clip, data_split, identity_of(clip), splits[identity_of(clip)]) for clip, data_split in found]
 
 
@@ -353,6 +363,8 @@ def make_job(model: ModelEntry | None, variants: list[Variant], settings: Settin
     out = Path(settings.out)
     keys = {v.id: settings_key(v, model, settings) for v in variants}
     pending = [v for v in variants if not is_done(out, read_row(out, v.id), keys[v.id])]
+    for variant in pending:
+        _remove_old_file(out, read_row(out, variant.id), clip_path(out, variant))
     by_base: dict[Base, list[Variant]] = {}
     for variant in pending:
         by_base.setdefault(variant.base, []).append(variant)
@@ -411,6 +423,18 @@ def make_base(base: Base, variants: list[Variant], generator: Generator | None, 
     log.info("%s %s of %s: %d clip(s) in %.1f s", base.family or "real", base.kind, base.driving.clip,
              len(variants), time.perf_counter() - began)
     return rows
+
+
+def _remove_old_file(out: Path, row: dict | None, new_path: Path) -> None:
+    """A clip redone with other settings may move (another split): its old file goes."""
+    import shutil
+    if row is None or not row.get("path") or out / row["path"] == new_path:
+        return
+    old = out / row["path"]
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
 
 
 def _failed(out: Path, variant: Variant, model: ModelEntry | None, key: str, err: Exception) -> dict:
