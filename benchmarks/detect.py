@@ -46,10 +46,10 @@ def stage(*argv: str) -> None:
 
 def train_generators(work: Path, steps: int) -> str:
     """Every registered family's tiny config trained `steps` steps on the sample data, as `run all` does."""
-    from fomm.registry import MODELS
+    from fomm.families import NAMES
     from pipeline.run_all import MODEL_CONFIGS
     items = []
-    for family in sorted(MODELS):
+    for family in sorted(NAMES):
         folder = work / "train" / family
         checkpoint = folder / "checkpoints" / f"step-{steps:07d}.pt"
         if not checkpoint.is_file():

@@ -157,9 +157,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[2, 4, 8], help="batch sizes of the path")
     parser.add_argument("--no-write", dest="write", action="store_false", help="print only, leave RESULTS.md")
     args = parser.parse_args()
-    from core.config import load_config
     from core.devices import keep_freed_memory
     from fomm.animation import load_animation_model
+    from fomm.config import load_config
     keep_freed_memory()  # as the CLI stages do
     config = load_config("vox-256")
     torch.manual_seed(0)

@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-write", dest="write", action="store_false", help="print only")
     parser.add_argument("--no-training", dest="training", action="store_false", help="animate rows only")
     args = parser.parse_args(argv)
-    from core.config import load_config
     from fomm.animation import load_animation_model
+    from fomm.config import load_config
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not args.smoke and device.type != "cuda":
         parser.error("no GPU here: run with --smoke for the CPU check")

@@ -156,7 +156,7 @@ def attacked(path: Path, args: list[str] | None, folder: Path, label: str, frame
 def animation_frames(count: int, folder: Path) -> np.ndarray:
     """The tiny FOMM's 256 px animation (untrained, seed 0), written unmarked and read back."""
     import torch
-    from core.config import load_config
+    from fomm.config import load_config
     from fomm.registry import build_model
     from pipeline import cli
     torch.manual_seed(0)
@@ -225,7 +225,7 @@ def false_positives(folder: Path, frames: int) -> dict:
 
 
 def c2pa_states(frames: np.ndarray, folder: Path) -> dict:
-    from core.config import load_config
+    from fomm.config import load_config
     from pipeline.verify import read_c2pa
     generation = provenance.Generation.of(load_config("tiny"), "benchmark")
     path = write_video(folder / "signed.mp4", [generation.marker()(f) for f in frames], 25)

@@ -1,11 +1,17 @@
-"""Typed, frozen run configuration.
+"""Typed, frozen configuration: the machinery and the sections every model family shares.
 
-The tree mirrors the original first-order-model yaml files section for section
+A run config mirrors the original first-order-model yaml files section for section
 (`dataset_params`, `model_params`, `train_params`, ...), so the files users keep beside
 their released checkpoints load unchanged, and adds the project's own options with
 defaults. Unknown keys and values of the wrong type raise `ConfigError` at load time,
 naming the key path and what was expected.
 
+This module holds what all families share: the dataset, training, reconstruction, animation
+and visualisation sections, and the loader (`Schema`, `build_config`, `read_config`,
+`key=value` overrides). `model_params` differs per family; fomm/config.py composes the
+whole tree from the family registry:
+
+    from fomm.config import load_config
     cfg = load_config("configs/vox-256.yaml", ["train_params.batch_size=8"])
     cfg.model_params.kp_detector_params.num_blocks   # 5
 """
@@ -20,7 +26,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 
@@ -85,244 +91,7 @@ class DatasetParams:
     augmentation_params: AugmentationParams = AugmentationParams()
 
 
-# --------------------------------------------------------------------------- model
-@dataclass(frozen=True)
-class CommonParams:
-    num_kp: int = 10
-    num_channels: int = 3
-    estimate_jacobian: bool = True
-
-
-@dataclass(frozen=True)
-class KpDetectorParams:
-    temperature: float = 0.1
-    block_expansion: int = 32
-    max_features: int = 1024
-    scale_factor: float = 0.25
-    num_blocks: int = 5
-    single_jacobian_map: bool = False
-    pad: int = 0
-
-
-@dataclass(frozen=True)
-class DenseMotionParams:
-    block_expansion: int = 64
-    max_features: int = 1024
-    num_blocks: int = 5
-    scale_factor: float = 0.25
-    kp_variance: float = 0.01
-
-
-@dataclass(frozen=True)
-class GeneratorParams:
-    block_expansion: int = 64
-    max_features: int = 512
-    num_down_blocks: int = 2
-    num_bottleneck_blocks: int = 6
-    estimate_occlusion_map: bool = True
-    dense_motion_params: DenseMotionParams = DenseMotionParams()
-
-
-@dataclass(frozen=True)
-class DiscriminatorParams:
-    scales: tuple[float, ...] = (1.0,)
-    block_expansion: int = 32
-    max_features: int = 512
-    num_blocks: int = 4
-    sn: bool = False
-    use_kp: bool = False
-    kp_variance: float = 0.01
-
-
-@dataclass(frozen=True)
-class MonkeyNetEmbeddingParams:
-    """Monkey-Net's MovementEmbeddingModule (modules/movement_embedding.py): per keypoint, its
-    Gaussian heat map (`heatmap_type` gaussian: the driving one; difference: driving minus
-    source) divided by `norm_const`, the displacement source - driving (`use_difference`)
-    and the source warped by that displacement (`use_deformed_source_image`), computed at
-    `scale_factor` of the frame. The original also accepts norm_const 'sum' (divide by the
-    map's sum); no released config uses it, so only numbers are accepted."""
-    use_heatmap: bool = True
-    use_deformed_source_image: bool = False
-    use_difference: bool = False
-    heatmap_type: Literal["gaussian", "difference"] = "gaussian"
-    norm_const: float = 100.0
-    scale_factor: float = 1.0
-
-
-@dataclass(frozen=True)
-class MonkeyNetKpDetectorParams:
-    temperature: float = 0.1
-    block_expansion: int = 32
-    max_features: int = 1024
-    num_blocks: int = 5
-    # Nearest-neighbour downscaling of the frame before the hourglass.
-    scale_factor: float = 1.0
-    # Smallest singular value the covariance is rescaled to (None: no clipping).
-    clip_variance: Optional[float] = None
-
-
-@dataclass(frozen=True)
-class MonkeyNetDenseMotionParams:
-    block_expansion: int = 32
-    max_features: int = 1024
-    num_blocks: int = 5
-    use_mask: bool = True
-    use_correction: bool = True
-    scale_factor: float = 1.0
-    # Grouped 1x1 conv blocks (one group per keypoint and the background) before the hourglass.
-    num_group_blocks: int = 0
-    # Initial logit of the background mask (the mask head starts at zero weights).
-    bg_init: float = 2.0
-    mask_embedding_params: MonkeyNetEmbeddingParams = MonkeyNetEmbeddingParams(
-        use_deformed_source_image=True, heatmap_type="difference")
-
-
-@dataclass(frozen=True)
-class MonkeyNetGeneratorParams:
-    # How the dense motion is resized to each skip: nearest, or trilinear (bilinear per frame).
-    interpolation_mode: Literal["nearest", "trilinear", "bilinear"] = "nearest"
-    block_expansion: int = 32
-    max_features: int = 1024
-    num_blocks: int = 7
-    num_refinement_blocks: int = 4
-    dense_motion_params: MonkeyNetDenseMotionParams = MonkeyNetDenseMotionParams()
-    kp_embedding_params: Optional[MonkeyNetEmbeddingParams] = MonkeyNetEmbeddingParams(
-        heatmap_type="difference")
-
-
-@dataclass(frozen=True)
-class MonkeyNetDiscriminatorParams:
-    block_expansion: int = 32
-    max_features: int = 256
-    num_blocks: int = 4
-    scale_factor: float = 1.0
-    kp_embedding_params: Optional[MonkeyNetEmbeddingParams] = MonkeyNetEmbeddingParams()
-
-
-@dataclass(frozen=True)
-class MonkeyNetParams:
-    """Monkey-Net (Siarohin et al., CVPR 2019); see fomm/baselines/monkey_net.py.
-
-    The sections mirror the original config/*.yaml's model_params (github.com/
-    AliaksandrSiarohin/monkey-net), which `translate_monkey_net_yaml` maps here; defaults
-    are the original constructors' where a yaml may leave a key out. The number of keypoints
-    is common_params.num_kp. Loss weights: the original's `reconstruction` list [image,
-    discriminator block 1..n] is train_params.loss_weights.reconstruction_l1 followed by
-    .feature_matching; generator_gan and discriminator_gan are the shared ones.
-    """
-    # 'matrix': full 2x2 covariances; 'single': one isotropic variance per keypoint.
-    kp_variance: Literal["matrix", "single"] = "matrix"
-    kp_detector_params: MonkeyNetKpDetectorParams = MonkeyNetKpDetectorParams()
-    generator_params: MonkeyNetGeneratorParams = MonkeyNetGeneratorParams()
-    discriminator_params: MonkeyNetDiscriminatorParams = MonkeyNetDiscriminatorParams()
-    # The original's train_params: stop gradients from the generator / discriminator into
-    # the keypoint detector.
-    detach_kp_generator: bool = False
-    detach_kp_discriminator: bool = True
-    # L1 between the source warped by the dense motion alone and the driving frame.
-    reconstruction_deformed: float = 0.0
-
-
-def translate_monkey_net_yaml(tree: dict) -> dict:
-    """An original Monkey-Net config (config/vox.yaml, taichi.yaml, ...: `common_params` with
-    `kp_variance`) as the project's config tree; any other tree is returned unchanged.
-
-    Moves the model sections under model_params.monkey_net_params, the original's single
-    `lr` to the three optimisers, its loss weights to train_params.loss_weights (see
-    MonkeyNetParams), `log_params` to log_every/checkpoint_freq and `transfer_params` to
-    animate_params (move_location -> use_relative_movement, movement_mult ->
-    adapt_movement_scale, adapt_variance -> use_relative_jacobian). `prediction_params`
-    (the original's RNN keypoint forecaster) and the `format` ('.gif') of its reconstruction
-    and transfer outputs have no counterpart and are dropped, with a note in the log.
-    """
-    model = tree.get("model_params")
-    if not isinstance(model, dict) or "kp_variance" not in (model.get("common_params") or {}):
-        return tree
-    common = dict(model["common_params"])
-    family = {"kp_variance": common.pop("kp_variance")}
-    for section in ("kp_detector_params", "generator_params", "discriminator_params"):
-        if section in model:
-            family[section] = dict(model[section] or {})
-            if section != "kp_detector_params":  # the original builds no embedding without one
-                family[section].setdefault("kp_embedding_params", None)
-    out = {key: value for key, value in tree.items() if key not in ("prediction_params", "transfer_params")}
-    out["model_params"] = {"name": "monkey-net", "common_params": {**common, "estimate_jacobian": False},
-                           "monkey_net_params": family}
-    dataset = dict(tree.get("dataset_params") or {})
-    if "image_shape" not in dataset and "frame_shape" not in dataset:
-        dataset["frame_shape"] = [64, 64, 3]  # frames_dataset.py's default
-    out["dataset_params"] = dataset
-    train = dict(tree.get("train_params") or {})
-    for key in ("detach_kp_generator", "detach_kp_discriminator"):
-        if key in train:
-            family[key] = train.pop(key)
-    if "lr" in train:
-        lr = train.pop("lr")
-        train.update(lr_generator=lr, lr_discriminator=lr, lr_kp_detector=lr)
-    log_params = train.pop("log_params", None) or {}
-    if "log_freq_iter" in log_params:
-        train["log_every"] = log_params["log_freq_iter"]
-    if "cpk_freq_epoch" in log_params:
-        train["checkpoint_freq"] = log_params["cpk_freq_epoch"]
-    weights = dict(train.pop("loss_weights", None) or {})
-    reconstruction = list(weights.pop("reconstruction", [10, 10, 10, 10, 1]))
-    family["reconstruction_deformed"] = weights.pop("reconstruction_deformed", 0)
-    train["loss_weights"] = {**weights, "reconstruction_l1": reconstruction[0],
-                             "feature_matching": reconstruction[1:], "perceptual": [0] * 5,
-                             "equivariance_value": 0, "equivariance_jacobian": 0}
-    out["train_params"] = train
-    transfer = tree.get("transfer_params") or {}
-    normalization = transfer.get("normalization_params") or {}
-    animate = {key: transfer[key] for key in ("num_pairs",) if key in transfer}
-    animate["normalization_params"] = {
-        "use_relative_movement": normalization.get("move_location", False),
-        "adapt_movement_scale": normalization.get("movement_mult", False),
-        "use_relative_jacobian": normalization.get("adapt_variance", False)}
-    out["animate_params"] = animate
-    reconstruction = dict(tree.get("reconstruction_params") or {})
-    dropped = [name for name, section in (("prediction_params", tree), ("transfer_params.format", transfer),
-                                          ("reconstruction_params.format", reconstruction))
-               if name.rpartition(".")[2] in section]
-    reconstruction.pop("format", None)
-    out["reconstruction_params"] = reconstruction
-    if dropped:
-        log.info("original Monkey-Net config: %s dropped (no counterpart here: the project writes .mp4 "
-                 "and forecasts no keypoints)", ", ".join(dropped))
-    return out
-
-
-@dataclass(frozen=True)
-class X2FaceParams:
-    """X2Face (Wiles et al., ECCV 2018) as train_model.py builds it,
-    `UnwrappedFaceWeightedAverage(output_num_channels=2, input_num_channels=3, inner_nc=128)`;
-    see fomm/baselines/x2face.py. Both networks are pix2pix U-Nets of 8 levels with
-    BatchNorm, so frames are square with a side that is a multiple of 256."""
-    # Width of both U-Nets (pix2pix's ngf): ngf, 2ngf, 4ngf, then 8ngf channels per level.
-    ngf: int = 64
-    # Channels of the driving network's 1x1 bottleneck (train_model.py --inner_nc).
-    inner_nc: int = 128
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    # Which model family the run builds: fomm, monkey-net or x2face.
-    name: Literal["fomm", "monkey-net", "x2face"] = "fomm"
-    # Grid-sampling convention for every grid_sample/interpolate in every family. None
-    # (the default) decides by where the weights come from (see resolve_align_corners):
-    # True for a released checkpoint (trained on torch 0.2-1.0, when grid_sample behaved as
-    # align_corners=True), False for a new training run (torch's current default; the
-    # golden files use it). An explicit true/false, in a yaml or as an override, wins.
-    align_corners: Optional[bool] = None
-    common_params: CommonParams = CommonParams()
-    kp_detector_params: KpDetectorParams = KpDetectorParams()
-    generator_params: GeneratorParams = GeneratorParams()
-    discriminator_params: DiscriminatorParams = DiscriminatorParams()
-    monkey_net_params: MonkeyNetParams = MonkeyNetParams()
-    x2face_params: X2FaceParams = X2FaceParams()
-
-
-def resolve_align_corners(config: "Config", released: bool | None) -> "Config":
+def resolve_align_corners(config: Any, released: bool | None) -> Any:
     """`config` with `model_params.align_corners` decided, so that families always get a bool.
 
     An explicit value is kept. None (auto) becomes `released` when that is a bool: True for
@@ -390,6 +159,10 @@ class TrainParams:
     channels_last: bool = True
     dataloader_workers: int = 2
     seed: int = 0
+    # The training stage of this run, one of the family's `stages`: "reconstruction", or
+    # "avd" (MRAA's and TPSMM's animation-via-disentanglement network, trained from a
+    # finished reconstruction run: `pipeline run train --stage avd --checkpoint K`).
+    stage: str = "reconstruction"
 
 
 @dataclass(frozen=True)
@@ -423,16 +196,6 @@ class VisualizerParams:
     colormap: str = "gist_rainbow"
 
 
-@dataclass(frozen=True)
-class Config:
-    dataset_params: DatasetParams = DatasetParams()
-    model_params: ModelParams = ModelParams()
-    train_params: TrainParams = TrainParams()
-    reconstruction_params: ReconstructionParams = ReconstructionParams()
-    animate_params: AnimateParams = AnimateParams()
-    visualizer_params: VisualizerParams = VisualizerParams()
-
-
 # Older original configs spell some keys differently; map them onto one field.
 _ALIASES = {"dataset_params.image_shape": "dataset_params.frame_shape"}
 
@@ -453,7 +216,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], path)
+        for member in inner[:-1]:  # the first member that takes the value (e.g. a number or 'sum')
+            try:
+                return _coerce(value, member, path)
+            except ConfigError:
+                pass
+        return _coerce(value, inner[-1], path)
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -563,20 +331,35 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor one of {known}")
 
 
-def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), recorded: bool = False) -> Config:
-    """The Config of a plain tree (a yaml's, or a checkpoint's resolved config) and overrides.
+@dataclass(frozen=True)
+class Schema:
+    """What a run config is: the root dataclass of its tree, the translations that map other
+    layouts of the same information onto it (an original repository's yaml), and the count
+    fields that must be at least a minimum. fomm/config.py composes the project's run config
+    (shared sections here, one section per model family) and binds the loaders below to it."""
+    root: type
+    translations: tuple[Callable[[dict], dict], ...] = ()
+    minimums: tuple[tuple[str, int], ...] = ()
 
-    `recorded`: `data` is a config the project wrote itself (inside a checkpoint). Earlier
-    versions accepted any value in the _UNSUPPORTED fields, which have no effect: such a
-    value is read as the field's default instead of refused, so the file still loads and
-    the config it gives passes the check wherever it goes next.
+
+def build_config(schema: Schema, data: dict, overrides: list[str] | tuple[str, ...] = (),
+                 recorded: bool = False) -> Any:
+    """The config of a plain tree (a yaml's, or a checkpoint's resolved config) and overrides.
+
+    Each of the schema's translations runs first (each returns a tree it does not recognise
+    unchanged), then the overrides, then the typed build and the checks. `recorded`: `data`
+    is a config the project wrote itself (inside a checkpoint). Earlier versions accepted any
+    value in the _UNSUPPORTED fields, which have no effect: such a value is read as the
+    field's default instead of refused, so the file still loads and the config it gives
+    passes the check wherever it goes next.
     """
     tree = json.loads(json.dumps(data or {}))  # deep copy, plain types
-    tree = translate_monkey_net_yaml(tree)  # the original Monkey-Net yamls' layout
+    for translate in schema.translations:
+        tree = translate(tree)
     for key, value in parse_overrides(overrides):
         _set_path(tree, key, value)
-    config = _build(Config, tree)
-    _check_counts(config)
+    config = _build(schema.root, tree)
+    _check_counts(config, dict(_MINIMUMS, **dict(schema.minimums)))
     if recorded:
         config = _reset_unsupported(config)
     _check_unsupported(config)
@@ -590,13 +373,11 @@ _MINIMUMS = {
     "train_params.max_steps": 1, "train_params.log_every": 1, "train_params.image_every": 1,
     "train_params.checkpoint_every": 1, "train_params.checkpoint_freq": 1,
     "train_params.dataloader_workers": 0, "reconstruction_params.num_videos": 1,
-    "model_params.common_params.num_kp": 1,
-    "model_params.common_params.num_channels": 1,
 }
 
 
-def _check_counts(config: Config) -> None:
-    for dotted, minimum in _MINIMUMS.items():
+def _check_counts(config: Any, minimums: dict[str, int]) -> None:
+    for dotted, minimum in minimums.items():
         value = _field(config, dotted)
         if value is not None and value < minimum:
             unset = " (null means no limit)" if value == 0 and minimum == 1 else ""
@@ -607,7 +388,7 @@ def _check_counts(config: Config) -> None:
 # values the original FOMM and Monkey-Net configs ship, so those files still load; any other
 # value would ask for something that does not happen, so it is refused.
 _UNSUPPORTED = {
-    "dataset_params.pairs_list": ((None, "data/vox256.csv", "data/taichi256.csv"),
+    "dataset_params.pairs_list": ((None, "data/vox256.csv", "data/taichi256.csv", "data/taichi.csv"),
                                   "the original's evaluation pairs; `animate` takes one source and one driving video"),
     "animate_params.num_pairs": ((50, 100), "the original's batch animation of dataset pairs; `animate` renders "
                                             "the one pair it is given"),
@@ -623,7 +404,7 @@ def _field(config: Any, dotted: str) -> Any:
     return value
 
 
-def _check_unsupported(config: Config) -> None:
+def _check_unsupported(config: Any) -> None:
     for dotted, (accepted, instead) in _UNSUPPORTED.items():
         value = _field(config, dotted)
         if value not in accepted:
@@ -632,7 +413,7 @@ def _check_unsupported(config: Config) -> None:
                               f"as in the original configs, or leave it out")
 
 
-def _reset_unsupported(config: Config) -> Config:
+def _reset_unsupported(config: Any) -> Any:
     for dotted, (accepted, _) in _UNSUPPORTED.items():
         section_name, name = dotted.split(".")
         section = getattr(config, section_name)
@@ -644,8 +425,8 @@ def _reset_unsupported(config: Config) -> Config:
     return config
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a yaml config (ours or the original repository's) and apply `key=value` overrides."""
+def read_config(schema: Schema, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """Read a yaml config (ours or an original repository's) and apply `key=value` overrides."""
     path = resolve_config_path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -656,7 +437,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return config_from_dict(data or {}, overrides)
+        return build_config(schema, data or {}, overrides)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 
@@ -672,11 +453,11 @@ def config_to_dict(config: Any) -> dict:
     return plain(config)
 
 
-def config_to_yaml(config: Config) -> str:
+def config_to_yaml(config: Any) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
-def config_hash(config: Config) -> str:
+def config_hash(config: Any) -> str:
     """sha256 of the resolved config: two runs with equal hashes used the same settings."""
     blob = json.dumps(config_to_dict(config), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()

@@ -1,7 +1,9 @@
 """Frames between their two forms: uint8 RGB arrays (H, W, 3) for files and people, float
 tensors (B, 3, H, W) in [0, 1] for the networks. Each conversion is written once, here.
 
-Rounding: float -> uint8 is clamp to [0, 1], times 255, round half up.
+Rounding: float -> uint8 is clamp to [0, 1], times 255, round half up; `truncate=True` drops
+the fraction instead, as the original FOMM reconstruction.py wrote its PNGs
+(`(255 * prediction).astype(np.uint8)`), which pose-evaluation's metrics then read.
 Resizing: `resize`, one function with a named filter per use (see RESIZE_FILTERS).
 """
 from __future__ import annotations
@@ -35,19 +37,21 @@ def to_tensor(frames: np.ndarray | Sequence[np.ndarray], device: torch.device | 
     return tensor.permute(0, 3, 1, 2).contiguous()
 
 
-def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
+def to_uint8(images: torch.Tensor | np.ndarray, truncate: bool = False) -> np.ndarray:
     """Float images in [0, 1] -> uint8 RGB: (B, 3, H, W) -> (B, H, W, 3) and (3, H, W) or
     (H, W, 3) -> (H, W, 3); tensors or arrays. One channel is repeated to three; uint8 input
-    is returned as it is (channels last)."""
+    is returned as it is (channels last). Float32 x 255 is rounded half up, or truncated
+    with `truncate` (the original reconstruction.py's PNGs)."""
+    half = 0.0 if truncate else 0.5
     if isinstance(images, torch.Tensor):
         tensor = images.detach()
         if tensor.dtype != torch.uint8:
-            tensor = tensor.float().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8)
+            tensor = tensor.float().clamp(0, 1).mul_(255).add_(half).to(torch.uint8)
         array = tensor.cpu().numpy()
     else:
         array = np.asarray(images)
         if array.dtype != np.uint8:
-            array = (np.clip(array.astype(np.float32, copy=False), 0, 1) * 255 + 0.5).astype(np.uint8)
+            array = (np.clip(array.astype(np.float32, copy=False), 0, 1) * 255 + half).astype(np.uint8)
     channel_axis = array.ndim - 3  # (3, H, W) or (B, 3, H, W): channels first
     if array.ndim in (3, 4) and array.shape[channel_axis] in (1, 3) and array.shape[-1] not in (1, 3):
         array = np.moveaxis(array, channel_axis, -1)

@@ -28,12 +28,16 @@ from typing import Callable
 
 from core import devices as precision
 from core import media
-from core.config import Config, load_config
 from core.errors import UserError
 from fomm import source_crop, stream
 from fomm.animation import (LAYOUTS, AnimateOptions, Animator, batch_size, batched, check_options,
                             check_out_is_not_an_input, load_animation_model, model_device, resolve_device)
 from fomm.api import MotionTransferModel
+from fomm.config import Config, load_config
+from fomm.families import NAMES
+
+# The animation modes of MRAA's and TPSMM's demos (standard = absolute motion).
+MODES = ("standard", "relative", "avd")
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +182,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "wrote to DIR, run on the CPU")
     parser.add_argument("--random-weights", action="store_true",
                         help="no checkpoint: random initialisation (smoke tests, benchmarks)")
-    parser.add_argument("--model", choices=["fomm", "monkey-net", "x2face"],
+    parser.add_argument("--model", choices=list(NAMES),
                         help="model family (default: the config's model_params.name)")
     parser.add_argument("--source", required=True, help="source image (any size, RGBA, grayscale, EXIF)")
     parser.add_argument("--driving", required=True,
@@ -192,6 +196,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="relative motion, Eq. 8 (default: the config's animate_params)")
     motion.add_argument("--absolute", dest="relative", action="store_false",
                         help="absolute motion: the driving keypoints as they are")
+    motion.add_argument("--mode", choices=list(MODES),
+                        help="the originals' animation modes: standard (= --absolute), relative (= --relative), "
+                             "avd (MRAA's and TPSMM's animation-via-disentanglement network)")
     parser.add_argument("--adapt-scale", action="store_true", default=None,
                         help="scale motion by the ratio of source and driving face sizes")
     parser.add_argument("--find-best-frame", action="store_true",
@@ -207,9 +214,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "core/devices.py DEFAULT_BATCH)")
     parser.add_argument("--max-frames", type=int, help="animate only the first N driving frames")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16}",
-                        help="auto: bf16 autocast + channels_last where the device has native bf16 "
-                             "(AMX/AVX512-BF16 CPUs, bf16 GPUs), else fp32")
+    parser.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16,int8}",
+                        help="auto: int8 where the CPU has VNNI/AMX-INT8 and the calibration stays within "
+                             "the error budget, else bf16 autocast + channels_last where the device has "
+                             "native bf16 (AMX/AVX512-BF16 CPUs, bf16 GPUs), else fp32")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile (inductor) the float paths; pays only on long videos "
+                             "(README: Fast inference)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config override, e.g. model_params.align_corners=true")
     parser.add_argument("--stream", action="store_true",
@@ -231,14 +242,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace, config: Config) -> AnimateOptions:
     norm = config.animate_params.normalization_params
+    relative = norm.use_relative_movement if args.relative is None else args.relative
+    if args.mode is not None:
+        relative = args.mode == "relative"
     return AnimateOptions(
-        relative=norm.use_relative_movement if args.relative is None else args.relative,
+        relative=relative, avd=args.mode == "avd",
         relative_jacobian=norm.use_relative_jacobian,
         adapt_scale=norm.adapt_movement_scale if args.adapt_scale is None else args.adapt_scale,
         find_best_frame=args.find_best_frame, landmarks=args.landmarks, crop=args.crop,
         layout=args.layout, show_keypoints=args.show_keypoints, audio=args.audio,
         batch_size=args.batch_size, max_frames=args.max_frames, precision=args.precision,
-        provenance=args.provenance)
+        compile=args.compile, provenance=args.provenance)
 
 
 def _backend(args: argparse.Namespace) -> str | None:
@@ -272,7 +286,7 @@ def main(args: argparse.Namespace) -> int:
         check_out_is_not_an_input(args.out, source=args.source, driving=args.driving)
     device = resolve_device(args.device)
     precision.keep_freed_memory()
-    chosen = precision.resolve(options.precision, device)
+    chosen = precision.resolve(options.precision, device, options.compile)
     logger.info("animate: %s, batch %d%s", chosen, batch_size(options, device),
                 f", onnxruntime graphs from {onnx_dir}" if onnx_dir else "")
     model = onnx_model or load_animation_model(config, args.checkpoint, device, args.model)

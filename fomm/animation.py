@@ -23,11 +23,13 @@ import numpy as np
 import torch
 
 from core import devices as precision
-from core.config import Config
+from core import quantize
+from core.config import config_to_yaml
 from core.errors import UserError
 from core.frames import to_tensor, to_uint8
 from fomm import source_crop
 from fomm.api import Motion, MotionTransferModel
+from fomm.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ OUTPUT_SUFFIXES = (".mp4", ".gif")
 @dataclass(frozen=True)
 class AnimateOptions:
     relative: bool = True              # Eq. 8 relative motion (False: absolute keypoints)
+    avd: bool = False                  # MRAA's / TPSMM's animation-via-disentanglement (--mode avd)
     relative_jacobian: bool = True
     adapt_scale: bool = False          # scale motion by sqrt(source hull area / driving hull area)
     find_best_frame: bool = False
@@ -49,7 +52,8 @@ class AnimateOptions:
     audio: bool = True
     batch_size: int | None = None      # None: the measured default for the device (core/devices.py)
     max_frames: int | None = None
-    precision: str = "auto"            # auto | fp32 | bf16 (core/devices.py)
+    precision: str = "auto"            # auto | fp32 | bf16 | int8 (core/devices.py)
+    compile: bool = False              # torch.compile the float paths' inference copy (core/devices.py)
     provenance: bool = True            # watermark, C2PA manifest, AI-generated tag (core/provenance.py)
 
 
@@ -108,7 +112,7 @@ def batch_size(options: AnimateOptions, device: torch.device) -> int:
     """`options.batch_size`, or the measured default for the device and precision."""
     if options.batch_size is not None:
         return options.batch_size
-    return precision.default_batch_size(precision.resolve(options.precision, device))
+    return precision.default_batch_size(precision.resolve(options.precision, device, options.compile))
 
 
 def load_animation_model(config: Config, checkpoint: str | Path | None, device: torch.device,
@@ -124,9 +128,12 @@ def load_animation_model(config: Config, checkpoint: str | Path | None, device: 
     if checkpoint is None:
         return build_model(config).to(device).eval()
     try:
-        return load_model(config, checkpoint, device)
+        model = load_model(config, checkpoint, device)
     except UserError as err:  # torch's unpickling messages span lines; the CLI prints one
         raise UserError(" ".join(str(err).split())) from None
+    # where an int8 calibration of these weights is kept (core/quantize.py)
+    model.calibration_store = quantize.CalibrationStore.for_checkpoint(checkpoint, config_to_yaml(config))
+    return model
 
 
 # --------------------------------------------------------------------------- batches
@@ -164,13 +171,17 @@ class Animator:
         self.options, self.device = options, device
         self.kp_size, self.colormap = kp_size, colormap
         self.source_frame = to_uint8(source[:1])[0]              # (H, W, 3): the side-by-side panel
-        self.precision = precision.resolve(options.precision, device)
+        self.precision = precision.resolve(options.precision, device, options.compile)
         # the path's inference model: a copy with BatchNorm folded (Precision.inference_model)
         self.model = model = self.precision.inference_model(model)
         self.source = self.precision.prepare_input(source)      # (1, 3, H, W)
         with self.precision.keypoint_context():
             self.motion_source = model.detect(self.source)
             self.motion_initial = model.detect(self.precision.prepare_input(initial))
+        self._transfer(self.motion_initial)  # a mode the family lacks (avd) fails before any frame
+        # int8: the stored calibration of the weights, else one from the first driving batch
+        self.calibration = getattr(model, "calibration_store", None)  # set by load_animation_model
+        self.calibrating = self.precision.int8 and not self._stored_int8()
 
     @classmethod
     def from_frames(cls, model: MotionTransferModel, source: np.ndarray, initial: np.ndarray,
@@ -192,19 +203,65 @@ class Animator:
 
     def motion(self, driving: torch.Tensor) -> tuple[Motion, Motion]:
         """(detected driving motion, transferred motion) for a batch (B, 3, H, W)."""
-        batch = driving.shape[0]
         with self.precision.keypoint_context():
             motion_driving = self.model.detect(self.precision.prepare_input(driving))
-        transferred = self.model.transfer(
+        return motion_driving, self._transfer(motion_driving)
+
+    def _transfer(self, motion_driving: Motion) -> Motion:
+        """The family's transfer (the options' mode) of a driving batch's motion."""
+        batch = next(iter(motion_driving.values())).shape[0]
+        return self.model.transfer(
             expand_motion(self.motion_source, batch), motion_driving,
             expand_motion(self.motion_initial, batch), relative=self.options.relative,
             relative_jacobian=self.options.relative_jacobian,
-            adapt_movement_scale=self.options.adapt_scale)
-        return motion_driving, transferred
+            adapt_movement_scale=self.options.adapt_scale, avd=self.options.avd)
+
+    def _stored_int8(self) -> bool:
+        """Put the stored int8 calibration in place (or the float fallback it measured); False
+        when there is none to read."""
+        found = self.calibration.find() if self.calibration is not None else None
+        if found is None:
+            return False
+        try:
+            stored = quantize.Calibration.read(found)
+        except (OSError, ValueError, KeyError) as err:
+            logger.warning("int8: calibration %s unreadable (%s); calibrating again", found, err)
+            return False
+        self._use_int8(stored.budget, lambda: stored.apply(precision.module_copy(self.model)))
+        return True
+
+    def _use_int8(self, budget: quantize.Budget, quantised) -> None:
+        self.precision = self.precision.within_budget(budget.holds, str(budget))
+        if self.precision.int8:
+            self.model = quantised()
+
+    def _calibrate(self, driving: torch.Tensor) -> None:
+        """The int8 calibration on this driving batch (core/quantize.calibrate), stored for
+        the next run when the weights came from a checkpoint."""
+        batch, motions = driving.shape[0], {}
+
+        def detect():
+            motions["transferred"] = self.motion(driving)[1]
+
+        def generate(model, frames: slice):
+            count = len(range(*frames.indices(batch)))
+            transferred = {key: value[frames] for key, value in motions["transferred"].items()}
+            return model.generate(self.source.expand(count, -1, -1, -1), expand_motion(self.motion_source, count),
+                                  transferred)["prediction"]
+        calibrated = quantize.calibrate(self.model, detect, generate, batch, self.calibration)
+        self.calibrating = False
+        if calibrated is None:
+            self.precision = self.precision.without_int8(f"{type(self.model).__name__} has no convolution block "
+                                                         "outside motion estimation")
+            return
+        quantised, budget = calibrated
+        self._use_int8(budget, lambda: quantised)
 
     def __call__(self, driving: torch.Tensor) -> dict[str, torch.Tensor | Motion]:
         """Predictions (B, 3, H, W) and the motions behind them for a driving batch."""
         driving = self.precision.prepare_input(driving)
+        if self.calibrating:
+            self._calibrate(driving)
         with self.precision.context():
             motion_driving, transferred = self.motion(driving)
             batch = driving.shape[0]

@@ -13,10 +13,12 @@ device: the caller places modules and tensors.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
+
+from core.errors import UserError
 
 Motion = dict[str, torch.Tensor]
 
@@ -24,6 +26,12 @@ Motion = dict[str, torch.Tensor]
 class MotionTransferModel(nn.Module, ABC):
     #: The `model_params.name` that builds this family.
     name: ClassVar[str]
+    #: The training stages the family has, in order (`train_params.stage`, `train --stage`):
+    #: every family reconstructs; MRAA and TPSMM also train an AVD network from a finished run.
+    stages: ClassVar[tuple[str, ...]] = ("reconstruction",)
+    #: Sub-networks that estimate motion inside `generate` and so stay float on the int8 path
+    #: (core/quantize.py; motion detection in `detect` and `transfer` stays float anyway).
+    float_modules: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ inference
     @abstractmethod
@@ -37,14 +45,22 @@ class MotionTransferModel(nn.Module, ABC):
 
     def transfer(self, motion_source: Motion, motion_driving: Motion, motion_initial: Motion,
                  relative: bool = True, relative_jacobian: bool = True,
-                 adapt_movement_scale: bool = False) -> Motion:
+                 adapt_movement_scale: bool = False, avd: bool = False) -> Motion:
         """Motion to give the generator when animating `source` with a driving video.
 
-        Relative transfer (the default) applies the driving frame's displacement from
-        the driving video's initial frame to the source's motion; absolute returns
-        `motion_driving` as it is. Families override this with their own rule.
+        The originals' animation modes: relative (the default) applies the driving frame's
+        displacement from the driving video's initial frame to the source's motion;
+        standard (`relative=False`) returns `motion_driving` as it is; `avd` asks the
+        family's animation-via-disentanglement network (MRAA, TPSMM) for the source's shape
+        in the driving frame's pose. Families override this with their own rule.
         """
+        if avd:
+            self.refuse_avd()
         return motion_driving
+
+    def refuse_avd(self) -> None:
+        """The UserError for `--mode avd` on a family without an AVD network."""
+        raise UserError(f"--mode avd: {self.name} has no AVD network; expected --mode standard or relative")
 
     def keypoints(self, motion: Motion) -> torch.Tensor | None:
         """(B, K, 2) keypoints in [-1, 1] (x, y) for drawing, or None if the family has none."""
@@ -66,9 +82,49 @@ class MotionTransferModel(nn.Module, ABC):
 
     @abstractmethod
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters per optimiser. Keys `generator`, `kp_detector`, `discriminator` take
-        their learning rates from `train_params.lr_<key>`; the discriminator group is
-        stepped after `discriminator_losses`."""
+        """Parameters per optimiser, for the current stage. The discriminator group is
+        stepped after `discriminator_losses`, every other group after `generator_losses`."""
+
+    def optimizer_lr(self, group: str, train_params: Any) -> float:
+        """The learning rate of optimiser `group`: `train_params.lr_<group>` (generator,
+        kp_detector, discriminator). Families whose original trains other groups map them."""
+        lr = getattr(train_params, f"lr_{group}", None)
+        if lr is None:
+            raise UserError(f"model group {group!r} has no train_params.lr_{group}; expected generator, "
+                            "kp_detector or discriminator")
+        return lr
+
+    def clip_gradients(self) -> None:
+        """Called by the loop after the generator-side backward, before the optimisers step:
+        where the original clips gradients (TPSMM), the family does it here."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the loop at the start of every epoch (0-based; a resumed run too), for
+        behaviour that depends on it (TPSMM's keypoint dropout, background motion from
+        `bg_start`). The default keeps none."""
+
+    # ------------------------------------------------------------------ stages
+    @classmethod
+    def stage_config(cls, config: Any, stage: str) -> Any:
+        """The config the loop runs `stage` with (`train_params` for that stage, and
+        `train_params.stage` set to it). UserError for a stage the family does not have."""
+        if stage not in cls.stages:
+            raise UserError(f"--stage {stage!r}: {cls.name} trains {list(cls.stages)}")
+        return config
+
+    def set_stage(self, stage: str) -> None:
+        """Switch `generator_losses` and `optimizer_groups` to `stage`'s (the loop calls this
+        after building or loading the model). Families with one stage need nothing."""
+        if stage not in self.stages:
+            raise UserError(f"--stage {stage!r}: {self.name} trains {list(self.stages)}")
+
+    # ------------------------------------------------------------------ released files
+    @classmethod
+    def recognises(cls, checkpoint: Mapping[str, Any]) -> bool:
+        """Whether a checkpoint dict WITHOUT the project's config (a released file) is this
+        family's, by its layout; lets `--checkpoint` load a released file with no --config
+        (fomm.checkpoint.released_family). Families with released files override it."""
+        return False
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, dict[str, torch.Tensor]]:

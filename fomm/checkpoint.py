@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.config import Config, config_from_dict, resolve_align_corners
+from core.config import resolve_align_corners
 from core.errors import UserError
 from core.media import atomic_path
+from fomm.config import Config, config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +145,35 @@ def _strip_module_prefix(state: dict) -> dict:
     return state
 
 
+def released_family(checkpoint: dict[str, Any]) -> str | None:
+    """The family whose released layout a checkpoint without the project's config has
+    (`MotionTransferModel.recognises`), or None."""
+    from fomm.families import FAMILIES
+    from fomm.registry import model_class
+    found = [name for name in FAMILIES if model_class(name).recognises(checkpoint)]
+    return found[0] if len(found) == 1 else None
+
+
+def released_config(checkpoint: dict[str, Any], path: str | Path) -> Config:
+    """The config a released file runs with when no --config is given: its family's
+    default (fomm/families.py), named in the log; UserError when no family recognises it."""
+    from fomm.config import load_config
+    from fomm.families import FAMILIES
+    family = released_family(checkpoint)
+    if family is None:
+        raise UserError(f"checkpoint {path} carries no config and is no family's released layout (top-level "
+                        f"entries {sorted(checkpoint)[:8]}); pass --config with the yaml it was trained with")
+    name = FAMILIES[family].default_config
+    log.info("%s is a released %s checkpoint without a config: running it with configs/%s.yaml (pass --config "
+             "for another dataset's)", path, family, name)
+    return load_config(name)
+
+
 def load_model(config: Config | None, path: str | Path, device: Any = None, strict: bool = True):
     """Build the model the config describes, load the checkpoint at `path`, return it in eval mode.
 
-    `config` None uses the config a project checkpoint carries. `model_params.align_corners`
+    `config` None uses the config a project checkpoint carries, or for a released file its
+    family's default config (released_config). `model_params.align_corners`
     left automatic (None) takes the checkpoint's convention (checkpoint_align_corners); an
     explicit value wins. Raises UserError naming the first tensor that is missing,
     unexpected or of another shape than the config builds.
@@ -157,16 +183,16 @@ def load_model(config: Config | None, path: str | Path, device: Any = None, stri
     checkpoint = load_checkpoint_file(path)
     saved = checkpoint_config(checkpoint)
     if config is None:
-        config = saved
-        if config is None:
-            raise UserError(f"checkpoint {path} carries no config (a released checkpoint); "
-                            f"pass --config with the yaml it was trained with")
+        config = saved if saved is not None else released_config(checkpoint, path)
     config = resolve_align_corners(config, checkpoint_align_corners(saved))
     if saved is None and not config.model_params.align_corners:
         log.info("%s has no config of its own (a released checkpoint?) and runs with "
                  "model_params.align_corners=false as configured; released checkpoints were trained "
                  "with align_corners=True", path)
     model = build_model(config)
+    if saved is None and not model.recognises(checkpoint) and released_family(checkpoint):
+        raise UserError(f"checkpoint {path} is a released {released_family(checkpoint)} checkpoint, not "
+                        f"{model.name}; expected --model {released_family(checkpoint)} (or its config)")
     load_state_dicts(model, model.state_from_checkpoint(checkpoint), strict,
                      optional=_INFERENCE_OPTIONAL, source=f"checkpoint {path}")
     if device is not None:

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.config import DenseMotionParams
 from fomm.blocks import (AntiAliasInterpolation2d, Hourglass, at_least_fp32, full_precision, kp2gaussian,
                          make_coordinate_grid, warp)
+from fomm.config import DenseMotionParams
 
 
 class DenseMotionNetwork(nn.Module):

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.config import DiscriminatorParams
 from fomm.blocks import kp2gaussian, scale_key
+from fomm.config import DiscriminatorParams
 
 
 def _conv(cin: int, cout: int, kernel_size: int, sn: bool) -> nn.Module:

@@ -32,7 +32,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from core.config import Config, config_from_dict, config_to_dict
+from core.config import config_to_dict
+from fomm.config import Config, config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +152,16 @@ def _worker_loop(loop: Callable[..., dict[str, float]], loop_config: dict[str, A
     if dist_ctx.device == "cpu":
         torch.set_num_threads(loop_config["threads_per_worker"])
     config = config_from_dict(loop_config["config"])
-    last = loop(config, loop_config["data"], loop_config["out"], resume=loop_config["resume"], dist_ctx=dist_ctx)
+    last = loop(config, loop_config["data"], loop_config["out"], resume=loop_config["resume"], dist_ctx=dist_ctx,
+                init_checkpoint=loop_config["init_checkpoint"])
     ray.train.report({f"final_{k}": v for k, v in last.items()})
 
 
 def train_distributed(loop: Callable[..., dict[str, float]], config: Config, data_root: str | Path,
                       out_dir: str | Path, num_workers: int, ray_address: str | None = None,
-                      resume: bool = False, threads_per_worker: int = 1) -> Path:
-    """Run `loop(config, data_root, out_dir, resume=, dist_ctx=)` on `num_workers` Ray Train
+                      resume: bool = False, threads_per_worker: int = 1,
+                      init_checkpoint: str | Path | None = None) -> Path:
+    """Run `loop(config, data_root, out_dir, resume=, dist_ctx=, init_checkpoint=)` on `num_workers` Ray Train
     workers (DDP); returns `out_dir`. `loop` is fomm.train.train, passed in so that this module
     needs nothing from the loop's (the loop imports this one).
 
@@ -180,7 +183,8 @@ def train_distributed(loop: Callable[..., dict[str, float]], config: Config, dat
             functools.partial(_worker_loop, loop),
             train_loop_config={"config": config_to_dict(config),
                                "data": str(Path(data_root).resolve()), "out": str(out_dir), "resume": resume,
-                               "threads_per_worker": threads_per_worker},
+                               "threads_per_worker": threads_per_worker,
+                               "init_checkpoint": str(Path(init_checkpoint).resolve()) if init_checkpoint else None},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                          resources_per_worker=None if use_gpu else {"CPU": 1}),

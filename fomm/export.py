@@ -39,9 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.config import Config, config_to_yaml, load_config
+from core.config import config_to_yaml
 from core.errors import UserError
 from core.frames import to_tensor
+from fomm.config import Config, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -225,9 +226,12 @@ class OnnxFomm(nn.Module):
         return {"prediction": torch.from_numpy(prediction)}
 
     def transfer(self, motion_source, motion_driving, motion_initial, relative=True, relative_jacobian=True,
-                 adapt_movement_scale=False):
+                 adapt_movement_scale=False, avd=False):
         """FOMM's relative transfer (§3.5), the very code the torch model runs."""
         from fomm.model import FirstOrderModel
+        if avd:
+            raise UserError("--mode avd: the exported FOMM graphs have no AVD network; expected --mode standard "
+                            "or relative")
         if not relative:
             return dict(motion_driving)
         return FirstOrderModel._relative(dict(motion_driving), motion_source, motion_driving, motion_initial,

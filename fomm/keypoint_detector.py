@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.config import CommonParams, KpDetectorParams
 from fomm.blocks import AntiAliasInterpolation2d, Hourglass, at_least_fp32, make_coordinate_grid
+from fomm.config import CommonParams, KpDetectorParams
 
 
 class KPDetector(nn.Module):

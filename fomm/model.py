@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.config import Config, ConfigError, resolve_align_corners
+from core.config import ConfigError, resolve_align_corners
 from fomm.api import Motion, MotionTransferModel
 from fomm.blocks import full_precision, scale_key
+from fomm.config import Config
 from fomm.discriminator import MultiScaleDiscriminator
 from fomm.generator import OcclusionAwareGenerator
 from fomm.keypoint_detector import KPDetector
@@ -101,12 +102,14 @@ class FirstOrderModel(MotionTransferModel):
 
     def transfer(self, motion_source: Motion, motion_driving: Motion, motion_initial: Motion,
                  relative: bool = True, relative_jacobian: bool = True,
-                 adapt_movement_scale: bool = False) -> Motion:
+                 adapt_movement_scale: bool = False, avd: bool = False) -> Motion:
         """Relative motion transfer (§3.5): p = p_S + (p_D - p_D0) * scale, J = J_D J_D0^-1 J_S.
 
         `scale` is sqrt of the convex hull area ratio of source and initial driving
         keypoints when `adapt_movement_scale`, else 1. Absolute motion returns p_D, J_D.
         """
+        if avd:
+            self.refuse_avd()
         out = dict(motion_driving)
         if not relative:
             return out
@@ -161,6 +164,15 @@ class FirstOrderModel(MotionTransferModel):
         disc_fake = self.discriminator(kit.pyramid(generated["prediction"].detach()), kp_value)
         disc_real = self.discriminator(kit.pyramid(driving), kp_value)
         return {"disc_gan": kit.gan_discriminator_loss(disc_real, disc_fake)}
+
+    # ------------------------------------------------------------------ released files
+    @classmethod
+    def recognises(cls, checkpoint) -> bool:
+        """vox-cpk.pth.tar and its siblings: generator and kp_detector state dicts, the
+        detector with FOMM's keypoint head `kp.weight` as a 4-D convolution."""
+        detector = checkpoint.get("kp_detector")
+        weight = detector.get("kp.weight") if isinstance(detector, dict) else None
+        return isinstance(checkpoint.get("generator"), dict) and torch.is_tensor(weight) and weight.dim() == 4
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = {"generator": list(self.generator.parameters()),

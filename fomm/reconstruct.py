@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.config import Config, config_from_dict, config_to_dict, config_to_yaml, load_config, replace
+from core.config import config_to_dict, config_to_yaml, replace
 from core.errors import UserError
+from fomm.config import Config, config_from_dict, load_config
 from fomm.data import ReconstructionClips, open_clips
+from fomm.families import NAMES
 from fomm.reconstruction import frame_weighted_l1, reconstruct_batches
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint file (ours or a released FOMM one)")
     parser.add_argument("--data", help="dataset root; its test split is reconstructed")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--model", choices=["fomm", "monkey-net", "x2face"], help="model family (default: the config's)")
+    parser.add_argument("--model", choices=list(NAMES), help="model family (default: the config's)")
     parser.add_argument("--split", default="test", choices=["train", "test"])
     parser.add_argument("--batch-size", type=int, default=16, help="driving frames per forward pass")
     parser.add_argument("--num-videos", type=int, help="at most this many clips (default: reconstruction_params.num_videos)")

@@ -52,12 +52,13 @@ def frame_l1(prediction: torch.Tensor, driving: torch.Tensor) -> np.ndarray:
 
 
 def reconstruct_batches(model, batches: Iterable[torch.Tensor], device: str = "cpu",
-                        precision: str = "fp32") -> Iterator[Reconstructed]:
+                        precision: str = "fp32", truncate: bool = False) -> Iterator[Reconstructed]:
     """The protocol over one clip's frames, batch by batch: the first frame of the first
     batch is the source of every frame. `precision` is a core.devices path (fp32 keeps L1
-    comparable across machines)."""
+    comparable across machines). `truncate`: the uint8 predictions are `(255 * p)` truncated,
+    the PNGs the original reconstruction.py wrote and pose-evaluation read (else rounded)."""
     from core.devices import resolve
-    path = resolve(precision, device)
+    path = resolve(precision, device, calibrates=False)
     path.prepare_model(model)
     source = None
     for driving in batches:
@@ -68,7 +69,7 @@ def reconstruct_batches(model, batches: Iterable[torch.Tensor], device: str = "c
             out = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)
             prediction = out["prediction"].float()  # (n, 3, H, W)
             deformation = out.get("deformation")
-            batch = Reconstructed(to_uint8(driving), to_uint8(prediction), frame_l1(prediction, driving),
+            batch = Reconstructed(to_uint8(driving), to_uint8(prediction, truncate), frame_l1(prediction, driving),
                                   None if deformation is None else deformation.float().cpu().numpy())
         yield batch
 
@@ -82,6 +83,6 @@ def frame_weighted_l1(num_frames: Iterable[int], clip_l1: Iterable[float]) -> tu
 
 
 def reconstruct_clip(model, batches: Iterable[torch.Tensor], device: str = "cpu",
-                     precision: str = "fp32") -> Reconstructed:
+                     precision: str = "fp32", truncate: bool = False) -> Reconstructed:
     """`reconstruct_batches` over a whole clip, joined: for clips that fit in memory."""
-    return Reconstructed.concat(list(reconstruct_batches(model, batches, device, precision)))
+    return Reconstructed.concat(list(reconstruct_batches(model, batches, device, precision, truncate)))

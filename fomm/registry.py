@@ -1,17 +1,24 @@
-"""Models picked by name (`model_params.name` or `--model`) from one registry."""
+"""Models picked by name (`model_params.name` or `--model`) from the family registry
+(fomm/families.py)."""
 from __future__ import annotations
 
 import importlib
 
-from core.config import CONFIG_DIR, Config, replace, resolve_align_corners
+from core.config import CONFIG_DIR, replace, resolve_align_corners
 from core.errors import UserError
+from fomm.config import Config
+from fomm.families import FAMILIES
 
 # name -> "module:Class"; imported on use so a run loads only its own family.
-MODELS = {
-    "fomm": "fomm.model:FirstOrderModel",
-    "monkey-net": "fomm.baselines.monkey_net:MonkeyNet",
-    "x2face": "fomm.baselines.x2face:X2Face",
-}
+MODELS = {name: family.model for name, family in FAMILIES.items()}
+
+
+def model_class(name: str) -> type:
+    """The MotionTransferModel class of family `name`; UserError for an unknown name."""
+    if name not in FAMILIES:
+        raise UserError(f"unknown model {name!r}; expected one of {sorted(FAMILIES)}")
+    module_name, class_name = FAMILIES[name].model.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def build_model(config: Config, name: str | None = None):
@@ -24,10 +31,7 @@ def build_model(config: Config, name: str | None = None):
     """
     config = resolve_align_corners(config, None)
     name = name or config.model_params.name
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-    module_name, class_name = MODELS[name].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = model_class(name)
     if name != config.model_params.name:
         config = replace(config, model_params=replace(config.model_params, name=name))
     return cls(config)

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import Config
 from core.errors import UserError
 from core.media import (FrameReader, LiveWriter, Stalled, VideoWriter, is_live_target, live_decoder_command,
                         probe)
@@ -48,6 +47,7 @@ from fomm import source_crop
 from fomm.animation import (AnimateOptions, Animator, batch_size, check_options, check_out_is_not_an_input,
                             model_device)
 from fomm.api import MotionTransferModel
+from fomm.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ def warm_up(model: MotionTransferModel, source: np.ndarray, options: AnimateOpti
     """One pass at each live batch shape before the camera starts, so the first live
     frames do not pay for lazy kernel selection and allocation."""
     animator = Animator.from_frames(model, source, source, options, device)
+    animator.calibrating = False  # int8 calibrates on the live loop's first real frames, not on the source
     for batch in live_batch_sizes(animator.batch_size):
         animator(animator.source.expand(batch, -1, -1, -1))
     if device.type == "cuda":

@@ -46,13 +46,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core.config import (Config, TrainParams, config_to_dict, config_to_yaml, load_config, replace,
-                         resolve_align_corners)
+from core.config import TrainParams, config_to_dict, config_to_yaml, replace, resolve_align_corners
 from core.errors import UserError
-from fomm.checkpoint import load_checkpoint_file, save_checkpoint
+from fomm.checkpoint import load_checkpoint_file, load_state_dicts, save_checkpoint
+from fomm.config import Config, load_config
 from fomm.data import EpochSampler, FramePairs, collate_pairs, open_clips
 from fomm.distributed import (DistContext, average_gradients, mean_over_workers, synchronize_batch_norm,
                               train_distributed)
+from fomm.families import NAMES
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="configs/<name>.yaml name or a yaml path (ours or the original's)")
     parser.add_argument("--data", help="prepared dataset or original layout (default: dataset_params.root_dir)")
     parser.add_argument("--out", required=True, help="run directory: config, metrics, images, checkpoints")
-    parser.add_argument("--model", choices=["fomm", "monkey-net", "x2face"], help="model family (default: the config's)")
+    parser.add_argument("--model", choices=list(NAMES), help="model family (default: the config's)")
+    parser.add_argument("--stage", dest="train_stage", default="reconstruction",
+                        help="training stage: reconstruction (default), or avd for MRAA's and TPSMM's "
+                             "animation-via-disentanglement network, started from --checkpoint")
+    parser.add_argument("--checkpoint", help="with --stage avd: the trained reconstruction checkpoint to start from")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP); 1 trains in this process")
     parser.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
@@ -75,13 +80,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train_params.max_steps=100")
 
 
-def resolve_run_config(config_name: str, overrides: list[str], model: str | None) -> Config:
+def resolve_run_config(config_name: str, overrides: list[str], model: str | None,
+                       stage: str = "reconstruction") -> Config:
     """Load `config_name` (the family's own variant where one exists, see
-    fomm.registry.family_config) and make `model` its model family."""
-    from fomm.registry import family_config
+    fomm.registry.family_config), make `model` its model family and `stage` its stage (the
+    family's `stage_config`: the AVD stage trains with the family's AVD settings)."""
+    from fomm.registry import family_config, model_class
     config = load_config(family_config(config_name, model), overrides)
     if model and model != config.model_params.name:
         config = replace(config, model_params=replace(config.model_params, name=model))
+    config = model_class(config.model_params.name).stage_config(config, stage)
     # Training decides the grid convention now, so config.yaml and every checkpoint record it.
     return resolve_align_corners(config, None)
 
@@ -91,20 +99,38 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other: continue the run in --out, or replace it")
-    config = resolve_run_config(args.config, args.overrides, args.model)
+    config = resolve_run_config(args.config, args.overrides, args.model, args.train_stage)
     data = args.data or config.dataset_params.root_dir
     if not data:
         raise UserError("no data: pass --data or set dataset_params.root_dir")
+    init = check_initial_checkpoint(config, args.checkpoint, args.resume)
     if args.workers > 1 or args.ray_address:
         # Checked (and an --overwrite'd run deleted) before any worker starts: one line, not a worker's traceback.
         check_run_folder(Path(args.out), args.resume, args.overwrite)
         train_distributed(train, config, data, args.out, num_workers=args.workers,
-                          ray_address=args.ray_address, resume=args.resume)
+                          ray_address=args.ray_address, resume=args.resume, init_checkpoint=init)
     else:
         if not args.overwrite:  # refuse early; an --overwrite deletes only once the loop has checked its inputs
             check_run_folder(Path(args.out), args.resume, overwrite=False)
-        train(config, data, args.out, resume=args.resume, overwrite=args.overwrite)
+        train(config, data, args.out, resume=args.resume, overwrite=args.overwrite, init_checkpoint=init)
     return 0
+
+
+def check_initial_checkpoint(config: Config, checkpoint: str | None, resume: bool) -> Path | None:
+    """The checkpoint a later stage starts from: required for a stage after the first (unless
+    --resume continues one), refused for the first, which starts from scratch."""
+    first = config.train_params.stage == "reconstruction"
+    if checkpoint is None:
+        if not first and not resume:
+            raise UserError(f"--stage {config.train_params.stage} starts from a trained model: expected "
+                            f"--checkpoint with the reconstruction run's checkpoint")
+        return None
+    if first:
+        raise UserError(f"--checkpoint {checkpoint!r}: the reconstruction stage starts from scratch (--resume "
+                        f"continues a run in --out); --checkpoint is for --stage avd")
+    if not Path(checkpoint).is_file():
+        raise UserError(f"--checkpoint {checkpoint!r} does not exist; expected the reconstruction run's checkpoint")
+    return Path(checkpoint)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -162,7 +188,8 @@ def make_optimizer(params: list[nn.Parameter], lr: float, config: Config) -> tor
 
 
 def build_optimizers(model, config: Config) -> dict[str, torch.optim.Optimizer]:
-    """One optimiser (make_optimizer) per non-empty parameter group, lr from train_params.lr_<group>.
+    """One optimiser (make_optimizer) per non-empty parameter group of the model's current
+    stage, with the family's learning rate for it (`optimizer_lr`: train_params.lr_<group>).
 
     Parameters in no group (Monkey-Net's discriminator without a discriminator loss, whose
     feature maps its losses still read) are frozen: no gradient is computed or all-reduced
@@ -177,11 +204,7 @@ def build_optimizers(model, config: Config) -> dict[str, torch.optim.Optimizer]:
         params = [p for p in params if p.requires_grad]
         if not params:
             continue
-        lr = getattr(config.train_params, f"lr_{group}", None)
-        if lr is None:
-            raise UserError(f"model group {group!r} has no train_params.lr_{group}; expected generator, "
-                            "kp_detector or discriminator")
-        optimizers[group] = make_optimizer(params, lr, config)
+        optimizers[group] = make_optimizer(params, model.optimizer_lr(group, config.train_params), config)
     return optimizers
 
 
@@ -207,9 +230,10 @@ class GeneratorStep(nn.Module):
 def train_step(model, optimizers: dict[str, torch.optim.Optimizer], kit, source: torch.Tensor,
                driving: torch.Tensor, forward=None, autocast=None, world_size: int = 1
                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """One optimisation step of the loop (and of benchmarks/train.py): the generator and
-    keypoint detector on `model.generator_losses` (perceptual Eq. 10, equivariance Eq. 11-12,
-    GAN terms), then the discriminator (LSGAN) where the model trains one.
+    """One optimisation step of the loop (and of benchmarks/train.py): every group but the
+    discriminator on `model.generator_losses` (FOMM: perceptual Eq. 10, equivariance Eq.
+    11-12, GAN terms), gradients clipped where the family does (`clip_gradients`), then the
+    discriminator (LSGAN) where the model trains one.
 
     `forward` replaces `model.generator_losses` (the DDP-wrapped GeneratorStep); `autocast`
     is entered around each forward. Returns the losses detached but still on the device (no
@@ -223,9 +247,10 @@ def train_step(model, optimizers: dict[str, torch.optim.Optimizer], kit, source:
     with autocast:
         losses, generated = forward(source, driving, kit)
     sum(losses.values()).backward()
-    for name in ("generator", "kp_detector"):
-        if name in optimizers:
-            optimizers[name].step()
+    model.clip_gradients()
+    for name, optimizer in optimizers.items():
+        if name != "discriminator":
+            optimizer.step()
     if "discriminator" in optimizers:
         discriminator = optimizers["discriminator"]
         discriminator.zero_grad(set_to_none=True)
@@ -383,10 +408,14 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 # --------------------------------------------------------------------------- the loop
 def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bool = False,
-          dist_ctx: DistContext | None = None, overwrite: bool = False) -> dict[str, Any]:
+          dist_ctx: DistContext | None = None, overwrite: bool = False,
+          init_checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Train `config`'s model on `data_root`'s train split; returns the last step's losses.
 
     `out_dir` holding another run is refused unless `resume` or `overwrite` (check_run_folder).
+    `train_params.stage` says which of the family's stages trains (`set_stage`); a stage
+    after the first starts from the weights of `init_checkpoint` (a finished run's
+    checkpoint, project or released layout), unless `resume` finds a checkpoint in `out_dir`.
     """
     dist_ctx = dist_ctx or DistContext(device="cuda" if torch.cuda.is_available() else "cpu")
     config = resolve_align_corners(config, None)
@@ -415,6 +444,11 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
     seed_everything(tp.seed)
     from fomm.registry import build_model
     model = build_model(config).to(device)
+    if init_checkpoint is not None and not (resume and checkpoint_paths(out_dir)):
+        load_state_dicts(model, model.state_from_checkpoint(load_checkpoint_file(init_checkpoint)),
+                         source=f"--checkpoint {init_checkpoint}")
+        log.info("stage %s starts from %s", tp.stage, init_checkpoint)
+    model.set_stage(tp.stage)
     if dist_ctx.world_size > 1:  # batch statistics over all workers, as the original's synchronised BN
         model = synchronize_batch_norm(model, device)
     if channels_last:
@@ -456,6 +490,7 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
 
     while progress["step"] < total_steps:
         sampler.set_epoch(progress["epoch"], start=progress["batch_in_epoch"] * batch_size)
+        model.set_epoch(progress["epoch"])
         for batch in loader:
             source = batch["source"].to(device, non_blocking=True)
             driving = batch["driving"].to(device, non_blocking=True)

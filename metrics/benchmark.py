@@ -74,8 +74,9 @@ def parse_models(text: str) -> list[ModelSpec]:
 def model_config(spec: ModelSpec):
     """The config a checkpoint was trained with: `@CONFIG` if given, else the embedded one,
     with `model_params.name` set to the spec's family."""
-    from core.config import load_config, replace
+    from core.config import replace
     from fomm.checkpoint import checkpoint_config, load_checkpoint_file
+    from fomm.config import load_config
     config = load_config(spec.config) if spec.config else checkpoint_config(load_checkpoint_file(spec.checkpoint))
     if config is None:
         raise UserError(f"checkpoint {str(spec.checkpoint)!r} embeds no config (a released checkpoint?); "
@@ -191,7 +192,9 @@ def score_model(spec: ModelSpec, store, clips: list[str], args, pose, identity, 
     rows = []
     for index, clip in enumerate(clips):
         batches = clip_batches(store, clip, size, args.batch_size, args.max_frames)
-        clip_out = reconstruct_clip(model, batches, args.device, getattr(args, "precision", "fp32"))
+        # the paper protocol scores the PNGs the original wrote: predictions truncated to uint8
+        clip_out = reconstruct_clip(model, batches, args.device, getattr(args, "precision", "fp32"),
+                                    truncate=args.protocol == "paper")
         real, fake = clip_out.real, clip_out.fake
         real_kp, real_emb = _real_detections(cache, clip, real, pose, identity)
         scores = score_clip(real, fake, pose=pose, identity=identity, lpips=args.lpips,
@@ -238,6 +241,7 @@ def write_samples(samples: dict, out: Path, count: int = 4, generations: dict | 
     """PNGs of `count` evenly spaced frames of the first clip: driving, source, each model.
     Model frames carry the provenance marks of `generations[name]` (scores are already taken)."""
     from PIL import Image
+
     from core.provenance import save_marked_png
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)
@@ -362,6 +366,7 @@ def command_line(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> dict:
     """The benchmark as a function; returns what benchmark.json records."""
     import torch
+
     from core.config import config_hash
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     for option in ("max_clips", "max_frames", "batch_size", "bootstrap"):

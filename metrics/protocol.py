@@ -15,8 +15,9 @@ frame (NaN where the script skips the frame) with the reason of every skip:
   joints present in the real frame (frames with none skipped). AKD per frame: mean |diff| over
   the coordinates of joints present in both (frames with none skipped).
 - AED (`cmp.py`): per frame the sum of squared differences of the two embeddings (squared L2),
-  no frame skipped (OpenFace embeds every frame). (An early `cmp.py`, at pose-evaluation
-  commit 54e33b4, reduced with the mean |diff| instead; REFERENCE §8 gives the squared sum.)
+  no frame skipped (OpenFace embeds every frame). cmp.py has summed squares since
+  pose-evaluation commit 5a5c45e ("Add all the metrics"); only its first two commits (54e33b4
+  among them) reduced a frame with the mean |diff|.
 
 Every number is then the mean over the remaining frames of all videos pooled (`pooled`), not
 a mean of per-video means. The project's own protocol ("project") differs: AED is plain L2.

@@ -76,7 +76,7 @@ def ray_local():
 @pytest.fixture(scope="module")
 def config():
     """The tiny FOMM config (64x64) for animation tests."""
-    from core.config import load_config
+    from fomm.config import load_config
     return load_config("tiny")
 
 
@@ -84,6 +84,7 @@ def config():
 def checkpoint(tmp_path_factory, config):
     """An untrained tiny FOMM saved as a released checkpoint is (state dicts, no config)."""
     import torch
+
     from fomm.registry import build_model
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
@@ -95,5 +96,6 @@ def checkpoint(tmp_path_factory, config):
 def model(config, checkpoint):
     """The tiny FOMM loaded the way `pipeline run animate` loads a model, on the CPU."""
     import torch
+
     from fomm.animation import load_animation_model
     return load_animation_model(config, checkpoint, torch.device("cpu"))

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import load_config
 from core.frames import to_tensor, to_uint8
 from core.media import audio_offset, ffmpeg_exe, iter_frames, load_image, probe, read_frames
 from fomm import source_crop
 from fomm.animate import animate
 from fomm.animation import AnimateOptions, Animator
 from fomm.best_frame import find_best_frame
+from fomm.config import load_config
 from pipeline import cli
 
 CPU = torch.device("cpu")
@@ -334,6 +334,7 @@ def test_frames_stream_through_with_bounded_memory(model, config, d12_short, tmp
     """Decoded driving frames are released batch by batch: at no time are more than about
     two batches alive, however long the video (here 14 frames, batch 2)."""
     import weakref
+
     import core.media as media
     alive, peak = set(), [0]
     original = media.iter_frames

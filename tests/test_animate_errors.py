@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import load_config
 from core.errors import UserError
 from fomm.animate import animate
 from fomm.animation import AnimateOptions, Animator, load_animation_model
+from fomm.config import load_config
 from pipeline import cli
 
 
@@ -87,6 +87,7 @@ def test_no_face_with_crop_auto(checkpoint, shared_data, out_dir, tmp_path, caps
 
 def test_no_face_in_driving_with_crop_auto(checkpoint, shared_data, out_dir, tmp_path, capsys):
     from skimage import data
+
     from core.media import write_video
     scenery = write_video(tmp_path / "scenery.mp4", [data.coffee()] * 5, fps=25)
     code = run(checkpoint, shared_data / "faces/sadtalker/happy.png", scenery, out_dir / "x.mp4",
@@ -173,3 +174,27 @@ def test_library_raises_user_error(shared_data, checkpoint, tmp_path):
                 zero_frame_video(tmp_path / "empty.avi"), tmp_path / "x.mp4")
     assert not (tmp_path / "x.mp4").exists()
     assert np.all([not p.name.startswith(".x.") for p in tmp_path.iterdir()])
+
+
+def test_avd_mode_on_a_family_without_an_avd_network(checkpoint, shared_data, out_dir, capsys):
+    """--mode avd asks for MRAA's / TPSMM's AVD network: FOMM has none, said in one line."""
+    driving = shared_data / "faces/fomm-demo/08.mp4"
+    code = run(checkpoint, shared_data / "faces/fomm-demo/01.png", driving, out_dir / "x.mp4", "--mode", "avd")
+    assert_fails_cleanly(capsys, code, out_dir, "--mode avd", "fomm has no AVD network")
+
+
+def test_mode_names_are_the_absolute_and_relative_switches():
+    import argparse
+
+    from fomm.animate import add_arguments, options_from_args
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = load_config("tiny")
+    base = ["--source", "s.png", "--driving", "d.mp4", "--out", "o.mp4"]
+    standard = options_from_args(parser.parse_args(base + ["--mode", "standard"]), config)
+    absolute = options_from_args(parser.parse_args(base + ["--absolute"]), config)
+    assert standard == absolute and not standard.relative and not standard.avd
+    assert options_from_args(parser.parse_args(base + ["--mode", "relative"]), config).relative
+    assert options_from_args(parser.parse_args(base + ["--mode", "avd"]), config).avd
+    with pytest.raises(SystemExit):  # one way to say it: --mode and --absolute exclude each other
+        parser.parse_args(base + ["--mode", "avd", "--absolute"])

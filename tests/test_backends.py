@@ -24,8 +24,15 @@ def test_registry_builds_by_name_and_names_unknown_ones():
     with pytest.raises(UserError, match=r"'openpose'.*\['body-pose', 'dlib68', 'face-alignment', "
                                         r"'mediapipe-openpose-18', 'mediapipe-pose'\]"):
         get_pose_backend("openpose")
-    with pytest.raises(UserError, match=r"'reid'.*'body-appearance'"):
-        get_identity_backend("reid")
+    with pytest.raises(UserError, match=r"'osnet'.*\['body-appearance', 'dlib-face', 'openface', 'reid'\]"):
+        get_identity_backend("osnet")
+
+
+def _no_paper_weights(monkeypatch, folder) -> None:
+    """As on a machine without the paper networks' weights, whatever this machine has."""
+    for module, env in (("openface", "OPENFACE_WEIGHTS"), ("body_pose", "RTPOSE_WEIGHTS"), ("reid", "REID_WEIGHTS")):
+        monkeypatch.setenv(env, str(folder / f"absent-{module}.pth"))
+        monkeypatch.setattr(f"metrics.backends.{module}.WEIGHTS_DIR", folder)
 
 
 def test_available_backends_lists_every_backend_with_its_scheme(monkeypatch, tmp_path, shared_reference):
@@ -34,22 +41,21 @@ def test_available_backends_lists_every_backend_with_its_scheme(monkeypatch, tmp
     put its weights; once the weights are there, that backend runs."""
     for module in ("face_alignment", "mediapipe"):
         monkeypatch.setitem(sys.modules, module, None)  # import -> ImportError, as when not installed
-    monkeypatch.setenv("OPENFACE_WEIGHTS", str(tmp_path / "absent.pth"))
-    monkeypatch.setattr("metrics.backends.openface.WEIGHTS_DIR", tmp_path)
-    monkeypatch.setenv("RTPOSE_WEIGHTS", str(tmp_path / "absent-pose.pth"))
+    _no_paper_weights(monkeypatch, tmp_path)
     rows = {(row["kind"], row["name"]): row for row in backends.available_backends()}
     assert set(rows) == ({("pose", name) for name in backends.POSE_BACKENDS}
                          | {("identity", name) for name in backends.IDENTITY_BACKENDS})
     schemes = {name: row["scheme"] for (_, name), row in rows.items()}
     assert schemes == {"dlib68": "dlib-68", "face-alignment": "fan-68", "mediapipe-pose": "mediapipe-33",
                        "mediapipe-openpose-18": "mediapipe-openpose-18", "body-pose": "openpose-18",
-                       "openface": "openface-nn4.small2.v1",
+                       "openface": "openface-nn4.small2.v1", "reid": "reid-ft_net-resnet50",
                        "dlib-face": "dlib-128", "body-appearance": "body-appearance-v1"}
     hints = {"dlib68": "", "dlib-face": "", "body-appearance": "",  # offline: always run
              "face-alignment": "pip install 'motion-transfer[face-alignment]'",
              "mediapipe-pose": "pip install 'motion-transfer[pose]'",
              "mediapipe-openpose-18": "pip install 'motion-transfer[pose]'",
-             "openface": "put thnkim/OpenFacePytorch's", "body-pose": "put pose-evaluation's pose_model.pth"}
+             "openface": "put thnkim/OpenFacePytorch's", "body-pose": "put pose-evaluation's pose_model.pth",
+             "reid": "put pose-evaluation's reid_model.pth"}
     for (_, name), row in rows.items():
         assert row["available"] == (hints[name] == ""), row
         assert hints[name] in row["reason"], row
@@ -72,8 +78,7 @@ def test_absent_optional_pose_backend_raises_with_install_hint(monkeypatch, modu
 
 def test_default_backends_per_dataset_kind(monkeypatch, tmp_path, shared_reference):
     monkeypatch.setitem(sys.modules, "face_alignment", None)
-    monkeypatch.setenv("OPENFACE_WEIGHTS", str(tmp_path / "absent.pth"))
-    monkeypatch.setattr("metrics.backends.openface.WEIGHTS_DIR", tmp_path)
+    _no_paper_weights(monkeypatch, tmp_path)
     pose, identity = backends.default_backends("faces")  # the offline substitutes
     assert (pose.name, identity.name) == ("dlib68", "dlib-face")
     assert not (pose.paper_equivalent or identity.paper_equivalent)

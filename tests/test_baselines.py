@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.config import load_config
 from core.frames import resize, to_tensor
-from fomm.baselines.common import heatmap_moments
-from fomm.baselines.monkey_net import MonkeyNet
 from fomm.blocks import identity_grid, make_coordinate_grid, warp
+from fomm.config import load_config
+from fomm.monkey_net.keypoints import heatmap_moments
+from fomm.monkey_net.model import MonkeyNet
 from fomm.registry import build_model
 
 SIZE = (64, 64)

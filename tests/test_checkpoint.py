@@ -1,14 +1,17 @@
 """Checkpoints: atomic writes, released and project formats, named errors on mismatch."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from core.config import config_to_dict, load_config
+from core.config import config_to_dict
 from core.errors import UserError
 from core.media import load_image
 from fomm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file, load_model, model_state, save_checkpoint
+from fomm.config import load_config
 from fomm.registry import build_model
 
 
@@ -115,10 +118,21 @@ def test_bad_files_are_user_errors(tmp_path, config):
         load_checkpoint_file(tmp_path / "list.pth")
 
 
-def test_released_checkpoint_without_config_needs_one(tmp_path, trained_like):
+def test_released_checkpoint_without_config_takes_its_familys_default(tmp_path, trained_like, monkeypatch, caplog):
+    """A file without the project's config is recognised by its layout and runs with its family's
+    default config (named in the log); a file no family recognises asks for --config."""
+    from fomm import families
+    from fomm.checkpoint import released_family
     path = save_checkpoint(tmp_path / "r.pth", trained_like.checkpoint_state())
-    with pytest.raises(UserError, match="--config"):
-        load_model(None, path)
+    assert released_family(load_checkpoint_file(path)) == "fomm"
+    monkeypatch.setitem(families.FAMILIES, "fomm", replace(families.FAMILIES["fomm"], default_config="tiny"))
+    with caplog.at_level("INFO", logger="fomm.checkpoint"):
+        model = load_model(None, path)
+    assert "configs/tiny.yaml" in caplog.text and type(model).__name__ == "FirstOrderModel"
+    assert torch.equal(model.kp_detector.kp.weight, trained_like.kp_detector.kp.weight)
+    unknown = save_checkpoint(tmp_path / "u.pth", {"weights": {"w": torch.zeros(2)}})
+    with pytest.raises(UserError, match="no family's released layout.*--config"):
+        load_model(None, unknown)
 
 
 def test_training_resume_path_makes_the_same_checks(config, trained_like):

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import config_to_dict, load_config
+from core.config import config_to_dict
 from core.errors import UserError
 from fomm.checkpoint import TRUST_PICKLE_ENV, load_checkpoint_file, load_model, save_checkpoint
+from fomm.config import load_config
 from fomm.registry import build_model
 from pipeline.cli import main as cli_main
 

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Config, ConfigError, config_from_dict, config_hash, config_to_dict, load_config
+from core.config import ConfigError, config_hash, config_to_dict
+from fomm.config import Config, config_from_dict, load_config
 
 
 def test_defaults_are_the_vox256_architecture():
@@ -123,6 +124,7 @@ def test_the_original_values_load():
 
 def test_draw_border_decides_the_lines_between_training_image_panels():
     import torch
+
     from fomm.train import training_image
     frames = torch.rand(2, 3, 8, 8)
 
@@ -142,7 +144,7 @@ def test_original_monkey_net_output_formats_are_dropped_with_a_note(caplog):
             "reconstruction_params": {"num_videos": 7, "format": ".gif"},
             "transfer_params": {"num_pairs": 100, "format": ".gif", "normalization_params": {"move_location": True}},
             "prediction_params": {"num_epochs": 1000}}
-    with caplog.at_level("INFO", logger="core.config"):
+    with caplog.at_level("INFO", logger="fomm.monkey_net.config"):
         config = config_from_dict(tree)
     assert config.model_params.name == "monkey-net" and config.reconstruction_params.num_videos == 7
     assert config.animate_params.num_pairs == 100 and config.animate_params.normalization_params.use_relative_movement

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.config import CONFIG_DIR, ConfigError, config_from_dict, config_to_dict, load_config
+from core.config import CONFIG_DIR, ConfigError, config_to_dict
+from fomm.config import config_from_dict, load_config
 from fomm.model import FirstOrderModel
 
 FOMM_CONFIGS = ["vox-256", "vox-adv-256", "taichi-256", "taichi-adv-256", "mgif-256", "fashion-256",

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import load_config
 from core.errors import UserError
 from core.frames import to_tensor
 from core.media import iter_frames, probe
 from fomm import export
 from fomm.animate import animate
 from fomm.animation import AnimateOptions, Animator, load_animation_model
+from fomm.config import load_config
 from pipeline import cli
 
 

@@ -14,7 +14,8 @@ import re
 import pytest
 import torch
 
-from core.config import config_from_dict, config_to_dict
+from core.config import config_to_dict
+from fomm.config import config_from_dict
 from fomm.model import FirstOrderModel
 
 ATOL = RTOL = 1e-9

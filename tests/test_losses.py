@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import TransformParams, load_config, replace
+from core.config import TransformParams, replace
 from core.errors import UserError
 from core.media import read_frames
 from fomm.blocks import identity_grid
+from fomm.config import load_config
 from fomm.losses import LossKit, Transform
 from fomm.registry import build_model
 from fomm.vgg import TORCHVISION_FILE, Vgg19

@@ -1,5 +1,7 @@
-"""The openface identity backend against golden vectors of thnkim/OpenFacePytorch (float64),
-and the rtpose body network against tensorboy's layout."""
+"""The openface identity network against golden vectors of thnkim/OpenFacePytorch (float64),
+and the rtpose body network against tensorboy's layout. extract_face_id's preprocessing and
+the backends end to end are checked against pose-evaluation's own outputs in
+tests/test_metrics_pose_evaluation.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 import torch
 
 from metrics.backends import BackendUnavailable, get_identity_backend
-from metrics.backends.body_pose import RtposeNet, last_peaks
+from metrics.backends.body_pose import RtposeNet
 from metrics.backends.openface import CrossMapLRN, OpenFaceNet, load_openface_state, preprocess
 
 TOLERANCE = dict(atol=1e-9, rtol=1e-9)
@@ -51,15 +53,17 @@ def test_lrn_keeps_the_legacy_window(golden):
     torch.testing.assert_close(symmetric[:, :3], check["output"][:, :3], **TOLERANCE)
 
 
-def test_preprocessing_is_extract_face_id(golden):
-    """BGR, skimage resize to 96x96, channels first, from the raw 256 px RGB frames."""
+def test_golden_inputs_are_not_the_resize_extract_face_id_ran(golden):
+    """openface-golden.pt resized with scikit-image 0.26's defaults (anti-aliased);
+    extract_face_id ran 0.14's (no anti-aliasing), which `preprocess` reproduces: the two
+    differ by up to 0.16 (reference/README.md), so the network is checked on the file's own
+    inputs above and the preprocessing against pose-evaluation-golden.pt."""
     ours = preprocess(golden["inputs_raw_256"].numpy())
-    np.testing.assert_allclose(ours, golden["inputs"].numpy(), **TOLERANCE)
-    rgb = preprocess(golden["inputs_raw_256"].numpy()[..., ::-1].copy())
-    assert np.abs(rgb - golden["inputs"].numpy()).max() > 1e-3  # channel order is checked
+    assert ours.shape == golden["inputs"].shape and 1e-2 < np.abs(ours - golden["inputs"].numpy()).max() < 0.2
 
 
-def test_backend_loads_weights_without_batch_counters_and_embeds_whole_frames(golden, tmp_path, monkeypatch):
+def test_backend_loads_weights_without_batch_counters_and_embeds_whole_frames(golden, net64, tmp_path,
+                                                                              monkeypatch):
     """Weights converted before torch 0.4.1 carry no num_batches_tracked; the backend runs in
     float32 on every frame (no detection) as the original did."""
     state = {k: v.float() for k, v in golden["state_dict"].items() if not k.endswith("num_batches_tracked")}
@@ -70,7 +74,9 @@ def test_backend_loads_weights_without_batch_counters_and_embeds_whole_frames(go
     frames = golden["inputs_raw_256"].numpy()
     embedding = backend.embed(frames)
     assert embedding.shape == (4, 128) and np.isfinite(embedding).all()
-    np.testing.assert_allclose(embedding, golden["outputs"]["embedding"].numpy(), atol=1e-5)
+    with torch.no_grad():  # the same pipeline in float64
+        expected, _ = net64(torch.from_numpy(preprocess(frames)))
+    np.testing.assert_allclose(embedding, expected.numpy(), atol=1e-5)
     blank = backend.embed(np.zeros((1, 256, 256, 3), np.uint8))  # no face, still an embedding
     assert np.isfinite(blank).all()
 
@@ -112,11 +118,3 @@ def test_rtpose_layout_is_tensorboys():
     ours = {key: tuple(value.shape) for key, value in net.state_dict().items()}
     assert ours == dict(_rtpose_layout())
     assert pafs.shape == (1, 38, 8, 6) and heatmaps.shape == (1, 19, 8, 6)
-
-
-def test_rtpose_peaks_keep_the_last_peak_of_each_joint_type():
-    heatmaps = np.zeros((40, 50, 19))
-    heatmaps[5, 7, 0], heatmaps[30, 20, 0] = 0.9, 0.5   # two noses: the later one (row-major) is kept
-    heatmaps[12, 3, 4] = 0.05                           # under the 0.1 threshold: missing
-    joints = last_peaks(heatmaps)
-    assert joints[0].tolist() == [20, 30] and (joints[1:] == -1).all()

@@ -130,3 +130,62 @@ def test_mediapipe_joints_reach_the_paper_tables_as_openpose_18_with_minus_one()
     assert (joints[1, 1] == -1).all() and (joints[1, 5] == -1).all()  # neck and left shoulder
     mkr, _ = protocol.body_mkr_akd(joints[:1], joints[1:])
     assert mkr.values[0] == pytest.approx(2 / 18)  # both lost joints count, out of 18 found in the real frame
+
+
+def test_paper_protocol_scores_predictions_truncated_as_the_originals_pngs(tmp_path, monkeypatch):
+    """The original reconstruction.py wrote `(255 * prediction).astype(uint8)` and
+    pose-evaluation read those PNGs: under --protocol paper the benchmark's pose and identity
+    backends see the predictions truncated; --protocol project rounds them."""
+    import argparse
+
+    import torch
+
+    from core.config import config_to_dict
+    from fomm.config import config_from_dict
+    from fomm.api import MotionTransferModel
+    from metrics import benchmark
+    from pipeline import sample
+
+    class HalfGrey(MotionTransferModel):
+        name = "fomm"
+
+        def detect(self, frames):
+            return {"value": torch.zeros(len(frames), 1, 2)}
+
+        def generate(self, source, motion_source, motion_driving):
+            return {"prediction": source * 0.5 + 0.25}  # the source frame, halved: fractions of 1/255
+
+        def generator_losses(self, source, driving, kit):
+            raise NotImplementedError
+
+        def optimizer_groups(self):
+            return {}
+
+    data = tmp_path / "sample"
+    for clip in sample.sample_clips(num_train=0, num_test=1, num_frames=3, size=64):
+        assert sample.prepare_clip(clip, data)["status"] == "done"
+    config = config_from_dict({}, ["model_params.name=fomm", "dataset_params.frame_shape=[64,64,3]"])
+    checkpoint = tmp_path / "half.pt"
+    torch.save({"config": config_to_dict(config)}, checkpoint)
+    monkeypatch.setattr("fomm.registry.build_model", lambda config, name=None: HalfGrey())
+    seen = {}
+    scored = score_clip
+
+    def recording(real, fake, **options):
+        seen[options["protocol"]] = (real, fake)
+        return scored(real, fake, **options)
+
+    monkeypatch.setattr("metrics.evaluate.score_clip", recording)
+    for chosen in protocol.PROTOCOLS:
+        parser = argparse.ArgumentParser()
+        benchmark.add_arguments(parser)
+        benchmark.run(parser.parse_args(["--dataset", "sample", "--data", str(data), "--models", f"fomm={checkpoint}",
+                                         "--out", str(tmp_path / chosen), "--protocol", chosen, "--bootstrap", "10"]))
+    real, truncated = seen["paper"]
+    assert np.array_equal(seen["project"][0], real)
+    source = torch.from_numpy(real[:1]).float().div(255)  # frame 0 drives nothing: it is the source
+    prediction = (source * 0.5 + 0.25).expand(len(real), -1, -1, -1).numpy()  # the model's float32 output
+    assert np.array_equal(truncated, (255 * prediction).astype(np.uint8))
+    rounded = seen["project"][1]
+    assert np.array_equal(rounded, (255 * prediction + 0.5).astype(np.uint8))
+    assert (rounded.astype(int) - truncated).max() == 1 and (rounded != truncated).mean() > 0.3

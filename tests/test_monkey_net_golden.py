@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from core.config import config_from_dict, load_config
+from fomm.config import config_from_dict, load_config
 from fomm.registry import build_model
 
 ORIGINAL_SECTIONS = ("dataset_params", "model_params", "train_params", "reconstruction_params",

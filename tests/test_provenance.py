@@ -123,7 +123,7 @@ def test_edited_bytes_are_tampered_and_reencode_drops_manifest_not_watermark(ani
 
 
 def test_gif_and_png_carry_all_three_marks(shared_data, tmp_path):
-    from core.config import load_config
+    from fomm.config import load_config
     generation = provenance.Generation.of(load_config("tiny"), "test")
     frames = read_frames(shared_data / "faces/fomm-demo/08.mp4", 0, 6)
     gif = tmp_path / "marked.gif"
@@ -171,7 +171,7 @@ def test_self_signed_credential_is_made_once_and_private(tmp_path, monkeypatch):
 
 def test_configured_certificate_signs(tmp_path, monkeypatch, shared_data):
     """A user's own key and certificate (here another generated pair) sign instead."""
-    from core.config import load_config
+    from fomm.config import load_config
     monkeypatch.setenv("MOTION_TRANSFER_CONFIG", str(tmp_path / "other"))
     own = load_credential()
     (tmp_path / "cert.pem").write_bytes(own.chain)
@@ -249,8 +249,9 @@ def test_stream_to_a_file_is_marked(model, config, shared_data, tmp_path):
 
 @pytest.mark.slow
 def test_reconstruction_video_is_marked_and_l1_unchanged(shared_data, tmp_path):
-    from core.config import config_to_dict, load_config
+    from core.config import config_to_dict
     from fomm.checkpoint import save_checkpoint
+    from fomm.config import load_config
     from fomm.registry import build_model
     root = tmp_path / "data"
     (root / "test").mkdir(parents=True)

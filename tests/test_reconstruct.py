@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import config_to_dict, load_config
+from core.config import config_to_dict
 from core.media import probe
 from fomm.checkpoint import save_checkpoint
+from fomm.config import load_config
 from fomm.data import ReconstructionClips, open_clips
 from fomm.registry import build_model
 from pipeline.cli import main as cli_main

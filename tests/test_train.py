@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from core.config import config_from_dict
 from core.frames import resize, to_tensor
 from fomm.checkpoint import load_checkpoint_file, load_model
+from fomm.config import config_from_dict
 from fomm.data import open_clips
 from fomm.registry import build_model
 from fomm.train import resolve_run_config, seed_everything, train

@@ -5,8 +5,6 @@ stages (reconstruct, animate) with the tiny config."""
 from __future__ import annotations
 
 import ast
-import fnmatch
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -14,57 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden_recipe import rebuild, state_sha256
 
-from core.config import load_config
 from core.errors import UserError
 from core.frames import to_tensor
-from fomm.baselines.x2face import X2Face, from_released, to_released
+from fomm.config import load_config
 from fomm.registry import build_model
+from fomm.x2face.model import X2Face, from_released, to_released
 
 SIZE = 256  # the U-Nets' 8 stride-2 levels take 256x256 to 1x1
-
-
-# --------------------------------------------------------------------------- the recipe
-def rebuild_from_recipe(recipe: dict, layout: list) -> dict[str, dict[str, torch.Tensor]]:
-    """The golden files' weight recipe (../shared/reference/README.md): tensor i of module m
-    is drawn from a generator seeded seed * 100003 + 10007 m + i by the first matching rule."""
-    def applies(rule, name, shape):
-        ndim = rule.get("ndim")
-        ok = ndim is None or (len(shape) >= 2 if ndim == ">=2" else len(shape) == int(ndim))
-        return ok and fnmatch.fnmatchcase(name, rule["pattern"])
-
-    out = {module: {} for module in recipe["modules"]}
-    for module, key, shape, dtype in layout:
-        m, i, shape = recipe["modules"].index(module), len(out[module]), tuple(shape)
-        rule = next(r for r in recipe["rules"] if applies(r, f"{module}.{key}", shape))
-        g = torch.Generator().manual_seed(recipe["seed"] * 100003 + 10007 * m + i)
-        kind = rule["kind"]
-        if kind == "keep":
-            assert dtype == "int64", key  # X2Face keeps only num_batches_tracked
-            tensor = torch.zeros(shape, dtype=torch.int64)
-        elif kind == "normal":
-            tensor = rule["mean"] + rule["std"] * torch.randn(shape, generator=g, dtype=torch.float64)
-        elif kind == "uniform":
-            tensor = rule["low"] + (rule["high"] - rule["low"]) * torch.rand(shape, generator=g, dtype=torch.float64)
-        elif kind == "fan_in_normal":
-            gain = torch.full((shape[0],) + (1,) * (len(shape) - 1), float(rule["gain"]), dtype=torch.float64)
-            if rule.get("tail_rows"):
-                gain[-rule["tail_rows"]:] = rule["tail_gain"]
-            # gain * (randn / sqrt(fan_in)), in this order: the digest sees every rounding
-            tensor = gain * (torch.randn(shape, generator=g, dtype=torch.float64) / math.sqrt(math.prod(shape[1:])))
-        else:
-            raise AssertionError(f"rule kind {kind!r} is not used by x2face-golden.pt")
-        out[module][key] = tensor
-    return out
-
-
-def state_sha256(state: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for key, tensor in state.items():
-        digest.update(key.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +31,7 @@ def golden(shared_reference) -> dict:
 @pytest.fixture(scope="module")
 def released_weights(golden) -> dict[str, torch.Tensor]:
     """The golden weights under the released file's names, float64, checked against the digest."""
-    state = rebuild_from_recipe(golden["recipe"], golden["layout"])["state_dict"]
+    state = rebuild(golden["recipe"], golden["layout"])["state_dict"]
     assert state_sha256(state) == golden["state_dict_sha256"]["state_dict"]
     return state
 

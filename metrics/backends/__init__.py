@@ -9,12 +9,17 @@ reports AKD, MKR or AED must name the backends behind it.
     IdentityBackend.embed(frames)  (T, H, W, 3) uint8 -> (T, D) float64, NaN rows where not found
 
 Optional backends whose package or weights are missing raise `BackendUnavailable` (a
-`UserError` naming what to install) when constructed, never later.
+`UserError` naming what to install) when constructed, never later. The paper's networks
+(openface, body-pose, reid) find their weights the same way (`find_weights`): the path
+given, else the file named by their environment variable, else their file name in
+~/.cache/motion-transfer; they are read with fomm.checkpoint's restricted loader.
 """
 from __future__ import annotations
 
 import importlib
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -22,9 +27,30 @@ from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
+WEIGHTS_DIR = Path.home() / ".cache" / "motion-transfer"
+
 
 class BackendUnavailable(UserError):
     """An optional backend cannot run here: its package or its weights are missing."""
+
+
+def find_weights(path: str | os.PathLike | None, env: str, folder: Path, names: tuple[str, ...]) -> Path | None:
+    """The first file that exists of: `path`, $`env`, `folder`/name for each of `names`."""
+    candidates = [Path(path).expanduser()] if path else []
+    if os.environ.get(env):
+        candidates.append(Path(os.environ[env]).expanduser())
+    candidates += [Path(folder) / name for name in names]
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
+
+
+def load_weights(path: Path) -> dict:
+    """A state dict from a weights file (restricted unpickler; a DataParallel `module.`
+    prefix on every key is dropped)."""
+    from fomm.checkpoint import load_checkpoint_file
+    state = load_checkpoint_file(path)
+    if state and all(isinstance(key, str) and key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return state
 
 
 def check_frames(frames: np.ndarray) -> np.ndarray:
@@ -43,7 +69,8 @@ class PoseBackend:
     name: str = ""
     scheme: str = ""
     num_joints: int = 0
-    # True only for the network pose-evaluation ran (its numbers may sit beside the paper's)
+    # True only where a test reproduces pose-evaluation's golden vectors with this backend,
+    # from the uint8 frame to the stored value (its numbers may sit beside the paper's)
     paper_equivalent: bool = False
 
     def detect(self, frames: np.ndarray) -> np.ndarray:
@@ -101,6 +128,7 @@ POSE_BACKENDS = {
 IDENTITY_BACKENDS = {
     "openface": "metrics.backends.openface:OpenFaceIdentity",
     "dlib-face": "metrics.backends.dlib_face:DlibFaceIdentity",
+    "reid": "metrics.backends.reid:ReidIdentity",
     "body-appearance": "metrics.backends.body_appearance:BodyAppearanceIdentity",
 }
 
@@ -109,7 +137,7 @@ IDENTITY_BACKENDS = {
 # Bodies are scored in OpenPose's 18-joint scheme (the paper's MKR counts those joints).
 DEFAULTS = {
     "faces": (["face-alignment", "dlib68"], ["openface", "dlib-face"]),
-    "bodies": (["body-pose", "mediapipe-openpose-18"], ["body-appearance"]),
+    "bodies": (["body-pose", "mediapipe-openpose-18"], ["reid", "body-appearance"]),
 }
 # Dataset names of the paper and of this project, by kind; anything else has no pose/identity metric.
 DATASET_KINDS = {
@@ -169,7 +197,8 @@ def default_backends(kind: str) -> tuple[PoseBackend | None, IdentityBackend | N
 
     faces -> face-alignment (first face, as pose-evaluation) or dlib68, openface or dlib-face;
     bodies -> body-pose (rtpose, with pose_model.pth) or mediapipe mapped to OpenPose's 18
-    joints, body-appearance; other (e.g. the synthetic `sample` dataset) -> (None, None).
+    joints, reid (ft_net, with reid_model.pth) or body-appearance; other (e.g. the synthetic
+    `sample` dataset) -> (None, None).
     A kind may also be a dataset name.
     """
     kind = kind if kind in DEFAULTS or kind == "other" else dataset_kind(kind)

@@ -1,9 +1,15 @@
 """The paper's face landmarks: the `face-alignment` package (FAN, 68 2D landmarks).
 
-This is the network the original evaluation used for AKD on VoxCeleb and Nemo
+This is the package the original evaluation used for AKD on VoxCeleb and Nemo
 (REFERENCE §2). It downloads its face detector and FAN weights on first use (into torch's
 hub cache); without the package or without those weights this backend raises
 `BackendUnavailable` at construction, and dlib68 (scheme "dlib-68") is the offline default.
+
+It does not claim `paper_equivalent`: no golden vectors cover face AKD (pose-evaluation's
+`extract_face_pose` is not in reference/pose-evaluation-golden.pt), and pose-evaluation pins
+no face-alignment version, so the detector and FAN weights of today's release are not shown
+to give the original's landmarks. Tables mark its AKD "not comparable" until a golden test
+proves it.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ class FaceAlignmentPose(PoseBackend):
 
     `device`: torch device string for the network (the caller chooses; default CPU).
     `pick`: "first" (the detector's first face, `kp[0]` in pose-evaluation's extract.py) or
-    "largest"; only "first" counts as the paper's backend.
+    "largest".
     """
 
     name = "face-alignment"
@@ -35,7 +41,6 @@ class FaceAlignmentPose(PoseBackend):
         if pick not in ("first", "largest"):
             raise BackendUnavailable(f"face-alignment pick {pick!r}; expected 'first' or 'largest'")
         self.pick = pick
-        self.paper_equivalent = pick == "first"
         try:
             import face_alignment
         except ImportError as error:

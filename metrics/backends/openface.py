@@ -3,10 +3,14 @@
 pose-evaluation's `extract_face_id` runs thnkim/OpenFacePytorch's port of nn4.small2.v1 on
 the whole 256x256 frame: BGR channel order, `skimage.transform.resize` to 96x96 (values in
 [0, 1]), no face detection, every frame; the 128-d output is L2-normalised with an epsilon
-(x / sqrt(|x|^2 + 1e-6)). This module rebuilds that network layer by layer with the port's
-state_dict names (`layer1.weight` ... `layer25.bias`), so the user's converted weights
-(`openface.pth`) load as they are. The weights are not shipped: without them the backend
-raises `BackendUnavailable` with one line saying where to put them.
+(x / sqrt(|x|^2 + 1e-6)). The resize is the one of the scikit-image pose-evaluation pins
+(0.14), whose defaults were bilinear, zero padding and no anti-aliasing (today's defaults
+anti-alias: up to 0.16 apart); `RESIZE_0_14` passes them explicitly (reference/README.md,
+`face_id`). This module rebuilds that network layer by layer with the port's state_dict names
+(`layer1.weight` ... `layer25.bias`), so the user's converted weights (`openface.pth`) load
+as they are. It runs in float32 as the original (`torch.Tensor(frame)`); `dtype=torch.float64`
+reproduces the golden files. The weights are not shipped: without them the backend raises
+`BackendUnavailable` with one line saying where to put them.
 
 The port's LRN (layers 5 and 12) comes from torch.legacy's CPU `SpatialCrossMapLRN`, whose
 running window sum never drops channel 0; `CrossMapLRN` reproduces that window, since the
@@ -24,14 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrics.backends import BackendUnavailable, IdentityBackend, check_frames
+from metrics.backends import (WEIGHTS_DIR, BackendUnavailable, IdentityBackend, check_frames, find_weights,
+                              load_weights)
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "OPENFACE_WEIGHTS"
 WEIGHTS_NAMES = ("openface.pth", "openface_nn4_small2_v1.pth")
-WEIGHTS_DIR = Path.home() / ".cache" / "motion-transfer"
 INPUT_SIZE = 96
+# scikit-image 0.14's resize defaults, which extract_face_id ran with (pose-evaluation pins it)
+RESIZE_0_14 = dict(order=1, mode="constant", cval=0, clip=True, preserve_range=False, anti_aliasing=False,
+                   anti_aliasing_sigma=None)
 
 
 class CrossMapLRN(nn.Module):
@@ -179,42 +186,47 @@ def load_openface_state(model: OpenFaceNet, state: dict) -> OpenFaceNet:
 def weights_path(path: str | os.PathLike | None = None) -> Path | None:
     """The weights file: `path`, else $OPENFACE_WEIGHTS, else openface.pth /
     openface_nn4_small2_v1.pth in ~/.cache/motion-transfer; None when none exists."""
-    candidates = [Path(path)] if path else []
-    if os.environ.get(WEIGHTS_ENV):
-        candidates.append(Path(os.environ[WEIGHTS_ENV]))
-    candidates += [WEIGHTS_DIR / name for name in WEIGHTS_NAMES]
-    return next((candidate for candidate in candidates if candidate.is_file()), None)
+    return find_weights(path, WEIGHTS_ENV, WEIGHTS_DIR, WEIGHTS_NAMES)
 
 
-def preprocess(frames: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB -> (T, 3, 96, 96) float64, as `extract_face_id`: BGR, then
-    skimage's resize with its defaults (bilinear, reflect, anti-aliasing since 0.15)."""
+def resize_bgr(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB -> (T, 96, 96, 3) float64 BGR in [0, 1], as extract_face_id:
+    `frame[..., ::-1]`, then scikit-image's resize with 0.14's defaults (bilinear sampling at
+    (i + 0.5) * H / 96 - 0.5, zero outside, no smoothing)."""
     from skimage.transform import resize
-    out = np.empty((len(frames), 3, INPUT_SIZE, INPUT_SIZE))
+    out = np.empty((len(frames), INPUT_SIZE, INPUT_SIZE, 3))
     for index, frame in enumerate(frames):
-        bgr = frame[..., ::-1]
-        out[index] = np.transpose(resize(bgr, (INPUT_SIZE, INPUT_SIZE)), (2, 0, 1))
+        out[index] = resize(frame[..., ::-1], (INPUT_SIZE, INPUT_SIZE), **RESIZE_0_14)
     return out
 
 
+def preprocess(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB -> (T, 3, 96, 96) float64, the tensors extract_face_id feeds
+    the network (before its float32 cast)."""
+    return np.ascontiguousarray(resize_bgr(frames).transpose(0, 3, 1, 2))
+
+
 class OpenFaceIdentity(IdentityBackend):
-    """OpenFace embedding (128,) of every whole frame; never missing (no detection)."""
+    """OpenFace embedding (128,) of every whole frame; never missing (no detection).
+
+    `dtype`: float32 (the original's `torch.Tensor(frame)`) or float64 (the golden tests).
+    """
 
     name = "openface"
     scheme = "openface-nn4.small2.v1"
     dim = 128
-    paper_equivalent = True
+    paper_equivalent = True  # tests/test_metrics_pose_evaluation.py against the original's golden file
 
-    def __init__(self, weights: str | os.PathLike | None = None, batch_size: int = 64):
+    def __init__(self, weights: str | os.PathLike | None = None, batch_size: int = 64,
+                 dtype: torch.dtype = torch.float32):
         path = weights_path(weights)
         if path is None:
             where = weights or f"${WEIGHTS_ENV} or {WEIGHTS_DIR}/{WEIGHTS_NAMES[0]}"
             raise BackendUnavailable(f"OpenFace weights not found: put thnkim/OpenFacePytorch's "
                                      f"openface.pth at {where}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.model = load_openface_state(OpenFaceNet(), state).float().eval()
-        self.batch_size = int(batch_size)
-        self.path = path
+        # built in `dtype` before loading, so float64 weights keep every bit
+        self.model = load_openface_state(OpenFaceNet().to(dtype), load_weights(path)).eval()
+        self.batch_size, self.dtype, self.path = int(batch_size), dtype, path
         log.info("OpenFace weights from %s", path)
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
@@ -223,7 +235,6 @@ class OpenFaceIdentity(IdentityBackend):
         with torch.no_grad():
             for start in range(0, len(frames), self.batch_size):
                 batch = preprocess(frames[start:start + self.batch_size])
-                # float32 as the original: it casts with torch.Tensor(frame)
-                embedding, _ = self.model(torch.from_numpy(batch).float())
+                embedding, _ = self.model(torch.from_numpy(batch).to(self.dtype))
                 out[start:start + len(batch)] = embedding.double().numpy()
         return out
