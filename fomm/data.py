@@ -166,7 +166,7 @@ class FolderStore(ClipStore):
 
     def fps(self, clip: str) -> float:
         path = self.paths[clip]
-        if path.suffix.lower() in VIDEO_SUFFIXES:
+        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:  # not a `<clip>.mp4/` frame folder
             from core.media import probe
             return float(probe(path).fps)
         return 25.0
