@@ -171,10 +171,10 @@ def manifest(generation: Generation, title: str, mime: str) -> dict:
                                "c2pa_library": f"c2pa-python {c2pa.__version__}"},
             }]}},
             {"label": WATERMARK_LABEL, "data": {
-                "method": watermark.METHOD, "channel": "V", "step": watermark.STEP,
-                "layout": f"bands of {watermark.ROW_BAND} block rows",
-                "payload_bits": watermark.PAYLOAD_BITS, "tag": f"{watermark.TAG:06x}",
-                "run": generation.run}},
+                "method": watermark.METHOD, "channel": "V", "amplitude": watermark.AMPLITUDE,
+                "layout": f"{watermark.GRID}x{watermark.GRID} cells in relative coordinates",
+                "code": f"RM(1,7), {watermark.CHIPS} chips", "run_bits": watermark.RUN_BITS,
+                "tag": f"{watermark.TAG:06x}", "run": generation.run}},
         ],
     }
 

@@ -26,6 +26,7 @@ Writes to `--out`:
     comparison.{json,md,csv,html}   ours with bootstrap 95 % intervals over clips, beside the
                         published numbers (metrics.paper), with the test-clip list's sha256
     motion.{json,md,csv,html}       (sample only) motion error against the true backward grids
+    detectability.json  with --detectability: the file given, copied; its column is in comparison
     samples/            source, driving and each model's frames of the first clip (PNG)
     benchmark.json      what ran: data, checkpoints, config hashes, the clips and their frame
                         counts and sha256 (`clip_list`), protocol, backends (and which metrics
@@ -186,15 +187,19 @@ def clip_list_note(clip_list: dict) -> str:
             "same hash scored the same clips.")
 
 
-def extra_columns(out: Path, models: list[str]) -> tuple:
+def extra_columns(detectability: dict | None) -> tuple:
     """Columns other stages measured per model, set beside the metrics (metrics.tables.
-    ExtraColumn); none yet. This is the one place an optional per-model column (read from a
-    file in `out`) joins the comparison table."""
-    return ()
+    ExtraColumn): the detect stage's held-out-family AUC with --detectability. This is the one
+    place an optional per-model column joins the comparison table."""
+    if not detectability:
+        return ()
+    from metrics.detectability import column
+    return (column(detectability),)
 
 
 def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict,
-                 comparable: dict[str, bool] | None = None, clip_list: dict | None = None) -> dict:
+                 comparable: dict[str, bool] | None = None, clip_list: dict | None = None,
+                 detectability: dict | None = None) -> dict:
     from metrics import tables
     models = per_frame[per_frame["model"] != NO_MOTION]
     metrics = ["l1", "ssim", "psnr"] + (["akd", "mkr"] if backends["pose"] != "none" else [])
@@ -206,7 +211,7 @@ def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict,
     protocol = getattr(args, "protocol", None)
     comparison = tables.comparison_table(summary, args.dataset, metrics, backends, comparable=comparable,
                                          protocol=protocol,
-                                         extra=extra_columns(out, list(pd.unique(models["model"]))))
+                                         extra=extra_columns(detectability))
     clip_notes = [clip_list_note(clip_list)] if clip_list else []
     comparison.notes += skipped_notes(frame_counts(per_frame), metrics) + clip_notes
     written = {"comparison": tables.write_table(comparison, out, "comparison")}
@@ -255,6 +260,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_argument(parser)
     parser.add_argument("--precision", default="fp32", help="fp32 (default: scores comparable across "
                         "machines), bf16 or auto (core/devices.py)")
+    parser.add_argument("--detectability", type=Path, default=None,
+                        help="a detectability.json (pipeline run detect detectability): adds each model's "
+                             "held-out-family detector AUC to the table")
 
 
 def command_line(args: argparse.Namespace) -> list[str]:
@@ -289,14 +297,18 @@ def run(args: argparse.Namespace) -> dict:
     args.protocol = getattr(args, "protocol", None) or ("paper" if paper.paper_dataset(args.dataset)
                                                         else "project")
     specs = clip_scores.parse_models(args.models)
+    detectability = None
+    if getattr(args, "detectability", None) is not None:
+        from metrics.detectability import read_detectability
+        detectability = read_detectability(args.detectability)  # checked before any work
     with writer_lock(Path(args.out)) as out:
         remove_partial_files(out)
         for folder in sorted((out / "clips").glob("*")):
             remove_partial_files(folder)
-        return _run(args, specs, out)
+        return _run(args, specs, out, detectability)
 
 
-def _run(args: argparse.Namespace, specs: list[ModelSpec], out: Path) -> dict:
+def _run(args: argparse.Namespace, specs: list[ModelSpec], out: Path, detectability: dict | None) -> dict:
     """Everything after the checks, with the writer lock held."""
     store, clips = clip_scores.open_test_clips(args.data, args.split, args.max_clips)
     pose, identity = clip_scores.resolve_backends(args.dataset, args.pose, args.identity)
@@ -334,7 +346,11 @@ def _run(args: argparse.Namespace, specs: list[ModelSpec], out: Path) -> dict:
                   device=args.device, workers=args.workers, bootstrap=args.bootstrap, seed=args.seed,
                   samples=write_samples(samples, out, generations=_generations(configs, args)),
                   protocol=args.protocol, comparable=comparable, frame_counts=frame_counts(per_frame),
-                  tables=write_tables(per_frame, out, args, backends, comparable, clip_list))
+                  tables=write_tables(per_frame, out, args, backends, comparable, clip_list, detectability))
+    if detectability:
+        from metrics.detectability import FILE
+        (out / FILE).write_text(json.dumps(detectability, indent=2) + "\n")
+        record["detectability"] = {"source": str(Path(args.detectability).resolve()), "file": FILE}
     record["argv"] = command_line(args)
     from core.media import atomic_path
     with atomic_path(out / "benchmark.json") as tmp:

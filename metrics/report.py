@@ -3,7 +3,9 @@ describing a run well enough to reproduce it and judge its numbers.
 
 Sections: environment (packages, CPU, GPU), git commit, config and manifest hashes, data
 summary (clips done / failed / unavailable), training curves, the metric tables with the
-backends behind them, a grid of sample frames (source, driving, each model), time per stage.
+backends behind them, detectability (when the benchmark was given a detectability.json: the
+detector, its data and each family's AUC on unmarked and marked copies), a grid of sample
+frames (source, driving, each model), time per stage.
 
 A run folder is what `pipeline run all` writes (`data/`, `train/<model>/`, `benchmark/`,
 `timings.json`); a benchmark folder alone works too: its `benchmark.json` points at the
@@ -85,6 +87,14 @@ class MetricsSection:
 
 
 @dataclass
+class DetectabilitySection:
+    """The benchmark's detectability.json (metrics/detectability.py): who detected what."""
+    detector: str     # the detector and the data, in one line
+    rows: Rows        # a row per family: AUC unmarked and marked, what the detector trained on
+    source: str       # the file the benchmark was given
+
+
+@dataclass
 class SampleRow:
     label: str                 # "source", "driving" or a model
     images: list[np.ndarray]   # (H, W, 3) uint8, one per sampled frame
@@ -113,6 +123,7 @@ class Report:
     commands: list[str]
     timings: Rows
     total_seconds: float | None
+    detectability: DetectabilitySection | None = None
 
 
 # --------------------------------------------------------------------------- gathering
@@ -421,6 +432,16 @@ def metrics_section(info: RunInfo, tables: dict[str, Table], missing: list[str])
     return MetricsSection(list(tables.values()), per_clip, PER_CLIP_LIMIT, missing, note)
 
 
+def detectability_section(info: RunInfo) -> DetectabilitySection | None:
+    """The detectability the benchmark was given (`--detectability`), None without one."""
+    from metrics.detectability import detector_text, family_rows, read_detectability
+    given = info.benchmark.get("detectability")
+    if not given or info.benchmark_dir is None or not (info.benchmark_dir / given["file"]).is_file():
+        return None
+    record = read_detectability(info.benchmark_dir / given["file"])
+    return DetectabilitySection(detector_text(record), Rows.of(family_rows(record)), given["source"])
+
+
 def sample_grid(info: RunInfo) -> SampleGrid | None:
     """The benchmark's sample frames, a row per source / driving / model; None without them."""
     labels, frames, images = sample_rows(info)
@@ -452,7 +473,7 @@ def build_report(info: RunInfo, env: dict) -> Report:
         hashes=Rows.of(hashes), data=data, training=training_section(info),
         metrics=metrics_section(info, tables, missing), samples=sample_grid(info),
         commands=reproduce_commands(info), timings=Rows.of(timing_rows(info)),
-        total_seconds=info.timings.get("total_seconds"))
+        total_seconds=info.timings.get("total_seconds"), detectability=detectability_section(info))
 
 
 def headline(info: RunInfo, tables: dict[str, Table]) -> list[str]:
@@ -473,6 +494,9 @@ def headline(info: RunInfo, tables: dict[str, Table]) -> list[str]:
         text = f"{row['model']}: L1 {row['l1']:.4f} [{row['l1_lo']:.4f}, {row['l1_hi']:.4f}]"
         if row["model"] in motion:
             text += f", motion error {motion[row['model']]:.2f} px"
+        if row.get("detectability_auc") is not None:
+            text += (f", detectability AUC {row['detectability_auc']:.3f} [{row['detectability_auc_lo']:.3f}, "
+                     f"{row['detectability_auc_hi']:.3f}] (held-out family)")
         lines.append(text)
     if NO_MOTION in motion:
         lines.append(f"predicting no motion at all: motion error {motion[NO_MOTION]:.2f} px")

@@ -113,6 +113,8 @@ class ExtraColumn:
     cells: dict[str, str]                              # model -> printed text
     values: dict[str, float] = field(default_factory=dict)  # model -> the number, for the records
     note: str = ""                                     # appended to the table's notes
+    record_key: str = ""                               # the records' field for `values` (else the header)
+    details: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> more record fields
 
 
 def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
@@ -167,7 +169,8 @@ def comparison_table(summary: pd.DataFrame, dataset: str, metrics: list[str],
         for column in extra:
             cells.append(column.cells.get(row["model"], EMPTY))
             if row["model"] in column.values:
-                record[column.header] = column.values[row["model"]]
+                record[column.record_key or column.header] = column.values[row["model"]]
+            record.update(column.details.get(row["model"], {}))
         rows.append(cells + [str(int(row["num_clips"])), str(int(row["num_frames"]))] + cited)
         records.append(record)
         partial = [f"{METRICS[m][0]} on {int(row[f'{m}_frames'])}/{int(row['num_frames'])}"

@@ -24,6 +24,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "report": ("metrics.report", "write the HTML and Markdown report of a run"),
     "export": ("fomm.export", "export a model's networks as ONNX graphs"),
     "verify": ("pipeline.verify", "check that videos or images carry the generated-content marks"),
+    "fakes": ("detect.fakes", "build a real-vs-generated video dataset with the project's generators"),
+    "detect": ("detect.commands", "train, evaluate and run a detector of generated video"),
     "all": ("pipeline.run_all", "prepare, train all models, benchmark and report"),
 }
 

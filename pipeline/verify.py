@@ -2,15 +2,19 @@
 
 For each file: the C2PA manifest (valid, tampered or absent; valid also says whether it
 declares trainedAlgorithmicMedia and whether its signer is on a trust list), the metadata tag
-(core/provenance.py), and the invisible watermark (core/watermark.py): the fraction of
-frames whose tag decodes and the payload most of them carry. A file is *marked* when its
-manifest is valid or the tag decodes in at least half of its frames. One line per file; with
-`--json` also a JSON report on stdout. Exit 0 when every file is marked, 1 when any is not,
-2 when a file is missing or unreadable.
+(core/provenance.py), and the invisible watermark (core/watermark.py), decided once for the
+whole video from the evidence of all its frames: its score z against the threshold whose
+false-positive bound is 1.7e-7 (a cropped copy: searched, at a higher threshold), the run it
+names, and how many frames carry it on their own. A file is *marked* when its manifest is valid
+or its watermark is detected. One line per file; with `--json` also a JSON report on stdout.
+Exit 0 when every file is marked, 1 when any is not, 2 when a file is missing or unreadable.
 
-Resized copies are read at their own size and scaled back to the models' sizes (256, 512 px
-short side), cropped ones on a shifted block grid; the reading that works best on the first
-frames is used for all of them.
+The watermark is read on the frame's relative grid, so a scaled copy reads as it is; when that
+finds nothing, the video's mean chroma plane is searched for a crop, and then the frames are
+read again with the previous scheme (core/legacy_watermark.py: files marked before issue 21),
+whose resized copies are scaled back to the models' sizes (256, 512 px short side) and cropped
+ones read on a shifted block grid, the reading that works best on the first frames used for
+all of them; that scheme marks a file when at least half of its frames carry its tag.
 """
 from __future__ import annotations
 
@@ -23,15 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from core import watermark
+from core import legacy_watermark, watermark
 from core.errors import UserError
 from core.provenance import TAG_KEYWORD, TRAINED_ALGORITHMIC_MEDIA
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-PROBE_FRAMES = 8          # frames used to pick the reading size
-CROP_SEARCH_FRAMES = 2    # of those, frames searched for a cropped block grid (watermark.find_crop)
+PROBE_FRAMES = 8          # legacy scheme: frames used to pick the reading size
+CROP_SEARCH_FRAMES = 2    # of those, frames searched for a cropped block grid (legacy find_crop)
+CURRENT, LEGACY = "current", "legacy"
 # Codes that do not mean the content changed: the signer is not on a trust list (every
 # self-signed credential), or revocation was not checked offline.
 BENIGN_FAILURES = ("signingCredential.untrusted", "signingCredential.ocsp")
@@ -49,9 +54,15 @@ class C2paReading:
 @dataclass
 class WatermarkReading:
     frames: int = 0
-    frames_with_tag: int = 0
-    payload: str | None = None       # 8 hex digits, the majority of the frames that carry the tag
+    frames_with_tag: int = 0         # frames whose own evidence carries the mark
+    payload: str | None = None       # 8 hex digits: the tag and the run, when detected
     run: int | None = None
+    scheme: str = CURRENT            # current (core/watermark.py) | legacy (core/legacy_watermark.py)
+    score: float = 0.0               # the video's z (current scheme); the legacy scheme's is 0
+    threshold: float = watermark.THRESHOLD
+    detected: bool = False
+    crop: dict | None = None         # the crop found (scale, left, top), when read as a cropped copy
+    crop_score: float | None = None  # the crop search's best z, when it ran
 
     @property
     def fraction(self) -> float:
@@ -68,7 +79,7 @@ class Verdict:
 
     @property
     def marked(self) -> bool:
-        return self.c2pa.state == "valid" or self.watermark.fraction >= 0.5
+        return self.c2pa.state == "valid" or self.watermark.detected
 
     def line(self) -> str:
         c2pa = self.c2pa.state
@@ -77,9 +88,14 @@ class Verdict:
             c2pa += ", trusted signer)" if self.c2pa.trusted else ", untrusted signer)"
         mark = self.watermark
         payload = f" payload {mark.payload}" if mark.payload else ""
+        if mark.scheme == LEGACY:
+            decision = "detected (previous scheme)" if mark.detected else "not detected"
+        else:
+            decision = (f"{'detected' if mark.detected else 'not detected'} (score {mark.score:.1f}, "
+                        f"threshold {mark.threshold:.1f}{', cropped copy' if mark.crop else ''})")
         return (f"{self.path}: {'MARKED' if self.marked else 'unmarked'}: c2pa {c2pa}; "
-                f"tag {'present' if self.tag else 'absent'}; watermark in {mark.frames_with_tag}/"
-                f"{mark.frames} frames ({100 * mark.fraction:.0f} %){payload}")
+                f"tag {'present' if self.tag else 'absent'}; watermark {decision}, in "
+                f"{mark.frames_with_tag}/{mark.frames} frames ({100 * mark.fraction:.0f} %){payload}")
 
     def to_dict(self) -> dict:
         record = asdict(self)
@@ -146,36 +162,76 @@ def frames_of(path: Path, kind: str, max_frames: int | None):
     yield from iter_frames(path, 0, max_frames)
 
 
+def _readable_frames(path: Path, kind: str, max_frames: int | None):
+    """The frames, stopping quietly where edited bytes break decoding part way."""
+    try:
+        yield from frames_of(path, kind, max_frames)
+    except UserError as err:
+        logger.warning("%s", err)
+
+
+def read_watermark(path: Path, kind: str, max_frames: int | None = None) -> WatermarkReading:
+    """The current scheme on the relative grid; else a crop search; else the legacy scheme."""
+    reader = watermark.VideoEvidence()
+    for frame in _readable_frames(path, kind, max_frames):
+        reader.add(frame)
+    result = _current(reader.detection(), reader.frames, reader.frame_hits)
+    if result.detected or reader.mean_plane() is None:
+        return result
+    crop, found = watermark.find_crop(reader.mean_plane())
+    result.crop_score = round(found.score, 3)
+    if found.detected:
+        hits = sum(watermark.decode(watermark.frame_evidence_at(frame, crop), found.threshold).detected
+                   for frame in _readable_frames(path, kind, max_frames))
+        cropped = _current(found, reader.frames, hits)
+        cropped.crop = {"scale": round(crop.scale, 4), "left": crop.left, "top": crop.top}
+        cropped.crop_score = result.crop_score
+        return cropped
+    legacy = read_legacy_watermark(path, kind, max_frames)
+    return legacy if legacy.detected or legacy.frames_with_tag > result.frames_with_tag else result
+
+
+def _current(detection: watermark.Detection, frames: int, hits: int) -> WatermarkReading:
+    reading = WatermarkReading(frames, hits, score=round(detection.score, 3),
+                               threshold=round(detection.threshold, 3), detected=detection.detected)
+    if detection.detected:
+        reading.run = detection.run
+        reading.payload = f"{watermark.TAG:06x}{detection.run:02x}"
+    return reading
+
+
 def tag_hits(frames: list[np.ndarray], read) -> int:
     readings = [read(frame) for frame in frames]
     return sum(r is not None and r.has_tag for r in readings)
 
 
 def choose_reader(frames: list[np.ndarray]):
-    """How to read this file's frames, picked on its first frames: at its own size or scaled
-    back to a model's size (the one where most frames carry the tag), else, when that finds
-    the tag in fewer than half of them, on a cropped copy's shifted block grid
-    (watermark.find_crop), where only exact tags count."""
+    """How to read a file marked by the legacy scheme, picked on its first frames: at its own
+    size or scaled back to a model's size (the one where most frames carry the tag), else,
+    when that finds the tag in fewer than half of them, on a cropped copy's shifted block grid
+    (legacy_watermark.find_crop), where only exact tags count."""
     def at(size):
-        return lambda frame: watermark.read_frame(watermark.resize(frame, size))
-    readers = [at(size) for size in watermark.candidate_sizes(*frames[0].shape[:2])]
+        return lambda frame: legacy_watermark.read_frame(legacy_watermark.resize(frame, size))
+    readers = [at(size) for size in legacy_watermark.candidate_sizes(*frames[0].shape[:2])]
     hits = [tag_hits(frames, read) for read in readers]
     best = int(np.argmax(hits))
     if 2 * hits[best] >= len(frames):
         return readers[best]
     searched = frames[:CROP_SEARCH_FRAMES]
-    offset, shift, crop_hits = watermark.find_crop(searched)
+    offset, shift, crop_hits = legacy_watermark.find_crop(searched)
     if crop_hits * len(frames) <= hits[best] * len(searched):  # compare shares of frames
         return readers[best]
 
     def cropped(frame):
-        reading = watermark.read_frame(frame, offset, shift)
+        reading = legacy_watermark.read_frame(frame, offset, shift)
         return reading if reading is not None and reading.tag_errors == 0 else None
     return cropped
 
 
-def read_watermark(path: Path, kind: str, max_frames: int | None = None) -> WatermarkReading:
-    result, reader, probe, payloads = WatermarkReading(), None, [], Counter()
+def read_legacy_watermark(path: Path, kind: str, max_frames: int | None = None) -> WatermarkReading:
+    """The legacy scheme, frame by frame: marked when at least half of the frames carry its tag."""
+    result = WatermarkReading(scheme=LEGACY, threshold=0.5)
+    reader, probe, payloads = None, [], Counter()
 
     def read(frame):
         reading = reader(frame)
@@ -184,19 +240,16 @@ def read_watermark(path: Path, kind: str, max_frames: int | None = None) -> Wate
             result.frames_with_tag += 1
             payloads["".join(map(str, reading.bits))] += 1
 
-    try:
-        for frame in frames_of(path, kind, max_frames):
-            if reader is None:
-                probe.append(frame)
-                if len(probe) < PROBE_FRAMES:
-                    continue
-                reader = choose_reader(probe)
-                for waiting in probe:
-                    read(waiting)
+    for frame in _readable_frames(path, kind, max_frames):
+        if reader is None:
+            probe.append(frame)
+            if len(probe) < PROBE_FRAMES:
                 continue
-            read(frame)
-    except UserError as err:  # edited bytes can break decoding part way: keep what was read
-        logger.warning("%s", err)
+            reader = choose_reader(probe)
+            for waiting in probe:
+                read(waiting)
+            continue
+        read(frame)
     if reader is None and probe:
         reader = choose_reader(probe)
         for waiting in probe:
@@ -204,7 +257,8 @@ def read_watermark(path: Path, kind: str, max_frames: int | None = None) -> Wate
     if payloads:
         bits = payloads.most_common(1)[0][0]
         result.payload = f"{int(bits, 2):08x}"
-        result.run = int(bits[watermark.TAG_BITS:], 2)
+        result.run = int(bits[legacy_watermark.TAG_BITS:], 2)
+    result.detected = result.fraction >= 0.5
     return result
 
 

@@ -244,7 +244,7 @@ def test_ted_from_mraa_manifest(tmp_path, mirror, shared_data, ray_local):
     """`prepare --dataset ted`: 384 px, frames [5, 8) of the file itself, the bbox rescaled
     from 1280x720 to the file's 512x512, the original's resize; a gone video is unavailable
     (exit 0 with the rest done); a rerun does nothing; a second writer is refused."""
-    from pipeline.writer_lock import writer_lock
+    from core.writer_lock import writer_lock
     manifest, out = _ted_manifest(tmp_path), tmp_path / "ted"
     assert _prepare(out, manifest, mirror, dataset="ted") == 0
     table = pd.read_parquet(out / "clips.parquet").set_index("clip")

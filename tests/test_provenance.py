@@ -1,5 +1,6 @@
 """Generated files say they are generated (core/provenance.py, pipeline/verify.py), real
-clips do not, and --no-provenance gives an unmarked file with a warning line."""
+clips do not, and --no-provenance gives an unmarked file with a warning line. The watermark
+scheme itself is tested in tests/test_watermark.py; the previous scheme's files still verify."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import provenance, watermark
+from core import legacy_watermark, provenance, watermark
 from core.credentials import config_dir, load_credential
 from core.media import ffmpeg_exe, read_frames, write_video
 from pipeline import cli
@@ -142,11 +143,19 @@ def test_watermark_keeps_psnr_above_40_db_and_survives_scaling(shared_data):
         marked = marker(frame)
         mse = np.mean((marked.astype(np.float64) - frame) ** 2)
         assert 10 * np.log10(255 ** 2 / mse) >= 40
-        assert watermark.read_frame(frame).tag_errors > watermark.TAG_TOLERANCE
-        reading = watermark.read_frame(marked)
-        assert reading.tag_errors == 0 and reading.run == 0x5A
-        smaller = watermark.resize(marked, (192, 192))
-        assert watermark.read_frame(watermark.resize(smaller, (256, 256))).has_tag
+        assert not watermark.decode(watermark.frame_evidence(frame)).detected
+        reading = watermark.decode(watermark.frame_evidence(marked))
+        assert reading.detected and reading.run == 0x5A
+        smaller = legacy_watermark.resize(marked, (192, 192))  # bicubic, as a scaled copy
+        assert watermark.decode(watermark.frame_evidence(smaller)).run == 0x5A  # read at its own size
+
+
+def test_file_marked_by_the_legacy_scheme_still_verifies(shared_data, tmp_path):
+    frames = read_frames(shared_data / "faces/fomm-demo/04.mp4", 0, 8)
+    path = write_video(tmp_path / "legacy.mp4", [legacy_watermark.FrameMarker(0x3C)(f) for f in frames], 25)
+    verdict = verify_file(path)
+    assert verdict.marked and verdict.watermark.scheme == "legacy" and verdict.watermark.run == 0x3C
+    assert not watermark.decode(sum(watermark.frame_evidence(f) for f in read_frames(path))).detected
 
 
 def test_self_signed_credential_is_made_once_and_private(tmp_path, monkeypatch):
@@ -195,6 +204,7 @@ def test_batched_watermark_is_the_library_block_scheme(shared_data):
     laid out by tile_index), and reads back at full vote strength."""
     import pywt
     from imwatermark.dwtDctSvd import EmbedDwtDctSvd
+    watermark = legacy_watermark  # the previous scheme, still read by verify
     frame = read_frames(shared_data / "faces/fomm-demo/10.mp4", 0, 1)[0]
     band = pywt.dwt2(frame[..., 0].astype(np.float64), "haar")[0]  # (128, 128): 32 x 32 blocks
     bits = watermark.payload_bits(0x3C)
@@ -215,6 +225,7 @@ def test_batched_watermark_is_the_library_block_scheme(shared_data):
 
 
 def test_cropped_copy_is_found_on_its_shifted_grid(shared_data):
+    watermark = legacy_watermark  # the previous scheme, still read by verify
     frames = read_frames(shared_data / "faces/fomm-demo/00.mp4", 0, 2)
     marker = watermark.FrameMarker(0x21)
     cropped = [marker(f)[26:230, 30:226] for f in frames]
