@@ -41,7 +41,6 @@ calibration can be stored beside it; speed does not depend on the values).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil

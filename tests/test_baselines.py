@@ -3,7 +3,6 @@
 tests/test_monkey_net_golden.py; X2Face: tests/test_x2face.py.)"""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from core.frames import resize, to_tensor
-from fomm.blocks import identity_grid, make_coordinate_grid, warp
+from fomm.blocks import make_coordinate_grid
 from fomm.config import load_config
 from fomm.monkey_net.keypoints import heatmap_moments
 from fomm.monkey_net.model import MonkeyNet

@@ -14,7 +14,6 @@ import re
 import pytest
 import torch
 
-from core.config import config_to_dict
 from fomm.config import config_from_dict
 from fomm.model import FirstOrderModel
 

@@ -4,7 +4,6 @@ truncated media, a trickling server, bad flags, file modes, and the shard layout
 from __future__ import annotations
 
 import functools
-import http.server
 import json
 import os
 import signal
@@ -16,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
