@@ -171,7 +171,8 @@ def test_stream_to_stdout_for_a_player(model, config, clip, tmp_path, shared_dat
 def test_stream_crop_auto_fixes_the_box_on_the_first_face(model, config, clip, tmp_path, shared_data):
     from core import faces
     report = stream.run_stream(model, config, shared_data / "faces/liveportrait/s2.jpg", str(clip),
-                               tmp_path / "crop.mp4", AnimateOptions(crop="auto", batch_size=4), drop=False)
+                               tmp_path / "crop.mp4", AnimateOptions(crop="auto", batch_size=4, paste_back=False),
+                               drop=False)
     assert report.frames_out == 20 and report.crop_box is not None
     box = report.crop_box  # in the 256x256 decoded frames: around the face, smaller than the frame
     first = next(iter_frames(clip))
