@@ -82,11 +82,12 @@ class OneEuroFilter:
         if self.value is None:
             self.value, self.speed = x.clone(), torch.zeros_like(x)
             return self.value.clone()
-        speed = (x - self.value) * self.rate
-        a_d = alpha(self.rate, self.d_cutoff)
-        self.speed = a_d * speed + (1 - a_d) * self.speed
+        # a x + (1 - a) xhat written as xhat + a (x - xhat): the same low-pass, and a constant
+        # signal comes out bit for bit (x - xhat is exactly 0)
+        change = x - self.value
+        self.speed = self.speed + alpha(self.rate, self.d_cutoff) * (change * self.rate - self.speed)
         a = alpha(self.rate, self.min_cutoff + self.beta * self.speed.abs())
-        self.value = a * x + (1 - a) * self.value
+        self.value = self.value + a * change
         return self.value.clone()
 
     def state(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
