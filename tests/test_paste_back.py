@@ -166,3 +166,27 @@ def test_no_paste_back_writes_the_square_crop(model, config, canvas, driving, tm
                      "--no-paste-back", "--max-frames", "2", "--no-provenance"]) == 0
     info = probe(out)
     assert (info.width, info.height) == (64, 64)
+
+
+def test_stream_pastes_back_and_smooths_as_file_mode_does(model, config, shared_data, tmp_path):
+    """--stream with --crop center --paste-back --smooth gives file mode's frames (the photo is
+    still, so the live path pastes back the same way; the filter sees the same frames in order)."""
+    from fomm import stream
+    photo = np.full((320, 384, 3), (30, 120, 200), np.uint8)               # a flat colour canvas, 1.25:1
+    photo[32:288, 64:320] = load_image(shared_data / "faces/sadtalker/happy.png")
+    source = tmp_path / "photo.png"
+    Image.fromarray(photo).save(source)
+    driving = tmp_path / "d12-rgb.mkv"                                     # RGB at the model's size: both
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i",       # decoders hand over its pixels
+                    str(shared_data / "faces/liveportrait/d12.mp4"), "-frames:v", "6", "-an", "-vf", "scale=64:64",
+                    "-c:v", "png", str(driving)], check=True)
+    options = AnimateOptions(batch_size=1, crop="center", paste_back=True, smooth=True, provenance=False)
+    animate(model, config, source, driving, tmp_path / "file.mp4", options)
+    report = stream.run_stream(model, config, source, str(driving), tmp_path / "live.mp4", options, drop=False)
+    assert report.frames_out == 6
+    from_file, live = read_frames(tmp_path / "file.mp4"), read_frames(tmp_path / "live.mp4")
+    assert from_file.shape == (6, 320, 384, 3)
+    np.testing.assert_array_equal(live, from_file)
+    box = source_crop.center_box(photo.shape)                               # columns 32..351 animated
+    beside = slice(0, box.left - 8)
+    assert np.abs(from_file[:, :, beside].astype(float) - photo[:, beside]).mean() < 2  # the canvas beside it
