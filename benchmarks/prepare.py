@@ -13,7 +13,11 @@ made by upscaling a real one (d12.mp4) with ffmpeg into a temp dir, it measures:
   in a fresh process with getrusage (target: under 1 GiB at 1080p).
 Writes the `prepare` section of benchmarks/RESULTS.md. `--part shards` measures instead the
 bytes read per training pair from the shards (the layout write_shards writes against the
-former one row group per shard) and writes the `prepare-shards` section.
+former one row group per shard) and writes the `prepare-shards` section. `--part resize`
+times the two resizes side by side (`--resize original`, load_videos.py's scikit-image 0.14
+arithmetic, against `--resize ffmpeg`, the area filter), interleaved, in wall and CPU time of
+the whole process and its children, and measures how far the ffmpeg frames are from the
+original's; it writes the `prepare-resize` section.
 """
 from __future__ import annotations
 
@@ -229,16 +233,92 @@ def shards_main(items: int) -> None:
     write_section("prepare-shards", body)
 
 
+def _cpu_all() -> float:
+    """CPU seconds of this process and its finished children (the original resize runs in
+    the worker itself, the ffmpeg one mostly in its ffmpeg child)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def resize_rows(video: Path, frames: int, repeats: int, label: str) -> dict:
+    """Best-of-`repeats` wall and CPU seconds of cut_clip with each resize, the two runs
+    interleaved in every repeat (the machine is shared: a ratio of neighbours), and the
+    per-pixel difference of the ffmpeg frames from the original's."""
+    import numpy as np
+    from PIL import Image
+    info = probe(video)
+    box = centre_box(info.width, info.height)
+    best = {"original": [float("inf")] * 2, "ffmpeg": [float("inf")] * 2}
+    with tempfile.TemporaryDirectory() as folder:
+        outputs = {name: Path(folder) / name for name in best}
+        for _ in range(repeats):
+            for name, target in outputs.items():
+                if target.exists():
+                    for png in target.glob("*.png"):
+                        png.unlink()
+                target.mkdir(exist_ok=True)
+                began, cpu = time.perf_counter(), _cpu_all()
+                count = cut_clip(video, 0, frames, box, SIZE, target, resize=name)
+                assert count == frames, (count, frames)
+                best[name][0] = min(best[name][0], time.perf_counter() - began)
+                best[name][1] = min(best[name][1], _cpu_all() - cpu)
+        diffs, border, worst = [], [], 0
+        for png in sorted(outputs["original"].glob("*.png")):
+            ours = np.asarray(Image.open(png)).astype(np.int16)
+            fast = np.asarray(Image.open(outputs["ffmpeg"] / png.name)).astype(np.int16)
+            diff = np.abs(ours - fast)
+            ring = np.ones(diff.shape[:2], bool)
+            ring[2:-2, 2:-2] = False
+            diffs.append(diff.mean())
+            border.append(diff[ring].mean())
+            worst = max(worst, int(diff.max()))
+    return {"source": label, "crop": f"{box[2]}x{box[3]} -> {SIZE}",
+            "original fps": frames / best["original"][0], "ffmpeg fps": frames / best["ffmpeg"][0],
+            "original / ffmpeg wall": best["original"][0] / best["ffmpeg"][0],
+            "original / ffmpeg CPU": best["original"][1] / best["ffmpeg"][1],
+            "ffmpeg vs original: mean abs diff /255": float(np.mean(diffs)),
+            "outer 2 px: mean abs diff /255": float(np.mean(border)), "max abs diff /255": worst}
+
+
+def resize_main(frames: int, repeats: int) -> None:
+    load = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        videos = {"512 px (d0.mp4)": SHARED / "faces" / "liveportrait" / "d0.mp4",
+                  "1080p (d12.mp4 upscaled)": make_1080p(SHARED / "faces" / "liveportrait" / "d12.mp4",
+                                                         Path(folder))}
+        for label, video in videos.items():
+            rows.append(resize_rows(video, frames, repeats, label))
+            print(json.dumps(rows[-1]))
+    body = (f"`python -m benchmarks.prepare --part resize --frames {frames} --repeats {repeats}`: "
+            f"frames [0, {frames}) cropped (centre 60 % box) and resized to {SIZE}x{SIZE} PNG by "
+            f"`pipeline.crop.cut_clip` with `resize=\"original\"` (ffmpeg decodes to RGB, then "
+            f"load_videos.py's scikit-image 0.14 arithmetic in numpy/scipy, core/skimage014.py, "
+            f"and PIL's PNG writer) and with `resize=\"ffmpeg\"` (crop and area scale inside "
+            f"ffmpeg), one thread each, the two interleaved in each of {repeats} repeats, best "
+            f"time of each; CPU = user + system of the process and its ffmpeg children. The "
+            f"difference columns compare the two outputs frame for frame (the original's "
+            f"arithmetic is checked against the old library's formulas in "
+            f"tests/test_prepare_original.py). CPU only. Load average at the start: {load:.1f} "
+            f"on {os.cpu_count()} cores (the machine is shared: the ratios are of neighbouring "
+            f"runs, the fps figures suffer from the load).\n\n" + markdown_table(rows))
+    write_section("prepare-resize", body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=78, help="frames per clip (d0 has 78)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--part", choices=["crop", "shards"], default="crop",
-                        help="crop: the crop/resize figures; shards: reads per training item")
+    parser.add_argument("--part", choices=["crop", "shards", "resize"], default="crop",
+                        help="crop: the crop/resize figures; shards: reads per training item; "
+                             "resize: the original resize against ffmpeg's, side by side")
     parser.add_argument("--items", type=int, default=200, help="training items (--part shards)")
     args = parser.parse_args()
     if args.part == "shards":
         shards_main(args.items)
+        return
+    if args.part == "resize":
+        resize_main(args.frames, args.repeats)
         return
     rows = []
     load = os.getloadavg()[0]

@@ -216,7 +216,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], path)
+        for member in inner[:-1]:  # the first member that takes the value (e.g. a number or 'sum')
+            try:
+                return _coerce(value, member, path)
+            except ConfigError:
+                pass
+        return _coerce(value, inner[-1], path)
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -383,7 +388,7 @@ def _check_counts(config: Any, minimums: dict[str, int]) -> None:
 # values the original FOMM and Monkey-Net configs ship, so those files still load; any other
 # value would ask for something that does not happen, so it is refused.
 _UNSUPPORTED = {
-    "dataset_params.pairs_list": ((None, "data/vox256.csv", "data/taichi256.csv"),
+    "dataset_params.pairs_list": ((None, "data/vox256.csv", "data/taichi256.csv", "data/taichi.csv"),
                                   "the original's evaluation pairs; `animate` takes one source and one driving video"),
     "animate_params.num_pairs": ((50, 100), "the original's batch animation of dataset pairs; `animate` renders "
                                             "the one pair it is given"),

@@ -1,13 +1,20 @@
-"""`--precision auto|fp32|bf16`: the numeric path inference runs on, picked per device.
+"""`--precision auto|fp32|bf16|int8`: the numeric path inference runs on, picked per device.
 
 `auto` picks the fastest path that stays within the error budget (benchmarks/animate.py
-measures both):
+measures them all):
 - CUDA: bf16 autocast and channels_last where the GPU supports bf16, else fp32;
+- CPU with 8-bit dot products (AVX512-VNNI, AVX-VNNI or AMX-INT8 in the CPU flags) and
+  onnxruntime: int8 (core/quantize.py: the generating convolutions in int8, calibrated on
+  the first driving frames and kept only where the calibration's check frames stay within
+  the budget; otherwise the float path below, `Precision.within_budget`);
 - CPU with native bf16 (AMX-BF16 or AVX512-BF16 in the CPU flags): bf16 autocast and
   channels_last; oneDNN then runs the convolutions on the bf16 units;
 - any other CPU: fp32, channels_last as well (oneDNN runs nhwc convolutions without
   reordering their inputs and outputs; benchmarks/fp32_path.py). Without native bf16,
   oneDNN would emulate bf16 at a loss.
+`--precision int8` on a CPU without the instructions (or without onnxruntime) runs the best
+float path instead, saying so in one log line. `compiled` (`--compile`) adds torch.compile
+(inductor) to the float paths' inference copy.
 
 What is precision sensitive stays fp32 under autocast: the whole keypoint detector
 (`Precision.keypoint_context`), and inside the FOMM modules keypoint softmax and coordinates, jacobians and their inverses (`fomm.blocks.full_precision`
@@ -26,7 +33,9 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import fx, nn
@@ -36,8 +45,15 @@ from core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
+# Caches that later processes reuse: int8 calibrations where a checkpoint's folder cannot be
+# written (core/quantize.py), inductor's compiled kernels (compile_inference).
+CACHE_DIR = Path(os.environ.get("MOTION_TRANSFER_CACHE", Path.home() / ".cache" / "motion-transfer"))
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# 8-bit multiply-accumulate into 32 bits in one instruction (onnxruntime's u8s8 kernels use
+# them; without them its AVX2/AVX-512 kernels add pairs in 16 bits, which can saturate).
+NATIVE_INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,13 +75,56 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
 
 
+def cpu_has_native_int8() -> bool:
+    """True when the CPU has 8-bit dot-product instructions: AVX512-VNNI (Cascade Lake, Zen 4
+    and later), AVX-VNNI (Alder Lake and later) or AMX-INT8 (Sapphire Rapids and later)."""
+    return any(flag in cpu_flags() for flag in NATIVE_INT8_FLAGS)
+
+
+@functools.lru_cache(maxsize=1)
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Precision:
-    """The resolved path: `name` is fp32 or bf16 (the autocast dtype), `channels_last` the
-    memory format of the model and its inputs."""
+    """The resolved path: `name` is fp32, bf16 (the autocast dtype) or int8 (the generating
+    convolutions in int8 by onnxruntime, the rest in fp32: core/quantize.py);
+    `channels_last` the memory format of the model and its inputs; `compiled` whether the
+    inference copy's detect and generate run through torch.compile. An int8 path carries
+    its `fallback`, the best float path, which it turns into where nothing in the model can
+    run in int8, or where its calibration breaks the error budget and `budget_decides`
+    (auto; int8 asked for by name stays int8 then, with a warning)."""
     device_type: str
     name: str
     channels_last: bool
+    compiled: bool = False
+    fallback: Precision | None = None
+    budget_decides: bool = False
+
+    @property
+    def int8(self) -> bool:
+        return self.name == "int8"
+
+    def within_budget(self, holds: bool, measured: str) -> Precision:
+        """The path to run once the int8 calibration measured its error against fp32
+        (`holds`: within the budget; `measured`: the figures, for the log): this one, or
+        its float fallback when the budget does not hold and int8 was not asked for."""
+        if holds or not self.budget_decides:
+            if not holds:
+                logger.warning("--precision int8: %s; running int8 as asked", measured)
+            return self
+        logger.warning("int8: %s; running %s instead", measured, self.fallback)
+        return self.fallback
+
+    def without_int8(self, why: str) -> Precision:
+        """The float path to run where the model has nothing to run in int8 (`why`)."""
+        logger.warning("int8: %s; running %s instead", why, self.fallback)
+        return self.fallback
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -102,39 +161,76 @@ class Precision:
     def inference_model(self, model: nn.Module) -> nn.Module:
         """A copy of `model` for inference on this path: in this path's memory format, with its
         eval-mode BatchNorms folded into the convolutions that feed them (`fold_batchnorm`;
-        the folded weights keep the format). The caller's model is left as it is, so
-        training can go on with it. A model with no BatchNorm is not copied: it is only put in
-        the path's format, as `prepare_model` does (and may hold what cannot be copied, such
-        as the onnxruntime sessions of `fomm.export.OnnxFomm`)."""
+        the folded weights keep the format), its `detect` and `generate` compiled when
+        `compiled`. The caller's model is left as it is, so training can go on with it. A
+        model with no BatchNorm is not copied: it is only put in the path's format, as
+        `prepare_model` does (and may hold what cannot be copied, such as the onnxruntime
+        sessions of `fomm.export.OnnxFomm`). The int8 path's copy is the fp32 one; its
+        calibration then puts int8 regions in it (core/quantize.py)."""
         if not any(isinstance(module, nn.BatchNorm2d) for module in model.modules()):
-            return self.prepare_model(model)
-        return fold_batchnorm(self.prepare_model(module_copy(model)))
+            copied = self.prepare_model(model)
+        else:
+            copied = fold_batchnorm(self.prepare_model(module_copy(model)))
+        if self.compiled and hasattr(copied, "generate"):
+            copied = compile_inference(copied if copied is not model else module_copy(model))
+        return copied
 
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in this path's memory format."""
         return images.contiguous(memory_format=self.memory_format) if self.channels_last else images
 
     def __str__(self) -> str:
-        return f"{self.name}{' channels_last' if self.channels_last else ''} on {self.device_type}"
+        layout = " channels_last" if self.channels_last else ""
+        return f"{self.name}{layout}{' compiled' if self.compiled else ''} on {self.device_type}"
 
 
-def resolve(precision: str, device: torch.device | str) -> Precision:
-    """The path `precision` (auto, fp32, bf16) means on `device`; UserError for a bad name."""
+def resolve(precision: str, device: torch.device | str, compiled: bool = False,
+            calibrates: bool = True) -> Precision:
+    """The path `precision` (auto, fp32, bf16, int8) means on `device`, with torch.compile
+    when `compiled` (float paths only: the int8 regions are onnxruntime graphs already);
+    UserError for a bad name. `calibrates`: the caller runs the int8 calibration (the
+    Animator does; reconstruct and benchmark do not, so for them auto is a float path and
+    int8 an error)."""
     device_type = torch.device(device).type
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: expected one of {list(PRECISIONS)}")
+    if precision == "int8" and not calibrates:
+        raise UserError("--precision int8 is animate's path (calibrated on the driving frames); "
+                        "expected auto, fp32 or bf16 here")
+    if precision == "int8" and device_type != "cpu":
+        raise UserError(f"--precision int8 runs on CPUs; on {device_type} use auto, bf16 or fp32")
+    asked = precision
     native = _native_bf16(device_type)
+    best_float = "bf16" if native else "fp32"
+    int8 = calibrates and device_type == "cpu" and cpu_has_native_int8() and onnxruntime_available()
+    if precision == "int8" and not int8:
+        _warn_no_int8(best_float)
+        precision = best_float
     if precision == "auto":
-        precision = "bf16" if native else "fp32"
+        precision = "int8" if int8 else best_float
     if precision == "bf16" and not native:
         if device_type == "cuda":
             raise UserError("--precision bf16: this GPU has no bf16 support; use fp32 or auto")
         _warn_emulated_bf16()
+    if precision == "int8":
+        # auto keeps int8 only within the budget; int8 asked for stays int8
+        return Precision(device_type, "int8", channels_last=True, fallback=_float_path(device_type, best_float, compiled),
+                         budget_decides=asked == "auto")
+    return _float_path(device_type, precision, compiled)
+
+
+def _float_path(device_type: str, name: str, compiled: bool) -> Precision:
     # channels_last pays where bf16 convolutions run on oneDNN or tensor cores, and in fp32 on
     # CPU too once the model is in it as well (benchmarks/fp32_path.py, CPU s/frame at batch
     # 4: 1.03x and 1.24x in two runs on a busy machine, 1.18x idle before); fp32 CUDA keeps
     # the default layout (not measured on a GPU yet).
-    return Precision(device_type, precision, channels_last=precision == "bf16" or device_type == "cpu")
+    return Precision(device_type, name, channels_last=name == "bf16" or device_type == "cpu", compiled=compiled)
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_no_int8(best_float: str) -> None:
+    missing = "onnxruntime" if cpu_has_native_int8() else f"{'/'.join(NATIVE_INT8_FLAGS)} in the CPU flags"
+    logger.warning("--precision int8: no %s; running %s instead", missing, best_float)
 
 
 @functools.lru_cache(maxsize=1)
@@ -149,6 +245,20 @@ def _native_bf16(device_type: str) -> bool:
     if device_type == "cpu":
         return cpu_has_native_bf16()
     return False
+
+
+def compile_inference(model: nn.Module) -> nn.Module:
+    """`model.detect` and `model.generate` through torch.compile (inductor), in place.
+
+    Graphs are specialised to the shapes they see (a shorter last batch compiles once
+    more). Inductor's FX graph cache lives under ~/.cache/motion-transfer/inductor (unless
+    TORCHINDUCTOR_CACHE_DIR says otherwise), so a later process with the same model and
+    shapes loads the compiled kernels instead of generating them; it still traces the
+    model (benchmarks/animate.py counts both in the whole-process time)."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR / "inductor"))
+    model.detect = torch.compile(model.detect, dynamic=False)
+    model.generate = torch.compile(model.generate, dynamic=False)
+    return model
 
 
 def module_copy(model: nn.Module) -> nn.Module:
@@ -233,7 +343,8 @@ def _set_submodule(module: nn.Module, name: str, value: nn.Module) -> None:
 # batches). The old default of 8 spent most of its system time in page faults, not in the
 # batch (see keep_freed_memory). GPU values are a starting point until benchmarks/gpu.py has
 # run on one.
-DEFAULT_BATCH = {("cpu", "fp32"): 8, ("cpu", "bf16"): 8, ("cuda", "fp32"): 32, ("cuda", "bf16"): 32}
+DEFAULT_BATCH = {("cpu", "fp32"): 8, ("cpu", "bf16"): 8, ("cpu", "int8"): 8, ("cuda", "fp32"): 32,
+                 ("cuda", "bf16"): 32}
 
 
 def default_batch_size(resolved: Precision) -> int:

@@ -231,9 +231,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "core/devices.py DEFAULT_BATCH)")
     parser.add_argument("--max-frames", type=int, help="animate only the first N driving frames")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16}",
-                        help="auto: bf16 autocast + channels_last where the device has native bf16 "
-                             "(AMX/AVX512-BF16 CPUs, bf16 GPUs), else fp32")
+    parser.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16,int8}",
+                        help="auto: int8 where the CPU has VNNI/AMX-INT8 and the calibration stays within "
+                             "the error budget, else bf16 autocast + channels_last where the device has "
+                             "native bf16 (AMX/AVX512-BF16 CPUs, bf16 GPUs), else fp32")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile (inductor) the float paths; pays only on long videos "
+                             "(README: Fast inference)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config override, e.g. model_params.align_corners=true")
     parser.add_argument("--stream", action="store_true",
@@ -265,7 +269,7 @@ def options_from_args(args: argparse.Namespace, config: Config) -> AnimateOption
         find_best_frame=args.find_best_frame, landmarks=args.landmarks, crop=args.crop,
         layout=args.layout, show_keypoints=args.show_keypoints, audio=args.audio,
         batch_size=args.batch_size, max_frames=args.max_frames, precision=args.precision,
-        provenance=args.provenance, paste_back=args.paste_back, smooth=args.smooth,
+        compile=args.compile, provenance=args.provenance, paste_back=args.paste_back, smooth=args.smooth,
         smooth_strength=args.smooth_strength)
 
 
@@ -300,7 +304,7 @@ def main(args: argparse.Namespace) -> int:
         check_out_is_not_an_input(args.out, source=args.source, driving=args.driving)
     device = resolve_device(args.device)
     precision.keep_freed_memory()
-    chosen = precision.resolve(options.precision, device)
+    chosen = precision.resolve(options.precision, device, options.compile)
     logger.info("animate: %s, batch %d%s", chosen, batch_size(options, device),
                 f", onnxruntime graphs from {onnx_dir}" if onnx_dir else "")
     model = onnx_model or load_animation_model(config, args.checkpoint, device, args.model)

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from core import devices as precision
+from core import quantize
+from core.config import config_to_yaml
 from core.errors import UserError
 from core.frames import to_tensor, to_uint8
 from fomm import smoothing, source_crop
@@ -50,7 +52,8 @@ class AnimateOptions:
     audio: bool = True
     batch_size: int | None = None      # None: the measured default for the device (core/devices.py)
     max_frames: int | None = None
-    precision: str = "auto"            # auto | fp32 | bf16 (core/devices.py)
+    precision: str = "auto"            # auto | fp32 | bf16 | int8 (core/devices.py)
+    compile: bool = False              # torch.compile the float paths' inference copy (core/devices.py)
     provenance: bool = True            # watermark, C2PA manifest, AI-generated tag (core/provenance.py)
     # issue 22: the whole photo and steady motion
     paste_back: bool | None = None     # None: on with crop="auto" on a photo larger than the model's input
@@ -114,7 +117,7 @@ def batch_size(options: AnimateOptions, device: torch.device) -> int:
     """`options.batch_size`, or the measured default for the device and precision."""
     if options.batch_size is not None:
         return options.batch_size
-    return precision.default_batch_size(precision.resolve(options.precision, device))
+    return precision.default_batch_size(precision.resolve(options.precision, device, options.compile))
 
 
 def load_animation_model(config: Config, checkpoint: str | Path | None, device: torch.device,
@@ -130,9 +133,12 @@ def load_animation_model(config: Config, checkpoint: str | Path | None, device: 
     if checkpoint is None:
         return build_model(config).to(device).eval()
     try:
-        return load_model(config, checkpoint, device)
+        model = load_model(config, checkpoint, device)
     except UserError as err:  # torch's unpickling messages span lines; the CLI prints one
         raise UserError(" ".join(str(err).split())) from None
+    # where an int8 calibration of these weights is kept (core/quantize.py)
+    model.calibration_store = quantize.CalibrationStore.for_checkpoint(checkpoint, config_to_yaml(config))
+    return model
 
 
 # --------------------------------------------------------------------------- batches
@@ -179,7 +185,7 @@ class Animator:
         self.options, self.device = options, device
         self.kp_size, self.colormap = kp_size, colormap
         self.source_frame = to_uint8(source[:1])[0]              # (H, W, 3): the side-by-side panel
-        self.precision = precision.resolve(options.precision, device)
+        self.precision = precision.resolve(options.precision, device, options.compile)
         # the path's inference model: a copy with BatchNorm folded (Precision.inference_model)
         self.model = model = self.precision.inference_model(model)
         self.source = self.precision.prepare_input(source)      # (1, 3, H, W)
@@ -190,6 +196,9 @@ class Animator:
         self.paste_back = paste_back
         self.smoother = smoothing.for_model(model, self.motion_initial, fps, options.smooth_strength) \
             if options.smooth else None
+        # int8: the stored calibration of the weights, else one from the first driving batch
+        self.calibration = getattr(model, "calibration_store", None)  # set by load_animation_model
+        self.calibrating = self.precision.int8 and not self._stored_int8()
 
     @classmethod
     def from_frames(cls, model: MotionTransferModel, source: np.ndarray, initial: np.ndarray,
@@ -230,10 +239,53 @@ class Animator:
             relative_jacobian=self.options.relative_jacobian,
             adapt_movement_scale=self.options.adapt_scale, avd=self.options.avd)
 
+    def _stored_int8(self) -> bool:
+        """Put the stored int8 calibration in place (or the float fallback it measured); False
+        when there is none to read."""
+        found = self.calibration.find() if self.calibration is not None else None
+        if found is None:
+            return False
+        try:
+            stored = quantize.Calibration.read(found)
+        except (OSError, ValueError, KeyError) as err:
+            logger.warning("int8: calibration %s unreadable (%s); calibrating again", found, err)
+            return False
+        self._use_int8(stored.budget, lambda: stored.apply(precision.module_copy(self.model)))
+        return True
+
+    def _use_int8(self, budget: quantize.Budget, quantised) -> None:
+        self.precision = self.precision.within_budget(budget.holds, str(budget))
+        if self.precision.int8:
+            self.model = quantised()
+
+    def _calibrate(self, driving: torch.Tensor) -> None:
+        """The int8 calibration on this driving batch (core/quantize.calibrate), stored for
+        the next run when the weights came from a checkpoint."""
+        batch, motions = driving.shape[0], {}
+
+        def detect():
+            motions["transferred"] = self.motion(driving, valid=0)[1]  # valid=0: --smooth's state stays
+
+        def generate(model, frames: slice):
+            count = len(range(*frames.indices(batch)))
+            transferred = {key: value[frames] for key, value in motions["transferred"].items()}
+            return model.generate(self.source.expand(count, -1, -1, -1), expand_motion(self.motion_source, count),
+                                  transferred)["prediction"]
+        calibrated = quantize.calibrate(self.model, detect, generate, batch, self.calibration)
+        self.calibrating = False
+        if calibrated is None:
+            self.precision = self.precision.without_int8(f"{type(self.model).__name__} has no convolution block "
+                                                         "outside motion estimation")
+            return
+        quantised, budget = calibrated
+        self._use_int8(budget, lambda: quantised)
+
     def __call__(self, driving: torch.Tensor, valid: int | None = None) -> dict[str, torch.Tensor | Motion]:
         """Predictions (B, 3, H, W) and the motions behind them for a driving batch (`valid`:
         see `motion`)."""
         driving = self.precision.prepare_input(driving)
+        if self.calibrating:
+            self._calibrate(driving)
         with self.precision.context():
             motion_driving, transferred = self.motion(driving, valid)
             batch = driving.shape[0]

@@ -41,6 +41,9 @@ class MotionTransferModel(nn.Module, ABC):
     #: The training stages the family has, in order (`train_params.stage`, `train --stage`):
     #: every family reconstructs; MRAA and TPSMM also train an AVD network from a finished run.
     stages: ClassVar[tuple[str, ...]] = ("reconstruction",)
+    #: Sub-networks that estimate motion inside `generate` and so stay float on the int8 path
+    #: (core/quantize.py; motion detection in `detect` and `transfer` stays float anyway).
+    float_modules: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ inference
     @abstractmethod

@@ -5,9 +5,11 @@ Layouts, detected under `root` for a split (`train` or `test`):
   frame_index, png), indexed once by their (clip, frame_index) columns and read one row
   group at a time, so memory stays bounded whatever the dataset size; clips that
   `<root>/clips.parquet` marks other than `done` are left out;
-- the prepared PNG folders `<root>/png/{split}/<clip>/<frame>.png`;
-- the original repository's layout `<root>/{split}/<clip>/<frame>.png`, `<clip>.mp4`, or
-  `<clip>.png|.jpg` frame strips (frames side by side, as MGIF and Monkey-Net's sets).
+- the prepared PNG folders `<root>/png/{split}/<clip>.mp4/<frame>.png` (earlier versions
+  wrote `<root>/png/{split}/<clip>/`: read the same);
+- the original repository's layout `<root>/{split}/<clip>/<frame>.png` (or a folder named
+  `<clip>.mp4`, as load_videos.py writes it), `<clip>.mp4`, or `<clip>.png|.jpg` frame
+  strips (frames side by side, as MGIF and Monkey-Net's sets).
 
 Frames are sorted by the number in their name (`frame10.png` after `frame9.png`), clips
 by name: splits come from the folders or shards, never from directory listing order.
@@ -94,10 +96,16 @@ class FolderStore(ClipStore):
         for path in sorted(split_dir.iterdir()):
             if path.name.startswith("."):
                 continue  # half-written outputs (atomic temp files) and hidden files
-            if path.is_dir():
-                self.paths[path.name] = path
+            if path.is_dir():  # `<clip>.mp4/` (load_videos.py's frame folders) is clip <clip>
+                name = path.name[:-4] if path.name.lower().endswith(".mp4") else path.name
             elif path.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
-                self.paths[path.stem] = path
+                name = path.stem
+            else:
+                continue
+            if name in self.paths:
+                raise UserError(f"{str(split_dir)!r}: {self.paths[name].name!r} and {path.name!r} "
+                                f"are both clip {name}; expected one folder or file per clip")
+            self.paths[name] = path
         self.clips = sorted(self.paths)
         self._frame_files: dict[str, list[Path]] = {}
         self._decoded: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -287,7 +295,7 @@ def open_clips(root: str | Path, split: str) -> ClipStore:
     else:
         raise UserError(
             f"{str(root)!r} holds no {split!r} data; expected shards/{split}-*.parquet, "
-            f"png/{split}/<clip>/ or {split}/<clip>/ (frames) or {split}/<clip>.mp4")
+            f"png/{split}/<clip>.mp4/ or {split}/<clip>/ (frames) or {split}/<clip>.mp4")
     if not store.clips:
         raise UserError(f"{str(root)!r}: the {split!r} split has no clips")
     log.info("%s %s: %d clips (%s)", root, split, len(store.clips), type(store).__name__)

@@ -4,6 +4,12 @@ The source is encoded (a 7x7 same block, then down blocks), its feature map is w
 by the dense backward motion from the dense motion network and multiplied by the
 occlusion map, xi' = O * f_w(xi, T) (Eq. 8), then decoded (residual bottleneck, up
 blocks, 7x7 conv, sigmoid) into the driving frame's prediction.
+
+Two grid conventions, kept apart: `align_corners` is grid_sample's (True for the released
+checkpoints, trained on torch 1.0, whose grid_sample behaved so), `interpolate_align_corners`
+is that of the bilinear resizes of the deformation and the occlusion map. torch 1.0's bilinear
+F.interpolate already behaved as align_corners=False (only grid_sample's default changed, in
+1.3), so it is False for every FOMM, released or new.
 """
 from __future__ import annotations
 
@@ -17,9 +23,11 @@ from fomm.dense_motion import DenseMotionNetwork
 
 
 class OcclusionAwareGenerator(nn.Module):
-    def __init__(self, params: GeneratorParams, common: CommonParams, align_corners: bool = False):
+    def __init__(self, params: GeneratorParams, common: CommonParams, align_corners: bool = False,
+                 interpolate_align_corners: bool = False):
         super().__init__()
         self.align_corners = align_corners
+        self.interpolate_align_corners = interpolate_align_corners
         be, mf, n_down = params.block_expansion, params.max_features, params.num_down_blocks
         self.dense_motion_network = DenseMotionNetwork(
             params.dense_motion_params, num_kp=common.num_kp, num_channels=common.num_channels,
@@ -40,7 +48,7 @@ class OcclusionAwareGenerator(nn.Module):
 
     def deform(self, inp: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
         """Warp `inp` (B, C, H, W) by a (B, h, w, 2) backward grid, resized to (H, W) if needed."""
-        grid = resize_grid(deformation, inp.shape[2:], self.align_corners)
+        grid = resize_grid(deformation, inp.shape[2:], self.interpolate_align_corners)
         return warp(inp, grid, self.align_corners)
 
     def encode(self, source: torch.Tensor) -> torch.Tensor:
@@ -73,7 +81,7 @@ class OcclusionAwareGenerator(nn.Module):
             result["occlusion_map"] = occlusion
             if occlusion.shape[2:] != out.shape[2:]:
                 occlusion = F.interpolate(occlusion, size=out.shape[2:], mode="bilinear",
-                                          align_corners=self.align_corners)
+                                          align_corners=self.interpolate_align_corners)
             out = out * occlusion.to(out.dtype)
         result["deformed"] = self.deform(source, deformation)  # (B, C, H, W)
         out = self.bottleneck(out)

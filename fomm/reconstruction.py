@@ -58,7 +58,7 @@ def reconstruct_batches(model, batches: Iterable[torch.Tensor], device: str = "c
     comparable across machines). `truncate`: the uint8 predictions are `(255 * p)` truncated,
     the PNGs the original reconstruction.py wrote and pose-evaluation read (else rounded)."""
     from core.devices import resolve
-    path = resolve(precision, device)
+    path = resolve(precision, device, calibrates=False)
     path.prepare_model(model)
     source = None
     for driving in batches:

@@ -99,14 +99,14 @@ class OneEuroFilter:
     def __call__(self, sequence: torch.Tensor, valid: int | None = None) -> torch.Tensor:
         """Filter the samples of `sequence` (T, ...) in order; returns (T, ...) in its dtype.
         With `valid`, only the first `valid` samples advance the state (the rest, padding,
-        are filtered from it and forgotten)."""
+        are filtered from it and forgotten; 0: a look that changes nothing)."""
         count = len(sequence) if valid is None else valid
-        out, kept = [], None
+        out, kept = [], self.state()
         for index, sample in enumerate(sequence):
-            out.append(self.step(sample))
-            if index == count - 1:
+            if index == count:
                 kept = self.state()
-        if kept is not None and count < len(sequence):
+            out.append(self.step(sample))
+        if count < len(sequence):
             self.restore(kept)
         return torch.stack(out).to(sequence.dtype) if out else sequence
 

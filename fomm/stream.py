@@ -202,6 +202,7 @@ def warm_up(model: MotionTransferModel, source: np.ndarray, options: AnimateOpti
     """One pass at each live batch shape before the camera starts, so the first live
     frames do not pay for lazy kernel selection and allocation."""
     animator = Animator.from_frames(model, source, source, options, device)
+    animator.calibrating = False  # int8 calibrates on the live loop's first real frames, not on the source
     for batch in live_batch_sizes(animator.batch_size):
         animator(animator.source.expand(batch, -1, -1, -1))
     if device.type == "cuda":

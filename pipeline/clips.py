@@ -4,6 +4,12 @@ the per-clip result row, and publishing a clip's PNG folder whole.
 Upstream manifests (video-preprocessing's vox/taichi csv) have one row per clip with
 columns `video_id,start,end,bbox,fps,width,height,partition[,person_id]`: frames
 [start, end) at `fps` of a `width` x `height` video, bbox = left-top-right-bottom pixels.
+MRAA's ted-metadata.csv writes its rows as `video_id#start#end` with start = end = 0 in the
+columns; such a row's range is read from its id (`ID_RANGE`).
+
+A clip's frames live in `<out>/png/<split>/<clip>.mp4/0000000.png ...`: the folder name the
+original loaders glob for (`<clip>.mp4`). Outputs of earlier versions named the folder
+`<clip>` alone; `adopt_legacy_folders` renames those in place.
 """
 from __future__ import annotations
 
@@ -24,6 +30,12 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("video_id", "start", "end", "bbox", "fps", "width", "height", "partition")
 SPLITS = ("train", "test")
 STATUSES = ("done", "failed", "unavailable")
+# A clip listed in both splits, or a video whose clips are in different splits:
+# "first" gives every clip of a video the split of the video's first manifest row (what
+# load_videos.py does: upstream vox's 3 clips listed in both splits go to train); "test"
+# keeps a clip listed in both in test only; "error" refuses them.
+SPLIT_POLICIES = ("first", "test", "error")
+FOLDER_SUFFIX = ".mp4"  # clip folders are named `<clip>.mp4`, as the original loaders glob
 
 
 def clip_name(video_id: str, start: int, end: int, person_id: str | None = None) -> str:
@@ -48,6 +60,10 @@ class Clip:
     bbox: tuple[int, int, int, int] | None = None
     width: int | None = None
     height: int | None = None
+
+
+# MRAA's TED manifest: `youtube-id#start#end` in the video_id column, 0 in start and end.
+ID_RANGE = re.compile(r"^(?P<video>[^#]+)#(?P<start>\d{1,9})#(?P<end>\d{1,9})$")
 
 
 # A name that becomes one path component: no separator, no '..', no leading dot (hidden and
@@ -99,7 +115,10 @@ def _read_table(path: Path):
                         f"{str(err).splitlines()[0]}") from None
 
 
-def _row_numbers(row, line: int, path: Path) -> tuple[int, int, float, int, int]:
+def _row_numbers(row, line: int, path: Path,
+                 id_range: tuple[int, int] | None = None) -> tuple[int, int, float, int, int]:
+    """start, end, fps, width, height of a row; `id_range` (from the video id) stands in
+    for start and end when both columns are 0."""
     try:
         fps = float(row.fps)
         start, end, width, height = (int(float(v)) for v in (row.start, row.end, row.width,
@@ -108,6 +127,8 @@ def _row_numbers(row, line: int, path: Path) -> tuple[int, int, float, int, int]
         raise UserError(f"manifest {str(path)!r} row {line}: start/end/fps/width/height must "
                         f"be finite numbers, got {row.start!r},{row.end!r},{row.fps!r},"
                         f"{row.width!r},{row.height!r}") from None
+    if id_range is not None and start == end == 0:
+        start, end = id_range
     if not math.isfinite(fps) or end <= start or start < 0 or fps <= 0 or width <= 0 \
             or height <= 0:
         raise UserError(f"manifest {str(path)!r} row {line}: expected 0 <= start < end and "
@@ -116,14 +137,32 @@ def _row_numbers(row, line: int, path: Path) -> tuple[int, int, float, int, int]
     return start, end, fps, width, height
 
 
-def read_manifest(path: str | Path, split_conflicts: str = "error") -> list[Clip]:
+def _video_of(raw, line: int) -> tuple[str, tuple[int, int] | None]:
+    """The plain video id of a manifest row and the range its id carries, if any."""
+    match = ID_RANGE.match(raw) if isinstance(raw, str) else None
+    if match is None:
+        return check_name(raw, f"manifest row {line}: video_id"), None
+    video_id = check_name(match["video"], f"manifest row {line}: video_id {raw!r}: video")
+    return video_id, (int(match["start"]), int(match["end"]))
+
+
+def read_manifest(path: str | Path, split_conflicts: str = "first",
+                  id_range_bbox_size: tuple[int, int] | None = None) -> list[Clip]:
     """All clips of an upstream csv manifest, in file order. UserError names a missing
     column or the first malformed row (line numbers count the header as line 1): ids that
     are not plain names, numbers that are not finite, one clip listed twice with different
     facts. Rows repeated exactly are kept once (upstream vox repeats about 300).
 
-    A clip listed in both splits (upstream vox has 3) is an error, or with
-    `split_conflicts="test"` it is kept in test only, so no training clip is a test clip."""
+    Splits follow `split_conflicts` (SPLIT_POLICIES): "first" gives each video's clips the
+    partition (and person_id) of the video's first row, as load_videos.py does; "test" keeps
+    a clip listed in both splits (upstream vox has 3) in test only; "error" refuses it.
+
+    A row `video#start#end` with 0 in its start and end columns (MRAA's ted-metadata.csv)
+    is the clip [start, end) of `video` in the file's own frames (fps=None), its bbox in the
+    pixels of an `id_range_bbox_size` (w, h) frame when given, else of its width x height."""
+    if split_conflicts not in SPLIT_POLICIES:
+        raise UserError(f"split conflicts policy {split_conflicts!r}: expected one of "
+                        f"{list(SPLIT_POLICIES)}")
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest {str(path)!r} does not exist")
@@ -138,16 +177,26 @@ def read_manifest(path: str | Path, split_conflicts: str = "error") -> list[Clip
     has_person = "person_id" in table.columns
     clips: dict[tuple[str, str], Clip] = {}
     lines: dict[tuple[str, str], int] = {}
+    first_row: dict[str, tuple[str, str | None]] = {}  # raw video id -> (split, person)
+    moved = 0
     for index, row in enumerate(table.itertuples(index=False)):
         line = index + 2
-        start, end, fps, width, height = _row_numbers(row, line, path)
+        video_id, id_range = _video_of(row.video_id, line)
+        start, end, fps, width, height = _row_numbers(row, line, path, id_range)
         person = row.person_id if has_person and isinstance(row.person_id, str) else None
-        video_id = check_name(row.video_id, f"manifest row {line}: video_id")
         if person is not None:
             check_name(person, f"manifest row {line}: person_id")
+        split = _split_of(row.partition, line)
+        if split_conflicts == "first":
+            first_split, person = first_row.setdefault(row.video_id, (split, person))
+            moved += first_split != split
+            split = first_split
+        if id_range is not None and (start, end) == id_range:  # the range came from the id
+            fps = None
+            if id_range_bbox_size is not None:
+                width, height = id_range_bbox_size
         clip = Clip(clip_name(video_id, start, end, person), video_id, person,
-                    _split_of(row.partition, line), start, end, fps,
-                    _parse_bbox(row.bbox, line), width, height)
+                    split, start, end, fps, _parse_bbox(row.bbox, line), width, height)
         key = (clip.split, clip.name)
         if key in clips and clips[key] != clip:
             raise UserError(f"manifest {str(path)!r}: clip {clip.name} is listed twice with "
@@ -155,12 +204,15 @@ def read_manifest(path: str | Path, split_conflicts: str = "error") -> list[Clip
                             f"clip once")
         clips.setdefault(key, clip)
         lines.setdefault(key, line)
+    if moved:
+        log.warning("%d manifest row(s) list another split than their video's first row: "
+                    "given the first row's split, as load_videos.py does", moved)
     both = sorted(name for split, name in clips if split == "train" and ("test", name) in clips)
-    if both and split_conflicts != "test":
+    if both and split_conflicts == "error":
         raise UserError(f"manifest {str(path)!r}: {len(both)} clip(s) are listed in both train "
                         f"and test ({', '.join(both[:3])}{', ...' if len(both) > 3 else ''}); "
-                        f"expected each clip in one split (--split-conflicts test keeps them "
-                        f"in test only)")
+                        f"expected each clip in one split (--split-conflicts first gives them "
+                        f"their video's first split, test keeps them in test only)")
     for name in both:
         log.warning("%s is listed in train and test: kept in test only", name)
         del clips[("train", name)]
@@ -211,8 +263,40 @@ def _checked(split: str, name: str) -> tuple[str, str]:
 
 
 def clip_dir(out: Path, split: str, name: str) -> Path:
+    """`<out>/png/<split>/<clip>.mp4`: a clip's frame folder."""
+    split, name = _checked(split, name)
+    return Path(out) / "png" / split / f"{name}{FOLDER_SUFFIX}"
+
+
+def legacy_clip_dir(out: Path, split: str, name: str) -> Path:
+    """`<out>/png/<split>/<clip>`: where earlier versions put a clip's frames."""
     split, name = _checked(split, name)
     return Path(out) / "png" / split / name
+
+
+def adopt_legacy_folders(out: Path) -> int:
+    """Rename every clip folder of an earlier version's output (`<clip>`, with a row in
+    `.rows/`) to `<clip>.mp4`, in place; the number renamed. Each rename is atomic, so a run
+    killed half way leaves every clip in one of the two names and the next run finishes the
+    job. A legacy folder whose `.mp4` twin exists is a leftover and is removed."""
+    renamed = 0
+    for split in SPLITS:
+        for row in (Path(out) / ".rows" / split).glob("*.json"):
+            name = row.name[:-len(".json")]
+            if not CLIP_NAME.match(name):
+                continue
+            legacy, current = legacy_clip_dir(out, split, name), clip_dir(out, split, name)
+            if not legacy.is_dir() or legacy.is_symlink():
+                continue
+            if current.exists():
+                shutil.rmtree(legacy)
+            else:
+                os.replace(legacy, current)
+                renamed += 1
+    if renamed:
+        log.info("%s: %d clip folder(s) renamed to <clip>%s (the original loaders' names)",
+                 out, renamed, FOLDER_SUFFIX)
+    return renamed
 
 
 def frame_name(index: int) -> str:

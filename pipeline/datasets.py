@@ -1,12 +1,13 @@
 """Dataset definitions: `manifests/<name>.yaml` loaded into a typed `DatasetDef`, and the
 upstream manifest fetched once into a cache and checked against its sha256.
 
-Kinds: `manifest` (vox, taichi: upstream crop csv), `url_list` (fashion: one video URL a
+Kinds: `manifest` (vox, taichi, ted: upstream crop csv), `url_list` (fashion: one video URL a
 line per split), `source_dir` (mgif, nemo, bair: files the user already has), `custom`
 (own videos, faces found by dlib) and `sample` (built in, see pipeline/sample.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import urllib.request
 from dataclasses import dataclass, field
@@ -53,9 +54,13 @@ class DatasetDef:
     size: int = 256
     source: str = "youtube"
     pad_square: bool = False   # whole-frame datasets: pad with white to a square, then resize
-    # A clip listed in both splits: "error", or "test" (keep it in test only). Only a dataset
-    # whose upstream manifest is known to have such clips says "test", in its yaml.
-    split_conflicts: str = "error"
+    # A video whose rows name both splits (clips.SPLIT_POLICIES): "first" (the original's
+    # rule: its first row's split for all its clips), "test" or "error".
+    split_conflicts: str = "first"
+    # "original" (load_videos.py's scikit-image 0.14 resize) or "ffmpeg" (area filter)
+    resize: str = "ffmpeg"
+    # Rows `video#start#end` (MRAA's TED manifest): the (w, h) frame their bboxes refer to
+    id_range_bbox_size: tuple[int, int] | None = None
     manifest: RemoteFile | None = None
     url_lists: dict[str, RemoteFile] = field(default_factory=dict)
     custom: CustomPolicy = CustomPolicy()
@@ -94,9 +99,20 @@ def load_dataset(name_or_path: str) -> DatasetDef:
     data["custom"] = _build(CustomPolicy, data.get("custom"), where)
     data["sample"] = _build(SamplePolicy, data.get("sample"), where)
     definition = _build(DatasetDef, data, where)
-    if definition.split_conflicts not in ("error", "test"):
+    from pipeline.clips import SPLIT_POLICIES
+    from pipeline.crop import RESIZES
+    if definition.split_conflicts not in SPLIT_POLICIES:
         raise UserError(f"{where}: split_conflicts is {definition.split_conflicts!r}; "
-                        f"expected 'error' or 'test'")
+                        f"expected one of {list(SPLIT_POLICIES)}")
+    if definition.resize not in RESIZES:
+        raise UserError(f"{where}: resize is {definition.resize!r}; expected one of {list(RESIZES)}")
+    size = definition.id_range_bbox_size
+    if size is not None:
+        if not (isinstance(size, (list, tuple)) and len(size) == 2
+                and all(isinstance(v, int) and v > 0 for v in size)):
+            raise UserError(f"{where}: id_range_bbox_size is {size!r}; expected [width, height] "
+                            f"positive integers")
+        definition = dataclasses.replace(definition, id_range_bbox_size=tuple(size))
     if kind == "manifest" and definition.manifest is None:
         raise UserError(f"{where}: a 'manifest' dataset needs manifest: {{url, sha256}}")
     return definition

@@ -18,6 +18,7 @@ from core.config import config_to_dict
 from core.errors import UserError
 from fomm.config import config_from_dict, load_config
 from metrics import benchmark
+from pipeline.clips import clip_dir
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -120,7 +121,7 @@ def test_benchmark_of_three_models_on_sample_data(sample_data, tmp_path):
     per_clip = pd.read_parquet(out / "per_clip.parquet")
     models_seen = set(per_frame["model"])
     assert {"fomm", "monkey-net", "x2face", benchmark.NO_MOTION} == models_seen
-    clips = sorted(p.name for p in (sample_data / "png" / "test").iterdir())
+    clips = sorted(p.name.removesuffix(".mp4") for p in (sample_data / "png" / "test").iterdir())
     for name in ("fomm", "monkey-net", "x2face"):
         rows = per_frame[per_frame["model"] == name]
         assert sorted(rows["clip"].unique()) == clips and len(rows) == 16
@@ -169,7 +170,7 @@ def test_a_model_that_copies_the_source_scores_as_the_direct_computation(sample_
     per_frame = pd.read_parquet(out / "per_frame.parquet")
     still = per_frame[per_frame["model"] == "fomm"].set_index(["clip", "frame"])
     for clip in still.index.unique("clip"):
-        folder = sample_data / "png" / "test" / clip
+        folder = clip_dir(sample_data, "test", clip)
         frames = np.stack([np.asarray(Image.open(p)) for p in sorted(folder.iterdir())]) / 255.0
         expected = np.abs(frames - frames[:1]).mean(axis=(1, 2, 3))
         # L1 is taken on the model's float32 tensors (as the original), so float32 rounding remains

@@ -11,21 +11,29 @@ from pipeline.crop import CropError, frame_range, scaled_bbox
 
 
 def test_upstream_manifests_parse(shared_data):
-    """vox lists about 300 rows twice (kept once) and 3 clips in both splits (an error,
-    or kept in test only on request); taichi lists every clip once."""
+    """vox lists about 300 rows twice (kept once) and 3 clips in both splits: by default each
+    goes to its video's first row's split (train), as load_videos.py does; 'test' keeps them
+    in test only and 'error' refuses them. taichi lists every clip once."""
     import pandas as pd
     path = shared_data / "manifests" / "vox-metadata.csv"
     with pytest.raises(UserError, match=r"3 clip\(s\) are listed in both train and test "
                                         r"\(id10282#hgB5ziAudzU#008753#008850"):
-        read_manifest(path)
-    vox = read_manifest(path, split_conflicts=datasets.load_dataset("vox").split_conflicts)
-    assert datasets.load_dataset("taichi").split_conflicts == "error"
+        read_manifest(path, split_conflicts="error")
+    assert datasets.load_dataset("vox").split_conflicts == "first"
+    assert datasets.load_dataset("taichi").split_conflicts == "first"
+    vox = read_manifest(path)
+    in_test = read_manifest(path, split_conflicts="test")
     taichi = read_manifest(shared_data / "manifests" / "taichi-metadata.csv")
     table = pd.read_csv(path, dtype=str).drop_duplicates(["person_id", "video_id", "start", "end",
                                                           "partition"])
-    assert len(vox) == len(table) - 3 and len(taichi) == 3334
+    assert len(vox) == len(in_test) == len(table) - 3 and len(taichi) == 3334
     assert len({c.name for c in vox}) == len(vox)
-    assert {c.split for c in vox if c.name == "id10282#hgB5ziAudzU#008753#008850"} == {"test"}
+    conflicting = {"id10282#hgB5ziAudzU#008753#008850", "id10282#hgB5ziAudzU#008914#009055",
+                   "id10306#ST2JZXcyYkE#018239#018675"}
+    assert {c.split for c in vox if c.name in conflicting} == {"train"}
+    assert {c.split for c in in_test if c.name in conflicting} == {"test"}
+    assert [c for c in vox if c.name not in conflicting] == [c for c in in_test
+                                                             if c.name not in conflicting]
     first = vox[0]
     assert first.name == "id10005#WMh3ye5tBsE#003657#003994"
     assert (first.bbox, first.width, first.height, first.fps) == ((624, 48, 1018, 553), 1280, 720, 25.0)
@@ -38,7 +46,8 @@ def test_upstream_manifests_parse(shared_data):
 
 
 def test_upstream_checksums_match_the_definitions(shared_data):
-    for name, file in (("vox", "vox-metadata.csv"), ("taichi", "taichi-metadata.csv")):
+    for name, file in (("vox", "vox-metadata.csv"), ("taichi", "taichi-metadata.csv"),
+                       ("ted", "ted-metadata.csv")):
         remote = datasets.load_dataset(name).manifest
         assert datasets.sha256_of(shared_data / "manifests" / file) == remote.sha256
         assert remote.url.endswith(file)
@@ -52,9 +61,38 @@ def test_every_definition_loads():
     kinds = {name: datasets.load_dataset(name).kind for name in datasets.available()}
     assert kinds == {"bair": "source_dir", "custom": "custom", "fashion": "url_list",
                      "mgif": "source_dir", "nemo": "source_dir", "sample": "sample",
-                     "taichi": "manifest", "vox": "manifest"}
+                     "taichi": "manifest", "ted": "manifest", "vox": "manifest"}
+    resizes = {name: datasets.load_dataset(name).resize for name in datasets.available()}
+    assert {name for name, resize in resizes.items() if resize == "original"} == {
+        "taichi", "ted", "vox"}
     with pytest.raises(UserError, match="unknown dataset 'voxx'"):
         datasets.load_dataset("voxx")
+
+
+def test_ted_rows_take_their_range_from_the_id(tmp_path):
+    """MRAA's rows `video#start#end` with 0 in the columns; a row with real columns keeps
+    them (and only the id's video part names the download); a bad id part is refused."""
+    path = tmp_path / "ted.csv"
+    path.write_text("video_id,start,end,bbox,fps,width,height,partition\n"
+                    "abc#000010#000200,0,0,1-2-3-4,10.0,944,944,train\n"
+                    "abc#000010#000200,30,90,1-2-3-4,25.0,1280,720,test\n")
+    clip, other = read_manifest(path, id_range_bbox_size=(1280, 720))
+    assert (clip.name, clip.video_id, clip.start, clip.end, clip.fps) == (
+        "abc#000010#000200", "abc", 10, 200, None)
+    assert (clip.width, clip.height, clip.split) == (1280, 720, "train")
+    assert (other.name, other.start, other.end, other.fps, other.width) == (
+        "abc#000030#000090", 30, 90, 25.0, 1280)
+    assert other.split == "train"  # the same video id: its first row's split
+    clip, _ = read_manifest(path)
+    assert (clip.width, clip.height) == (944, 944)  # no bbox size given: the columns'
+    path.write_text("video_id,start,end,bbox,fps,width,height,partition\n"
+                    "..#000010#000200,0,0,1-2-3-4,10.0,944,944,train\n")
+    with pytest.raises(UserError, match="is not a plain name"):
+        read_manifest(path)
+    path.write_text("video_id,start,end,bbox,fps,width,height,partition\n"
+                    "abc#000200#000010,0,0,1-2-3-4,10.0,944,944,train\n")
+    with pytest.raises(UserError, match="expected 0 <= start < end"):
+        read_manifest(path)
 
 
 def test_clip_names():

@@ -11,6 +11,7 @@ from PIL import Image
 
 from core import faces
 from pipeline import cli
+from pipeline.clips import clip_dir
 from pipeline.custom import enlarge, iou, link_tubes
 
 SIZE = 128
@@ -49,7 +50,7 @@ def test_every_face_clip_gives_a_tube_whose_crop_holds_the_face(prepared, face_v
     done = table[table.status == "done"]
     assert set(done.video_id) == {p.stem for p in face_videos.iterdir()}
     for row in done.itertuples():
-        frames = sorted((prepared / "png" / "test" / row.clip).glob("*.png"))
+        frames = sorted(clip_dir(prepared, "test", row.clip).glob("*.png"))
         assert len(frames) == row.num_frames == row.end - row.start >= 64
         for path in (frames[0], frames[len(frames) // 2], frames[-1]):
             image = np.asarray(Image.open(path).convert("RGB"))

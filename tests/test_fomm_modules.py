@@ -215,3 +215,34 @@ def test_discriminator_with_keypoint_heatmaps(face_frames):
         kp = model.detect(face_frames)
         out = model.discriminator(kit.pyramid(face_frames), kp["value"])
     assert out["prediction_map_1"].shape[0] == 4 and len(out["feature_maps_0.5"]) == 3
+
+
+# --------------------------------------------------------------------------- grid conventions
+def test_released_convention_resizes_with_torch_1_0_interpolate(face_frames):
+    """With align_corners=True (the released checkpoints' grid_sample), the deformation and
+    the occlusion map are still resized as torch 1.0's bilinear F.interpolate did
+    (align_corners=False); only grid_sample takes True. The tiny config's dense motion runs
+    at 32 px against 16 px features, so both resizes happen at 64 px frames."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    model = build_model(load_config("tiny", ["model_params.align_corners=true"])).eval()
+    generator = model.generator
+    assert generator.align_corners is True and generator.interpolate_align_corners is False
+    seen = {}
+    generator.bottleneck.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
+    with torch.no_grad():
+        source, driving = face_frames[:1], face_frames[3:4]
+        out = generator(source, kp_driving=model.detect(driving), kp_source=model.detect(source))
+        features = generator.encode(source)  # (1, F, 16, 16)
+        deformation = out["deformation"]  # (1, 32, 32, 2)
+        assert deformation.shape[1:3] != features.shape[2:]
+
+        def resized(maps):  # torch 1.0's bilinear interpolate, then grid_sample as released
+            return F.interpolate(maps, size=features.shape[2:], mode="bilinear", align_corners=False)
+        grid = resized(deformation.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        warped = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        expected = warped * resized(out["occlusion_map"])
+        assert torch.allclose(seen["x"], expected, atol=1e-6, rtol=0)
+        grid_true = F.interpolate(deformation.permute(0, 3, 1, 2), size=features.shape[2:],
+                                  mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
+        assert (grid_true - grid).abs().max() > 1e-3  # the two conventions differ here

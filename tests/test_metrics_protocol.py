@@ -140,7 +140,8 @@ def test_paper_protocol_scores_predictions_truncated_as_the_originals_pngs(tmp_p
 
     import torch
 
-    from core.config import config_from_dict, config_to_dict
+    from core.config import config_to_dict
+    from fomm.config import config_from_dict
     from fomm.api import MotionTransferModel
     from metrics import benchmark
     from pipeline import sample

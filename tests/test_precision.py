@@ -2,6 +2,8 @@
 monkeypatched, so every machine checks both branches), and what each path runs."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -191,3 +193,53 @@ def test_an_expanded_source_is_encoded_once(normalised_model, real_frames):
     assert batches == [1, 4, 1]
     assert shared.shape[0] == real_frames.shape[0] - 1
     torch.testing.assert_close(once, copies, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- int8
+@pytest.mark.parametrize("flag", ["avx512_vnni", "avx_vnni", "amx_int8"])
+def test_auto_takes_int8_where_the_cpu_has_8_bit_dot_products(cpu_with, flag):
+    cpu_with(flag, "avx512_bf16")
+    chosen = precision.resolve("auto", "cpu")
+    assert chosen.int8 and chosen.channels_last and not isinstance(chosen.autocast(), torch.autocast)
+    assert chosen.fallback == precision.resolve("bf16", "cpu")  # the budget decides between them
+    cpu_with(flag)
+    assert precision.resolve("auto", "cpu").fallback == precision.resolve("fp32", "cpu")
+    assert not precision.resolve("int8", "cpu").budget_decides  # asked for: kept whatever the budget
+
+
+@pytest.mark.parametrize("flags, best", [((), "fp32"), (("avx512_bf16",), "bf16")])
+def test_int8_on_a_cpu_without_vnni_or_amx_falls_back_with_one_log_line(cpu_with, caplog, flags, best):
+    cpu_with(*flags)
+    precision._warn_no_int8.cache_clear()
+    with caplog.at_level(logging.INFO, logger="core.devices"):
+        chosen = [precision.resolve("int8", "cpu") for _ in range(3)]
+        auto = precision.resolve("auto", "cpu")
+    assert all(path == precision.resolve(best, "cpu") for path in chosen) and auto.name == best
+    records = [r for r in caplog.records if r.name == "core.devices"]
+    assert len(records) == 1 and records[0].levelno == logging.WARNING
+    assert "avx512_vnni" in records[0].message and f"running {best} instead" in records[0].message
+
+
+def test_int8_without_onnxruntime_falls_back(cpu_with, monkeypatch, caplog):
+    cpu_with("avx512_vnni")
+    monkeypatch.setattr(precision, "onnxruntime_available", lambda: False)
+    precision._warn_no_int8.cache_clear()
+    assert precision.resolve("int8", "cpu") == precision.resolve("fp32", "cpu")
+    assert "no onnxruntime" in caplog.text
+
+
+def test_int8_is_a_cpu_path_and_compile_is_a_float_option(cpu_with):
+    with pytest.raises(UserError, match="int8 runs on CPUs"):
+        precision.resolve("int8", "cuda")
+    cpu_with("avx512_vnni")
+    assert precision.resolve("fp32", "cpu", compiled=True).compiled
+    assert not precision.resolve("auto", "cpu", compiled=True).compiled  # int8: onnxruntime graphs
+    assert precision.resolve("auto", "cpu", compiled=True).fallback.compiled
+
+
+def test_the_budget_decides_auto_int8_only(cpu_with):
+    cpu_with("avx512_vnni")
+    auto, asked = precision.resolve("auto", "cpu"), precision.resolve("int8", "cpu")
+    assert auto.within_budget(True, "fine") is auto
+    assert auto.within_budget(False, "too far") == precision.resolve("fp32", "cpu")
+    assert asked.within_budget(False, "too far") is asked

@@ -23,7 +23,7 @@ from skimage.transform import resize
 
 from core.media import read_frames
 from pipeline import cli
-from pipeline.clips import is_done, read_row
+from pipeline.clips import clip_dir, is_done, read_row
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,9 @@ def _prepare(out: Path, manifest: Path, mirror: str, *extra: str) -> int:
                      "--no-progress", *extra])
 
 
-SPLIT_OF = {name: split for name, split in zip(GOOD, ["train", "test", "train", "test", "train",
+# face08's second clip is listed in test, but its video's first row says train: as
+# load_videos.py (the default split rule), every clip of the video goes to train.
+SPLIT_OF = {name: split for name, split in zip(GOOD, ["train", "train", "train", "test", "train",
                                                      "train", "test"])}
 
 
@@ -128,7 +130,7 @@ def test_crop_matches_independent_crop(prepared, shared_data, clip, video, first
     """Frames equal a PyAV decode + scikit-image crop/resize of the same real frames
     (bbox rescaled from the manifest's size, frame range converted from its fps)."""
     split = _table(prepared).loc[clip, "split"]
-    frames = sorted((prepared / "png" / split / clip).glob("*.png"))
+    frames = sorted(clip_dir(prepared, split, clip).glob("*.png"))
     assert [f.name for f in frames] == [f"{i:07d}.png" for i in range(stop - first)]
     left, top, right, bottom = box
     reference = read_frames(shared_data / MIRROR[video], first, stop + 1)[:, top:bottom, left:right]
@@ -153,7 +155,7 @@ def test_failures_are_rows_and_the_rest_finish(prepared):
     assert broken.status == "failed" and "corrupt" in broken.error
     gone = table.loc["id005#missing404#000000#000010"]
     assert gone.status == "unavailable" and "404" in gone.error
-    assert not (prepared / "png" / "train" / "id001#face08#000000#000010").exists()
+    assert not clip_dir(prepared, "train", "id001#face08#000000#000010").exists()
     summary = json.loads((prepared / "summary.json").read_text())
     assert (summary["done"], summary["failed"], summary["unavailable"]) == (7, 2, 1)
     assert summary["frames"] == 30 + 30 + 24 + 16 + 24 + 24 + 30
@@ -165,9 +167,10 @@ def test_one_download_per_video_and_shards(prepared):
     assert cached == ["broken.mp4", "d0.mp4", "d11.mp4", "face04.mp4", "face08.mp4",
                       "talk3.mp4", "wda.mp4"]
     train = pq.read_table(prepared / "shards" / "train-00000.parquet").to_pandas()
-    assert len(train) == 30 + 24 + 24 + 24
+    assert len(train) == 30 + 30 + 24 + 24 + 24
+    assert set(train["clip"]) == {name for name, split in SPLIT_OF.items() if split == "train"}
     row = train.iloc[-1]
-    path = prepared / "png" / "train" / row["clip"] / f"{row['frame_index']:07d}.png"
+    path = clip_dir(prepared, "train", row["clip"]) / f"{row['frame_index']:07d}.png"
     assert path.read_bytes() == row["png"]
 
 
@@ -176,7 +179,7 @@ def test_small_shard_target_closes_shards_at_clip_boundaries(prepared, tmp_path)
     shards and its row groups hold at most GROUP_FRAMES of its frames and nothing else."""
     from pipeline.shards import GROUP_FRAMES, iter_shard_frames, write_shards
     names = [n for n in GOOD if SPLIT_OF[n] == "train"]
-    folders = [(c, prepared / "png" / "train" / c) for c in names]
+    folders = [(c, clip_dir(prepared, "train", c)) for c in names]
     paths = write_shards(tmp_path / "shards", "train", folders, target_bytes=1)
     assert len(paths) == len(names)
     for path, name in zip(paths, sorted(names)):
@@ -292,7 +295,7 @@ def test_source_dir_dataset_from_folders_videos_and_gifs(shared_data, tmp_path, 
     table = _table(out)
     assert set(table.status) == {"done"}
     assert table.num_frames.to_dict() == {"taichi1": 64, "face08": 150, "montage": 12}
-    frame = _png(out / "png" / "train" / "taichi1" / "0000010.png")
+    frame = _png(clip_dir(out, "train", "taichi1") / "0000010.png")
     frames = sorted((shared_data / "bodies" / "dwnet-taichi" / "1").glob("*.png"))
     original = resize(_png(frames[10]), (32, 32), anti_aliasing=True)
     assert frame.shape == (32, 32, 3) and np.abs(frame - original).mean() < 0.03
@@ -311,7 +314,7 @@ def test_url_list_dataset_downloads_whole_videos(tmp_path, mirror, ray_local):
     assert table.loc["face08", "split"] == "test"
     assert table.loc["gone", "status"] == "unavailable"
     assert table.loc["s13", "num_frames"] == 103
-    portrait = _png(out / "png" / "test" / "s13" / "0000050.png")  # padded white, not stretched
+    portrait = _png(clip_dir(out, "test", "s13") / "0000050.png")  # padded white, not stretched
     assert portrait.shape == (32, 32, 3)
     assert portrait[:, :4].min() > 0.93 and portrait[:, -4:].min() > 0.93
     assert portrait[8:24, 12:20].mean() < 0.85

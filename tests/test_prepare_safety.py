@@ -23,6 +23,7 @@ from PIL import Image
 from test_prepare import HEADER, MIRROR, REPO, _QuietHandler, _QuietServer
 
 from pipeline import cli
+from pipeline.clips import clip_dir
 
 
 class _Handler(_QuietHandler):
@@ -126,7 +127,7 @@ def test_url_list_and_source_dir_names_are_checked(tmp_path, capsys):
 
 def test_clip_paths_refuse_unsafe_parts(tmp_path):
     """The path builders themselves refuse what validation should have caught."""
-    from pipeline.clips import clip_dir, row_path
+    from pipeline.clips import row_path
     for split, name in (("train", "../x"), ("train", ".."), ("../train", "x"), ("train", "a/b")):
         with pytest.raises(ValueError, match="unsafe clip path part"):
             clip_dir(tmp_path, split, name)
@@ -174,7 +175,7 @@ def test_corrected_bbox_redoes_that_clip_only(sized, mirror, tmp_path):
     assert _prepare(out, fixed, mirror, "--size", "48", "--shard-mb", "0.25") == 0
     after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "png").rglob("0000000.png")}
     changed = {name for name in after if after[name] != mtimes[name]}
-    assert changed == {"id001#face08#000010#000030"}
+    assert changed == {"id001#face08#000010#000030.mp4"}
     table = pd.read_parquet(out / "clips.parquet").set_index("clip")
     assert table.loc["id001#face08#000010#000030", "bbox"] == "0-0-512-512"
     assert json.loads((out / "summary.json").read_text())["processed_this_run"] == 1
@@ -286,16 +287,17 @@ def test_half_cut_faststart_mp4_is_a_failed_row_and_bad_clips_fail_alone(tmp_pat
     table = pd.read_parquet(out / "clips.parquet").set_index("clip")
     whole = table.loc["id1#halfcut#000000#000150"]
     assert whole.status == "failed" and "truncated" in whole.error, whole.error
-    assert not (out / "png" / "train" / "id1#halfcut#000000#000150").exists()
+    assert not clip_dir(out, "train", "id1#halfcut#000000#000150").exists()
     assert table.loc["id1#halfcut#000000#000010", "status"] == "done"
     assert table.loc["id2#face08#000400#000420", "status"] == "failed"
     assert table.loc["id2#face08#000000#000012", "num_frames"] == 12
     assert _prepare(out, manifest, mirror, "--size", "32", "--allow-failures") == 0
 
 
-def test_a_clip_ffmpeg_cannot_cut_fails_alone(shared_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("resize", ["ffmpeg", "original"])
+def test_a_clip_ffmpeg_cannot_cut_fails_alone(shared_data, tmp_path, monkeypatch, resize):
     """When the one ffmpeg run of a batch fails, each clip is cut alone: only the clip
-    that ffmpeg cannot cut fails."""
+    that ffmpeg cannot cut fails (with either resize)."""
     from core.media import probe
     from pipeline import crop
     from pipeline.clips import Clip
@@ -304,12 +306,12 @@ def test_a_clip_ffmpeg_cannot_cut_fails_alone(shared_data, tmp_path, monkeypatch
                   (0, 0, 256, 256), 256, 256) for i in range(3)]
     real = crop.cut_clips
 
-    def flaky(path, cuts, size, pad_square=False):
+    def flaky(path, cuts, size, *args):
         if len(cuts) > 1 or cuts[0][0] == 5:  # the batch, and clip c1 alone, "crash" ffmpeg
             raise crop.CropError("ffmpeg exited with 1: simulated")
-        return real(path, cuts, size, pad_square)
+        return real(path, cuts, size, *args)
     monkeypatch.setattr(crop, "cut_clips", flaky)
-    rows = crop.cut_video_clips(clips, video, probe(video), 16, tmp_path)
+    rows = crop.cut_video_clips(clips, video, probe(video), 16, tmp_path, resize=resize)
     assert {r["clip"]: r["status"] for r in rows} == {
         "c0#000000#000005": "done", "c1#000000#000005": "failed", "c2#000000#000005": "done"}
     assert [r["num_frames"] for r in rows if r["status"] == "done"] == [5, 5]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline import cli
+from pipeline.clips import clip_dir
 from pipeline.sample import TRUTH_GRID, SampleClip, render_clip, sample_clips
 
 NAME = re.compile(r"^[a-z_]+#[a-z_]+-m\d{4}#\d{6}#\d{6}$")
@@ -36,7 +37,7 @@ def test_layout_rows_and_summary(prepared):
         folders = sorted((prepared / "png" / split).iterdir())
         assert len(folders) == count
         for folder in folders:
-            assert NAME.match(folder.name), folder.name
+            assert folder.name.endswith(".mp4") and NAME.match(folder.name[:-4]), folder.name
             frames = sorted(folder.glob("*.png"))
             assert [f.name for f in frames] == [f"{i:07d}.png" for i in range(32)]
             assert _png(frames[0]).shape == (64, 64, 3)
@@ -54,7 +55,7 @@ def test_shards_hold_every_png(prepared):
         assert table.schema.field("frame_index").type == "int32"
         assert table.num_rows == count * 32
         row = table.slice(37, 1).to_pylist()[0]
-        path = prepared / "png" / split / row["clip"] / f"{row['frame_index']:07d}.png"
+        path = clip_dir(prepared, split, row["clip"]) / f"{row['frame_index']:07d}.png"
         assert path.read_bytes() == row["png"]
         assert np.asarray(Image.open(io.BytesIO(row["png"]))).shape == (64, 64, 3)
 
@@ -68,7 +69,7 @@ def test_truth_grid_warps_frame0_onto_frame_t(prepared):
         axis = (2 * np.arange(TRUTH_GRID) + 1) / TRUTH_GRID - 1
         np.testing.assert_allclose(grid[0, 5, :, 0], axis, atol=1e-6)   # t=0: identity
         np.testing.assert_allclose(grid[0, :, 9, 1], axis, atol=1e-6)
-        folder = prepared / "png" / "test" / path.stem
+        folder = clip_dir(prepared, "test", path.stem)
         frame0 = torch.tensor(_png(folder / "0000000.png")).permute(2, 0, 1)[None].float() / 255
         for t in (10, 31):
             frame_t = torch.tensor(_png(folder / f"{t:07d}.png")).permute(2, 0, 1).float() / 255

@@ -60,6 +60,9 @@ def test_state_carries_across_batches_and_padding_leaves_it():
     rest = padded({"value": value[5:]})["value"]
     reference = MotionSmoother(("value",), rate=25)({"value": value})["value"]
     assert torch.equal(torch.cat([first[:5], rest]), reference)
+    looked = MotionSmoother(("value",), rate=25)                            # valid=0 (int8's calibration pass)
+    assert torch.equal(looked({"value": value[:8]}, valid=0)["value"], reference[:8])
+    assert torch.equal(looked({"value": value}, valid=None)["value"], reference)  # ...changed nothing
 
 
 def test_strength_rate_dtype_and_entries():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +20,13 @@ class MonkeyNetEmbeddingParams:
     Gaussian heat map (`heatmap_type` gaussian: the driving one; difference: driving minus
     source) divided by `norm_const`, the displacement source - driving (`use_difference`)
     and the source warped by that displacement (`use_deformed_source_image`), computed at
-    `scale_factor` of the frame. The original also accepts norm_const 'sum' (divide by the
-    map's sum); no released config uses it, so only numbers are accepted."""
+    `scale_factor` of the frame. norm_const 'sum' divides each map by its own sum over the
+    pixels instead (the original's normalize_heatmap)."""
     use_heatmap: bool = True
     use_deformed_source_image: bool = False
     use_difference: bool = False
     heatmap_type: Literal["gaussian", "difference"] = "gaussian"
-    norm_const: float = 100.0
+    norm_const: Union[float, Literal["sum"]] = "sum"  # the original constructor's default
     scale_factor: float = 1.0
 
 
@@ -92,7 +92,8 @@ class MonkeyNetParams:
     .feature_matching; generator_gan and discriminator_gan are the shared ones.
     """
     # 'matrix': full 2x2 covariances; 'single': one isotropic variance per keypoint.
-    kp_variance: Literal["matrix", "single"] = "matrix"
+    # A number: a fixed isotropic variance for every keypoint (the detector then gives means only).
+    kp_variance: Union[float, Literal["matrix", "single"]] = "matrix"
     kp_detector_params: MonkeyNetKpDetectorParams = MonkeyNetKpDetectorParams()
     generator_params: MonkeyNetGeneratorParams = MonkeyNetGeneratorParams()
     discriminator_params: MonkeyNetDiscriminatorParams = MonkeyNetDiscriminatorParams()

@@ -6,7 +6,8 @@ keypoint Gaussians.
 Keypoints live on Monkey-Net's coordinate grid (`fomm.blocks.make_coordinate_grid`: -1 and +1
 on the centres of the border pixels) whatever the grid-sampling convention, as in the
 original. Motion dicts: {'value': (B, K, 2) means (x, y), 'var': (B, K, 2, 2) covariances
-('matrix') or (B, K, 1, 1) variances ('single')}.
+('matrix') or (B, K, 1, 1) variances ('single')}; a numeric kp_variance (one fixed variance
+for every keypoint, as the original's kp2gaussian / gaussian2kp accept) gives means only.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def heatmap_moments(heatmap: torch.Tensor, kp_variance: str = "matrix",
         heat = full(heatmap).unsqueeze(-1) + HEATMAP_EPS  # (B, K, h, w, 1)
         grid = make_coordinate_grid(heatmap.shape[2:], heat.dtype, heat.device)  # (h, w, 2)
         mean = (heat * grid).sum(dim=(2, 3))  # (B, K, 2)
+        if not isinstance(kp_variance, str):  # a fixed variance: nothing to estimate
+            return {"value": mean}
         centred = grid - mean[:, :, None, None, :]  # (B, K, h, w, 2)
         if kp_variance == "single":
             var = (centred ** 2 * heat).sum(dim=(2, 3)).mean(dim=-1, keepdim=True)  # (B, K, 1)
@@ -66,6 +69,8 @@ def keypoint_gaussians(kp: dict[str, torch.Tensor], size: tuple[int, int],
         grid = make_coordinate_grid(size, mean.dtype, mean.device)  # (h, w, 2)
         centred = grid - mean[:, :, None, None, :]  # (B, K, h, w, 2)
         dx, dy = centred[..., 0], centred[..., 1]  # (B, K, h, w) each
+        if not isinstance(kp_variance, str):  # one fixed variance for every keypoint
+            return torch.exp(-0.5 * (dx * dx + dy * dy) / kp_variance)
         var = full(kp["var"]).to(mean.dtype)
         if kp_variance == "single":
             return torch.exp(-0.5 * (dx * dx + dy * dy) / var)

@@ -96,7 +96,7 @@ class MonkeyNet(MotionTransferModel):
         if relative:
             scale = movement_scale(motion_source, motion_initial) if adapt_movement_scale else 1
             out["value"] = (motion_driving["value"] - motion_initial["value"]) * scale + motion_source["value"]
-        if relative_jacobian and motion_driving["var"].shape[-1] == 2:
+        if relative_jacobian and "var" in motion_driving and motion_driving["var"].shape[-1] == 2:
             with full_precision(motion_driving["var"]):
                 var = full(motion_driving["var"]) @ torch.linalg.inv(full(motion_initial["var"]))
                 var = var @ full(motion_source["var"])
@@ -111,7 +111,10 @@ class MonkeyNet(MotionTransferModel):
         BatchNorm statistics cover both), the generator, then L1 between the discriminator's
         maps of the driving frame and of the prediction: weight reconstruction_l1 on the
         frame itself, feature_matching on each block (the original's `reconstruction` list),
-        and the LSGAN term w (1 - D(x_hat))^2."""
+        and the LSGAN term w (1 - D(x_hat))^2. The keypoints the discriminator sees here are
+        never detached (train.py's `split_kp(kp_joined, False)`): its maps pass the feature-
+        matching and GAN gradients to the detector; detach_kp_discriminator acts only in the
+        discriminator step."""
         weights = self.loss_weights
         kp_joined = self.kp_detector(torch.cat([source, driving]))
         batch = source.shape[0]
@@ -128,10 +131,8 @@ class MonkeyNet(MotionTransferModel):
             losses["reconstruction_deformed"] = (self.params.reconstruction_deformed
                                                  * (generated["deformed"] - driving).abs().float().mean())
         if any(weights.feature_matching) or weights.generator_gan:
-            detach_disc = detach_motion if self.params.detach_kp_discriminator else dict
-            kp = (detach_disc(kp_driving), detach_disc(kp_source))
-            fake = self.discriminator(prediction, *kp)
-            real = self.discriminator(driving, *kp)
+            fake = self.discriminator(prediction, kp_driving, kp_source)
+            real = self.discriminator(driving, kp_driving, kp_source)
             matching = [w * (a - b).abs().float().mean()
                         for w, a, b in zip(weights.feature_matching, real[1:-1], fake[1:-1]) if w]
             if matching:

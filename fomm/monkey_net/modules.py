@@ -50,10 +50,16 @@ class MovementEmbedding(nn.Module):
         per_kp = params.use_heatmap + 2 * params.use_difference + num_channels * params.use_deformed_source_image
         self.out_channels = per_kp * (num_kp + add_bg)
 
+    def normalise(self, heat: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w) maps / norm_const, or with 'sum' each map / its sum over the pixels."""
+        if self.params.norm_const == "sum":
+            return heat / heat.sum(dim=(2, 3), keepdim=True)
+        return heat / self.params.norm_const
+
     def heatmap(self, kp_driving: Motion, kp_source: Motion, size: tuple[int, int]) -> torch.Tensor:
-        heat = keypoint_gaussians(kp_driving, size, self.kp_variance) / self.params.norm_const
+        heat = self.normalise(keypoint_gaussians(kp_driving, size, self.kp_variance))
         if self.params.heatmap_type == "difference":
-            heat = heat - keypoint_gaussians(kp_source, size, self.kp_variance) / self.params.norm_const
+            heat = heat - self.normalise(keypoint_gaussians(kp_source, size, self.kp_variance))
         return heat  # (B, K, h, w)
 
     def forward(self, source: torch.Tensor, kp_driving: Motion, kp_source: Motion) -> torch.Tensor:

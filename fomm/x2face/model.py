@@ -61,6 +61,8 @@ class X2Face(MotionTransferModel):
     `unwrapped` and `sampler` are its `get_unwrapped_oneimage` and `get_sampler`.
     """
     name = "x2face"
+    # both networks output sampling grids (the embedding and the driving motion): kept float
+    float_modules = ("embedding_network", "driving_network")
 
     def __init__(self, config: Config):
         super().__init__()
