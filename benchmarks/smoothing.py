@@ -1,9 +1,9 @@
 """`animate --smooth`: the jitter metric with and without the One-Euro filter, and its AKD cost;
 writes the `smoothing` section of RESULTS.md.
 
-    python -m benchmarks.smoothing                           # the three clips, 150 frames each
+    python -m benchmarks.smoothing --train-steps 100         # the three clips, 100 frames each, + a tiny FOMM
     python -m benchmarks.smoothing --frames 40 --clips 04 --no-write   # a quick check
-    python -m benchmarks.smoothing --config vox-256 --checkpoint vox-cpk.pth.tar   # + a trained FOMM
+    python -m benchmarks.smoothing --config vox-256 --checkpoint vox-cpk.pth.tar   # + your trained FOMM
 
 Protocol: self-reenactment of real talking-face clips (faces/fomm-demo/{04,08,10}.mp4, 256 px):
 the source is the clip's first frame and every frame drives it (relative motion from that
@@ -12,11 +12,14 @@ the driving video and the ground truth. Each generated clip is scored against th
 at 256x256 with metrics/jitter.py (`jitter`: keypoint acceleration error, px/frame^2, and
 `flicker`: static-region temporal error, /255) and AKD (mean |diff| of the landmarks, px), all
 with dlib68 (HOG + 68-point predictor, offline), frames without a face on either side left
-out. Rows: no filter, then `--smooth-strength` 0.5, 1 (the default), 2 and 4.
+out, and with the model's own keypoints (jitter and AKD; what a model without faces in its
+output can be scored with). Rows: no filter, then `--smooth-strength` 0.5, 1 (the default),
+2 and 4. The filter's own time per frame is measured inside the same runs.
 
-Models: `landmark-warp` (below) always; a FOMM checkpoint with `--config/--checkpoint`. No
-trained FOMM checkpoint is available offline and training one on a shared 2-core CPU takes
-hours, so the figures come from `landmark-warp`: a model without weights in the family
+Models: `landmark-warp` (below) always; a checkpoint with `--config/--checkpoint`; or, with
+`--train-steps N`, a tiny FOMM (64 px) trained here on three clips that are not scored. No
+trained vox-256 checkpoint is available offline and training one on a shared 2-core CPU
+takes days, so the face-landmark figures come from `landmark-warp`: a model without weights in the family
 contract whose motion is dlib's 5 face landmarks of each frame (normalised to [-1, 1] like
 FOMM's keypoints, the filter's units) and whose generator warps the source by the affine
 map that best carries the driving landmarks onto the source's (least squares). Its jitter is
@@ -113,25 +116,30 @@ def clip_frames(name: str, count: int) -> tuple[np.ndarray, float]:
     return resize_frames(read_frames(path, 0, count), SIZE), probe(path).fps
 
 
+def model_size(model, frames: np.ndarray) -> tuple[int, int]:
+    """The frame size the model takes: its config's (`model.frame_shape`), else the frames'."""
+    return tuple(getattr(model, "frame_shape", frames.shape[1:3]))
+
+
 def animate_clip(model, frames: np.ndarray, fps: float, strength: float | None, batch: int = 8
                  ) -> tuple[np.ndarray, float]:
-    """Self-reenactment: (T, H, W, 3) uint8 generated from frames[0] driven by `frames`, and the
-    seconds the filter took (0 without it)."""
+    """Self-reenactment: (T, 256, 256, 3) uint8 generated from frames[0] driven by `frames` at
+    the model's size, and the seconds the filter took (0 without it)."""
     from fomm import source_crop
     from fomm.animation import AnimateOptions, Animator
-    size = (int(model.size), int(model.size)) if hasattr(model, "size") else frames.shape[1:3]
-    inputs = [source_crop.prepare(frame, None, size) for frame in frames]
+    from metrics.evaluate import resize_frames
+    inputs = [source_crop.prepare(frame, None, model_size(model, frames)) for frame in frames]
     options = AnimateOptions(batch_size=batch, smooth=strength is not None, smooth_strength=strength or 1.0,
                              precision="fp32")
     animator = Animator.from_frames(model, inputs[0], inputs[0], options, fps=fps)
     filter_seconds = 0.0
-    if animator.smoother is not None:  # time the filter alone, on the side
+    if animator.smoother is not None:  # time the filter alone, inside the run
         smoother = animator.smoother
 
-        def timed(motion, valid=None, _call=smoother.__call__):
+        def timed(motion, valid=None):
             nonlocal filter_seconds
             start = time.perf_counter()
-            out = _call(motion, valid)
+            out = smoother(motion, valid)
             filter_seconds += time.perf_counter() - start
             return out
         animator.smoother = timed
@@ -139,12 +147,22 @@ def animate_clip(model, frames: np.ndarray, fps: float, strength: float | None, 
     for start in range(0, len(inputs), batch):
         results, _ = animator.predict(inputs[start:start + batch])
         out.extend(results)
-    from metrics.evaluate import resize_frames
     return resize_frames(np.stack(out), SIZE), filter_seconds
 
 
+def own_keypoints(model, frames: np.ndarray) -> np.ndarray | None:
+    """The model's own keypoints (T, K, 2) of 256 px frames, in pixels at 256x256 (None for a
+    family without keypoints)."""
+    from core.frames import to_tensor
+    from fomm import source_crop
+    inputs = np.stack([source_crop.prepare(frame, None, model_size(model, frames)) for frame in frames])
+    with torch.no_grad():
+        points = model.keypoints(model.detect(to_tensor(inputs)))
+    return None if points is None else (points.double().numpy() + 1) / 2 * SIZE
+
+
 def scores(real: np.ndarray, fake: np.ndarray, pose, real_kp: np.ndarray | None = None) -> dict:
-    """jitter, flicker and AKD of `fake` against `real` (both 256 px), dlib68 landmarks."""
+    """jitter, flicker and AKD of `fake` against `real` (both 256 px), with `pose`'s landmarks."""
     from metrics import jitter
     real_kp = pose.detect(real) if real_kp is None else real_kp
     fake_kp = pose.detect(fake)
@@ -152,25 +170,35 @@ def scores(real: np.ndarray, fake: np.ndarray, pose, real_kp: np.ndarray | None 
     flicker = jitter.static_flicker(real, fake)
     both = np.isfinite(real_kp).all(axis=(1, 2)) & np.isfinite(fake_kp).all(axis=(1, 2))
     akd = np.abs(real_kp[both] - fake_kp[both]).mean(axis=(1, 2))
-    return {"jitter": float(np.nanmean(accel.values)), "jitter_frames": int(np.isfinite(accel.values).sum()),
-            "flicker": float(np.nanmean(flicker.values)), "akd": float(akd.mean()) if len(akd) else float("nan"),
-            "akd_frames": int(both.sum()), "frames": len(real)}
+    scored = np.isfinite(accel.values)
+    return {"jitter": float(accel.values[scored].mean()) if scored.any() else float("nan"),
+            "jitter_frames": int(scored.sum()), "flicker": float(np.nanmean(flicker.values)),
+            "akd": float(akd.mean()) if len(akd) else float("nan"), "akd_frames": int(both.sum()),
+            "frames": len(real)}
 
 
 def measure(model_name: str, model, clips, frames: int, strengths) -> list[dict]:
+    """One row per clip and setting. A model smaller than 256 px is scored against the real clip
+    at its own resolution (resized to its size and back), as `benchmark` scores it."""
+    from metrics import jitter
     from metrics.backends.dlib68 import Dlib68Pose
+    from metrics.evaluate import resize_frames
     pose = Dlib68Pose()  # upsample 1: the evaluate default
     rows = []
     for clip in clips:
         real, fps = clip_frames(clip, frames)
-        real_kp = pose.detect(real)
+        reference = resize_frames(resize_frames(real, model_size(model, real)[0]), SIZE)
+        real_kp, real_own = pose.detect(reference), own_keypoints(model, real)
         for strength in (None, *strengths):
             start = time.perf_counter()
             fake, filter_seconds = animate_clip(model, real, fps, strength)
             seconds = time.perf_counter() - start
             row = {"model": model_name, "clip": clip, "smooth": "off" if strength is None else f"{strength:g}",
-                   **scores(real, fake, pose, real_kp), "filter ms/frame": 1000 * filter_seconds / len(real),
+                   **scores(reference, fake, pose, real_kp), "filter ms/frame": 1000 * filter_seconds / len(real),
                    "animate ms/frame": 1000 * seconds / len(real)}
+            fake_own = own_keypoints(model, fake)
+            row["own jitter"] = float(np.nanmean(jitter.acceleration_error(real_own, fake_own).values))
+            row["own akd"] = float(np.abs(real_own - fake_own).mean())
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
             rows.append(row)
     return rows
@@ -178,60 +206,108 @@ def measure(model_name: str, model, clips, frames: int, strengths) -> list[dict]
 
 def summary(rows: list[dict]) -> list[dict]:
     """Per model and setting: the means over clips, and the change against no filter."""
+    def mean(group, key):
+        values = [r[key] for r in group if np.isfinite(r[key])]
+        return float(np.mean(values)) if values else float("nan")
+
+    def text(value, form):
+        return "n/a" if not np.isfinite(value) else format(value, form)
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        base = {r["clip"]: r for r in rows if r["model"] == model and r["smooth"] == "off"}
         for setting in dict.fromkeys(r["smooth"] for r in rows if r["model"] == model):
             group = [r for r in rows if r["model"] == model and r["smooth"] == setting]
-            jitter = np.mean([r["jitter"] for r in group])
-            base_jitter = np.mean([base[r["clip"]]["jitter"] for r in group])
-            akd = np.mean([r["akd"] for r in group])
-            base_akd = np.mean([base[r["clip"]]["akd"] for r in group])
-            out.append({"model": model, "--smooth-strength": setting, "jitter (px/frame^2)": f"{jitter:.3f}",
-                        "change": "" if setting == "off" else f"{100 * (jitter / base_jitter - 1):+.0f} %",
-                        "flicker (/255)": f"{np.mean([r['flicker'] for r in group]):.3f}",
-                        "AKD (px)": f"{akd:.3f}", "AKD cost (px)": "" if setting == "off" else f"{akd - base_akd:+.3f}",
-                        "filter ms/frame": f"{np.mean([r['filter ms/frame'] for r in group]):.2f}",
-                        "animate ms/frame": f"{np.mean([r['animate ms/frame'] for r in group]):.1f}"})
+            base = [r for r in rows if r["model"] == model and r["smooth"] == "off"
+                    and r["clip"] in {g["clip"] for g in group}]
+            row = {"model": model, "--smooth-strength": setting}
+            for key, label in (("jitter", "jitter dlib68"), ("own jitter", "jitter own kp")):
+                value, before = mean(group, key), mean(base, key)
+                row[f"{label} (px/frame^2)"] = text(value, ".3f")
+                change = text(100 * (value / before - 1), "+.0f")
+                row[f"{label} change"] = "" if setting == "off" else change + (" %" if change != "n/a" else "")
+            row["flicker (/255)"] = text(mean(group, "flicker"), ".3f")
+            for key, label in (("akd", "AKD dlib68"), ("own akd", "AKD own kp")):
+                value, before = mean(group, key), mean(base, key)
+                row[f"{label} (px)"] = text(value, ".3f") + ("" if setting == "off" else f" ({text(value - before, '+.3f')})")
+            row["filter ms/frame"] = text(mean(group, "filter ms/frame"), ".2f")
+            row["animate ms/frame"] = text(mean(group, "animate ms/frame"), ".1f")
+            out.append(row)
     return out
+
+
+# --------------------------------------------------------------------------- a tiny FOMM
+TRAIN_CLIPS = (("fomm-demo", "00.mp4"), ("liveportrait", "d0.mp4"), ("liveportrait", "d11.mp4"))
+
+
+def train_tiny(steps: int, folder: Path) -> Path:
+    """A tiny FOMM (configs/tiny.yaml, 64 px) trained for `steps` on three clips that are not
+    scored (fomm-demo/00 and LivePortrait's d0 and d11, 200 frames each at 64 px); its checkpoint."""
+    import subprocess
+
+    from core.media import ffmpeg_exe
+    from fomm.train import resolve_run_config, train
+    data = folder / "faces"
+    for source, name in TRAIN_CLIPS:
+        frames = data / "train" / f"{source}-{Path(name).stem}"
+        if not frames.is_dir():
+            frames.mkdir(parents=True)
+            subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(SHARED / "faces" / source / name),
+                            "-frames:v", "200", "-vf", "scale=64:64", str(frames / "%05d.png")], check=True)
+    config = resolve_run_config("tiny", [f"train_params.max_steps={steps}", "train_params.num_repeats=1000",
+                                         f"train_params.checkpoint_every={steps}",
+                                         "train_params.image_every=1000000"], None)
+    train(config, data, folder / "run")
+    return folder / "run" / "checkpoints" / f"step-{steps:07d}.pt"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clips", default=",".join(CLIPS), help="fomm-demo clip names, comma separated")
-    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--strengths", default=",".join(f"{s:g}" for s in STRENGTHS))
-    parser.add_argument("--config", help="with --checkpoint: a FOMM family config (its frame size is used)")
+    parser.add_argument("--config", default="tiny", help="the config of --checkpoint (default tiny)")
     parser.add_argument("--checkpoint", help="a trained checkpoint to measure beside landmark-warp")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="train a tiny FOMM for this many steps first (with no --checkpoint) and measure it")
+    parser.add_argument("--work", default=None, help="folder for the training run (default: a temporary one)")
     parser.add_argument("--no-write", dest="write", action="store_false")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     clips = [c for c in args.clips.split(",") if c]
     strengths = [float(s) for s in args.strengths.split(",") if s]
+    checkpoint, trained = args.checkpoint, ""
+    if checkpoint is None and args.train_steps > 0:
+        import tempfile
+        work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="smoothing-"))
+        checkpoint = train_tiny(args.train_steps, work)
+        trained = f", trained here for {args.train_steps} steps"
     rows = measure("landmark-warp", LandmarkWarp(), clips, args.frames, strengths)
-    if args.checkpoint:
+    if checkpoint:
         from fomm.animation import load_animation_model
-        from fomm.config import load_config
-        config = load_config(args.config or "vox-256")
-        model = load_animation_model(config, args.checkpoint, torch.device("cpu"))
-        model.size = config.dataset_params.frame_shape[0]
-        rows += measure(f"{config.model_params.name} ({Path(args.checkpoint).name})", model, clips, args.frames,
-                        strengths)
+        from fomm.train import resolve_run_config
+        config = resolve_run_config(args.config, [], None)
+        model = load_animation_model(config, checkpoint, torch.device("cpu"))
+        model.frame_shape = tuple(config.dataset_params.frame_shape[:2])
+        rows += measure(f"{config.model_params.name} {args.config}{trained}", model, clips, args.frames, strengths)
     table = summary(rows)
-    per_clip = [{"model": r["model"], "clip": r["clip"], "smooth": r["smooth"], "jitter": f"{r['jitter']:.3f}",
-                 "flicker": f"{r['flicker']:.3f}", "AKD": f"{r['akd']:.3f}",
+    per_clip = [{"model": r["model"], "clip": r["clip"], "smooth": r["smooth"], "jitter dlib68": r["jitter"],
+                 "jitter own kp": r["own jitter"], "flicker": r["flicker"], "AKD dlib68": r["akd"],
+                 "AKD own kp": r["own akd"],
                  "frames (jitter/AKD)": f"{r['jitter_frames']}/{r['akd_frames']} of {r['frames']}"} for r in rows]
     print(markdown_table(table))
     if args.write:
-        body = (f"`python -m benchmarks.smoothing --frames {args.frames} --clips {args.clips}`: self-reenactment of "
-                "real 256 px face clips (the source is the clip's first frame, every frame drives it), scored "
-                "against the real clip at 256x256 with dlib68 landmarks: `jitter` is the keypoint acceleration "
-                "error and `flicker` the static-region temporal error of metrics/jitter.py (README, Metrics), AKD "
-                "the mean landmark distance. Means over the clips; `change` and `AKD cost` against no filter. "
-                "`landmark-warp` is the weightless stand-in of the script's docstring (dlib68 landmarks as "
-                "the motion, an affine warp as the generator): no trained FOMM checkpoint is available "
-                "offline. The filter's time is measured inside the same runs (the machine is shared: read "
-                "the ratio, not the absolute times).\n\n"
+        command = " ".join(["python -m benchmarks.smoothing", *(argv if argv is not None else __import__("sys").argv[1:])])
+        body = (f"`{command}`: self-reenactment of real 256 px face clips (fomm-demo {', '.join(clips)}, first "
+                f"{args.frames} frames; the source is a clip's first frame, every frame drives it), scored against "
+                "the real clip at 256x256 (at the model's resolution for a smaller model, as `benchmark` does): "
+                "`jitter` is the keypoint acceleration error and `flicker` the static-region temporal error of "
+                "metrics/jitter.py (README, Metrics), with dlib68's landmarks and with the model's own keypoints "
+                "(detected on the real and on the generated frames); AKD the mean keypoint distance. Means over "
+                "the clips; `change` and the AKD in brackets against no filter. `landmark-warp` is the weightless "
+                "stand-in of the script's docstring (dlib's 5 landmarks as the motion, an affine warp as the "
+                "generator); its own keypoints are those 5, which share their errors with its motion. The tiny "
+                "FOMM (configs/tiny.yaml, 64 px) is scored with its own keypoints only: dlib68 finds no face in "
+                "its 64 px reconstructions. The filter's time is measured inside the same runs (a shared "
+                "machine: read the ratio to the animation's time, not the absolute times).\n\n"
                 + markdown_table(table) + "\n\nPer clip:\n\n" + markdown_table(per_clip))
         write_section("smoothing", body)
     return 0
