@@ -102,7 +102,8 @@ def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
         best = _best_frame(source_image, source_box, driving_path, driving_box, end, options)
     initial = source_crop.prepare(media.nth_frame(driving_path, best), driving_box, size)
     paste_back = None
-    if source_crop.wants_paste_back(options.paste_back, options.crop, source_image.shape, size):
+    if source_crop.wants_paste_back(options.paste_back, options.crop, source_image.shape, size,
+                                    options.layout == "side-by-side"):
         paste_back = source_crop.PasteBack(source_image, source_box, even=out_path.suffix.lower() == ".mp4")
     animator = Animator.from_frames(model, source, initial, options, model_device(model), config,
                                     paste_back=paste_back, fps=info.fps)
@@ -208,7 +209,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start from the driving frame whose landmarks match the source's")
     parser.add_argument("--landmarks", default="auto", choices=["auto", "dlib", "face-alignment"])
     parser.add_argument("--crop", default="none", choices=list(source_crop.CROP_MODES),
-                        help="auto: square around the face (face models); center; none: resize")
+                        help="auto: square around the face (face models; pasted back into a larger "
+                             "photo, see --paste-back); center; none: resize")
     paste = parser.add_mutually_exclusive_group()
     paste.add_argument("--paste-back", dest="paste_back", action="store_true", default=None,
                        help="composite the animated crop back into the whole photo (feathered edge): the "

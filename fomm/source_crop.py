@@ -211,15 +211,31 @@ def prepare(image: np.ndarray, box: CropBox | None, size: tuple[int, int]) -> np
 
 # --------------------------------------------------------------------------- paste-back
 FEATHER = 0.08  # the soft edge of the paste-back mask, as a fraction of the box's side
+MAX_OUTPUT_PIXELS = 8192 * 4320  # H.264's largest frame (level 6.2: 139,264 macroblocks of 16x16)
 
 
 def wants_paste_back(option: bool | None, crop: str, image_shape: tuple[int, ...],
-                     size: tuple[int, int]) -> bool:
+                     size: tuple[int, int], side_by_side: bool = False) -> bool:
     """`--paste-back` (True), `--no-paste-back` (False), or neither (None): on with
-    `--crop auto` when the photo is larger than the model's input `size` (H, W)."""
-    if option is not None:
-        return bool(option)
-    return crop == "auto" and (image_shape[0] > size[0] or image_shape[1] > size[1])
+    `--crop auto` when the photo is larger than the model's input `size` (H, W). An output
+    frame above MAX_OUTPUT_PIXELS (the photo, or its three panels side by side) is a UserError
+    when asked for, and falls back to the crop (with a warning) by default."""
+    if option is False:
+        return False
+    if option is None and not (crop == "auto" and (image_shape[0] > size[0] or image_shape[1] > size[1])):
+        return False
+    height, width = image_shape[:2]
+    pixels = height * (2 * width + height if side_by_side else width)
+    if pixels > MAX_OUTPUT_PIXELS:
+        what = f"the {width}x{height} photo" + (" three panels wide" if side_by_side else "")
+        if option:
+            raise UserError(f"--paste-back: {what} makes {pixels / 1e6:.0f} Mpx frames, above the "
+                            f"{MAX_OUTPUT_PIXELS / 1e6:.1f} Mpx h264 holds; expected a smaller photo or "
+                            "--no-paste-back")
+        logger.warning("paste-back: %s makes %.0f Mpx frames, above the %.1f Mpx h264 holds; writing the "
+                       "square crop (resize the photo to paste back)", what, pixels / 1e6, MAX_OUTPUT_PIXELS / 1e6)
+        return False
+    return True
 
 
 def cosine_ramp(length: int, feather: int, soft_start: bool, soft_end: bool) -> np.ndarray:

@@ -116,7 +116,8 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     source_box = source_crop.source_box(source_image, options.crop, options.crop_increase)
     source = source_crop.prepare(source_image, source_box, (height, width))
     paste_back = None  # the photo is still: the live path pastes back as file mode does
-    if source_crop.wants_paste_back(options.paste_back, options.crop, source_image.shape, (height, width)):
+    if source_crop.wants_paste_back(options.paste_back, options.crop, source_image.shape, (height, width),
+                                    options.layout == "side-by-side"):
         paste_back = source_crop.PasteBack(source_image, source_box,
                                            even=live_target or Path(out_path).suffix.lower() != ".gif")
     analysis = (height, width) if options.crop != "auto" else (max(2 * height, 256), max(2 * width, 256))

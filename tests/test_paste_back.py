@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from core.errors import UserError
 from core.frames import to_tensor
 from core.media import ffmpeg_exe, load_image, probe, read_frames
 from fomm import source_crop
@@ -95,6 +96,12 @@ def test_the_default_rule():
     assert not source_crop.wants_paste_back(None, "center", big, model)
     assert not source_crop.wants_paste_back(False, "auto", big, model)
     assert source_crop.wants_paste_back(True, "none", small, model)
+    huge = (6000, 8000, 3)                                             # 48 Mpx: above what h264 holds
+    assert not source_crop.wants_paste_back(None, "auto", huge, model)  # the default falls back to the crop
+    with pytest.raises(UserError, match=r"--paste-back: the 8000x6000 photo makes 48 Mpx frames"):
+        source_crop.wants_paste_back(True, "auto", huge, model)
+    assert source_crop.wants_paste_back(True, "auto", (3024, 4032, 3), model)  # a 12 Mpx phone photo
+    assert not source_crop.wants_paste_back(None, "auto", (4000, 6000, 3), model, side_by_side=True)  # 64 Mpx
     from fomm.animate import options_from_args
     base = ["run", "animate", "--config", "tiny", "--source", "s.png", "--driving", "d.mp4", "--out", "o.mp4"]
     config = load_config("tiny")

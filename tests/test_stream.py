@@ -96,9 +96,9 @@ def test_stream_latency_stays_bounded_with_a_slow_model(model, config, clip, tmp
     """A model slower than the camera: old frames are dropped so latency does not grow."""
     original = Animator.__call__
 
-    def slow(self, driving):
+    def slow(self, driving, *valid):
         time.sleep(0.12 * driving.shape[0])  # 8 frames/s against a 25 fps source
-        return original(self, driving)
+        return original(self, driving, *valid)
 
     monkeypatch.setattr(Animator, "__call__", slow)
     report = stream.run_stream(model, config, shared_data / "faces/sadtalker/happy.png", str(clip),
