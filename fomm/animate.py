@@ -101,7 +101,12 @@ def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
     if options.find_best_frame:
         best = _best_frame(source_image, source_box, driving_path, driving_box, end, options)
     initial = source_crop.prepare(media.nth_frame(driving_path, best), driving_box, size)
-    animator = Animator.from_frames(model, source, initial, options, model_device(model), config)
+    paste_back = None
+    if source_crop.wants_paste_back(options.paste_back, options.crop, source_image.shape, size,
+                                    options.layout == "side-by-side"):
+        paste_back = source_crop.PasteBack(source_image, source_box, even=out_path.suffix.lower() == ".mp4")
+    animator = Animator.from_frames(model, source, initial, options, model_device(model), config,
+                                    paste_back=paste_back, fps=info.fps)
     has_audio = options.audio and info.has_audio and out_path.suffix.lower() == ".mp4"
     return AnimationPlan(model, config, driving_path, out_path, options, info.fps, end, has_audio,
                          driving_box, best, animator)
@@ -134,9 +139,8 @@ def run(plan: AnimationPlan, progress: Callable[[int], None] | None = None) -> A
     seconds = time.perf_counter() - start
     logger.info("animate: %d frames at %.2f fps -> %s in %.1f s (%.1f frames/s)",
                 done, plan.fps, plan.out_path, seconds, done / max(seconds, 1e-9))
-    panels = 3 if plan.options.layout == "side-by-side" else 1
     return AnimationResult(plan.out_path, done, plan.fps, plan.best_frame, seconds, plan.has_audio,
-                           (size[0], size[1] * panels))
+                           plan.animator.frame_shape)
 
 
 def animate(model: MotionTransferModel, config: Config, source_path: str | Path,
@@ -205,8 +209,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start from the driving frame whose landmarks match the source's")
     parser.add_argument("--landmarks", default="auto", choices=["auto", "dlib", "face-alignment"])
     parser.add_argument("--crop", default="none", choices=list(source_crop.CROP_MODES),
-                        help="auto: square around the face (face models); center; none: resize")
-    parser.add_argument("--layout", default="result", choices=list(LAYOUTS))
+                        help="auto: square around the face (face models; pasted back into a larger "
+                             "photo, see --paste-back); center; none: resize")
+    paste = parser.add_mutually_exclusive_group()
+    paste.add_argument("--paste-back", dest="paste_back", action="store_true", default=None,
+                       help="composite the animated crop back into the whole photo (feathered edge): the "
+                            "output has the photo's size; the default with --crop auto on a photo larger "
+                            "than the model's input")
+    paste.add_argument("--no-paste-back", dest="paste_back", action="store_false",
+                       help="write the model's square crop, not the whole photo")
+    parser.add_argument("--smooth", action="store_true",
+                        help="steady motion: One-Euro filter the driving keypoints and jacobians over time "
+                             "(fomm/smoothing.py)")
+    parser.add_argument("--smooth-strength", type=float, default=1.0,
+                        help="--smooth: how hard (default 1; 2 steadier with more lag, 0.5 lighter)")
+    parser.add_argument("--layout", default="result", choices=list(LAYOUTS),
+                        help="result, or side-by-side: source | driving | result (with paste-back: the "
+                             "photo | the driving crop at the photo's height | the result photo)")
     parser.add_argument("--show-keypoints", action="store_true")
     parser.add_argument("--no-audio", dest="audio", action="store_false")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -252,7 +271,8 @@ def options_from_args(args: argparse.Namespace, config: Config) -> AnimateOption
         find_best_frame=args.find_best_frame, landmarks=args.landmarks, crop=args.crop,
         layout=args.layout, show_keypoints=args.show_keypoints, audio=args.audio,
         batch_size=args.batch_size, max_frames=args.max_frames, precision=args.precision,
-        compile=args.compile, provenance=args.provenance)
+        compile=args.compile, provenance=args.provenance, paste_back=args.paste_back, smooth=args.smooth,
+        smooth_strength=args.smooth_strength)
 
 
 def _backend(args: argparse.Namespace) -> str | None:

@@ -27,7 +27,7 @@ from core import quantize
 from core.config import config_to_yaml
 from core.errors import UserError
 from core.frames import to_tensor, to_uint8
-from fomm import source_crop
+from fomm import smoothing, source_crop
 from fomm.api import Motion, MotionTransferModel
 from fomm.config import Config
 
@@ -55,6 +55,10 @@ class AnimateOptions:
     precision: str = "auto"            # auto | fp32 | bf16 | int8 (core/devices.py)
     compile: bool = False              # torch.compile the float paths' inference copy (core/devices.py)
     provenance: bool = True            # watermark, C2PA manifest, AI-generated tag (core/provenance.py)
+    # issue 22: the whole photo and steady motion
+    paste_back: bool | None = None     # None: on with crop="auto" on a photo larger than the model's input
+    smooth: bool = False               # One-Euro filter on the driving motion (fomm/smoothing.py)
+    smooth_strength: float = 1.0       # > 0: 2 smooths harder, 0.5 lighter
 
 
 # --------------------------------------------------------------------------- checks
@@ -74,6 +78,7 @@ def check_options(options: AnimateOptions, out_path: Path | str, live_target: bo
         raise UserError(f"--max-frames {options.max_frames}: expected 1 or more")
     if options.precision not in precision.PRECISIONS:
         raise UserError(f"--precision {options.precision!r}: expected one of {list(precision.PRECISIONS)}")
+    smoothing.check_strength(options.smooth_strength)
 
 
 def check_out_is_not_an_input(out_path: str | Path, **inputs: str | Path) -> None:
@@ -154,20 +159,29 @@ def batched(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray
         yield batch
 
 
+def _even_width(height: int, shape: tuple[int, ...]) -> int:
+    """The even width of a frame of `shape` (H, W, ...) enlarged to `height`."""
+    return 2 * max(1, round(height * shape[1] / shape[0] / 2))
+
+
 # --------------------------------------------------------------------------- the animator
 class Animator:
     """Holds the source and the initial driving frame; turns driving batches into frames.
 
     The output for driving frame t depends only on the source, frame t and the initial
     frame (Eq. 8 compares frame t with the initial frame, never with t-1), so batches can
-    be any size and frames can be fed in any order. `source` and `initial` are (1, 3, H, W)
+    be any size and frames can be fed in any order; except with `options.smooth`, whose
+    filter (fomm/smoothing.py, its state held here) needs the frames in time order, once each,
+    at `fps` frames per second (None: 25). `source` and `initial` are (1, 3, H, W)
     tensors in [0, 1] (`from_frames` takes uint8 frames); `kp_size` and `colormap` draw
-    keypoints with `options.show_keypoints` (a config's `visualizer_params`).
+    keypoints with `options.show_keypoints` (a config's `visualizer_params`); `paste_back`
+    (fomm.source_crop.PasteBack) puts each result back into the whole photo.
     """
 
     def __init__(self, model: MotionTransferModel, source: torch.Tensor, initial: torch.Tensor,
                  options: AnimateOptions, device: torch.device, kp_size: int = 5,
-                 colormap: str = "gist_rainbow"):
+                 colormap: str = "gist_rainbow", paste_back: source_crop.PasteBack | None = None,
+                 fps: float | None = None):
         self.options, self.device = options, device
         self.kp_size, self.colormap = kp_size, colormap
         self.source_frame = to_uint8(source[:1])[0]              # (H, W, 3): the side-by-side panel
@@ -180,6 +194,9 @@ class Animator:
             self.motion_initial = model.detect(self.precision.prepare_input(initial))
         with self.precision.context():  # inference tensors: a network in transfer (AVD) needs inference mode
             self._transfer(self.motion_initial)  # a mode the family lacks (avd) fails before any frame
+        self.paste_back = paste_back
+        self.smoother = smoothing.for_model(model, self.motion_initial, fps, options.smooth_strength) \
+            if options.smooth else None
         # int8: the stored calibration of the weights, else one from the first driving batch
         self.calibration = getattr(model, "calibration_store", None)  # set by load_animation_model
         self.calibrating = self.precision.int8 and not self._stored_int8()
@@ -187,25 +204,31 @@ class Animator:
     @classmethod
     def from_frames(cls, model: MotionTransferModel, source: np.ndarray, initial: np.ndarray,
                     options: AnimateOptions, device: torch.device | None = None,
-                    config: Config | None = None) -> "Animator":
+                    config: Config | None = None, **extra) -> "Animator":
         """An animator from (H, W, 3) uint8 frames at the model's size, on the model's device
-        unless `device` says otherwise; keypoints drawn as `config.visualizer_params` says."""
+        unless `device` says otherwise; keypoints drawn as `config.visualizer_params` says;
+        `extra`: paste_back, fps (see the class)."""
         device = model_device(model) if device is None else device
         drawing = {}
         if config is not None:
             drawing = {"kp_size": config.visualizer_params.kp_size,
                        "colormap": config.visualizer_params.colormap}
-        return cls(model, to_tensor(source, device), to_tensor(initial, device), options, device, **drawing)
+        return cls(model, to_tensor(source, device), to_tensor(initial, device), options, device, **drawing,
+                   **extra)
 
     @property
     def batch_size(self) -> int:
         """Frames per model call: `options.batch_size` or the measured default."""
         return batch_size(self.options, self.device)
 
-    def motion(self, driving: torch.Tensor) -> tuple[Motion, Motion]:
-        """(detected driving motion, transferred motion) for a batch (B, 3, H, W)."""
+    def motion(self, driving: torch.Tensor, valid: int | None = None) -> tuple[Motion, Motion]:
+        """(detected driving motion, transferred motion) for a batch (B, 3, H, W); with
+        `options.smooth` the detected motion is filtered, and `valid` says how many of the
+        B frames are real (the rest pad the batch and leave the filter's state alone)."""
         with self.precision.keypoint_context():
             motion_driving = self.model.detect(self.precision.prepare_input(driving))
+        if self.smoother is not None:
+            motion_driving = self.smoother(motion_driving, valid)
         return motion_driving, self._transfer(motion_driving)
 
     def _transfer(self, motion_driving: Motion) -> Motion:
@@ -242,7 +265,7 @@ class Animator:
         batch, motions = driving.shape[0], {}
 
         def detect():
-            motions["transferred"] = self.motion(driving)[1]
+            motions["transferred"] = self.motion(driving, valid=0)[1]  # valid=0: --smooth's state stays
 
         def generate(model, frames: slice):
             count = len(range(*frames.indices(batch)))
@@ -258,29 +281,31 @@ class Animator:
         quantised, budget = calibrated
         self._use_int8(budget, lambda: quantised)
 
-    def __call__(self, driving: torch.Tensor) -> dict[str, torch.Tensor | Motion]:
-        """Predictions (B, 3, H, W) and the motions behind them for a driving batch."""
+    def __call__(self, driving: torch.Tensor, valid: int | None = None) -> dict[str, torch.Tensor | Motion]:
+        """Predictions (B, 3, H, W) and the motions behind them for a driving batch (`valid`:
+        see `motion`)."""
         driving = self.precision.prepare_input(driving)
         if self.calibrating:
             self._calibrate(driving)
         with self.precision.context():
-            motion_driving, transferred = self.motion(driving)
+            motion_driving, transferred = self.motion(driving, valid)
             batch = driving.shape[0]
             out = self.model.generate(self.source.expand(batch, -1, -1, -1),
                                       expand_motion(self.motion_source, batch), transferred)
         return {"prediction": out["prediction"].float(), "motion_driving": motion_driving,
                 "motion_transferred": transferred}
 
-    def predict(self, driving: Sequence[np.ndarray]) -> tuple[np.ndarray, dict]:
+    def predict(self, driving: Sequence[np.ndarray], valid: int | None = None) -> tuple[np.ndarray, dict]:
         """(B, H, W, 3) uint8 predictions for driving frames (H, W, 3) uint8, and the model's
         outputs (`__call__`); returns once the device is done."""
-        outputs = self(to_tensor(driving, self.device))
+        outputs = self(to_tensor(driving, self.device), valid)
         return to_uint8(outputs["prediction"]), outputs
 
     def compose(self, results: np.ndarray, driving: Sequence[np.ndarray], outputs: dict
                 ) -> Iterator[np.ndarray]:
         """Output frames (H, W', 3) uint8: the result alone, or source | driving | result panels
-        (each the model's input size, no borders, so panel i is columns [i*W, (i+1)*W))."""
+        (each the model's input size, no borders, so panel i is columns [i*W, (i+1)*W)).
+        With paste-back the result is the whole photo (`paste_back_panels` for the layout)."""
         from fomm.visualize import draw_keypoints
         kp_result = kp_driving = kp_source = None
         if self.options.show_keypoints:
@@ -290,6 +315,8 @@ class Animator:
         for i, result in enumerate(results):
             if kp_result is not None:
                 result = draw_keypoints(result, kp_result[i], self.kp_size, self.colormap)
+            if self.paste_back is not None:
+                result = self.paste_back(result)
             if self.options.layout == "result":
                 yield result
                 continue
@@ -298,7 +325,30 @@ class Animator:
                 drive = draw_keypoints(drive, kp_driving[i], self.kp_size, self.colormap)
             if kp_source is not None:
                 src = draw_keypoints(src, kp_source[0], self.kp_size, self.colormap)
+            if self.paste_back is not None:
+                src, drive = self.paste_back_panels(src, drive, kp_source is not None)
             yield np.concatenate([src, drive, result], axis=1)
+
+    def paste_back_panels(self, source: np.ndarray, driving: np.ndarray, keypoints: bool
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """Side-by-side with paste-back: the photo as it is (with keypoints: the source crop
+        the model saw, pasted back, so its keypoints show) and the driving frame the model saw,
+        enlarged to the photo's height (its width rounded to even)."""
+        height = self.paste_back.shape[0]
+        photo = self.paste_back(source) if keypoints else self.paste_back.even(self.paste_back.photo)
+        return photo, source_crop.resize(driving, (height, _even_width(height, driving.shape)))
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W) of the frames `compose` yields."""
+        height, width = self.source_frame.shape[:2]
+        panels = 3 if self.options.layout == "side-by-side" else 1
+        if self.paste_back is None:
+            return height, width * panels
+        photo_height, photo_width = self.paste_back.shape
+        if panels == 1:
+            return photo_height, photo_width
+        return photo_height, 2 * photo_width + _even_width(photo_height, self.source_frame.shape)
 
     def animate(self, driving: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         """The output frames for a batch of driving frames (H, W, 3) uint8 (predict, compose)."""

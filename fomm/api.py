@@ -22,6 +22,18 @@ from core.errors import UserError
 
 Motion = dict[str, torch.Tensor]
 
+#: The largest side of a per-keypoint parameter (`parameter_entries`): (2,), (2, 2), (1, 1) and
+#: (3, 3) are parameters; anything wider is a map (a heatmap, a frame).
+MAX_PARAMETER_SIDE = 4
+
+
+def parameter_entries(motion: Motion) -> tuple[str, ...]:
+    """The keys of float tensors (B, K, ...) whose every axis after K is at most
+    MAX_PARAMETER_SIDE long: parameters per keypoint or region, not dense maps."""
+    return tuple(key for key, value in motion.items()
+                 if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 2
+                 and all(side <= MAX_PARAMETER_SIDE for side in value.shape[2:]))
+
 
 class MotionTransferModel(nn.Module, ABC):
     #: The `model_params.name` that builds this family.
@@ -65,6 +77,15 @@ class MotionTransferModel(nn.Module, ABC):
     def keypoints(self, motion: Motion) -> torch.Tensor | None:
         """(B, K, 2) keypoints in [-1, 1] (x, y) for drawing, or None if the family has none."""
         return motion.get("value")
+
+    def smoothable(self, motion: Motion) -> tuple[str, ...]:
+        """The entries of a motion dict (B, ...) that `animate --smooth` may filter over time
+        (fomm/smoothing.py): float tensors of shape (B, K, ...) whose every axis after K is at
+        most MAX_PARAMETER_SIDE long, i.e. parameters per keypoint or region (FOMM's value and
+        jacobian, Monkey-Net's value and var, MRAA's shift, covar and affine, TPSMM's fg_kp),
+        never a dense map (X2Face's driving frame, MRAA's heatmap). Families override this
+        when a parameter must not be smoothed."""
+        return parameter_entries(motion)
 
     # ------------------------------------------------------------------ training
     @abstractmethod

@@ -207,3 +207,113 @@ def prepare(image: np.ndarray, box: CropBox | None, size: tuple[int, int]) -> np
     if box is not None:
         image = box.apply(image)
     return resize(image, size)
+
+
+# --------------------------------------------------------------------------- paste-back
+FEATHER = 0.08  # the soft edge of the paste-back mask, as a fraction of the box's side
+MAX_OUTPUT_PIXELS = 8192 * 4320  # H.264's largest frame (level 6.2: 139,264 macroblocks of 16x16)
+
+
+def wants_paste_back(option: bool | None, crop: str, image_shape: tuple[int, ...],
+                     size: tuple[int, int], side_by_side: bool = False) -> bool:
+    """`--paste-back` (True), `--no-paste-back` (False), or neither (None): on with
+    `--crop auto` when the photo is larger than the model's input `size` (H, W). An output
+    frame above MAX_OUTPUT_PIXELS (the photo, or its three panels side by side) is a UserError
+    when asked for, and falls back to the crop (with a warning) by default."""
+    if option is False:
+        return False
+    if option is None and not (crop == "auto" and (image_shape[0] > size[0] or image_shape[1] > size[1])):
+        return False
+    height, width = image_shape[:2]
+    pixels = height * (2 * width + height if side_by_side else width)
+    if pixels > MAX_OUTPUT_PIXELS:
+        what = f"the {width}x{height} photo" + (" three panels wide" if side_by_side else "")
+        if option:
+            raise UserError(f"--paste-back: {what} makes {pixels / 1e6:.0f} Mpx frames, above the "
+                            f"{MAX_OUTPUT_PIXELS / 1e6:.1f} Mpx h264 holds; expected a smaller photo or "
+                            "--no-paste-back")
+        logger.warning("paste-back: %s makes %.0f Mpx frames, above the %.1f Mpx h264 holds; writing the "
+                       "square crop (resize the photo to paste back)", what, pixels / 1e6, MAX_OUTPUT_PIXELS / 1e6)
+        return False
+    return True
+
+
+def cosine_ramp(length: int, feather: int, soft_start: bool, soft_end: bool) -> np.ndarray:
+    """(length,) float32 weights: 1 inside, rising as a raised cosine from 0 at a soft end
+    over `feather` px (pixel centres at i + 0.5, so the outermost pixel is nearly 0)."""
+    ramp = np.ones(length, np.float32)
+    if feather <= 0:
+        return ramp
+    centre = np.arange(length, dtype=np.float64) + 0.5
+    rise = np.clip(centre / feather, 0, 1)
+    if soft_start:
+        ramp *= (0.5 - 0.5 * np.cos(np.pi * rise)).astype(np.float32)
+    if soft_end:
+        ramp *= (0.5 - 0.5 * np.cos(np.pi * rise[::-1])).astype(np.float32)
+    return ramp
+
+
+class PasteBack:
+    """The animated crop composited back into the whole photo (`animate --paste-back`).
+
+    The source was `box.apply(photo)` (a side x side square, None: the whole photo) resized to
+    the model's input; a result is resized back to the box (PIL bicubic, core.frames.resize
+    "bicubic-reduced", the pipeline's filter: bicubic when enlarging) and blended into the
+    photo through a mask that is 1 inside the box and falls to 0 at the box's edges over
+    FEATHER of its side (a raised cosine, separable in x and y, so its corners are round).
+    Box edges on the photo's own border are not feathered (nothing lies beyond them). Every
+    pixel outside the box, and every pixel where the mask is 0, is the photo's own.
+
+    `even` (mp4 and live h264, whose yuv420p needs even sides): an odd side of the photo is
+    padded by repeating its last row / column on the composite, so the output is at most one
+    pixel larger than the photo and no encoder-added black line appears.
+    """
+
+    def __init__(self, photo: np.ndarray, box: CropBox | None, even: bool = False, feather: float = FEATHER):
+        self.photo = np.ascontiguousarray(photo)
+        height, width = photo.shape[:2]
+        if box is None:
+            box_left, box_top, box_w, box_h = 0, 0, width, height
+        else:
+            box_left, box_top, box_w, box_h = box.left, box.top, box.side, box.side
+        self.box = (box_left, box_top, box_w, box_h)        # in photo pixels, may pass the border
+        # the part of the box inside the photo: rows [top, bottom), columns [left, right)
+        self.left, self.top = max(box_left, 0), max(box_top, 0)
+        self.right, self.bottom = min(box_left + box_w, width), min(box_top + box_h, height)
+        if self.right <= self.left or self.bottom <= self.top:
+            raise UserError(f"paste-back: the crop box {self.box} lies outside the {width}x{height} photo")
+        side = int(round(feather * max(box_w, box_h)))
+        rows = cosine_ramp(self.bottom - self.top, side, self.top > 0, self.bottom < height)
+        cols = cosine_ramp(self.right - self.left, side, self.left > 0, self.right < width)
+        self.mask = (rows[:, None] * cols[None, :])[..., None]  # (h, w, 1) float32
+        self.pad = (height % 2, width % 2) if even else (0, 0)
+        if any(self.pad):
+            logger.info("paste-back: the photo is %dx%d; h264 needs even sides, so the output is %dx%d "
+                        "(its last row/column repeated)", width, height, width + self.pad[1], height + self.pad[0])
+        self._region = self.photo[self.top:self.bottom, self.left:self.right].astype(np.float32)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the frames `__call__` returns."""
+        return self.photo.shape[0] + self.pad[0], self.photo.shape[1] + self.pad[1]
+
+    def place(self, result: np.ndarray) -> np.ndarray:
+        """A result (h, w, 3) uint8 at the model's size, resized to the box and cut to the
+        part of the box inside the photo."""
+        box_left, box_top, box_w, box_h = self.box
+        resized = resize(result, (box_h, box_w))
+        return resized[self.top - box_top:self.bottom - box_top, self.left - box_left:self.right - box_left]
+
+    def __call__(self, result: np.ndarray) -> np.ndarray:
+        """The photo (H', W', 3) uint8 with `result` pasted into the box through the mask."""
+        placed = self.place(result).astype(np.float32)
+        blend = self._region + self.mask * (placed - self._region)
+        frame = self.photo.copy()
+        frame[self.top:self.bottom, self.left:self.right] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+        return self.even(frame)
+
+    def even(self, frame: np.ndarray) -> np.ndarray:
+        """`frame` padded to the output's even sides (its last row / column repeated)."""
+        if not any(self.pad):
+            return frame
+        return np.pad(frame, ((0, self.pad[0]), (0, self.pad[1]), (0, 0)), mode="edge")

@@ -113,8 +113,13 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     device = model_device(model)
     height, width = config.dataset_params.frame_shape[:2]
     source_image = source_crop.load_source(source_path)
-    source = source_crop.prepare(source_image, source_crop.source_box(
-        source_image, options.crop, options.crop_increase), (height, width))
+    source_box = source_crop.source_box(source_image, options.crop, options.crop_increase)
+    source = source_crop.prepare(source_image, source_box, (height, width))
+    paste_back = None  # the photo is still: the live path pastes back as file mode does
+    if source_crop.wants_paste_back(options.paste_back, options.crop, source_image.shape, (height, width),
+                                    options.layout == "side-by-side"):
+        paste_back = source_crop.PasteBack(source_image, source_box,
+                                           even=live_target or Path(out_path).suffix.lower() != ".gif")
     analysis = (height, width) if options.crop != "auto" else (max(2 * height, 256), max(2 * width, 256))
     command, needs_stdin = live_decoder_command(driving, analysis[1], analysis[0], options.crop, realtime)
     output_fps = stream_fps(driving, fps)
@@ -132,7 +137,7 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
         writer = LiveWriter(out_path, output_fps, stdout) if live_target else VideoWriter(out_path, output_fps)
         with writer, _signals_end_the_run():
             _animate_live(model, config, source, reader, provenance.marking(writer, generation), options,
-                          device, report, stall_timeout)
+                          device, report, stall_timeout, paste_back=paste_back, fps=output_fps)
             if report.frames_out == 0 and report.ended_by == "stall":
                 raise UserError(f"--driving {driving!r}: no frame arrived within {stall_timeout:g} s "
                                 "(--stall-timeout)")
@@ -207,9 +212,11 @@ def warm_up(model: MotionTransferModel, source: np.ndarray, options: AnimateOpti
 
 
 def _animate_live(model, config, source, reader, writer, options, device, report,
-                  stall_timeout: float | None = None) -> None:
+                  stall_timeout: float | None = None, paste_back=None, fps: float | None = None) -> None:
     """The live loop: crop box and initial frame from the first usable frame, then batches
-    of whatever is waiting. Ctrl-C, SIGTERM or a stall end the loop and keep what was written."""
+    of whatever is waiting. Ctrl-C, SIGTERM or a stall end the loop and keep what was written.
+    With `options.smooth` the filter takes the frames as written, one step per frame at `fps`
+    (a dropped frame is not a step)."""
     height, width = config.dataset_params.frame_shape[:2]
     animator, box, searched = None, None, 0
     limit = batch_size(options, device)
@@ -225,7 +232,8 @@ def _animate_live(model, config, source, reader, writer, options, device, report
                         continue
                 report.crop_box = box
                 initial = source_crop.prepare(items[0][1], box, (height, width))
-                animator = Animator.from_frames(model, source, initial, options, device, config)
+                animator = Animator.from_frames(model, source, initial, options, device, config,
+                                                paste_back=paste_back, fps=fps)
             if items:
                 _write_batch(animator, items, box, (height, width), writer, report)
             if ended:
@@ -259,7 +267,7 @@ def _write_batch(animator, items, box, size, writer, report) -> None:
     padded = next(shape for shape in live_batch_sizes(animator.batch_size) if shape >= len(frames))
     frames += [frames[-1]] * (padded - len(frames))  # results past len(items) are not written
     step = time.perf_counter()
-    results, outputs = animator.predict(frames)
+    results, outputs = animator.predict(frames, valid=len(items))  # padding leaves --smooth's state alone
     report.steps.append(time.perf_counter() - step)
     for (arrival, _), frame in zip(items, animator.compose(results, frames, outputs)):
         writer.write(frame)

@@ -3,7 +3,8 @@
     score_clip(real, fake, pose="dlib68", identity="dlib-face", protocol="paper") -> DataFrame
         frame, l1, ssim, psnr, akd, mkr, aed, [lpips], akd_skip, mkr_skip, aed_skip (why a
         frame has no value), joints_real, joints_fake (joints found per frame),
-        identity_real, identity_fake (bool)
+        identity_real, identity_fake (bool), jitter, jitter_skip, flicker, flicker_skip
+        (metrics/jitter.py: keypoint acceleration error, static-region flicker)
 
 L1, SSIM, PSNR and LPIPS compare the frames at their own size. Keypoints are detected on
 frames resized to 256x256, so AKD is in pixels at 256x256 as in the paper. NaN marks a
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from core.frames import resize
+from metrics import jitter as jitter_metrics
 from metrics import keypoints as keypoint_metrics
 from metrics import protocol as paper_protocol
 from metrics import reconstruction
@@ -99,6 +101,7 @@ def score_clip(real: np.ndarray, fake: np.ndarray, pose: PoseBackend | str | Non
         table["joints_real"] = keypoint_metrics.found(kp_real).sum(axis=1)
         table["joints_fake"] = keypoint_metrics.found(kp_fake).sum(axis=1)
         attrs.update(pose_backend=pose.name, pose_scheme=pose.scheme)
+    _jitter_columns(table, real, fake, (kp_real, kp_fake) if pose is not None else None)
     table["aed"], table["aed_skip"] = np.nan, no_backend
     table["identity_real"], table["identity_fake"] = False, False
     if identity is not None:
@@ -115,6 +118,17 @@ def score_clip(real: np.ndarray, fake: np.ndarray, pose: PoseBackend | str | Non
     table.attrs.update(attrs)
     table.attrs.update(missing_counts(table))
     return table
+
+
+def _jitter_columns(table: pd.DataFrame, real: np.ndarray, fake: np.ndarray, keypoints) -> None:
+    """jitter (the pose backend's landmarks at 256x256; "no backend" without one) and flicker
+    (the frames at their own size), metrics/jitter.py."""
+    table["jitter"], table["jitter_skip"] = np.nan, ["no backend"] * len(table)
+    if keypoints is not None:
+        scores = jitter_metrics.acceleration_error(*keypoints)
+        table["jitter"], table["jitter_skip"] = scores.values, scores.reasons
+    scores = jitter_metrics.static_flicker(real, fake)
+    table["flicker"], table["flicker_skip"] = scores.values, scores.reasons
 
 
 FACES_HAVE_NO_MKR = "faces: pose-evaluation reports no MKR"

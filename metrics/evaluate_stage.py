@@ -11,8 +11,9 @@ scored frame by frame with `metrics.evaluate.score_clip` under the chosen protoc
 ("paper" by default: pose-evaluation's arithmetic, metrics.protocol).
 
 Writes DIR/per_frame.parquet (clip, frame, metrics, why a frame has no value) and
-DIR/summary.json: one number per metric (l1, akd, mkr, aed; null where no backend
-applies), the protocol and backends, and the frames behind each number.
+DIR/summary.json: one number per metric (l1, akd, mkr, aed, and jitter and flicker from
+metrics/jitter.py; null where no backend applies), the protocol and backends, and the frames
+behind each number.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SIZE = 256
-SUMMARY_METRICS = ("l1", "akd", "mkr", "aed")
+SUMMARY_METRICS = ("l1", "akd", "mkr", "aed", "jitter", "flicker")  # jitter, flicker: metrics/jitter.py
 
 
 def _natural(path: Path) -> list:

@@ -190,8 +190,9 @@ def test_any_source_image_works(kind, model, config, d12_short, tmp_path, shared
     source = paths[kind]()
     out = tmp_path / f"{kind}.mp4"
     crop = "auto" if kind in ("2048px", "portrait-aspect") else "none"  # face detection costs time
+    # the square crop: paste-back (the default with --crop auto on these photos) is tests/test_paste_back.py's
     result = animate(model, config, source, d12_short, out,
-                     AnimateOptions(crop=crop, layout="side-by-side", max_frames=3))
+                     AnimateOptions(crop=crop, layout="side-by-side", max_frames=3, paste_back=False))
     info = probe(out)
     assert (info.width, info.height, info.num_frames) == (192, 64, 3) and result.num_frames == 3
     assert result.frame_size == (64, 192)
@@ -277,7 +278,7 @@ def test_best_frame_animation_equals_backward_forward_stitch(model, config, d12_
     frame and stitches them; per-frame independence lets us run in order: same frames."""
     source_path = shared_data / "faces/liveportrait/s2.jpg"
     out = tmp_path / "best.mp4"
-    options = AnimateOptions(crop="auto", find_best_frame=True, max_frames=8, batch_size=3)
+    options = AnimateOptions(crop="auto", find_best_frame=True, max_frames=8, batch_size=3, paste_back=False)
     result = animate(model, config, source_path, d12_short, out, options)
     assert 0 <= result.best_frame < 8 and probe(out).num_frames == 8
     image = load_image(source_path)

@@ -96,9 +96,9 @@ def test_stream_latency_stays_bounded_with_a_slow_model(model, config, clip, tmp
     """A model slower than the camera: old frames are dropped so latency does not grow."""
     original = Animator.__call__
 
-    def slow(self, driving):
+    def slow(self, driving, *valid):
         time.sleep(0.12 * driving.shape[0])  # 8 frames/s against a 25 fps source
-        return original(self, driving)
+        return original(self, driving, *valid)
 
     monkeypatch.setattr(Animator, "__call__", slow)
     report = stream.run_stream(model, config, shared_data / "faces/sadtalker/happy.png", str(clip),
@@ -171,7 +171,8 @@ def test_stream_to_stdout_for_a_player(model, config, clip, tmp_path, shared_dat
 def test_stream_crop_auto_fixes_the_box_on_the_first_face(model, config, clip, tmp_path, shared_data):
     from core import faces
     report = stream.run_stream(model, config, shared_data / "faces/liveportrait/s2.jpg", str(clip),
-                               tmp_path / "crop.mp4", AnimateOptions(crop="auto", batch_size=4), drop=False)
+                               tmp_path / "crop.mp4", AnimateOptions(crop="auto", batch_size=4, paste_back=False),
+                               drop=False)
     assert report.frames_out == 20 and report.crop_box is not None
     box = report.crop_box  # in the 256x256 decoded frames: around the face, smaller than the frame
     first = next(iter_frames(clip))
@@ -186,11 +187,11 @@ def test_stream_failure_half_way_leaves_nothing(model, config, clip, tmp_path, s
     calls = {"n": 0}
     original = Animator.__call__
 
-    def failing(self, driving):
+    def failing(self, driving, valid=None):
         calls["n"] += 1
         if calls["n"] == 4:  # warm-up takes two calls (batch 1 and 2); fail on the second live batch
             raise RuntimeError("simulated failure")
-        return original(self, driving)
+        return original(self, driving, valid)
 
     monkeypatch.setattr(Animator, "__call__", failing)
     out_dir = tmp_path / "out"
