@@ -500,7 +500,7 @@ def main(args: argparse.Namespace) -> int:
     import os
     import socket
     from pipeline import datasets
-    from pipeline.writer_lock import writer_lock
+    from core.writer_lock import writer_lock
     began = time.perf_counter()
     check_arguments(args)
     definition = datasets.load_dataset(args.dataset)

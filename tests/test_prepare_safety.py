@@ -348,7 +348,7 @@ def test_second_writer_is_refused_and_a_killed_holder_is_no_obstacle(tmp_path, m
     manifest = _manifest(tmp_path, ROWS[:3])
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from pipeline.writer_lock import writer_lock\n"
+         "from core.writer_lock import writer_lock\n"
          "with writer_lock(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(60)",
          str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)})
