@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import queue
 import shutil
@@ -29,6 +30,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from core.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def ffmpeg_exe() -> str:
@@ -214,6 +217,25 @@ def atomic_path(final: str | Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_partial_files(folder: str | Path) -> list[Path]:
+    """Remove what a killed writer left in `folder` (not below it): the hidden temporary files
+    of `atomic_path`, `VideoWriter` and core.provenance (`.NAME.XXXX.part.EXT`,
+    `.NAME.XXXX.mark.EXT`) and staged folders (`.NAME.part`). Call it only with the folder's
+    writer lock held (core.writer_lock), when nobody else can be writing them."""
+    removed = []
+    for path in sorted(Path(folder).glob(".*")):
+        if ".part" not in path.name[1:] and ".mark." not in path.name:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    if removed:
+        log.info("removed %d partial file(s) of an interrupted run in %s", len(removed), folder)
+    return removed
 
 
 class FfmpegPipe:

@@ -166,6 +166,7 @@ class Animator:
         self.kp_size, self.colormap = kp_size, colormap
         self.source_frame = to_uint8(source[:1])[0]              # (H, W, 3): the side-by-side panel
         self.precision = precision.resolve(options.precision, device)
+        self.weights_source = getattr(model, "weights_source", None)  # named if outputs are not finite
         # the path's inference model: a copy with BatchNorm folded (Precision.inference_model)
         self.model = model = self.precision.inference_model(model)
         self.source = self.precision.prepare_input(source)      # (1, 3, H, W)
@@ -215,7 +216,10 @@ class Animator:
             batch = driving.shape[0]
             out = self.model.generate(self.source.expand(batch, -1, -1, -1),
                                       expand_motion(self.motion_source, batch), transferred)
-        return {"prediction": out["prediction"].float(), "motion_driving": motion_driving,
+        from fomm.checkpoint import check_finite_output
+        prediction = out["prediction"].float()
+        check_finite_output(prediction, self, f"a batch of {batch} driving frames")
+        return {"prediction": prediction, "motion_driving": motion_driving,
                 "motion_transferred": transferred}
 
     def predict(self, driving: Sequence[np.ndarray]) -> tuple[np.ndarray, dict]:

@@ -57,6 +57,7 @@ def reconstruct_batches(model, batches: Iterable[torch.Tensor], device: str = "c
     batch is the source of every frame. `precision` is a core.devices path (fp32 keeps L1
     comparable across machines)."""
     from core.devices import resolve
+    from fomm.checkpoint import check_finite_output
     path = resolve(precision, device)
     path.prepare_model(model)
     source = None
@@ -67,6 +68,7 @@ def reconstruct_batches(model, batches: Iterable[torch.Tensor], device: str = "c
         with path.context():  # left before the yield: the caller's code must not run under it
             out = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)
             prediction = out["prediction"].float()  # (n, 3, H, W)
+            check_finite_output(prediction, model, f"a batch of {len(driving)} frames")
             deformation = out.get("deformation")
             batch = Reconstructed(to_uint8(driving), to_uint8(prediction), frame_l1(prediction, driving),
                                   None if deformation is None else deformation.float().cpu().numpy())
