@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Union
 
 from core.errors import UserError
 from core.writer_lock import FORBIDDEN_ROOTS, LOCK_NAME, MIN_FREE_BYTES, check_out_dir, free_bytes, writer_lock
@@ -40,6 +40,9 @@ MARKER_FORMAT = 1
 BOOKKEEPING = (LOCK_NAME, MARKER)
 
 Inputs = Mapping[str, "str | os.PathLike | None"]
+# How a stage recognises a folder an earlier version of it wrote (no mark yet): names or glob
+# patterns of which one must be there, or a function of the folder.
+Earlier = Union[Iterable[str], Callable[[Path], bool]]
 
 
 # --------------------------------------------------------------------------- apart from the inputs
@@ -148,11 +151,17 @@ def _listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING)
 
 
-def check_owned(out: Path, stage: str, flag: str = "--out", earlier: Iterable[str] = (),
+def _is_earlier(out: Path, earlier: Earlier) -> bool:
+    if callable(earlier):
+        return bool(earlier(out))
+    return any(next(out.glob(pattern), None) is not None for pattern in earlier)
+
+
+def check_owned(out: Path, stage: str, flag: str = "--out", earlier: Earlier = (),
                 accepts: Iterable[str] = ()) -> str:
     """How `stage` may use the folder `out`: "new" (absent), "empty", "ours" (marked by
-    `stage` or one of `accepts`) or "earlier" (unmarked, but holding one of the `earlier`
-    names an older version of the stage wrote). UserError for anything else."""
+    `stage` or one of `accepts`) or "earlier" (unmarked, but what an older version of the
+    stage wrote: `earlier`). UserError for anything else."""
     if not out.exists():
         return "new"
     entries = _listing(out)
@@ -164,7 +173,7 @@ def check_owned(out: Path, stage: str, flag: str = "--out", earlier: Iterable[st
                         f"expected a new folder, an empty one or an earlier `{stage}` output")
     if not entries:
         return "empty"
-    if any((out / name).exists() for name in earlier):
+    if _is_earlier(out, earlier):
         return "earlier"
     shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
     raise UserError(f"{flag} {str(out)!r} holds files `pipeline run {stage}` did not write ({shown}); "
@@ -172,7 +181,7 @@ def check_owned(out: Path, stage: str, flag: str = "--out", earlier: Iterable[st
 
 
 def check_out_folder(out: str | os.PathLike, stage: str, inputs: Inputs = {}, flag: str = "--out",
-                     earlier: Iterable[str] = (), accepts: Iterable[str] = ()) -> Path:
+                     earlier: Earlier = (), accepts: Iterable[str] = ()) -> Path:
     """Every check of `claim`, with no side effect: usable, apart from `inputs`, owned."""
     path = check_out_dir(Path(out), flag)
     check_apart(out, inputs, flag)
@@ -194,10 +203,10 @@ class claim:
     """
 
     def __init__(self, out: str | os.PathLike, stage: str, inputs: Inputs = {}, flag: str = "--out",
-                 earlier: Iterable[str] = (), accepts: Iterable[str] = (), scaffolding: Iterable[str] = (),
+                 earlier: Earlier = (), accepts: Iterable[str] = (), scaffolding: Iterable[str] = (),
                  partial_dirs: Iterable[str] = ()):
         self.stage, self.inputs, self.flag = stage, dict(inputs), flag
-        self.earlier, self.accepts = tuple(earlier), tuple(accepts)
+        self.earlier, self.accepts = earlier if callable(earlier) else tuple(earlier), tuple(accepts)
         self.scaffolding, self.partial_dirs = tuple(scaffolding), tuple(partial_dirs)
         self.out = check_out_folder(out, stage, self.inputs, flag, self.earlier, self.accepts)
         self._lock = None
