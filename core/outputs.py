@@ -100,12 +100,12 @@ def check_out_file(out: str | os.PathLike, inputs: Inputs = {}, flag: str = "--o
     for root in FORBIDDEN_ROOTS:
         if any(p == root or root in p.parents for p in (path, real)):
             raise UserError(f"{flag} {str(out)!r} is under {root}; expected a file on a normal file system")
+    check_apart(out, inputs, flag)
     if path.is_symlink():
         raise UserError(f"{flag} {str(out)!r} is a symbolic link (to {os.readlink(path)!r}); expected a "
                         "file path, not a link")
     if path.is_dir():
         raise UserError(f"{flag} {str(out)!r} is a folder; expected a file name")
-    check_apart(out, inputs, flag)
     folder = path.parent
     while not folder.exists():
         folder = folder.parent
@@ -183,8 +183,8 @@ def check_owned(out: Path, stage: str, flag: str = "--out", earlier: Earlier = (
 def check_out_folder(out: str | os.PathLike, stage: str, inputs: Inputs = {}, flag: str = "--out",
                      earlier: Earlier = (), accepts: Iterable[str] = ()) -> Path:
     """Every check of `claim`, with no side effect: usable, apart from `inputs`, owned."""
-    path = check_out_dir(Path(out), flag)
     check_apart(out, inputs, flag)
+    path = check_out_dir(Path(out), flag)
     check_owned(path, stage, flag, earlier, accepts)
     return path
 
@@ -199,13 +199,15 @@ class claim:
     Made before any work, it fails fast; entered, it checks again with the lock held. When
     this run created the folder and the block fails, the folder goes again if it holds
     nothing but its bookkeeping and `scaffolding` (files that mean nothing without results).
-    `partial_dirs`: subfolders whose temporary files are removed too.
+    `partial_dirs`: subfolders whose temporary files are removed too. `mark=False` claims a
+    folder another stage owns (`accepts`) without marking it (report writes its pages into a
+    run folder).
     """
 
     def __init__(self, out: str | os.PathLike, stage: str, inputs: Inputs = {}, flag: str = "--out",
                  earlier: Earlier = (), accepts: Iterable[str] = (), scaffolding: Iterable[str] = (),
-                 partial_dirs: Iterable[str] = ()):
-        self.stage, self.inputs, self.flag = stage, dict(inputs), flag
+                 partial_dirs: Iterable[str] = (), mark: bool = True):
+        self.stage, self.inputs, self.flag, self.mark = stage, dict(inputs), flag, mark
         self.earlier, self.accepts = earlier if callable(earlier) else tuple(earlier), tuple(accepts)
         self.scaffolding, self.partial_dirs = tuple(scaffolding), tuple(partial_dirs)
         self.out = check_out_folder(out, stage, self.inputs, flag, self.earlier, self.accepts)
@@ -219,7 +221,7 @@ class claim:
         try:
             check_apart(out, self.inputs, self.flag)
             how = check_owned(out, self.stage, self.flag, self.earlier, self.accepts)
-            if how != "ours":
+            if how != "ours" and self.mark:
                 if how == "earlier":
                     log.info("%s: an earlier `%s` output without a stage mark; marked now", out, self.stage)
                 write_marker(out, self.stage)

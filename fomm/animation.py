@@ -14,7 +14,6 @@ files; the stages that use it, `pipeline run animate` (fomm/animate.py, from a f
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -74,17 +73,11 @@ def check_options(options: AnimateOptions, out_path: Path | str, live_target: bo
 
 
 def check_out_is_not_an_input(out_path: str | Path, **inputs: str | Path) -> None:
-    """UserError when `--out` names one of the input files (`source=..., driving=...`):
-    the same path once symlinks and `..` are resolved, or the same file (a hard link)."""
-    out = Path(out_path)
-    for name, value in inputs.items():
-        given = Path(value)
-        same = out.resolve() == given.resolve()
-        if not same and out.exists() and given.exists():
-            same = os.path.samefile(out, given)
-        if same:
-            raise UserError(f"--out {str(out_path)!r} is the --{name} file {str(value)!r}: writing it "
-                            "would destroy the input; expected another output path")
+    """UserError when `--out` names one of the input files (`source=..., driving=...`), lies
+    inside or contains one: the same path once symlinks and `..` are resolved, or the same
+    file (a hard link); core.outputs.check_apart."""
+    from core.outputs import check_apart
+    check_apart(out_path, {f"--{name}": value for name, value in inputs.items()})
 
 
 # --------------------------------------------------------------------------- devices and the model
