@@ -215,16 +215,22 @@ class claim:
 
     def __enter__(self) -> Path:
         from core.media import remove_partial_files
+        from core.writer_lock import held_here
         self._created = not self.out.exists()
+        self._lock_made = not (self.out / LOCK_NAME).exists()
+        self._nested = held_here(self.out)
         self._lock = writer_lock(self.out, self.flag)
         out = self._lock.__enter__()
+        self._marked, self._before = False, set()
         try:
             check_apart(out, self.inputs, self.flag)
             how = check_owned(out, self.stage, self.flag, self.earlier, self.accepts)
+            self._before = set(_listing(out))
             if how != "ours" and self.mark:
                 if how == "earlier":
                     log.info("%s: an earlier `%s` output without a stage mark; marked now", out, self.stage)
                 write_marker(out, self.stage)
+                self._marked = True
             for folder in (out, *(out / name for name in self.partial_dirs)):
                 if folder.is_dir():
                     remove_partial_files(folder)
@@ -235,19 +241,34 @@ class claim:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
-            if exc_type is not None and self._created and self.out.is_dir():
-                left = [name for name in _listing(self.out) if name not in self.scaffolding]
-                if not left:
-                    for name in self.scaffolding:
-                        target = self.out / name
-                        if target.is_dir() and not target.is_symlink():
-                            shutil.rmtree(target, ignore_errors=True)
-                        else:
-                            target.unlink(missing_ok=True)
-                    (self.out / MARKER).unlink(missing_ok=True)
+            if exc_type is not None and not self._nested and self.out.is_dir():
+                self._undo()
         finally:
             self._lock.__exit__(exc_type, exc, tb)
         return False
+
+    def _undo(self) -> None:
+        """After a failed run: what this claim added (mark, lock file, the folder itself) goes
+        again when the run wrote nothing else (its `scaffolding` aside), so a refused start
+        leaves the folder as it found it."""
+        now = set(_listing(self.out))
+        if self._created:
+            if now - set(self.scaffolding):
+                return
+            for name in self.scaffolding:
+                target = self.out / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
+            (self.out / MARKER).unlink(missing_ok=True)  # writer_lock then removes the folder
+        elif now - set(self.scaffolding) == self._before - set(self.scaffolding):
+            for name in (now & set(self.scaffolding)) - self._before:
+                (self.out / name).unlink(missing_ok=True)
+            if self._marked:
+                (self.out / MARKER).unlink(missing_ok=True)
+            if self._lock_made:
+                (self.out / LOCK_NAME).unlink(missing_ok=True)
 
 
 def _exc_info():

@@ -301,7 +301,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     from tqdm import tqdm
     plan = prepare(model, config, args.source, args.driving, args.out, options)
-    with tqdm(total=plan.num_frames, unit="frame", desc="animate") as bar:
+    with tqdm(total=plan.num_frames, unit="frame", desc="animate", disable=None) as bar:  # none off a terminal
         result = run(plan, bar.update)
     print(f"{result.path}: {result.num_frames} frames at {result.fps:.3f} fps, "
           f"{result.frame_size[1]}x{result.frame_size[0]}, audio={'yes' if result.has_audio else 'no'}, "

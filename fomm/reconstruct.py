@@ -150,7 +150,8 @@ def claim_output(out: str | Path, data: str | Path | None, checkpoint: str | Pat
 def main(args: argparse.Namespace) -> int:
     from core.errors import check_count
     from fomm.checkpoint import checkpoint_config, load_checkpoint_file, load_model
-    check_count("--num-videos", args.num_videos)  # checked before anything is written
+    if args.num_videos is not None and args.num_videos < 1:  # checked before anything is written
+        raise UserError(f"--num-videos must be a positive number of clips, got {args.num_videos}")
     check_count("--batch-size", args.batch_size)
     claim_output(args.out, args.data, args.checkpoint, args.config)  # checked before any work
     if args.config:

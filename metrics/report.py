@@ -512,7 +512,7 @@ def write_report(run: str | Path) -> tuple[Path, Path]:
     # the pages go into the run folder: one of ours (run all's, a benchmark's), never while a
     # stage writes it, and never over a file of the same name that is no page of ours
     with outputs.claim(info.run, "report", flag="--run", accepts=("all", "benchmark"), mark=False,
-                       earlier=("benchmark.json", "timings.json", "train/*/metrics.jsonl")):
+                       earlier=("benchmark.json", "benchmark/benchmark.json", "timings.json", "train/*/metrics.jsonl")):
         return _write_pages(info)
 
 

@@ -73,7 +73,7 @@ def test_first_frame_is_the_source_and_reruns_skip_done_clips(test_root, checkpo
     args = ["run", "reconstruct", "--checkpoint", str(checkpoint), "--data", str(test_root),
             "--out", str(out), "--num-videos", "1", "--batch-size", "7"]
     assert cli_main(args) == 0
-    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "l1.csv"}
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in ("l1.csv", ".lock")}
     assert len([p for p in written if p.suffix == ".png"]) == 48  # taichi2 only (name order)
 
     frames = torch.cat(list(ReconstructionClips(open_clips(test_root, "test"), (64, 64, 3), 48).frames("taichi2")))
@@ -88,7 +88,7 @@ def test_first_frame_is_the_source_and_reruns_skip_done_clips(test_root, checkpo
 
     assert cli_main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in written} == written
-    assert not any(p.name.startswith(".") for p in out.iterdir())  # no half-written clip left
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".lock", ".motion-transfer.json"]
 
 
 def test_reconstruct_rejects_missing_checkpoint_and_data(test_root, checkpoint, tmp_path):
