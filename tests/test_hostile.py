@@ -771,3 +771,77 @@ def test_frame_folders_of_16_bit_gray_train_and_reconstruct_as_gray(tmp_path):
     store = open_clips(tmp_path / "data", "test")
     got = store.read("clip", range(3))
     assert np.array_equal(got, np.repeat((frames >> 8).astype(np.uint8)[..., None], 3, axis=3))
+
+
+def test_reconstruct_removes_what_a_killed_run_left(world, tmp_path):
+    """A killed reconstruct leaves `.clip.XXXX.part.mp4` and `.clip.part/`: the next run into
+    the folder (its writer lock held) removes them and writes the clip whole."""
+    out = tmp_path / "rec"
+    out.mkdir()
+    (out / MARKER).write_text(json.dumps({"stage": "reconstruct", "format": 1}))
+    (out / ".t1.k3j9.part.mp4").write_bytes(b"half a video")
+    (out / ".t1.part").mkdir()
+    (out / ".t1.part" / "0000000.png").write_bytes(b"half a frame")
+    assert cli.main(reconstruct(world, out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".lock", MARKER, "config.yaml", "l1.csv", "t1", "t1.mp4"]
+    assert len(list((out / "t1").iterdir())) == 6
+
+
+def _clip(name: str, start: int, end: int):
+    from pipeline import clips
+    return clips.Clip(name, "face08", "id001", "train", start, end, 35.0, (0, 0, 256, 256), 256, 256)
+
+
+def _settings(out: Path, cache: Path, url_template: str | None = None, source_dir: Path | None = None):
+    from pipeline.prepare import Settings
+    return Settings(str(out), "manifest", 32, str(cache), url_template, str(source_dir) if source_dir else None)
+
+
+def test_a_clip_past_the_end_of_its_video_fails_instead_of_being_cut_short(shared_data, tmp_path):
+    """A manifest range [0, 1000) of a 150-frame video is not clamped to a short clip marked
+    done: its row fails, saying so, and no folder appears; a range inside the video is cut."""
+    from pipeline import clips, crop
+    from pipeline.prepare import Job
+    source = tmp_path / "videos"
+    source.mkdir()
+    (source / "face08.mp4").symlink_to(shared_data / "faces" / "fomm-demo" / "08.mp4")
+    out = tmp_path / "out"
+    job = Job("face08", [_clip("face08#000000#001000", 0, 1000), _clip("face08#000000#000010", 0, 10)])
+    rows = {row["clip"]: row for row in crop.prepare_video(job, _settings(out, tmp_path / "cache", source_dir=source))}
+    short = rows["face08#000000#001000"]
+    assert short["status"] == "failed" and "shorter than the clip's range" in short["error"], short
+    assert not clips.clip_dir(out, "train", "face08#000000#001000").exists()
+    assert rows["face08#000000#000010"]["status"] == "done" and rows["face08#000000#000010"]["num_frames"] == 10
+
+
+def test_a_cached_download_that_does_not_decode_is_fetched_again(shared_data, tmp_path):
+    """A download a crash left damaged in the cache fails its clips and is removed, so the
+    rerun fetches it again (from a local HTTP mirror) and cuts the clip."""
+    import functools
+    import http.server
+    import threading
+    from pipeline import crop
+    from pipeline.prepare import Job
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    shutil.copy(shared_data / "faces" / "fomm-demo" / "08.mp4", mirror / "face08.mp4")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(mirror)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        (cache / "face08.mp4").write_bytes(b"\0" * 4096)  # what a killed download can leave
+        settings = _settings(tmp_path / "out", cache, f"http://127.0.0.1:{server.server_address[1]}/{{video_id}}.mp4")
+        job = Job("face08", [_clip("face08#000000#000010", 0, 10)])
+        (first,) = crop.prepare_video(job, settings)
+        assert first["status"] == "failed" and "a rerun fetches it again" in first["error"], first
+        assert not (cache / "face08.mp4").exists()
+        (second,) = crop.prepare_video(job, settings)
+        assert second["status"] == "done" and second["num_frames"] == 10, second
+        assert (cache / "face08.mp4").read_bytes() == (mirror / "face08.mp4").read_bytes()
+    finally:
+        server.shutdown()
