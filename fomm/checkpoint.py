@@ -271,7 +271,7 @@ def _tensor_problem(name: str, expected: dict, given: dict) -> str | None:
             continue
         if expected[key].is_floating_point() and not tensor.is_floating_point():
             return f"tensor {name}.{key} is {str(tensor.dtype).removeprefix('torch.')}, the model's is floating point"
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
             return f"tensor {name}.{key} holds {bad} {kind} value(s) of {tensor.numel()}"

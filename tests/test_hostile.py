@@ -614,6 +614,11 @@ PREPARE = [
 VERIFY = [
     Case("max-frames-0", lambda c: ["run", "verify", str(c.w.driving), "--max-frames", "0"], "--max-frames 0"),
     Case("missing-file", lambda c: ["run", "verify", str(c.path("none.mp4"))], "does not exist"),
+    Case("image-that-is-no-image", lambda c: ["run", "verify", str(c.file("bad.png", b"garbage"))],
+         "is not a readable image"),
+    Case("empty-video", lambda c: ["run", "verify", str(c.file("empty.mp4", b""))], "is not a readable video"),
+    Case("video-cut-short", lambda c: ["run", "verify", str(c.file("cut.mp4", c.w.driving.read_bytes()[:3000]))],
+         "is not a readable video"),
 ]
 
 RUN_ALL = [
