@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import re
 import types
 import typing
@@ -201,6 +202,131 @@ _ALIASES = {"dataset_params.image_shape": "dataset_params.frame_shape"}
 
 # --------------------------------------------------------------------------- loading
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+# Every number in a config counts or scales something: none is negative (the originals' files
+# hold none), none is infinite or NaN, and integers stay in the range torch and numpy take.
+MAX_INT = 2**53 - 1
+# Fields (by their last name) that divide or scale and so must not be 0 either.
+_POSITIVE = {"temperature", "scale_factor", "kp_variance", "scales", "frame_shape", "ratio", "size"}
+# A config is a small tree (a few hundred values, a few levels). These bound what a file may
+# ask the loader to build, counted before it is built: a yaml alias or a checkpoint's shared
+# list is counted every time it is used, as the copy that follows would make it.
+MAX_CONFIG_NODES = 100_000
+MAX_CONFIG_DEPTH = 32
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses, while composing and before constructing anything,
+    nesting deeper than MAX_CONFIG_DEPTH and documents whose aliases expand to more than
+    MAX_CONFIG_NODES nodes (a "billion laughs" file is a few hundred bytes)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise _TooBig(f"line {line}: nested deeper than {MAX_CONFIG_DEPTH} levels; expected a config tree")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _TooBig(Exception):
+    """A document past the loader's bounds (the message says which)."""
+
+
+def _expanded_size(root, children) -> int:
+    """Nodes of the tree under `root` counting every shared node each time it is reached,
+    computed once per distinct node (no expansion); _TooBig past the bounds or on a cycle."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children(node))
+            if sizes[key] > MAX_CONFIG_NODES:
+                raise _TooBig(f"expands to more than {MAX_CONFIG_NODES} values (shared references or "
+                              "aliases counted each time they are used); expected a config tree")
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise _TooBig("refers to itself (a recursive alias or reference); expected a config tree")
+        if len(on_path) >= MAX_CONFIG_DEPTH:
+            raise _TooBig(f"is nested deeper than {MAX_CONFIG_DEPTH} levels; expected a config tree")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children(node) if id(child) not in sizes)
+    return sizes[id(root)]
+
+
+def _yaml_children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _tree_children(value) -> list:
+    if isinstance(value, dict):
+        return list(value.values())
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return []
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """Plain yaml (SafeLoader: mappings, lists, numbers, strings, booleans) from `text`, bounded
+    as _BoundedLoader says; ConfigError naming `what` for anything else."""
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, _yaml_children)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what}: {_yaml_problem(err)}") from None
+    except _TooBig as err:
+        raise ConfigError(f"{what}: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{what}: nested too deeply; expected a config tree") from None
+    finally:
+        loader.dispose()
+
+
+def check_tree(data: Any, what: str) -> None:
+    """ConfigError unless `data` is a plain config tree (dicts with string keys, lists, strings,
+    numbers, booleans, None) within MAX_CONFIG_NODES and MAX_CONFIG_DEPTH, checked before
+    anything copies it (a checkpoint's `config`, whose pickle may share one list many times)."""
+    try:
+        _expanded_size(data, _tree_children)
+    except _TooBig as err:
+        raise ConfigError(f"{what} {err}") from None
+    seen: set[int] = set()
+    stack = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if id(value) in seen and isinstance(value, (dict, list, tuple)):
+            continue
+        seen.add(id(value))
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if not isinstance(key, str):
+                    raise ConfigError(f"{what}: key {key!r} at {where or 'the top'} is not a string")
+                stack.append((f"{where}.{key}" if where else key, child))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{where}[{i}]", child) for i, child in enumerate(value))
+        elif value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(f"{what}: {where or 'the top'} holds a {type(value).__name__}; expected plain "
+                              "values (numbers, strings, booleans, lists, mappings)")
 
 
 def _type_name(tp: Any) -> str:
@@ -249,14 +375,22 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{path}: {value} is out of range; expected an integer <= {MAX_INT}")
         return value
     if tp is float:
         # PyYAML reads "2e-4" (no dot) as a string: accept numeric strings for floats.
         if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: {value!r} is not a finite number; expected a finite number >= 0")
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
@@ -300,10 +434,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, A
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train_params.batch_size=8")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: {_yaml_problem(err)}") from None
+        value = load_yaml(raw, f"override {item!r}") if raw.strip() else ""
         parsed.append((key.strip(), value))
     return parsed
 
@@ -353,6 +484,7 @@ def build_config(schema: Schema, data: dict, overrides: list[str] | tuple[str, .
     field's default instead of refused, so the file still loads and the config it gives
     passes the check wherever it goes next.
     """
+    check_tree(data or {}, "the config")  # before the copy below expands shared references
     tree = json.loads(json.dumps(data or {}))  # deep copy, plain types
     for translate in schema.translations:
         tree = translate(tree)
@@ -360,6 +492,7 @@ def build_config(schema: Schema, data: dict, overrides: list[str] | tuple[str, .
         _set_path(tree, key, value)
     config = _build(schema.root, tree)
     _check_counts(config, dict(_MINIMUMS, **dict(schema.minimums)))
+    _check_numbers(config)
     if recorded:
         config = _reset_unsupported(config)
     _check_unsupported(config)
@@ -382,6 +515,21 @@ def _check_counts(config: Any, minimums: dict[str, int]) -> None:
         if value is not None and value < minimum:
             unset = " (null means no limit)" if value == 0 and minimum == 1 else ""
             raise ConfigError(f"{dotted}: {value} is out of range; expected an integer >= {minimum}{unset}")
+
+
+def _check_numbers(config: Any, path: str = "") -> None:
+    """No number of the tree is negative, and none of the _POSITIVE fields is 0."""
+    if dataclasses.is_dataclass(config):
+        for f in dataclasses.fields(config):
+            _check_numbers(getattr(config, f.name), f"{path}.{f.name}" if path else f.name)
+    elif isinstance(config, tuple):
+        for index, value in enumerate(config):
+            _check_numbers(value, f"{path}[{index}]")
+    elif isinstance(config, (int, float)) and not isinstance(config, bool):
+        if config < 0:
+            raise ConfigError(f"{path}: {config} is out of range; expected a number >= 0")
+        if config == 0 and path.rsplit(".", 1)[-1].split("[")[0] in _POSITIVE:
+            raise ConfigError(f"{path}: 0 is out of range; expected a number > 0")
 
 
 # Fields of the original files for modes this project does not have. Each loads only with the
@@ -429,11 +577,10 @@ def read_config(schema: Schema, path: str | Path, overrides: list[str] | tuple[s
     """Read a yaml config (ours or an original repository's) and apply `key=value` overrides."""
     path = resolve_config_path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: {_yaml_problem(err)}") from None
+        text = path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError) as err:
         raise ConfigError(f"{path}: cannot be read as a utf-8 yaml file ({type(err).__name__})") from None
+    data = load_yaml(text, str(path))
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     try:

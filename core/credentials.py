@@ -77,10 +77,15 @@ def load_credential() -> Credential:
                           str(folder / "signing-cert.pem"))
     path = folder / "self-signed.pem"
     if not path.is_file():
-        _write_self_signed(path)
+        try:
+            _write_self_signed(path)
+        except OSError as err:
+            raise UserError(f"cannot create the self-signed C2PA credential in {str(folder)!r} "
+                            f"({err.strerror}): make that folder writable, set MOTION_TRANSFER_CONFIG to a "
+                            "writable folder, or set MOTION_TRANSFER_C2PA_CERT and MOTION_TRANSFER_C2PA_KEY") from None
         logger.info("C2PA: created a self-signed signing certificate in %s (it proves integrity, "
                     "not identity; see the README to configure your own)", path)
-    chain, marker, key = path.read_bytes().partition(PRIVATE_KEY_MARKER)
+    chain, marker, key = _read(path, "credential").partition(PRIVATE_KEY_MARKER)
     if not marker:
         raise UserError(f"{str(path)!r} holds no private key: delete it to make a new one")
     return Credential(chain, marker + key, "es256", tsa, True, str(path))

@@ -365,22 +365,53 @@ def mux_audio(video: Path, audio_from: str | Path, out: Path, duration: float) -
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Any image file as RGB uint8 (H, W, 3): EXIF orientation applied, alpha composited
-    on white, grayscale and palette images converted. UserError if it is not an image."""
+    """Any image file as RGB uint8 (H, W, 3): EXIF orientation applied, then `rgb8`.
+    UserError if it is not an image."""
     from PIL import Image, ImageOps, UnidentifiedImageError
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image {str(path)!r} does not exist")
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                image = image.convert("RGBA")
-                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, image)
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
+            return rgb8(ImageOps.exif_transpose(image), str(path))
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:  # PIL raises SyntaxError for some bad headers
         raise UserError(f"{str(path)!r} is not a readable image ({err})") from None
+
+
+# PIL modes of one channel with more than 8 bits: 16-bit grayscale PNGs and TIFFs open as
+# "I;16*" (or "I" in older Pillow), 32-bit integer TIFFs as "I", float TIFFs as "F".
+_DEEP_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def rgb8(image, name: str = "image") -> np.ndarray:
+    """A PIL image of any mode as RGB uint8 (H, W, 3), each mode converted by what it means
+    (PIL's own `convert("RGB")` clips 16-bit gray at 255, so such a photo came out white):
+
+    - 16-bit gray ("I;16*", and "I" clipped to 0..65535): the high byte, v >> 8, as PIL and
+      libpng reduce 16-bit colour PNGs (which PIL opens as 8-bit RGB/RGBA already);
+    - 32-bit float ("F"): values in [0, 1] scaled to 0..255 and rounded (NaN as 0);
+    - alpha (RGBA, LA, PA, La, RGBa, a palette or colour with a transparent entry): composited
+      on white;
+    - 1-bit, gray, palette, CMYK, YCbCr, LAB, HSV: PIL's conversion to RGB.
+    UserError for a mode with no conversion."""
+    from PIL import Image
+    mode = image.mode
+    if mode in _DEEP_GRAY or mode == "F":
+        values = np.asarray(image)
+        if mode == "F":
+            gray = (np.clip(np.nan_to_num(values.astype(np.float64)), 0, 1) * 255 + 0.5).astype(np.uint8)
+        else:
+            gray = (np.clip(values.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode in ("P", "L", "RGB") and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    try:
+        return np.asarray(image.convert("RGB"))
+    except ValueError as err:
+        raise UserError(f"{name}: PIL image mode {mode!r} cannot be converted to RGB ({err}); expected a "
+                        "photo in a common format") from None
 
 
 def sha256_of(path: str | Path) -> str:

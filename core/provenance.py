@@ -220,4 +220,6 @@ def generation_or_warn(enabled: bool, config, *run_parts: object) -> Generation 
     """The run's Generation, or None after the opt-out warning line."""
     if not enabled:
         return warn_opt_out()
+    from core.credentials import load_credential
+    load_credential()  # a signing key that cannot be read or made is one line now, before any output
     return Generation.of(config, *run_parts)

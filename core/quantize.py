@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+SHA_MEMO = "checkpoint.sha256.json"
 OPSET = 17
 # onnxruntime ops quantised inside a region: the convolutions and what lies between them.
 REGION_OPS = ("Conv", "Relu", "LeakyRelu", "AveragePool", "MaxPool", "Resize", "Concat", "Add",
@@ -109,25 +110,34 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 def checkpoint_sha256(checkpoint: Path, beside: Path) -> str:
     """The checkpoint's sha256, remembered in `beside`/checkpoint.sha256.json with the file's
     size, mtime and inode (a released checkpoint is 700 MB: half a second to hash each run);
-    hashed again whenever one of those differs."""
+    hashed again whenever one of those differs. The memo is only written into a `beside`
+    folder that holds a calibration already (`remember_sha256`): a run that fails before
+    calibrating leaves nothing beside the checkpoint."""
     stat = checkpoint.stat()
     stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
-    memo = beside / "checkpoint.sha256.json"
     try:
-        saved = json.loads(memo.read_text())
+        saved = json.loads((beside / SHA_MEMO).read_text())
         if {key: saved.get(key) for key in stamp} == stamp and len(saved.get("sha256", "")) == 64:
             return saved["sha256"]
     except (OSError, ValueError, AttributeError):
         pass
     digest = file_sha256(checkpoint)
+    if beside.is_dir():
+        remember_sha256(checkpoint, beside, digest)
+    return digest
+
+
+def remember_sha256(checkpoint: Path, beside: Path, digest: str) -> None:
+    """Write the memo `checkpoint_sha256` reads (nothing when the folder is read-only)."""
+    stat = checkpoint.stat()
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    memo = beside / SHA_MEMO
     try:
-        beside.mkdir(exist_ok=True)
         partial = memo.with_name(f".{memo.name}.{os.getpid()}")
         partial.write_text(json.dumps({**stamp, "sha256": digest}))
         partial.replace(memo)
     except OSError:
         pass  # a read-only folder: hashed every run
-    return digest
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,8 @@ class CalibrationStore:
                         return folder
                     shutil.rmtree(folder)
                     staging.rename(folder)
+                if folder.parent == self.beside:
+                    remember_sha256(self.checkpoint, self.beside, self.key.checkpoint_sha256)
                 return folder
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -3,6 +3,11 @@
 The kernel drops an flock when its process dies, however it dies, so a lock left by a
 killed run is stale by construction and the next run simply takes it; the file only
 records who holds it (pid, host, command), for the message a second writer gets.
+
+The lock is re-entrant within a process: a stage's command line takes it, and the library
+function it calls (which takes it too, for callers from Python) finds it held by its own
+process and goes on. An flock belongs to an open file, so without this the second `open`
+of the same process would be refused as a second writer.
 """
 from __future__ import annotations
 
@@ -22,15 +27,32 @@ from core.errors import UserError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+# Folders whose lock this process holds (resolved path -> depth of nesting).
+_HELD: dict[str, int] = {}
 # Kernel pseudo file systems: a stage writing there would change the machine, not a folder.
 FORBIDDEN_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
+# Below this much free space an output folder is refused up front: a stage that starts
+# would only fail part way with "No space left on device".
+MIN_FREE_BYTES = 16 * 2**20
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged writer may still use on `folder`'s file system."""
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize
+
+
 def check_out_dir(out: Path, flag: str = "--out") -> Path:
-    """UserError unless `out` can be an output folder: not a file, not under /proc, /sys
-    or /dev, its nearest existing ancestor a writable folder. Creates nothing."""
+    """UserError unless `out` can be an output folder: not a file, not a symbolic link, not
+    under /proc, /sys or /dev, its nearest existing ancestor a writable folder on a file
+    system with MIN_FREE_BYTES free. Creates nothing."""
     resolved = Path(os.path.abspath(out))
     real = Path(os.path.realpath(out))
+    if resolved.is_symlink():
+        raise UserError(f"{flag} {str(out)!r} is a symbolic link (to {os.readlink(resolved)!r}); "
+                        f"expected a folder path, not a link (pass the folder it names)")
     for root in FORBIDDEN_ROOTS:
         if any(p == root or root in p.parents for p in (resolved, real)):
             raise UserError(f"{flag} {str(out)!r} is under {root}; expected a folder on a "
@@ -44,6 +66,10 @@ def check_out_dir(out: Path, flag: str = "--out") -> Path:
         raise UserError(f"{flag} {str(out)!r}: {str(ancestor)!r} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {str(out)!r}: {str(ancestor)!r} is not writable")
+    free = free_bytes(ancestor)
+    if free < MIN_FREE_BYTES:
+        raise UserError(f"{flag} {str(out)!r}: its file system has {free / 2**20:.1f} MiB free; "
+                        f"expected at least {MIN_FREE_BYTES // 2**20} MiB")
     return resolved
 
 
@@ -57,13 +83,27 @@ def _holder(path: Path) -> str:
             f"{info.get('command', '?')})")
 
 
+def held_here(out: Path) -> bool:
+    """Whether this process holds the writer lock of `out`."""
+    return bool(_HELD.get(os.path.realpath(out)))
+
+
 @contextlib.contextmanager
 def writer_lock(out: Path, flag: str = "--out") -> Iterator[Path]:
     """Hold `<out>/.lock` for the block; UserError naming the holder when another live
     process holds it. `out` is created if needed; when this call created it and the block
     fails, it is removed again (if nothing but the lock was written), so bad input leaves
-    nothing behind."""
+    nothing behind. Nested in a block of this process that holds the same lock, it only
+    checks `out` and yields."""
     out = check_out_dir(out, flag)
+    key = os.path.realpath(out)
+    if _HELD.get(key):  # this process holds it already (see the module docstring)
+        _HELD[key] += 1
+        try:
+            yield out
+        finally:
+            _HELD[key] -= 1
+        return
     created = [p for p in (out, *out.parents) if not p.exists()]  # innermost first
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +122,11 @@ def writer_lock(out: Path, flag: str = "--out") -> Iterator[Path]:
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "time": time.time(), "command": " ".join(sys.argv[:8])}))
         handle.flush()
-        yield out
+        _HELD[key] = 1
+        try:
+            yield out
+        finally:
+            _HELD.pop(key, None)
         ok = True
     finally:
         if not ok and created and [p.name for p in out.iterdir()] == [LOCK_NAME]:

@@ -90,10 +90,11 @@ def train_options(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from detect.train import train_detector
-    from core.writer_lock import writer_lock
+    from core import outputs
     options = train_options(args)
     options.check()
-    with writer_lock(args.out) as out:
+    with outputs.claim(args.out, "detect", {"--data": args.data, "--weights": args.weights},
+                       earlier=(MODEL_FILE, "train.jsonl")) as out:
         detector = train_detector(args.data, options, out / "train.jsonl")
         path = detector.save(out / MODEL_FILE)
     trained = detector.trained_on
@@ -154,12 +155,13 @@ def run_score(args: argparse.Namespace) -> int:
 
 def run_detectability(args: argparse.Namespace) -> int:
     from detect.detectability import FILE, leave_one_family_out
-    from core.writer_lock import writer_lock
+    from core import outputs
     options = train_options(args)
     options.check()
     if args.bootstrap < 1 or args.frames_per_clip_scored < 1:
         raise UserError("--bootstrap and --frames-per-clip-scored: expected 1 or more")
-    with writer_lock(args.out) as out:
+    with outputs.claim(args.out, "detectability", {"--data": args.data, "--weights": args.weights},
+                       earlier=(FILE,)) as out:
         record = leave_one_family_out(args.data, out, options, args.frames_per_clip_scored, args.bootstrap,
                                       args.seed)
     for family, entry in record["families"].items():

@@ -531,7 +531,7 @@ def run(args: argparse.Namespace) -> dict:
     from core.media import atomic_path
     from core.ray_runner import init_ray, shutdown_ray
     from detect.reencode import parse_transforms
-    from core.writer_lock import writer_lock
+    from core import outputs
     began = time.perf_counter()
     check_arguments(args)
     transforms = [t.name for t in parse_transforms(args.transforms)]
@@ -544,7 +544,8 @@ def run(args: argparse.Namespace) -> dict:
               "transforms": transforms, "test_fraction": args.test_fraction, "seed": args.seed,
               "max_clips": args.max_clips, "models": [asdict(m) for m in models],
               "splits": {s.identity: s.split for s in sources}}
-    with writer_lock(Path(args.out)) as out:
+    inputs = {"--data": args.data, **{f"--models {m.name}": m.checkpoint for m in models}}
+    with outputs.claim(args.out, "fakes", inputs, earlier=("settings.json",)) as out:
         settings = Settings(str(out), str(Path(args.data).resolve()), args.frames, tuple(transforms),
                             args.batch_size, (os.getpid(), socket.gethostname()))
         with atomic_path(out / "settings.json") as tmp:

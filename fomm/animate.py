@@ -31,7 +31,7 @@ from core import media
 from core.errors import UserError
 from fomm import source_crop, stream
 from fomm.animation import (LAYOUTS, AnimateOptions, Animator, batch_size, batched, check_options,
-                            check_out_is_not_an_input, load_animation_model, model_device, resolve_device)
+                            load_animation_model, model_device, resolve_device)
 from fomm.api import MotionTransferModel
 from fomm.config import Config, load_config
 from fomm.families import NAMES
@@ -81,9 +81,10 @@ def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
     Everything that can be wrong with the inputs raises UserError here, before any file
     is opened for writing.
     """
+    from core.outputs import check_out_file
     out_path, driving_path = Path(out_path), Path(driving_path)
     check_options(options, out_path)
-    check_out_is_not_an_input(out_path, source=source_path, driving=driving_path)
+    check_out_file(out_path, {"--source": source_path, "--driving": driving_path})
     size = tuple(config.dataset_params.frame_shape[:2])
     source_image = source_crop.load_source(source_path)
     info = media.probe(driving_path)
@@ -302,8 +303,12 @@ def main(args: argparse.Namespace) -> int:
     options = options_from_args(args, config)
     live_target = args.stream and media.is_live_target(args.out)
     check_options(options, args.out, live_target)
+    if args.stream:
+        stream.check_stream_options(args.queue, args.stream_fps, args.stall_timeout)
     if not live_target:
-        check_out_is_not_an_input(args.out, source=args.source, driving=args.driving)
+        from core.outputs import check_out_file
+        check_out_file(args.out, {"--source": args.source, "--driving": args.driving, "--checkpoint": args.checkpoint,
+                                  "--config": args.config, "--backend": onnx_dir})
     device = resolve_device(args.device)
     precision.keep_freed_memory()
     chosen = precision.resolve(options.precision, device, options.compile)
@@ -320,7 +325,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     from tqdm import tqdm
     plan = prepare(model, config, args.source, args.driving, args.out, options)
-    with tqdm(total=plan.num_frames, unit="frame", desc="animate") as bar:
+    with tqdm(total=plan.num_frames, unit="frame", desc="animate", disable=None) as bar:  # none off a terminal
         result = run(plan, bar.update)
     print(f"{result.path}: {result.num_frames} frames at {result.fps:.3f} fps, "
           f"{result.frame_size[1]}x{result.frame_size[0]}, audio={'yes' if result.has_audio else 'no'}, "

@@ -14,7 +14,6 @@ files; the stages that use it, `pipeline run animate` (fomm/animate.py, from a f
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -82,17 +81,11 @@ def check_options(options: AnimateOptions, out_path: Path | str, live_target: bo
 
 
 def check_out_is_not_an_input(out_path: str | Path, **inputs: str | Path) -> None:
-    """UserError when `--out` names one of the input files (`source=..., driving=...`):
-    the same path once symlinks and `..` are resolved, or the same file (a hard link)."""
-    out = Path(out_path)
-    for name, value in inputs.items():
-        given = Path(value)
-        same = out.resolve() == given.resolve()
-        if not same and out.exists() and given.exists():
-            same = os.path.samefile(out, given)
-        if same:
-            raise UserError(f"--out {str(out_path)!r} is the --{name} file {str(value)!r}: writing it "
-                            "would destroy the input; expected another output path")
+    """UserError when `--out` names one of the input files (`source=..., driving=...`), lies
+    inside or contains one: the same path once symlinks and `..` are resolved, or the same
+    file (a hard link); core.outputs.check_apart."""
+    from core.outputs import check_apart
+    check_apart(out_path, {f"--{name}": value for name, value in inputs.items()})
 
 
 # --------------------------------------------------------------------------- devices and the model
@@ -186,6 +179,7 @@ class Animator:
         self.kp_size, self.colormap = kp_size, colormap
         self.source_frame = to_uint8(source[:1])[0]              # (H, W, 3): the side-by-side panel
         self.precision = precision.resolve(options.precision, device, options.compile)
+        self.weights_source = getattr(model, "weights_source", None)  # named if outputs are not finite
         # the path's inference model: a copy with BatchNorm folded (Precision.inference_model)
         self.model = model = self.precision.inference_model(model)
         self.source = self.precision.prepare_input(source)      # (1, 3, H, W)
@@ -268,10 +262,14 @@ class Animator:
             motions["transferred"] = self.motion(driving, valid=0)[1]  # valid=0: --smooth's state stays
 
         def generate(model, frames: slice):
+            from fomm.checkpoint import check_finite_output
             count = len(range(*frames.indices(batch)))
             transferred = {key: value[frames] for key, value in motions["transferred"].items()}
-            return model.generate(self.source.expand(count, -1, -1, -1), expand_motion(self.motion_source, count),
-                                  transferred)["prediction"]
+            prediction = model.generate(self.source.expand(count, -1, -1, -1), expand_motion(self.motion_source, count),
+                                        transferred)["prediction"]
+            # broken weights stop before a calibration of them is stored beside the checkpoint
+            check_finite_output(prediction, self, f"the int8 calibration's {count} driving frames")
+            return prediction
         calibrated = quantize.calibrate(self.model, detect, generate, batch, self.calibration)
         self.calibrating = False
         if calibrated is None:
@@ -292,7 +290,10 @@ class Animator:
             batch = driving.shape[0]
             out = self.model.generate(self.source.expand(batch, -1, -1, -1),
                                       expand_motion(self.motion_source, batch), transferred)
-        return {"prediction": out["prediction"].float(), "motion_driving": motion_driving,
+        from fomm.checkpoint import check_finite_output
+        prediction = out["prediction"].float()
+        check_finite_output(prediction, self, f"a batch of {batch} driving frames")
+        return {"prediction": prediction, "motion_driving": motion_driving,
                 "motion_transferred": transferred}
 
     def predict(self, driving: Sequence[np.ndarray], valid: int | None = None) -> tuple[np.ndarray, dict]:

@@ -97,7 +97,26 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
         raise UserError(f"checkpoint {path} could not be read as a torch file: {_summary(err)}") from None
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} holds a {type(state).__name__}; expected a dict of state dicts")
+    _check_config_entry(state, path)
     return state
+
+
+def _check_config_entry(state: dict[str, Any], path: Path) -> None:
+    """A checkpoint's `config`, when it has one, is the mapping `pipeline run train` writes:
+    its size and depth are bounded before anything copies it (core.config.check_tree: a
+    pickle may share one list many times) and it builds as a config; UserError naming the
+    file otherwise. A file without one is a release (released_config)."""
+    from core.config import ConfigError
+    if "config" not in state or state["config"] is None:
+        return
+    data = state["config"]
+    if not isinstance(data, dict):
+        raise UserError(f"checkpoint {path}: its 'config' entry is a {type(data).__name__}; expected the mapping "
+                        "`pipeline run train` writes (a released checkpoint has no 'config' entry)")
+    try:
+        config_from_dict(data, recorded=True)
+    except ConfigError as err:
+        raise UserError(f"checkpoint {path}: its config is not usable: {err}") from None
 
 
 def _load_trusted_pickle(path: Path, map_location: Any) -> Any:
@@ -125,6 +144,9 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]
 def checkpoint_config(checkpoint: dict[str, Any]) -> Config | None:
     """The resolved config a project checkpoint carries (None for released checkpoints)."""
     data = checkpoint.get("config")
+    if data is not None and not isinstance(data, dict):
+        raise UserError(f"the checkpoint's 'config' entry is a {type(data).__name__}; expected the mapping "
+                        "`pipeline run train` writes")
     return config_from_dict(data, recorded=True) if isinstance(data, dict) else None
 
 
@@ -195,9 +217,22 @@ def load_model(config: Config | None, path: str | Path, device: Any = None, stri
                         f"{model.name}; expected --model {released_family(checkpoint)} (or its config)")
     load_state_dicts(model, model.state_from_checkpoint(checkpoint), strict,
                      optional=_INFERENCE_OPTIONAL, source=f"checkpoint {path}")
+    model.weights_source = f"checkpoint {path}"  # named when its outputs are not finite
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def check_finite_output(prediction: torch.Tensor, model, where: str) -> None:
+    """UserError naming the model's weights (its `weights_source`, set by load_model) when a
+    prediction holds NaN or infinite values: finite weights can still overflow (huge values),
+    and a NaN frame written as black would pass for a result."""
+    if bool(torch.isfinite(prediction).all()):
+        return
+    bad = int((~torch.isfinite(prediction)).sum())
+    source = getattr(model, "weights_source", None) or "the model's weights"
+    raise UserError(f"{source} gives non-finite predictions ({bad} NaN or infinite values of "
+                    f"{prediction.numel()} in {where}); expected finite frames: the weights are broken")
 
 
 def load_state_dicts(model, state: dict[str, dict], strict: bool = True, optional=frozenset(),
@@ -216,11 +251,31 @@ def load_state_dicts(model, state: dict[str, dict], strict: bool = True, optiona
         raise UserError(f"{source} has no {absent} state dict; it holds {sorted(state)}")
     present = {name: sd for name, sd in state.items() if name in children}
     for name, given in present.items():
-        mismatch = _tensor_mismatch(name, children[name].state_dict(), given, strict)
+        expected = children[name].state_dict()
+        mismatch = _tensor_mismatch(name, expected, given, strict)
         if mismatch:
             raise UserError(f"{source} does not match config {model.name}: {mismatch}")
+        broken = _tensor_problem(name, expected, given)
+        if broken:
+            raise UserError(f"{source} is broken: {broken}; expected finite floating-point weights")
     for name, given in present.items():
         children[name].load_state_dict(given, strict=strict)
+
+
+def _tensor_problem(name: str, expected: dict, given: dict) -> str | None:
+    """The first tensor that would load as nonsense: an integer or boolean tensor where the
+    model holds floats (load_state_dict would cast 0.3 to 0: a flat grey video), or a
+    floating-point tensor with NaN or infinite values."""
+    for key, tensor in given.items():
+        if key not in expected or not torch.is_tensor(tensor):
+            continue
+        if expected[key].is_floating_point() and not tensor.is_floating_point():
+            return f"tensor {name}.{key} is {str(tensor.dtype).removeprefix('torch.')}, the model's is floating point"
+        if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+            return f"tensor {name}.{key} holds {bad} {kind} value(s) of {tensor.numel()}"
+    return None
 
 
 def _tensor_mismatch(name: str, expected: dict, given: dict, strict: bool) -> str | None:

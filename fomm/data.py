@@ -55,8 +55,10 @@ def identity_of(clip: str) -> str:
 
 def _decode_png(data: bytes) -> np.ndarray:
     from PIL import Image
+
+    from core.media import rgb8
     with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
+        return rgb8(image, "a shard frame")
 
 
 # --------------------------------------------------------------------------- stores

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from core.config import config_to_dict
+from core.errors import UserError
 from fomm.config import Config, config_from_dict
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,36 @@ def _worker_loop(loop: Callable[..., dict[str, float]], loop_config: dict[str, A
     ray.train.report({f"final_{k}": v for k, v in last.items()})
 
 
+def local_slots() -> tuple[int, str]:
+    """(workers this machine can run at once, what each takes): a GPU each, else a CPU each."""
+    if torch.cuda.is_available():
+        return torch.cuda.device_count(), "GPU"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cpus, "CPU"
+
+
+def check_workers(num_workers: int, ray_address: str | None = None) -> None:
+    """UserError unless `num_workers` workers fit at once: on this machine (a GPU or a CPU
+    each), or on the cluster at `ray_address` (its total resources). Ray would otherwise
+    wait forever for slots that never come (`--workers 1000`)."""
+    if num_workers < 1:
+        raise UserError(f"--workers must be at least 1, got {num_workers}")
+    if ray_address is None:
+        have, kind = local_slots()
+        where = "this machine has"
+    else:
+        import ray
+
+        from core.ray_runner import init_ray
+        init_ray(address=ray_address)
+        kind = "GPU" if torch.cuda.is_available() else "CPU"
+        have = int(ray.cluster_resources().get(kind, 0))
+        where = f"the Ray cluster at {ray_address} has"
+    if num_workers > have:
+        raise UserError(f"--workers {num_workers}: {where} {have} {kind}(s) and each worker takes one; "
+                        f"expected at most {have}")
+
+
 def train_distributed(loop: Callable[..., dict[str, float]], config: Config, data_root: str | Path,
                       out_dir: str | Path, num_workers: int, ray_address: str | None = None,
                       resume: bool = False, threads_per_worker: int = 1,
@@ -173,6 +204,7 @@ def train_distributed(loop: Callable[..., dict[str, float]], config: Config, dat
 
     from core.ray_runner import init_ray, shutdown_ray
 
+    check_workers(num_workers, ray_address)
     use_gpu = torch.cuda.is_available()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

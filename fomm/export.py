@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -63,6 +62,10 @@ TOLERANCE = 1e-4
 OPSET = 17
 # Families with graphs: FOMM here, the others through their model's write_onnx / onnx_runner.
 EXPORTED = ("fomm", "mraa", "tpsmm")
+# What an export folder may hold: every family's graphs, the config and the report (an earlier
+# export is replaced only when it holds nothing else: core.outputs.check_only_own_files).
+EXPORT_FILES = (KP_FILE, GENERATOR_FILE, "region_predictor.onnx", "avd_network.onnx", CONFIG_FILE, REPORT_FILE)
+EARLIER = (REPORT_FILE, KP_FILE, "region_predictor.onnx")  # an export from before the stage marks
 
 
 # --------------------------------------------------------------------------- graphs
@@ -119,12 +122,16 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
                           opset_version=OPSET, dynamo=False)
 
 
-def export_onnx(model, config: Config, out_dir: str | Path, check_frames: np.ndarray) -> dict:
-    """Write the graphs, config and parity report of `model` to `out_dir` (replaced only when
-    onnxruntime matches torch within TOLERANCE).
+def export_onnx(model, config: Config, out_dir: str | Path, check_frames: np.ndarray,
+                inputs: dict | None = None) -> dict:
+    """Write the graphs, config and parity report of `model` to `out_dir`.
 
     `check_frames` (N >= 2, H, W, 3) uint8 at the config's size: frame 0 is the source,
-    the others drive it. Returns the report (max abs differences per output)."""
+    the others drive it. `out_dir` must be new, empty or an earlier export holding nothing
+    else (core.outputs); `inputs` (name -> path) must lie outside it. The folder is written
+    beside `out_dir` and switched in whole only when onnxruntime matches torch within
+    TOLERANCE. Returns the report (max abs differences per output)."""
+    from core import outputs
     name = getattr(model, "name", None)
     write = getattr(model, "write_onnx", None) if name != "fomm" else (lambda staging, frames:
                                                                         _write_fomm(model, staging, frames))
@@ -134,24 +141,35 @@ def export_onnx(model, config: Config, out_dir: str | Path, check_frames: np.nda
                         "is not exported yet")
     if name == "fomm" and model.kp_detector.jacobian is None:
         raise UserError("export needs common_params.estimate_jacobian: true (the graphs take jacobians)")
-    out_dir = Path(out_dir)
-    frames = to_tensor(check_frames)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    with outputs.claim(out_dir, "export", inputs or {}, earlier=EARLIER) as out_dir:
+        outputs.check_only_own_files(out_dir, EXPORT_FILES)
+        report = _export_into(write, name, config, out_dir, to_tensor(check_frames))
+    return report
+
+
+def _export_into(write, name: str, config: Config, out_dir: Path, frames: torch.Tensor) -> dict:
+    from core import outputs
+    from core.media import temp_dir
+    staging = temp_dir(out_dir.parent, f".{out_dir.name}.part-")
     try:
         diffs = write(staging, frames)
         report = {"frames": int(frames.shape[0]), "batches": sorted({1, int(frames.shape[0]) - 1}),
                   "max_abs_diff": diffs, "tolerance": TOLERANCE, "opset": OPSET}
         (staging / CONFIG_FILE).write_text(config_to_yaml(config))
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2))
-        worst = max(report["max_abs_diff"].values())
-        if worst > TOLERANCE:
+        worst = _nan_max(report["max_abs_diff"].values())
+        if not worst <= TOLERANCE:  # NaN compares false: a NaN output never passes
+            if worst != worst:
+                raise UserError(f"the parity check found NaN or infinite outputs ({report['max_abs_diff']}); "
+                                "expected finite outputs from finite weights; nothing written")
             raise UserError(f"onnxruntime differs from torch by {worst:.2e} (> {TOLERANCE:g}) on the check "
                             f"frames: {report['max_abs_diff']}; nothing written")
-        staging.chmod(0o777 & ~_umask())  # mkdtemp made it 0700
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        outputs.write_marker(staging, "export")
+        # the earlier export (only its own files: checked) is renamed aside, then deleted
+        old = out_dir.parent / f".{out_dir.name}.part-old-{os.getpid()}"
+        os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("export: %s graphs in %s, max abs diff %.2e", name, out_dir, worst)
@@ -180,6 +198,9 @@ def _write_fomm(model, staging: Path, frames: torch.Tensor) -> dict[str, float]:
 def open_export(folder: str | Path, threads: int | None = None) -> nn.Module:
     """The onnxruntime runner of an export folder: the family its config.yaml names."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--backend onnxruntime {str(folder)!r} is not a folder; expected a folder "
+                        "written by `pipeline run export`")
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise UserError(f"--backend onnxruntime {str(folder)!r}: expected a folder written by `pipeline run "
@@ -194,10 +215,18 @@ def open_export(folder: str | Path, threads: int | None = None) -> nn.Module:
     return model
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _nan_max(values) -> float:
+    """The largest of `values`, NaN when any is NaN (the builtin max drops a NaN that comes
+    second: max(0.0, nan) is 0.0)."""
+    values = [float(v) for v in values]
+    return float("nan") if any(v != v for v in values) else max(values)
+
+
+def _abs_diff(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Max |got - want|, NaN when either side holds a NaN or an infinite value."""
+    if not (bool(torch.isfinite(got).all()) and bool(torch.isfinite(want).all())):
+        return float("nan")
+    return float((got - want).abs().max())
 
 
 def check_parity(folder: Path, kp_detector: nn.Module, generator: nn.Module, frames: torch.Tensor) -> dict:
@@ -216,8 +245,8 @@ def check_parity(folder: Path, kp_detector: nn.Module, generator: nn.Module, fra
         got_kp = runner.detect(chunk)
         got = runner.generate(source, runner.detect(source), got_kp)
         for key in ("value", "jacobian"):
-            diffs[key] = max(diffs[key], float((got_kp[key] - want_kp[key]).abs().max()))
-        diffs["prediction"] = max(diffs["prediction"], float((got["prediction"] - want["prediction"]).abs().max()))
+            diffs[key] = _nan_max([diffs[key], _abs_diff(got_kp[key], want_kp[key])])
+        diffs["prediction"] = _nan_max([diffs["prediction"], _abs_diff(got["prediction"], want["prediction"])])
     return {"frames": int(frames.shape[0]), "batches": sorted({1, int(driving.shape[0])}),
             "max_abs_diff": diffs, "tolerance": TOLERANCE, "opset": OPSET}
 
@@ -233,20 +262,33 @@ class OnnxFomm(nn.Module):
         super().__init__()
         import onnxruntime as ort
         folder = Path(folder)
+        if not folder.is_dir():
+            raise UserError(f"--backend onnxruntime {str(folder)!r} is not a folder; expected a folder "
+                            "written by `pipeline run export`")
         missing = [f for f in (KP_FILE, GENERATOR_FILE) + ((CONFIG_FILE,) if check_config else ())
                    if not (folder / f).is_file()]
         if missing:
             raise UserError(f"--backend onnxruntime {str(folder)!r}: expected a folder written by "
                             f"`pipeline run export`; {missing} missing")
         self.config = load_config(folder / CONFIG_FILE) if check_config else None
+        self.weights_source = f"--backend onnxruntime {str(folder)!r}"
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
-        providers = ["CPUExecutionProvider"]
-        self.kp_session = ort.InferenceSession(str(folder / KP_FILE), options, providers=providers)
-        self.generator_session = ort.InferenceSession(str(folder / GENERATOR_FILE), options, providers=providers)
+        self.kp_session = _session(folder / KP_FILE, options, ["frames"], ["value", "jacobian"])
+        self.generator_session = _session(folder / GENERATOR_FILE, options, list(GENERATOR_INPUTS), ["prediction"])
+
+    def _run(self, session, feeds: dict) -> list:
+        """One graph run; onnxruntime's error (a graph that does not fit the config's frames)
+        as one line naming the folder."""
+        try:
+            return session.run(None, feeds)
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidArgument/RuntimeException types
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"{self.weights_source}: onnxruntime cannot run the graph on these frames "
+                            f"({first[:200]}); expected graphs exported for this config") from None
 
     def detect(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        value, jacobian = self.kp_session.run(None, {"frames": _numpy(frames)})
+        value, jacobian = self._run(self.kp_session, {"frames": _numpy(frames)})
         return {"value": torch.from_numpy(value), "jacobian": torch.from_numpy(jacobian)}
 
     def generate(self, source: torch.Tensor, motion_source: dict, motion_driving: dict) -> dict[str, torch.Tensor]:
@@ -254,7 +296,7 @@ class OnnxFomm(nn.Module):
         feeds = [source.expand(batch, -1, -1, -1), motion_source["value"].expand(batch, -1, -1),
                  motion_source["jacobian"].expand(batch, -1, -1, -1), motion_driving["value"],
                  motion_driving["jacobian"]]
-        (prediction,) = self.generator_session.run(None, {n: _numpy(t) for n, t in zip(GENERATOR_INPUTS, feeds)})
+        (prediction,) = self._run(self.generator_session, {n: _numpy(t) for n, t in zip(GENERATOR_INPUTS, feeds)})
         return {"prediction": torch.from_numpy(prediction)}
 
     def transfer(self, motion_source, motion_driving, motion_initial, relative=True, relative_jacobian=True,
@@ -271,6 +313,24 @@ class OnnxFomm(nn.Module):
 
     def keypoints(self, motion: dict) -> torch.Tensor:
         return motion["value"]
+
+
+def _session(path: Path, options, inputs: list[str], outputs: list[str]):
+    """An onnxruntime session of `path` whose graph has exactly these input and output names;
+    UserError (one line naming the file) for a file onnxruntime cannot load or another graph."""
+    import onnxruntime as ort
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--backend onnxruntime: {str(path)!r} is not a graph onnxruntime can load "
+                        f"({first[:200]}); expected a file written by `pipeline run export`") from None
+    got_inputs = [i.name for i in session.get_inputs()]
+    got_outputs = [o.name for o in session.get_outputs()]
+    if got_inputs != inputs or got_outputs != outputs:
+        raise UserError(f"--backend onnxruntime: {str(path)!r} has inputs {got_inputs} and outputs "
+                        f"{got_outputs}; expected {inputs} -> {outputs} as `pipeline run export` writes")
+    return session
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -318,14 +378,16 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--format {args.format!r}: expected onnx")
     if args.checkpoint is None and not args.random_weights:
         raise UserError("--checkpoint is required (or --random-weights for a smoke test)")
+    from core import outputs
     out = Path(args.out)
-    if out.exists() and not (out / REPORT_FILE).is_file():
-        raise UserError(f"--out {args.out!r} exists and is not an export folder; expected a new path "
-                        "or an earlier export to replace")
+    inputs = {"--checkpoint": args.checkpoint, "--check-frames": args.check_frames, "--config": args.config}
+    outputs.check_out_folder(out, "export", inputs, earlier=EARLIER)  # before any work
+    if out.is_dir():
+        outputs.check_only_own_files(out, EXPORT_FILES)
     config = load_config(args.config, args.overrides)
     model = load_animation_model(config, args.checkpoint, torch.device("cpu"))
     frames = check_frames(args.check_frames, tuple(config.dataset_params.frame_shape[:2]))
-    report = export_onnx(model, config, out, frames)
+    report = export_onnx(model, config, out, frames, inputs)
     diffs = ", ".join(f"{k} {v:.1e}" for k, v in report["max_abs_diff"].items())
     graphs = ", ".join(sorted(path.name for path in out.glob("*.onnx")))
     print(f"{out}: {graphs}; onnxruntime vs torch max abs diff {diffs} "

@@ -242,10 +242,22 @@ def reconstruct(model, config: Config, data_root: str | Path, out_dir: str | Pat
     return rows
 
 
+def claim_output(out: str | Path, data: str | Path | None, checkpoint: str | Path | None = None,
+                 config: str | None = None):
+    """The output folder as core.outputs.claim holds it: apart from the data, checkpoint and
+    config; new, empty, or an earlier reconstruction's (l1.csv)."""
+    from core import outputs
+    return outputs.claim(out, "reconstruct", {"--data": data, "--checkpoint": checkpoint, "--config": config},
+                         earlier=("l1.csv",), scaffolding=("config.yaml",))
+
+
 def main(args: argparse.Namespace) -> int:
+    from core.errors import check_count
     from fomm.checkpoint import checkpoint_config, load_checkpoint_file, load_model, released_config
     if args.num_videos is not None and args.num_videos < 1:  # checked before anything is written
         raise UserError(f"--num-videos must be a positive number of clips, got {args.num_videos}")
+    check_count("--batch-size", args.batch_size)
+    claim_output(args.out, args.data, args.checkpoint, args.config)  # checked before any work
     if args.config:
         config = load_config(args.config, args.overrides)
     else:
@@ -260,7 +272,8 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("no data: pass --data or set dataset_params.root_dir")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     workers = args.workers or (torch.cuda.device_count() if device == "cuda" else 1) or 1
-    model = load_model(config, args.checkpoint, device=device)
-    reconstruct(model, config, data, args.out, args.split, args.batch_size, args.num_videos, device,
-                args.provenance, args.precision, workers, args.ray_address, args.checkpoint)
+    with claim_output(args.out, data, args.checkpoint, args.config):
+        model = load_model(config, args.checkpoint, device=device)
+        reconstruct(model, config, data, args.out, args.split, args.batch_size, args.num_videos, device,
+                    args.provenance, args.precision, workers, args.ray_address, args.checkpoint)
     return 0

@@ -58,6 +58,7 @@ def reconstruct_batches(model, batches: Iterable[torch.Tensor], device: str = "c
     comparable across machines). `truncate`: the uint8 predictions are `(255 * p)` truncated,
     the PNGs the original reconstruction.py wrote and pose-evaluation read (else rounded)."""
     from core.devices import resolve
+    from fomm.checkpoint import check_finite_output
     path = resolve(precision, device, calibrates=False)
     path.prepare_model(model)
     source = None
@@ -68,6 +69,7 @@ def reconstruct_batches(model, batches: Iterable[torch.Tensor], device: str = "c
         with path.context():  # left before the yield: the caller's code must not run under it
             out = model.reconstruct(source.expand(len(driving), -1, -1, -1), driving)
             prediction = out["prediction"].float()  # (n, 3, H, W)
+            check_finite_output(prediction, model, f"a batch of {len(driving)} frames")
             deformation = out.get("deformation")
             batch = Reconstructed(to_uint8(driving), to_uint8(prediction, truncate), frame_l1(prediction, driving),
                                   None if deformation is None else deformation.float().cpu().numpy())

@@ -79,6 +79,15 @@ class StreamReport:
                 f"ended by {self.ended_by}")
 
 
+def check_stream_options(queue_size: int, fps: float | None, stall_timeout: float | None) -> None:
+    """UserError for --queue, --stream-fps or --stall-timeout values a live run cannot use
+    (a queue of no frame would drop every frame; a rate or timeout must be a positive time)."""
+    from core.errors import check_count, check_number
+    check_count("--queue", queue_size)
+    check_number("--stream-fps", fps)
+    check_number("--stall-timeout", stall_timeout, unit="seconds")
+
+
 def stream_fps(spec: str, fps: float | None) -> float:
     """The output rate: `fps`, else a regular file's own rate, else 25."""
     if fps is not None:
@@ -106,8 +115,7 @@ def run_stream(model: MotionTransferModel, config: Config, source_path: str | Pa
     check_options(options, out_path, live_target)
     if not live_target and driving != "-":
         check_out_is_not_an_input(out_path, source=source_path, driving=driving)
-    if not stall_timeout > 0:
-        raise UserError(f"--stall-timeout {stall_timeout}: expected a positive number of seconds")
+    check_stream_options(queue_size, fps, stall_timeout)
     if options.find_best_frame:
         raise UserError("--find-best-frame needs the whole driving video; it cannot be used with --stream")
     device = model_device(model)

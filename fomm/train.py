@@ -35,6 +35,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -95,6 +96,7 @@ def resolve_run_config(config_name: str, overrides: list[str], model: str | None
 
 
 def main(args: argparse.Namespace) -> int:
+    from fomm.distributed import check_workers
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.resume and args.overwrite:
@@ -104,16 +106,31 @@ def main(args: argparse.Namespace) -> int:
     if not data:
         raise UserError("no data: pass --data or set dataset_params.root_dir")
     init = check_initial_checkpoint(config, args.checkpoint, args.resume)
-    if args.workers > 1 or args.ray_address:
-        # Checked (and an --overwrite'd run deleted) before any worker starts: one line, not a worker's traceback.
-        check_run_folder(Path(args.out), args.resume, args.overwrite)
-        train_distributed(train, config, data, args.out, num_workers=args.workers,
-                          ray_address=args.ray_address, resume=args.resume, init_checkpoint=init)
-    else:
-        if not args.overwrite:  # refuse early; an --overwrite deletes only once the loop has checked its inputs
-            check_run_folder(Path(args.out), args.resume, overwrite=False)
-        train(config, data, args.out, resume=args.resume, overwrite=args.overwrite, init_checkpoint=init)
+    run_folder = claim_run_folder(args.out, data, init, args.config)  # checked: usable, apart, ours
+    # refused early, before the lock: a run that is refused touches nothing of the run there
+    check_run_folder(Path(args.out), args.resume, args.overwrite, delete=False)
+    distributed = args.workers > 1 or args.ray_address
+    if distributed:
+        check_workers(args.workers, args.ray_address)
+    with run_folder:
+        if distributed:
+            # Checked (and an --overwrite'd run deleted) before any worker starts: one line, not a worker's traceback.
+            check_run_folder(Path(args.out), args.resume, args.overwrite)
+            train_distributed(train, config, data, args.out, num_workers=args.workers,
+                              ray_address=args.ray_address, resume=args.resume, init_checkpoint=init)
+        else:  # an --overwrite deletes only once the loop has checked its inputs
+            train(config, data, args.out, resume=args.resume, overwrite=args.overwrite, init_checkpoint=init)
     return 0
+
+
+def claim_run_folder(out: str | Path, data: str | Path, init_checkpoint: str | Path | None = None,
+                     config: str | None = None):
+    """The run folder as core.outputs.claim holds it: apart from the data, the starting
+    checkpoint and the config file; new, empty, or a run folder train made (marked, or an
+    earlier version's: `earlier_run`); the writer lock held while the run goes on."""
+    from core import outputs
+    return outputs.claim(out, "train", {"--data": data, "--checkpoint": init_checkpoint, "--config": config},
+                         earlier=earlier_run, scaffolding=("config.yaml",), partial_dirs=("checkpoints", "images"))
 
 
 def check_initial_checkpoint(config: Config, checkpoint: str | None, resume: bool) -> Path | None:
@@ -294,21 +311,42 @@ def checkpoint_paths(out_dir: Path) -> list[Path]:
     return sorted((out_dir / CHECKPOINT_DIR).glob("step-*.pt"))
 
 
-# What a run writes in its folder (fomm/distributed.py adds Ray's own `ray/`, kept).
+# What a run writes in its folder (fomm/distributed.py adds Ray's own `ray/`, kept), and the
+# files it writes inside its two subfolders.
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "images", CHECKPOINT_DIR)
+RUN_FILES = {"images": "step-*.png", CHECKPOINT_DIR: "step-*.pt"}
 
 
-def check_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
+def earlier_run(out_dir: Path) -> bool:
+    """Whether an unmarked folder is a run of an earlier version: its metrics or checkpoints,
+    or only the config.yaml a start that failed before its first step left behind."""
+    if (out_dir / "metrics.jsonl").is_file() or checkpoint_paths(out_dir):
+        return True
+    return sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")) == ["config.yaml"]
+
+
+def check_run_folder(out_dir: Path, resume: bool, overwrite: bool, delete: bool = True) -> None:
     """Refuse an `out_dir` that holds another run unless `resume` continues it or `overwrite`
-    replaces it; with `overwrite`, delete that run's outputs (and nothing else) first."""
+    replaces it; with `overwrite` (and `delete`), delete that run's outputs first: the files
+    the loop writes and nothing else (a folder holding other files is refused). A lone
+    config.yaml (a start that never finished a step) is no run: it is replaced."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; expected a run folder")
     found = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
+    if found == ["config.yaml"]:
+        found = []
     if not found or resume:
         return
     if not overwrite:
         raise UserError(f"--out {out_dir} already holds a run ({', '.join(found)}); pass --resume to continue it, "
                         f"--overwrite to replace it, or choose another folder")
+    foreign = [f"{name}/{p.name}" for name, pattern in RUN_FILES.items() if (out_dir / name).is_dir()
+               for p in sorted((out_dir / name).iterdir()) if not p.match(pattern) or not p.is_file()]
+    if foreign:
+        raise UserError(f"--out {out_dir}: --overwrite would delete {foreign[0]}, which train did not write "
+                        f"({len(foreign)} such in all); move it away or choose another folder")
+    if not delete:
+        return
     import shutil
     log.warning("--overwrite: deleting the earlier run's %s in %s", ", ".join(found), out_dir)
     for name in found:
@@ -330,12 +368,44 @@ def save_training_checkpoint(path: Path, model, optimizers, schedulers, config: 
     save_checkpoint(path, state)
 
 
-def load_training_checkpoint(path: Path, model, optimizers, schedulers, config: Config) -> dict[str, int]:
-    state = load_checkpoint_file(path)
-    saved = state.get("config")
-    if saved is not None and saved.get("model_params") != config_to_dict(config)["model_params"]:
+# Settings a resumed run honours as given (the loop reads them afresh at every step); every
+# other difference from the checkpoint's config would be recorded but not used (the optimiser,
+# scheduler and sampler states carry the old values), so --resume refuses it.
+RESUME_MAY_CHANGE = ("train_params.max_steps", "train_params.num_epochs", "train_params.log_every",
+                     "train_params.image_every", "train_params.checkpoint_every", "train_params.checkpoint_freq",
+                     "train_params.dataloader_workers", "dataset_params.root_dir")
+RESUME_STATE = ("step", "epoch", "batch_in_epoch", "rng", "schedulers")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
+    return {prefix: tree}
+
+
+def check_resume_settings(saved: dict | None, config: Config, path: Path) -> None:
+    """UserError naming the first setting a resume from `path` would record but not honour."""
+    if saved is None:
+        return
+    if saved.get("model_params") != config_to_dict(config)["model_params"]:
         raise UserError(f"{str(path)!r} was trained with other model_params than this config; "
                         "resume with the config written beside it (config.yaml)")
+    old, new = _flat(saved), _flat(config_to_dict(config))
+    for key in sorted(set(old) | set(new)):
+        if key in RESUME_MAY_CHANGE or old.get(key) == new.get(key):
+            continue
+        raise UserError(f"--resume: {key} is {new.get(key)!r} here but {old.get(key)!r} in {str(path)!r}, and a "
+                        f"resumed run cannot change it (only {', '.join(k.split('.')[-1] for k in RESUME_MAY_CHANGE[:-1])} "
+                        "can); resume with the run's config.yaml, or start a new run")
+
+
+def load_training_checkpoint(path: Path, model, optimizers, schedulers, config: Config) -> dict[str, int]:
+    state = load_checkpoint_file(path)
+    missing = [key for key in RESUME_STATE if key not in state]
+    if missing:
+        raise UserError(f"{str(path)!r} holds no {missing[0]!r} state ({', '.join(missing)} missing): it was not "
+                        "written by `pipeline run train`; --resume needs a training checkpoint")
+    check_resume_settings(state.get("config"), config, path)
     # Sub-networks and optimisers this run does not build (a discriminator without a GAN
     # loss, as in checkpoints written before it was left out) are ignored.
     model.load_checkpoint_state(state, strict=True)
@@ -343,11 +413,50 @@ def load_training_checkpoint(path: Path, model, optimizers, schedulers, config: 
     if missing:
         raise UserError(f"{str(path)!r} holds no optimizer state for {missing}: it was trained with other "
                         "loss weights than this config; resume with the config written beside it (config.yaml)")
-    for name, opt in optimizers.items():
-        opt.load_state_dict(state[f"optimizer_{name}"])
-        schedulers[name].load_state_dict(state["schedulers"][name])
-    set_rng_state(state["rng"])
-    return {"step": state["step"], "epoch": state["epoch"], "batch_in_epoch": state["batch_in_epoch"]}
+    try:
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state[f"optimizer_{name}"])
+            schedulers[name].load_state_dict(state["schedulers"][name])
+        set_rng_state(state["rng"])
+        return {key: int(state[key]) for key in ("step", "epoch", "batch_in_epoch")}
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise UserError(f"{str(path)!r}: its optimizer, scheduler or RNG state cannot be restored "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}); "
+                        "--resume needs a checkpoint `pipeline run train` wrote") from None
+
+
+# --------------------------------------------------------------------------- metrics.jsonl
+def append_records(path: Path, records: list[dict]) -> None:
+    """Append lines to metrics.jsonl in one write(2) of whole lines, so a kill leaves the
+    file ending at a line's end (a torn last line, should one happen, is dropped on resume)."""
+    data = "".join(json.dumps(record) + "\n" for record in records).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def kept_records(path: Path, last_step: int) -> list[str]:
+    """The lines of metrics.jsonl up to `last_step` (the checkpoint a resume starts from);
+    a torn last line (what a kill leaves) is dropped; any other unreadable line is an error."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step = int(record["step"])
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                log.warning("%s: its last line is torn (a run killed while writing it): dropped", path)
+                continue
+            raise UserError(f"{str(path)!r} line {number} is not a metrics record ({line[:60]!r}); "
+                            "expected one JSON object with a 'step' a line") from None
+        if step <= last_step:
+            kept.append(line)
+    return kept
 
 
 # --------------------------------------------------------------------------- images
@@ -415,6 +524,20 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
           init_checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Train `config`'s model on `data_root`'s train split; returns the last step's losses.
 
+    Called as it is (no `dist_ctx`), it holds the run folder (claim_run_folder: apart from
+    the inputs, a run folder of train's, its writer lock); a worker of a distributed run
+    (`dist_ctx` given) writes under the lock its driver holds. The loop is `train_loop`."""
+    if dist_ctx is not None:
+        return train_loop(config, data_root, out_dir, resume, dist_ctx, overwrite, init_checkpoint)
+    with claim_run_folder(out_dir, data_root, init_checkpoint):
+        return train_loop(config, data_root, out_dir, resume, dist_ctx, overwrite, init_checkpoint)
+
+
+def train_loop(config: Config, data_root: str | Path, out_dir: str | Path, resume: bool = False,
+               dist_ctx: DistContext | None = None, overwrite: bool = False,
+               init_checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """The training loop (`train` holds the folder first).
+
     `out_dir` holding another run is refused unless `resume` or `overwrite` (check_run_folder).
     `train_params.stage` says which of the family's stages trains (`set_stage`); a stage
     after the first starts from the weights of `init_checkpoint` (a finished run's
@@ -441,7 +564,7 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
     if dist_ctx.is_main:  # after the checks above: a refused run deletes and writes nothing
         check_run_folder(out_dir, resume, overwrite)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(config_to_yaml(config))
+    config_written = False  # config.yaml appears with the first step's record: a start that fails writes none
 
     # ---- model, optimisers, schedules, losses
     seed_everything(tp.seed)
@@ -479,9 +602,10 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
     metrics_path = out_dir / "metrics.jsonl"
     if dist_ctx.is_main and metrics_path.exists():
         # A fresh run starts a fresh curve; a resumed one drops steps logged after its checkpoint.
-        kept = [line for line in metrics_path.read_text().splitlines()
-                if resume and line.strip() and json.loads(line)["step"] <= progress["step"]]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+        from core.media import atomic_path
+        kept = kept_records(metrics_path, progress["step"]) if resume else []
+        with atomic_path(metrics_path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
     # Built once; the sampler is told each epoch (and a resumed run's position in it) before iterating.
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_pairs,
@@ -521,8 +645,12 @@ def train(config: Config, data_root: str | Path, out_dir: str | Path, resume: bo
                 records, pending = flush_losses(pending, dist_ctx), []
                 last = {k: records[-1][k] for k in losses}
             if dist_ctx.is_main and (log_due or save_due):
-                with open(metrics_path, "a") as handle:
-                    handle.writelines(json.dumps(record) + "\n" for record in records)
+                if not config_written:  # the settings of the steps recorded (a resume's honoured changes too)
+                    from core.media import atomic_path
+                    with atomic_path(out_dir / "config.yaml") as tmp:
+                        tmp.write_text(config_to_yaml(config))
+                    config_written = True
+                append_records(metrics_path, records)
             if dist_ctx.is_main and log_due:
                 elapsed = time.perf_counter() - window_start
                 rate = window_steps / max(elapsed, 1e-9)

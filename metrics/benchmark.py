@@ -366,8 +366,23 @@ def _generations(configs: dict, args) -> dict:
     return {name: Generation.of(config, name) for name, config in configs.items()}
 
 
+def inputs_of(args: argparse.Namespace) -> dict[str, str]:
+    """The paths a benchmark reads (--data, every checkpoint and @CONFIG file), for the
+    output policy (core.outputs): `--out` must lie apart from all of them."""
+    inputs = {"--data": args.data}
+    for item in filter(None, (part.strip() for part in str(args.models).split(","))):
+        name, _, rest = item.partition("=")
+        checkpoint, _, config = rest.partition("@")
+        inputs[f"--models {name} checkpoint"] = checkpoint or None
+        inputs[f"--models {name} config"] = config or None
+    return inputs
+
+
 def main(args: argparse.Namespace) -> int:
-    record = run(args)
+    from core import outputs
+    with outputs.claim(args.out, "benchmark", inputs_of(args), earlier=("benchmark.json", "per_frame.parquet"),
+                       partial_dirs=("samples",)):
+        record = run(args)
     print((Path(args.out) / "comparison.md").read_text())
     if "motion" in record["tables"]:
         print(Path(record["tables"]["motion"]["md"]).read_text())

@@ -171,7 +171,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    summary = run(args)
+    from core import outputs
+    with outputs.claim(args.out, "evaluate", {"--real": args.real, "--generated": args.generated},
+                       earlier=("summary.json", "per_frame.parquet")):
+        summary = run(args)
     numbers = ", ".join(f"{m} {summary[m]:.4f}" if summary[m] is not None else f"{m} n/a" for m in SUMMARY_METRICS)
     backends_text = ", ".join(f"{role} {b['name'] if b else 'none'}" for role, b in summary["backends"].items())
     print(f"{len(summary['clips'])} clips, protocol {summary['protocol']} ({backends_text}): {numbers}")

@@ -148,7 +148,7 @@ def find_run(run: Path) -> RunInfo:
     for candidate in (run / "benchmark", run):
         if (candidate / "benchmark.json").is_file():
             info.benchmark_dir = candidate
-            info.benchmark = json.loads((candidate / "benchmark.json").read_text())
+            info.benchmark = read_json(candidate / "benchmark.json")
             break
     data = info.benchmark.get("data")
     info.data_dir = Path(data) if data and Path(data).is_dir() else (
@@ -160,11 +160,34 @@ def find_run(run: Path) -> RunInfo:
     for metrics_file in sorted((run / "train").glob("*/metrics.jsonl")):
         info.train_dirs.setdefault(metrics_file.parent.name, metrics_file.parent)
     if (run / "timings.json").is_file():
-        info.timings = json.loads((run / "timings.json").read_text())
+        info.timings = read_json(run / "timings.json")
     if info.benchmark_dir is None and not info.train_dirs and info.data_dir is None:
         raise UserError(f"{str(run)!r} holds no benchmark.json, train/*/metrics.jsonl or data/: "
                         "nothing to report")
     return info
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object the run's stages wrote; UserError naming the file when it is truncated,
+    not JSON or not an object (a report is never built from half a file)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        where = f" at line {err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise UserError(f"{str(path)!r} is not readable JSON{where} (truncated or damaged?): "
+                        f"{str(err).splitlines()[0][:120]}; rerun the stage that writes it") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{str(path)!r} holds a JSON {type(data).__name__}; expected the object its stage writes")
+    return data
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """A table the run's stages wrote; UserError naming the file when it cannot be read."""
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...; all mean a damaged file
+        raise UserError(f"{str(path)!r} is not a readable Parquet table ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:120] if str(err) else ''}); rerun the stage that writes it") from None
 
 
 def _run_folder_of(checkpoint: Path) -> Path | None:
@@ -233,7 +256,7 @@ def data_summary(data_dir: Path | None) -> dict:
     summary: dict = {"path": str(data_dir)}
     clips_file = data_dir / "clips.parquet"
     if clips_file.is_file():
-        clips = pd.read_parquet(clips_file)
+        clips = read_parquet(clips_file)
         summary["sha256_clips_parquet"] = sha256_of(clips_file)
         counts = clips.groupby(["split", "status"]).size().unstack(fill_value=0)
         summary["counts"] = {split: {k: int(v) for k, v in row.items()} for split, row in counts.iterrows()}
@@ -242,7 +265,7 @@ def data_summary(data_dir: Path | None) -> dict:
                                for _, r in bad.head(10).iterrows()]
         summary["num_problems"] = len(bad)
     if (data_dir / "summary.json").is_file():
-        summary["summary_json"] = json.loads((data_dir / "summary.json").read_text())
+        summary["summary_json"] = read_json(data_dir / "summary.json")
     return summary
 
 
@@ -251,7 +274,15 @@ def training_curves(train_dir: Path) -> pd.DataFrame:
     path = train_dir / "metrics.jsonl"
     if not path.is_file():
         return pd.DataFrame()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:  # a torn line, what a killed run leaves: the curve goes without it
+            log.warning("%s: a line that is not JSON is left out of the curve", path)
+            continue
+        if isinstance(record, dict):
+            rows.append(record)
     return pd.DataFrame(rows)
 
 
@@ -260,9 +291,11 @@ def training_settings(train_dir: Path) -> dict:
     path = train_dir / "config.yaml"
     if not path.is_file():
         return {}
-    import yaml
-    config = yaml.safe_load(path.read_text()) or {}
-    train, data = config.get("train_params", {}), config.get("dataset_params", {})
+    from core.config import load_yaml
+    config = load_yaml(path.read_text(encoding="utf-8", errors="replace"), str(path)) or {}
+    if not isinstance(config, dict):
+        raise UserError(f"{str(path)!r} is not a config mapping; expected the config.yaml train writes")
+    train, data = config.get("train_params") or {}, config.get("dataset_params") or {}
     shape = data.get("frame_shape") or ["?", "?"]
     return {"batch size": train.get("batch_size", ""), "frame size": f"{shape[0]}x{shape[1]}",
             "perceptual VGG19 weights": train.get("vgg19_weights", "") if any(
@@ -341,7 +374,11 @@ def load_tables(info: RunInfo) -> tuple[dict[str, Table], list[str]]:
             continue
         path = info.benchmark_dir / Path(paths.get("json", f"{key}.json")).name
         if path.is_file():
-            found[key] = read_table(path)
+            read_json(path)  # one line naming a truncated file
+            try:
+                found[key] = read_table(path)
+            except (TypeError, ValueError) as err:
+                raise UserError(f"{str(path)!r} is not a table the benchmark wrote ({err}); rerun the benchmark") from None
         else:
             missing.append(path.name)
     return found, missing
@@ -352,7 +389,7 @@ def per_clip_rows(info: RunInfo, limit: int = 20) -> list[dict]:
     path = info.benchmark_dir / "per_clip.parquet" if info.benchmark_dir else None
     if path is None or not path.is_file():
         return []
-    table = pd.read_parquet(path)
+    table = read_parquet(path)
     rows = []
     for clip, group in list(table.groupby("clip", sort=True))[:limit]:
         row = {"clip": clip}
@@ -505,8 +542,17 @@ def headline(info: RunInfo, tables: dict[str, Table]) -> list[str]:
 
 def write_report(run: str | Path) -> tuple[Path, Path]:
     """Write `report.html` and `report.md` (plus `report_samples.png`) into the run folder."""
-    from core.media import atomic_path
+    from core import outputs
     info = find_run(Path(run))
+    # the pages go into the run folder: one of ours (run all's, a benchmark's), never while a
+    # stage writes it, and never over a file of the same name that is no page of ours
+    with outputs.claim(info.run, "report", flag="--run", accepts=("all", "benchmark"), mark=False,
+                       earlier=("benchmark.json", "benchmark/benchmark.json", "timings.json", "train/*/metrics.jsonl")):
+        return _write_pages(info)
+
+
+def _write_pages(info: RunInfo) -> tuple[Path, Path]:
+    from core.media import atomic_path
     report = build_report(info, environment())
     html_path, md_path = info.run / "report.html", info.run / "report.md"
     if report.samples is not None:
@@ -514,7 +560,8 @@ def write_report(run: str | Path) -> tuple[Path, Path]:
 
         from fomm.visualize import image_grid
         grid = image_grid([row.images for row in report.samples.rows])
-        Image.fromarray(grid).save(info.run / "report_samples.png")
+        with atomic_path(info.run / "report_samples.png") as tmp:
+            Image.fromarray(grid).save(tmp, format="PNG")
     with atomic_path(html_path) as tmp:
         tmp.write_text(render("report.html.j2", report=report))
     with atomic_path(md_path) as tmp:

@@ -7,11 +7,17 @@ Each stage lives in its own module, which provides `add_arguments(parser)` and
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
 
 from core.errors import UserError
+
+# OSErrors that say what the machine lets a stage do (a full disk, a read-only file system, a
+# file the user may not read or write), not that the stage is wrong: one line, exit 2, as bad
+# input. Every stage writes through temporary names, so nothing half-written is left.
+ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 # stage name -> (module, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
@@ -67,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRORS:
+            raise
+        where = f" ({err.filename!r})" if err.filename else ""
+        print(f"error: {err.strerror}{where}; nothing half-written was kept: free space or fix the "
+              f"permissions, then rerun", file=sys.stderr)
         return 2
 
 

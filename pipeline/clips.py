@@ -73,7 +73,7 @@ PLAIN_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,199}$")
 
 def check_name(value: str, what: str) -> str:
     """`value` if it is a plain file name ([A-Za-z0-9_-][A-Za-z0-9_.-]*), else UserError."""
-    if not isinstance(value, str) or not PLAIN_NAME.match(value):
+    if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value):  # fullmatch: `$` passes "x\n"
         raise UserError(f"{what} {value!r} is not a plain name; expected letters, digits, '_', "
                         f"'-' and '.' (not first), at most 200 characters")
     return value
@@ -257,7 +257,7 @@ CLIP_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-#]{0,254}$")
 def _checked(split: str, name: str) -> tuple[str, str]:
     """Every path below is built from a split and a clip name: refuse anything that could
     leave its folder (callers validate ids first; this is the last line)."""
-    if split not in SPLITS or not isinstance(name, str) or not CLIP_NAME.match(name):
+    if split not in SPLITS or not isinstance(name, str) or not CLIP_NAME.fullmatch(name):
         raise ValueError(f"unsafe clip path part: split {split!r}, clip {name!r}")
     return split, name
 

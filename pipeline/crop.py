@@ -21,6 +21,7 @@ import logging
 import math
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +42,11 @@ BATCH = 16  # clips of one video cut by one ffmpeg run (one decode, BATCH output
 CROP_VERSION = 1
 # "original": load_videos.py's scikit-image 0.14 resize; "ffmpeg": ffmpeg's area filter.
 RESIZES = ("original", "ffmpeg")
+
+
+# How a failed row says that the video file itself is damaged (a cached download of it is
+# then removed, so that a rerun fetches it again).
+DAMAGED = "the file is truncated or damaged"
 
 
 class CropError(Exception):
@@ -260,6 +266,11 @@ def plan_cut(clip: clips_mod.Clip, info) -> tuple[int, int, tuple | None, int]:
     if stop <= first:
         raise CropError(f"frames [{clip.start}, {clip.end}) at {clip.fps} fps are beyond "
                         f"the video's {info.num_frames} frames at {info.fps:.3f} fps")
+    wanted = stop if clip.end is None else frame_range(clip.start, clip.end, clip.fps, info.fps, sys.maxsize)[1]
+    if wanted > info.num_frames + 1:  # a clip cut short is no clip of the manifest's (one frame: count slack)
+        raise CropError(f"frames [{clip.start}, {clip.end}) at {clip.fps} fps need the video's frames up to "
+                        f"{wanted}; it has {info.num_frames} at {info.fps:.3f} fps: the video is shorter than "
+                        f"the clip's range")
     box = None if clip.bbox is None else scaled_bbox(
         clip.bbox, None if clip.width is None else (clip.width, clip.height),
         (info.width, info.height))
@@ -275,7 +286,7 @@ def _publish(clip: clips_mod.Clip, staging: Path, count: int, expected: int, out
         raise CropError(f"no frame decoded in the clip's range of {video.name}")
     if count < expected:
         raise CropError(f"decoded {count} of {expected} frames of the clip's range of "
-                        f"{video.name}: the file is truncated or damaged")
+                        f"{video.name}: {DAMAGED}")
     final = clips_mod.clip_dir(out, clip.split, clip.name)
     clips_mod.publish_dir(staging, final)
     return clips_mod.result_row(clip, status="done", num_frames=count, source=str(video),
@@ -372,6 +383,7 @@ def prepare_video(job, settings) -> list[dict]:
 
     try:
         local = Path(job.video_path) if job.video_path and Path(job.video_path).exists() else None
+        cached = local is None and not settings.source_dir  # our download: a damaged one is fetched again
         if local is None:
             url = job.video_path if job.video_path else None  # url_list jobs carry their URL
             local = download.fetch_video(job.key, Path(settings.cache_dir), settings.url_template,
@@ -387,9 +399,12 @@ def prepare_video(job, settings) -> list[dict]:
         try:
             info = probe(local)
         except UserError as err:
+            again = "; the download was removed, a rerun fetches it again" if cached else ""
+            if cached:
+                download.discard(local, Path(settings.cache_dir))
             for clip in job.clips:
                 finish(clips_mod.result_row(clip, status="failed", source=str(local),
-                                            error=f"corrupt or unreadable video: {err}"), fetched)
+                                            error=f"corrupt or unreadable video: {err}{again}"), fetched)
             return rows
     if local.is_dir():
         for clip in job.clips:
@@ -398,4 +413,6 @@ def prepare_video(job, settings) -> list[dict]:
         cut_video_clips(job.clips, local, info, settings.size, out,
                         lambda row: finish(row, fetched, info.fps), settings.pad_square,
                         settings.resize)
+        if cached and any(row["status"] == "failed" and DAMAGED in str(row.get("error")) for row in rows):
+            download.discard(local, Path(settings.cache_dir))  # truncated: a rerun fetches it again
     return rows

@@ -13,8 +13,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from core.errors import UserError
 from core.media import atomic_path, sha256_of
 
@@ -71,12 +69,38 @@ def available() -> list[str]:
     return sorted(p.stem for p in MANIFEST_DIR.glob("*.yaml"))
 
 
+# The scalar fields' annotations and the values they take: ints count or size something
+# (>= 1), floats are finite and >= 0.
+_SCALARS = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
 def _build(cls, data: dict | None, where: str):
-    data = data or {}
+    import dataclasses
+    import math
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: the {cls.__name__} section is a {type(data).__name__}; expected a mapping")
     names = set(cls.__dataclass_fields__)
     unknown = set(data) - names
     if unknown:
         raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(names)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{where}: the {cls.__name__} section lacks {missing}; expected them set")
+    for f in dataclasses.fields(cls):
+        if f.name not in data or f.type not in _SCALARS:
+            continue
+        value, kind = data[f.name], _SCALARS[f.type]
+        bad = isinstance(value, bool) != (f.type == "bool") or not isinstance(value, kind)
+        if not bad and f.type == "int":
+            bad = value < 1
+        if not bad and f.type == "float":
+            bad = not math.isfinite(value) or value < 0
+        if bad:
+            expected = {"int": "an integer >= 1", "float": "a finite number >= 0", "str": "a string",
+                        "bool": "true or false"}[f.type]
+            raise UserError(f"{where}: {cls.__name__.lower()} {f.name} is {value!r}; expected {expected}")
     return cls(**data)
 
 
@@ -88,14 +112,22 @@ def load_dataset(name_or_path: str) -> DatasetDef:
     if not path.is_file():
         raise UserError(f"unknown dataset {name_or_path!r}; expected one of {available()} "
                         f"or a path to a definition yaml")
-    data = yaml.safe_load(path.read_text()) or {}
     where = str(path)
+    from core.config import load_yaml
+    try:
+        data = load_yaml(path.read_text(encoding="utf-8"), where) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{where} cannot be read as a utf-8 yaml file ({type(err).__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: the definition is a {type(data).__name__}; expected a mapping (name, kind, ...)")
     kind = data.get("kind")
     if kind not in KINDS:
         raise UserError(f"{where}: kind {kind!r} is not one of {KINDS}")
     data["manifest"] = _build(RemoteFile, data["manifest"], where) if data.get("manifest") else None
-    data["url_lists"] = {split: _build(RemoteFile, entry, where)
-                         for split, entry in (data.get("url_lists") or {}).items()}
+    url_lists = data.get("url_lists") or {}
+    if not isinstance(url_lists, dict):
+        raise UserError(f"{where}: url_lists is a {type(url_lists).__name__}; expected a mapping of split -> {{url, sha256}}")
+    data["url_lists"] = {split: _build(RemoteFile, entry, where) for split, entry in url_lists.items()}
     data["custom"] = _build(CustomPolicy, data.get("custom"), where)
     data["sample"] = _build(SamplePolicy, data.get("sample"), where)
     definition = _build(DatasetDef, data, where)

@@ -40,7 +40,7 @@ def video_id_of_url(url: str) -> str:
 
 
 def _check_id(video_id: str) -> None:
-    if not PLAIN_NAME.match(video_id):  # ids become file names: no slashes, no '..' tricks
+    if not PLAIN_NAME.fullmatch(video_id):  # ids become file names: no slashes, no '..' tricks (nor a newline)
         raise Unavailable(f"video id {video_id!r} is not a plain name")
 
 
@@ -50,6 +50,16 @@ def cached_file(cache_dir: Path, video_id: str) -> Path | None:
         if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
             return path
     return None
+
+
+def discard(path: Path, cache_dir: Path) -> None:
+    """Remove a downloaded file that does not decode (truncated, corrupt) from the cache, so
+    the next run fetches it again instead of failing on it forever; only a file directly in
+    `cache_dir`, never one the user gave."""
+    path, cache_dir = Path(path), Path(cache_dir)
+    if path.parent.resolve() == cache_dir.resolve() and path.is_file():
+        log.warning("%s does not decode: removed from the download cache, a rerun fetches it again", path)
+        path.unlink()
 
 
 def find_in_source_dir(source_dir: Path, video_id: str) -> Path:

@@ -66,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+# The smallest shard target: a shard holds at least one group of frames, so a smaller target
+# only makes one shard per group.
+MIN_SHARD_BYTES = 1024
+# What an earlier version's prepare left in a folder it wrote (no stage mark yet).
+PREPARE_EARLIER = (".rows", "clips.parquet", "summary.json", "shards", "png")
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Every numeric flag and the URL template, before any work: UserError on the first bad one."""
     import math
@@ -74,6 +81,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UserError(f"--size must be between 8 and 4096 pixels, got {args.size}")
     if not (math.isfinite(args.shard_mb) and args.shard_mb > 0):
         raise UserError(f"--shard-mb must be a positive number of MiB, got {args.shard_mb}")
+    if args.shard_mb * 2**20 < MIN_SHARD_BYTES:  # a shard target of no bytes cannot be cut
+        raise UserError(f"--shard-mb {args.shard_mb:g} is below {MIN_SHARD_BYTES / 2**20:g} MiB "
+                        f"({MIN_SHARD_BYTES} bytes); expected a shard size of at least that")
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be a positive number of tasks, got {args.workers}")
     if args.limit is not None and args.limit < 1:
@@ -530,12 +540,13 @@ def exit_status(summary: dict, allow_failures: bool) -> int:
 def main(args: argparse.Namespace) -> int:
     import os
     import socket
+    from core import outputs
     from pipeline import datasets
-    from core.writer_lock import writer_lock
     began = time.perf_counter()
     check_arguments(args)
     definition = datasets.load_dataset(args.dataset)
-    with writer_lock(Path(args.out)) as out:
+    inputs = {"--source-dir": args.source_dir, "--manifest": args.manifest, "--dataset": args.dataset}
+    with outputs.claim(args.out, "prepare", inputs, earlier=PREPARE_EARLIER) as out:
         clips_mod.adopt_legacy_folders(out)  # earlier versions' <clip>/ -> <clip>.mp4/
         settings = Settings(str(out), definition.kind, args.size or definition.size,
                             args.cache_dir or str(out / "downloads"), args.url_template,

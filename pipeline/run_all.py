@@ -226,7 +226,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """0 when every stage is done; 1 when a model failed to train (the rest still ran)."""
-    data = run(args)
+    from core import outputs
+    with outputs.claim(args.out, "all", {}, earlier=("timings.json",)):
+        data = run(args)
     print(f"done in {data['total_seconds']:.0f} s; report: {Path(args.out) / 'report.html'}")
     for stage, entry in data["stages"].items():
         print(f"  {stage:<18} {entry['seconds']:8.1f} s wall {entry.get('cpu_seconds', 0):8.1f} s CPU  "

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core.errors import UserError
+from core.outputs import MARKER
 from core.frames import to_tensor
 from core.media import iter_frames, probe
 from fomm import export
@@ -54,7 +55,7 @@ def test_export_writes_graphs_config_and_parity_report(exported):
     import json
     report = json.loads((exported / export.REPORT_FILE).read_text())
     assert sorted(p.name for p in exported.iterdir()) == sorted(
-        [export.KP_FILE, export.GENERATOR_FILE, export.CONFIG_FILE, export.REPORT_FILE])
+        [export.KP_FILE, export.GENERATOR_FILE, export.CONFIG_FILE, export.REPORT_FILE, MARKER])
     assert max(report["max_abs_diff"].values()) <= 1e-4 and report["batches"] == [1, 4]
     assert load_config(exported / export.CONFIG_FILE) == load_config("tiny")
 

@@ -38,6 +38,7 @@ STEPS = 24
 def trained(shared_data, tmp_path_factory):
     """(config, checkpoint): the tiny FOMM after STEPS steps on three real face clips (64 px)."""
     root = tmp_path_factory.mktemp("faces")
+    run = tmp_path_factory.mktemp("run")  # a run folder apart from its data
     for name in ("00", "08", "10"):
         folder = root / "train" / f"demo{name}"
         folder.mkdir(parents=True)
@@ -46,8 +47,8 @@ def trained(shared_data, tmp_path_factory):
     config = resolve_run_config("tiny", FAST + [f"train_params.max_steps={STEPS}", "train_params.num_repeats=100",
                                                 f"train_params.checkpoint_every={STEPS}",
                                                 "train_params.image_every=1000"], None)
-    train(config, root, root / "run")
-    return config, root / "run" / "checkpoints" / f"step-{STEPS:07d}.pt"
+    train(config, root, run)
+    return config, run / "checkpoints" / f"step-{STEPS:07d}.pt"
 
 
 @pytest.fixture(scope="module")

@@ -322,8 +322,8 @@ def test_onnx_export_and_onnxruntime_animation(shared_data, tmp_path):
     video = shared_data / "faces" / "fomm-demo" / "04.mp4"
     assert main(["run", "export", "--config", "mraa-tiny", "--random-weights", "--format", "onnx", "--out", str(out),
                  "--check-frames", str(video)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["avd_network.onnx", "config.yaml", "export.json",
-                                                     "generator.onnx", "region_predictor.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [".motion-transfer.json", "avd_network.onnx", "config.yaml",
+                                                     "export.json", "generator.onnx", "region_predictor.onnx"]
     report = json.loads((out / "export.json").read_text())
     assert report["batches"] == [1, 4] and max(report["max_abs_diff"].values()) <= 1e-4
     assert set(report["max_abs_diff"]) == {"shift", "covar", "affine", "prediction", "avd_shift", "avd_affine",

@@ -93,7 +93,8 @@ def test_first_frame_is_the_source_and_reruns_skip_done_clips(test_root, checkpo
 
     assert cli_main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in written} == written
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".lock", ".rows"]  # no part left
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".lock", ".motion-transfer.json",
+                                                                               ".rows"]  # no part left
 
 
 def test_reconstruct_rejects_missing_checkpoint_and_data(test_root, checkpoint, tmp_path):
@@ -154,7 +155,8 @@ def test_a_killed_reconstruct_rerun_does_the_missing_clips_and_leaves_no_part(sa
     assert cli_main([*argv, "--out", str(out)]) == 0
     assert (out / "l1.csv").read_text() == (tmp_path / "unbroken" / "l1.csv").read_text()
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the finished clip was not redone
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".lock", ".rows"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".lock", ".motion-transfer.json",
+                                                                               ".rows"]
     for clip in (first, second, third):
         assert len(list((out / clip).glob("*.png"))) == 8 and probe(out / f"{clip}.mp4").num_frames == 8
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from core.errors import UserError
-from fomm import smoothing
 from fomm.animation import AnimateOptions, Animator
 from fomm.api import parameter_entries
 from fomm.smoothing import MotionSmoother, OneEuroFilter

@@ -98,6 +98,7 @@ def write_graphs(model, staging: Path, frames: torch.Tensor) -> dict[str, float]
 def check_parity(folder: Path, region_predictor, generator, avd_network, frames: torch.Tensor) -> dict[str, float]:
     """Max abs differences between onnxruntime and torch on `frames` (0: source, rest: driving)
     at two batch sizes, for the region parameters, the prediction and (with it) the AVD output."""
+    from fomm.export import _abs_diff, _nan_max
     runner = OnnxMraa(folder, check_config=False)
     source, driving = frames[:1], frames[1:]
     diffs = {key: 0.0 for key in REGION_OUTPUTS + ("prediction",)}
@@ -111,16 +112,16 @@ def check_parity(folder: Path, region_predictor, generator, avd_network, frames:
             prediction = generator(source.expand(batch, -1, -1, -1), _motion(want), want_source)["prediction"]
         got, got_source = runner.detect(chunk), runner.detect(source)
         for key in REGION_OUTPUTS:
-            diffs[key] = max(diffs[key], float((got[key] - want[key]).abs().max()))
+            diffs[key] = _nan_max([diffs[key], _abs_diff(got[key], want[key])])
         got_prediction = runner.generate(source, got_source, got)["prediction"]
-        diffs["prediction"] = max(diffs["prediction"], float((got_prediction - prediction).abs().max()))
+        diffs["prediction"] = _nan_max([diffs["prediction"], _abs_diff(got_prediction, prediction)])
         if avd_network is not None:
             with torch.no_grad():
                 want_avd = avd_network(want_source, want)
             got_avd = runner.transfer({k: v.expand(batch, *v.shape[1:]) for k, v in got_source.items()}, got, got,
                                       avd=True)
             for key in AVD_OUTPUTS:
-                diffs[f"avd_{key}"] = max(diffs[f"avd_{key}"], float((got_avd[key] - want_avd[key]).abs().max()))
+                diffs[f"avd_{key}"] = _nan_max([diffs[f"avd_{key}"], _abs_diff(got_avd[key], want_avd[key])])
     return diffs
 
 

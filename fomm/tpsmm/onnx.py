@@ -83,6 +83,7 @@ def export_graphs(model, staging: Path, frames: torch.Tensor, export) -> None:
 def check_parity(folder: Path, model, frames: torch.Tensor) -> dict[str, float]:
     """Max abs differences between onnxruntime and the torch model on `frames` (0: the
     source), at batch 1 and at all driving frames, for keypoints, the three modes' predictions."""
+    from fomm.export import _abs_diff, _nan_max
     runner = OnnxTPSMM(folder, check_config=False)
     source, driving = frames[:1], frames[1:]
     diffs = {"fg_kp": 0.0, "prediction": 0.0, "avd": 0.0}
@@ -98,9 +99,9 @@ def check_parity(folder: Path, model, frames: torch.Tensor) -> dict[str, float]:
         got = runner.generate(source, got_source, got_kp)["prediction"]
         got_avd = runner.transfer({"fg_kp": got_source["fg_kp"].expand(batch, -1, -1)}, got_kp, got_kp,
                                   avd=True)["fg_kp"]
-        diffs["fg_kp"] = max(diffs["fg_kp"], float((got_kp["fg_kp"] - want_kp["fg_kp"]).abs().max()))
-        diffs["prediction"] = max(diffs["prediction"], float((got - want).abs().max()))
-        diffs["avd"] = max(diffs["avd"], float((got_avd - want_avd).abs().max()))
+        diffs["fg_kp"] = _nan_max([diffs["fg_kp"], _abs_diff(got_kp["fg_kp"], want_kp["fg_kp"])])
+        diffs["prediction"] = _nan_max([diffs["prediction"], _abs_diff(got, want)])
+        diffs["avd"] = _nan_max([diffs["avd"], _abs_diff(got_avd, want_avd)])
     return diffs
 
 
