@@ -158,7 +158,7 @@ def timed(command: list[str], env: dict | None = None) -> dict:
 
 def animate_command(family: str, checkpoint: Path, clip: Path, out: Path, *extra: str) -> list[str]:
     config = "vox-256" if family == "fomm" else family_config_name(family)
-    return [sys.executable, "-m", "pipeline.cli", "run", "animate", "--config", config, "--model", family,
+    return [sys.executable, "-m", "stages.cli", "run", "animate", "--config", config, "--model", family,
             "--checkpoint", str(checkpoint), "--source", str(SOURCE), "--driving", str(clip), "--adapt-scale",
             "--device", "cpu", "--out", str(out), *extra]
 
@@ -428,7 +428,7 @@ def train_error_checkpoint(steps: int, tmp: Path) -> Path:
         subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(SHARED / f"faces/fomm-demo/{name}.mp4"),
                         "-frames:v", "120", "-vf", "scale=64:64", str(folder / "%05d.png")], check=True)
     run = tmp / "tiny-run"
-    timed([sys.executable, "-m", "pipeline.cli", "run", "train", "--config", "tiny", "--data", str(data),
+    timed([sys.executable, "-m", "stages.cli", "run", "train", "--config", "tiny", "--data", str(data),
            "--out", str(run), f"train_params.max_steps={steps}", "train_params.num_repeats=1000",
            f"train_params.checkpoint_every={steps}", "train_params.image_every=100000",
            # L1 + equivariance: the perceptual loss's VGG19 would triple each step on 2 cores

@@ -37,7 +37,7 @@ DATA = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / 
 
 
 def stage(*argv: str) -> None:
-    from pipeline.run_all import run_stage
+    from stages.run_all import run_stage
     started = time.perf_counter()
     run_stage(argv[0], list(argv[1:]))
     print(f"{argv[0]} {argv[1] if len(argv) > 1 and not argv[1].startswith('-') else ''}: "
@@ -47,7 +47,7 @@ def stage(*argv: str) -> None:
 def train_generators(work: Path, steps: int) -> str:
     """Every registered family's tiny config trained `steps` steps on the sample data, as `run all` does."""
     from fomm.families import NAMES
-    from pipeline.run_all import MODEL_CONFIGS
+    from stages.run_all import MODEL_CONFIGS
     items = []
     for family in sorted(NAMES):
         folder = work / "train" / family

@@ -158,7 +158,7 @@ def animation_frames(count: int, folder: Path) -> np.ndarray:
     import torch
     from fomm.config import load_config
     from fomm.registry import build_model
-    from pipeline import cli
+    from stages import cli
     torch.manual_seed(0)
     checkpoint = folder / "tiny.pth"
     torch.save(build_model(load_config("tiny")).checkpoint_state(), checkpoint)

@@ -20,7 +20,7 @@ from fomm.animate import animate
 from fomm.animation import AnimateOptions, Animator
 from fomm.best_frame import find_best_frame
 from fomm.config import load_config
-from pipeline import cli
+from stages import cli
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,7 @@ from core.errors import UserError
 from fomm.animate import animate
 from fomm.animation import AnimateOptions, Animator, load_animation_model
 from fomm.config import load_config
-from pipeline import cli
+from stages import cli
 
 
 @pytest.fixture

@@ -192,7 +192,7 @@ def _checkpoint(name: str, path: Path) -> Path:
 def test_reconstruct_stage(name, taichi_root, taichi_frames, tmp_path):
     """`pipeline run reconstruct` with a baseline's checkpoint, exactly as for FOMM."""
     from core.media import probe
-    from pipeline.cli import main
+    from stages.cli import main
     checkpoint = _checkpoint(name, tmp_path / "model.pt")
     out = tmp_path / "recon"
     assert main(["run", "reconstruct", "--checkpoint", str(checkpoint), "--data", str(taichi_root),
@@ -210,7 +210,7 @@ def test_animate_stage(name, motion, shared_data, tmp_path):
     """`pipeline run animate` with the same options as FOMM: a real portrait driven by a
     real video, keypoints drawn where the family has them, side-by-side layout."""
     from core.media import probe
-    from pipeline.cli import main
+    from stages.cli import main
     checkpoint = _checkpoint(name, tmp_path / "model.pt")
     out = tmp_path / "animated.mp4"
     args = ["run", "animate", "--config", f"{name}-tiny", "--checkpoint", str(checkpoint),

@@ -19,7 +19,7 @@ import torch
 from core.config import config_to_dict
 from fomm.config import config_from_dict, load_config
 from metrics import benchmark, clip_scores
-from pipeline.cli import main as cli_main
+from stages.cli import main as cli_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TABLE_FILES = [f"{stem}.{ext}" for stem in ("comparison", "motion") for ext in ("json", "md", "csv", "html")]
@@ -75,7 +75,7 @@ KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
     import torch
     from metrics import clip_scores
-    from pipeline.cli import main
+    from stages.cli import main
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # as tests/conftest.py: the same arithmetic
     write = clip_scores.ClipResults.write
     calls = []
@@ -121,7 +121,7 @@ def test_a_benchmark_killed_halfway_and_rerun_writes_the_unbroken_runs_tables(sa
 
 
 def _args(data: Path, models: str, out: Path, *extra: str):
-    from pipeline.cli import build_parser
+    from stages.cli import build_parser
     return build_parser("benchmark").parse_args(_argv(data, models, out, *extra))
 
 

@@ -20,7 +20,7 @@ from core.errors import UserError
 from fomm.checkpoint import TRUST_PICKLE_ENV, load_checkpoint_file, load_model, save_checkpoint
 from fomm.config import load_config
 from fomm.registry import build_model
-from pipeline.cli import main as cli_main
+from stages.cli import main as cli_main
 
 
 class WritesAFile:

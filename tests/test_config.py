@@ -67,7 +67,7 @@ def test_a_baseline_trains_with_its_own_variant_of_a_dataset_config():
 
 def test_python_tags_are_refused_before_anything_runs(tmp_path, capsys):
     """yaml.safe_load refuses !!python tags; the loader turns that into one line and exit 2."""
-    from pipeline.cli import main as cli_main
+    from stages.cli import main as cli_main
     marker = tmp_path / "marker"
     path = tmp_path / "evil.yaml"
     path.write_text("train_params:\n"

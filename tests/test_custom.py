@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from core import faces
-from pipeline import cli
+from stages import cli
 from pipeline.clips import clip_dir
 from pipeline.custom import enlarge, iou, link_tubes
 

@@ -24,7 +24,7 @@ from detect import scores
 from detect.xception import Xception, load_weights, reference_state
 from fomm.config import config_from_dict, load_config
 from fomm.families import NAMES
-from pipeline.cli import main as cli_main
+from stages.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = sorted(NAMES)  # every registered family (fomm/families.py): three today, five with MRAA and TPSMM
@@ -136,7 +136,7 @@ def test_killed_run_resumes_to_the_same_files(sample_data, models, tmp_path):
     import ray
     small = ("--max-clips", "4", "--no-marked", "--chunk", "1")
     out, clean = tmp_path / "killed", tmp_path / "clean"
-    command = [sys.executable, "-m", "pipeline.cli", *_fakes_argv(sample_data, models, out, *small),
+    command = [sys.executable, "-m", "stages.cli", *_fakes_argv(sample_data, models, out, *small),
                "--ray-address", ray.get_runtime_context().gcs_address]
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -14,7 +14,7 @@ from fomm import export
 from fomm.animate import animate
 from fomm.animation import AnimateOptions, Animator, load_animation_model
 from fomm.config import load_config
-from pipeline import cli
+from stages import cli
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Every stage against hostile input (issue 20): one table of cases per stage, each run in this
-process through `pipeline.cli.main`, each asserting exit status 2, exactly one line on stderr
+process through `stages.cli.main`, each asserting exit status 2, exactly one line on stderr
 that starts with `error: ` and names the problem, no traceback, and every input and every file
 that existed before unchanged (a checksum of each file under the case's folder and the shared
 inputs, before and after; nothing added either, so a refused start leaves nothing behind).
@@ -35,7 +35,7 @@ import torch
 
 from core.config import config_to_dict
 from core.outputs import MARKER
-from pipeline import cli
+from stages import cli
 
 # A training run small enough to take one step in seconds: no perceptual loss (no VGG19), the
 # two clips repeated to one batch of 4.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import cli
+from stages import cli
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -29,7 +29,7 @@ def _train_argv(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
 
 
 def _start(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv], cwd=REPO, env=ENV,
+    return subprocess.Popen([sys.executable, "-m", "stages.cli", *argv], cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -111,7 +111,7 @@ def peak_mb():  # this process's own high-water mark: ru_maxrss keeps the forkin
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
-from pipeline import cli
+from stages import cli
 import fomm.train, fomm.reconstruct  # imported before the clock starts
 before_mb = peak_mb()
 began = time.perf_counter()

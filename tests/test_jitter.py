@@ -130,7 +130,7 @@ def test_score_clip_columns_and_the_evaluate_summary(tmp_path, monkeypatch):
         with VideoWriter(tmp_path / f"{name}.mp4", 25, crf=0) as writer:  # lossless
             writer.write_all(video)
     monkeypatch.setattr(evaluate_stage, "_backend", lambda kind, name, default: _FakeFaces() if kind == "pose" else None)
-    from pipeline.cli import build_parser
+    from stages.cli import build_parser
     args = build_parser("evaluate").parse_args(["run", "evaluate", "--real", str(tmp_path / "real.mp4"), "--generated",
                                                 str(tmp_path / "fake.mp4"), "--out", str(tmp_path / "out"),
                                                 "--identity", "none"])

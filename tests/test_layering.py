@@ -1,6 +1,6 @@
 """The layers point one way: core/ at the bottom; pipeline/, fomm/ and metrics/ on it; detect/
-(the fakes dataset and the detector) on those; the command line (pipeline.cli,
-pipeline.run_all) and benchmarks/ on top.
+(the fakes dataset and the detector) on those; the command line (stages.cli,
+stages.run_all) and benchmarks/ on top.
 
 Every import is counted, the ones inside functions too, so a lazy import cannot hide a cycle.
 """
@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("core", "pipeline", "fomm", "metrics", "detect", "benchmarks")
+PACKAGES = ("core", "pipeline", "fomm", "metrics", "detect", "stages", "benchmarks")
 # the top: modules allowed to import any layer (they dispatch to the stages)
-TOP = {"pipeline.cli", "pipeline.run_all"}
+# the top: stages/ (the front door: command line, run all, app, a module per stage) and benchmarks/
+TOP_LAYERS = ("stages", "benchmarks")
 
 
 def module_files(root: Path = ROOT) -> dict[str, Path]:
@@ -61,7 +62,7 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
     problems = []
     for name, targets in graph.items():
         layer = name.split(".")[0]
-        if name in TOP or layer not in allowed:
+        if layer in TOP_LAYERS or layer not in allowed:
             continue
         for target in sorted(targets):
             if target.split(".")[0] not in allowed[layer]:
@@ -146,3 +147,35 @@ def test_models_and_metrics_import_without_the_data_stages(package):
             + "".join(f"import {name}\n" for name in modules))
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_only_the_front_door_parses_arguments():
+    """No module below stages/ builds a command line: argparse (and a stage's `add_arguments`
+    / `main(args)`) lives in stages/, which turns arguments into typed options and calls the
+    library."""
+    offenders = []
+    for name, path in module_files().items():
+        if name.split(".")[0] in TOP_LAYERS:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        imports_argparse = any(isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names)
+                               or isinstance(node, ast.ImportFrom) and node.module == "argparse"
+                               for node in ast.walk(tree))
+        parses = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+                  and node.name in ("add_arguments", "main", "build_parser")]
+        if imports_argparse or parses:
+            offenders.append(f"{name}: {'argparse ' if imports_argparse else ''}{' '.join(parses)}".strip())
+    assert offenders == []
+
+
+def test_every_stage_has_a_typed_front_door():
+    """Each stage of the command line is a module of stages/ with add_arguments, options, run
+    and main."""
+    import importlib
+
+    from stages.cli import STAGES
+    for stage, (module_name, _) in STAGES.items():
+        assert module_name.startswith("stages."), stage
+        module = importlib.import_module(module_name)
+        for function in ("add_arguments", "options", "run", "main"):
+            assert callable(getattr(module, function, None)), f"{module_name}.{function}"

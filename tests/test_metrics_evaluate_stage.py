@@ -13,7 +13,7 @@ from PIL import Image
 from core.errors import UserError
 from core.media import VideoWriter, read_frames
 from metrics import evaluate_stage
-from pipeline.cli import main as cli
+from stages.cli import main as cli
 
 FRAMES = 12
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from core.errors import UserError
 from metrics.backends import BackendUnavailable, get_identity_backend, get_pose_backend
-from pipeline.cli import main as cli
+from stages.cli import main as cli
 
 AED_RTOL = 1e-3  # float32 networks against the float64 golden (module docstring)
 FILES = {"body_pose": "pose_model.pth", "body_id": "reid_model.pth", "face_id": "openface.pth"}

@@ -253,7 +253,7 @@ def test_original_checkpoint_loads_and_matches_golden_in_float32(golden, tmp_pat
 
 def test_reconstruct_stage_with_original_checkpoint(golden, shared_data, tmp_path):
     """`pipeline run reconstruct --config <original yaml> --checkpoint <original file>` on real frames."""
-    from pipeline.cli import main
+    from stages.cli import main
     clip = tmp_path / "data" / "test" / "taichi1"
     clip.mkdir(parents=True)
     for frame in sorted((shared_data / "bodies" / "dwnet-taichi" / "1").glob("*.png"))[:4]:

@@ -251,7 +251,7 @@ def test_released_checkpoint_reconstructs_the_golden_frames(shared_reference, tm
     from PIL import Image
 
     from fomm.checkpoint import load_checkpoint_file, released_config, released_family
-    from pipeline.cli import main
+    from stages.cli import main
     golden = torch.load(shared_reference / "mraa-golden.pt", weights_only=True)
     checkpoint = released_checkpoint(golden, tmp_path / "vox256.pth")
     assert released_family(load_checkpoint_file(checkpoint)) == "mraa"
@@ -317,7 +317,7 @@ def test_onnx_export_and_onnxruntime_animation(shared_data, tmp_path):
     from core.media import probe
     from fomm.export import open_export
     from fomm.mraa.export import OnnxMraa
-    from pipeline.cli import main
+    from stages.cli import main
     out = tmp_path / "mraa-onnx"
     video = shared_data / "faces" / "fomm-demo" / "04.mp4"
     assert main(["run", "export", "--config", "mraa-tiny", "--random-weights", "--format", "onnx", "--out", str(out),

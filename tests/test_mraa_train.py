@@ -138,7 +138,7 @@ def test_animate_modes(stage, mode, avd_runs, reconstruction_runs, shared_data, 
     inference copy) with the checkpoints the loop wrote; --mode avd needs the AVD stage's.
     (--mode standard is the driving regions as they are: test_transfer_modes_and_region_properties.)"""
     from core.media import probe
-    from pipeline.cli import main
+    from stages.cli import main
     runs = avd_runs if stage == "avd" else reconstruction_runs
     checkpoint = runs["trained"] / "checkpoints" / f"step-{STEPS:07d}.pt"
     out = tmp_path / "animated.mp4"

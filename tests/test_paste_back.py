@@ -25,7 +25,7 @@ from fomm import source_crop
 from fomm.animate import animate
 from fomm.animation import AnimateOptions, Animator
 from fomm.config import load_config
-from pipeline import cli
+from stages import cli
 
 CPU = torch.device("cpu")
 

@@ -22,7 +22,7 @@ from PIL import Image
 from skimage.transform import resize
 
 from core.media import read_frames
-from pipeline import cli
+from stages import cli
 from pipeline.clips import clip_dir, is_done, read_row
 
 SIZE = 64
@@ -215,7 +215,7 @@ def test_sigkill_half_way_then_rerun_equals_clean_run(prepared, manifest, mirror
     marked done, and the resumed run equals the clean one PNG for PNG."""
     import ray
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "pipeline.cli", "run", "prepare", "--dataset", "vox",
+    command = [sys.executable, "-m", "stages.cli", "run", "prepare", "--dataset", "vox",
                "--manifest", str(manifest), "--url-template", mirror, "--size", str(SIZE),
                "--out", str(out), "--no-progress",
                "--ray-address", ray.get_runtime_context().gcs_address]

@@ -15,7 +15,7 @@ from PIL import Image
 from test_prepare import HEADER, MIRROR, mirror  # noqa: F401  (mirror is a fixture)
 
 from core.media import ffmpeg_exe, probe
-from pipeline import cli
+from stages import cli
 
 SIZE = 64
 ROWS = [  # (row, real frames [first, stop), real crop ltrb) of the 512x512 d0.mp4 / 578 px talk3

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from test_prepare import HEADER, MIRROR, REPO, _QuietHandler, _QuietServer
 
-from pipeline import cli
+from stages import cli
 from pipeline.clips import clip_dir
 
 
@@ -360,7 +360,7 @@ def test_second_writer_is_refused_and_a_killed_holder_is_no_obstacle(tmp_path, m
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     # two at once, started together: one does all the work, the other refuses
-    command = [sys.executable, "-m", "pipeline.cli", "run", "prepare", "--dataset", "vox",
+    command = [sys.executable, "-m", "stages.cli", "run", "prepare", "--dataset", "vox",
                "--manifest", str(manifest), "--url-template", mirror + "/{video_id}.mp4",
                "--size", "32", "--out", str(out), "--no-progress",
                "--ray-address", ray.get_runtime_context().gcs_address]
@@ -506,7 +506,7 @@ def test_sample_bugs_raise_instead_of_becoming_rows(tmp_path, monkeypatch):
 
 def test_run_all_logs_the_traceback_of_a_failing_stage(tmp_path, monkeypatch, caplog):
     from core.errors import UserError
-    from pipeline import run_all
+    from stages import run_all
 
     def fake(stage, argv):
         if stage == "train":

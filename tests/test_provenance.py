@@ -16,7 +16,7 @@ import torch
 from core import legacy_watermark, provenance, watermark
 from core.credentials import config_dir, load_credential
 from core.media import ffmpeg_exe, read_frames, write_video
-from pipeline import cli
+from stages import cli
 from pipeline.verify import verify_file
 
 FRAMES = 20

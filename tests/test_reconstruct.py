@@ -19,7 +19,7 @@ from fomm.checkpoint import save_checkpoint
 from fomm.config import load_config
 from fomm.data import ReconstructionClips, open_clips
 from fomm.registry import build_model
-from pipeline.cli import main as cli_main
+from stages.cli import main as cli_main
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ KILLED_RECONSTRUCT = textwrap.dedent("""
     import os, signal, sys
     import torch
     from fomm import reconstruct
-    from pipeline.cli import main
+    from stages.cli import main
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # as tests/conftest.py: the same arithmetic
     save, calls = reconstruct.save_frame, []
 

@@ -20,7 +20,7 @@ from core.errors import UserError
 from core.media import sha256_of
 from metrics import report
 from metrics.render import render
-from pipeline.cli import main as cli_main
+from stages.cli import main as cli_main
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from fomm.checkpoint import load_checkpoint_file
 from fomm.registry import build_model
 from fomm.train import resolve_run_config
-from pipeline.cli import main as cli_main
+from stages.cli import main as cli_main
 
 # 2 clips x 4 repeats / batch 4 = 2 steps per epoch: the stop at step 3 falls mid-epoch,
 # after one MultiStepLR milestone (epoch 1), with flips and time flips on.

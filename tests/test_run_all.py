@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from metrics import clip_scores
-from pipeline.cli import main as cli_main
-from pipeline.run_all import BUDGETS, families
+from stages.cli import main as cli_main
+from stages.run_all import BUDGETS, families
 
 MODELS = tuple(families())  # the registry's, not a list of our own
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline import cli
+from stages import cli
 from pipeline.clips import clip_dir
 from pipeline.sample import TRUTH_GRID, SampleClip, render_clip, sample_clips
 

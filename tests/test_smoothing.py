@@ -125,7 +125,7 @@ def test_smooth_on_a_family_without_keypoints_is_refused():
 def test_cli_flags(checkpoint, shared_data, tmp_path, capsys):
     from fomm.animate import options_from_args
     from fomm.config import load_config
-    from pipeline import cli
+    from stages import cli
     base = ["run", "animate", "--config", "tiny", "--source", "s.png", "--driving", "d.mp4", "--out", "o.mp4"]
     parsed = options_from_args(cli.build_parser("animate").parse_args(base + ["--smooth", "--smooth-strength", "2"]),
                                load_config("tiny"))

@@ -16,7 +16,7 @@ from core.media import (ffmpeg_exe, is_live_target, iter_frames, live_input_argu
 from fomm import stream
 from fomm.animate import animate
 from fomm.animation import AnimateOptions, Animator
-from pipeline import cli
+from stages import cli
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ class StreamProcess:
     def __init__(self, checkpoint: Path, source: Path, out: Path, stall_timeout: float):
         env = dict(os.environ, PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", "animate", "--config", "tiny",
+            [sys.executable, "-m", "stages.cli", "run", "animate", "--config", "tiny",
              "--checkpoint", str(checkpoint), "--source", str(source), "--driving", "-",
              "--out", str(out), "--stream", "--no-drop", "--stream-fps", "25", "--device", "cpu",
              "--stall-timeout", str(stall_timeout)],

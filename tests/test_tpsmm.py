@@ -110,7 +110,7 @@ def test_pipeline_reconstruct_with_the_original_checkpoint(golden, no_flag, tmp_
     0.5/255 input rounding moves the keypoints: measured max 3.1/255, mean 0.28/255)."""
     from fomm.checkpoint import load_model
     from fomm.reconstruction import reconstruct_clip
-    from pipeline.cli import main
+    from stages.cli import main
     out = tmp_path / "recon"
     assert main(["run", "reconstruct", "--checkpoint", str(no_flag["checkpoint"]), "--data", str(no_flag["data"]),
                  "--out", str(out), "--batch-size", "4"]) == 0
@@ -150,7 +150,7 @@ def test_animate_cli_in_the_modes_of_demo_py(mode, tiny_checkpoint, shared_data,
     """`pipeline run animate --model tpsmm --mode standard|relative|avd` on a real portrait and
     driving video, keypoints drawn, side by side."""
     from core.media import probe
-    from pipeline.cli import main
+    from stages.cli import main
     out = tmp_path / f"{mode}.mp4"
     assert main(["run", "animate", "--model", "tpsmm", "--config", "tpsmm-tiny", "--checkpoint", str(tiny_checkpoint),
                  "--source", str(shared_data / "faces" / "fomm-demo" / "02.png"),
@@ -217,7 +217,7 @@ def test_onnx_export_and_onnxruntime_animation(tiny_checkpoint, shared_data, tmp
     Gauss-Jordan elimination, AVD network) after a parity check within 1e-4 on real frames;
     `animate --backend onnxruntime` runs them in every mode."""
     from core.media import probe
-    from pipeline.cli import main
+    from stages.cli import main
     out = tmp_path / "onnx"
     driving = shared_data / "faces" / "fomm-demo" / "04.mp4"
     assert main(["run", "export", "--config", "tpsmm-tiny", "--checkpoint", str(tiny_checkpoint), "--out", str(out),

@@ -16,7 +16,7 @@ from fomm.config import config_from_dict
 from fomm.data import open_clips
 from fomm.registry import build_model
 from fomm.train import resolve_run_config, seed_everything, train
-from pipeline.cli import main as cli_main
+from stages.cli import main as cli_main
 
 # The perceptual loss's VGG19 costs ~3x the tiny model per step on these 2 shared cores, so
 # the 50-step test trains on the L1 photometric term (plus equivariance) and measures L1

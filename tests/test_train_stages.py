@@ -13,7 +13,7 @@ from fomm import families
 from fomm.checkpoint import load_checkpoint_file
 from fomm.model import FirstOrderModel
 from fomm.train import check_initial_checkpoint, resolve_run_config, train
-from pipeline.cli import main as cli_main
+from stages.cli import main as cli_main
 
 FAST = ["train_params.loss_weights.perceptual=[0,0,0,0,0]", "train_params.loss_weights.reconstruction_l1=10",
         "train_params.num_repeats=4", "train_params.num_epochs=3", "train_params.batch_size=2", "train_params.checkpoint_every=3",

@@ -12,7 +12,7 @@ import pytest
 
 from core import watermark
 from core.media import ffmpeg_exe, read_frames
-from pipeline import cli
+from stages import cli
 from pipeline.verify import IMAGE_SUFFIXES, frames_of, verify_file
 
 FACES = ["faces/fomm-demo/00.mp4", "faces/fomm-demo/04.mp4", "faces/fomm-demo/08.mp4"]

@@ -230,7 +230,7 @@ def _checkpoint(path: Path) -> Path:
 def test_project_checkpoint_reconstruct_stage(tmp_path, face_frames):
     """The project's own checkpoint format still loads, through `pipeline run reconstruct`."""
     from core.media import probe
-    from pipeline.cli import main
+    from stages.cli import main
     write_clip(face_frames[:4], tmp_path / "data" / "test" / "clip")
     out = tmp_path / "recon"
     assert main(["run", "reconstruct", "--checkpoint", str(_checkpoint(tmp_path / "model.pt")),
@@ -243,7 +243,7 @@ def test_project_checkpoint_reconstruct_stage(tmp_path, face_frames):
 
 def test_animate_stage(shared_data, tmp_path):
     from core.media import probe
-    from pipeline.cli import main
+    from stages.cli import main
     out = tmp_path / "animated.mp4"
     assert main(["run", "animate", "--config", "x2face-tiny", "--checkpoint", str(_checkpoint(tmp_path / "m.pt")),
                  "--source", str(shared_data / "faces" / "fomm-demo" / "02.png"),

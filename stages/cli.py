@@ -1,8 +1,9 @@
 """The `pipeline` command: `pipeline run <stage> [options]`.
 
-Each stage lives in its own module, which provides `add_arguments(parser)` and
-`main(args) -> int`; modules are imported only when their stage runs, so
-`pipeline run prepare` never imports torch's models and `pipeline --help` is instant.
+Each stage is a module of stages/ (the front door, see stages/__init__.py), which provides
+`add_arguments(parser)`, `options(args)`, `run(options)` and `main(args) -> int`; modules are
+imported only when their stage runs, so `pipeline run prepare` never imports torch's models
+and `pipeline --help` is instant.
 """
 from __future__ import annotations
 
@@ -21,18 +22,18 @@ ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
 
 # stage name -> (module, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
-    "prepare": ("pipeline.prepare", "download, crop and shard a dataset from its manifest"),
-    "train": ("fomm.train", "train FOMM or a baseline from prepared data"),
-    "reconstruct": ("fomm.reconstruct", "reconstruct test clips (first frame drives the rest)"),
-    "animate": ("fomm.animate", "animate a photo with the motion of a driving video"),
-    "benchmark": ("metrics.benchmark", "reconstruct with each model and score L1, AKD, MKR, AED"),
-    "evaluate": ("metrics.evaluate_stage", "score generated frames or videos against real ones"),
-    "report": ("metrics.report", "write the HTML and Markdown report of a run"),
-    "export": ("fomm.export", "export a model's networks as ONNX graphs"),
-    "verify": ("pipeline.verify", "check that videos or images carry the generated-content marks"),
-    "fakes": ("detect.fakes", "build a real-vs-generated video dataset with the project's generators"),
-    "detect": ("detect.commands", "train, evaluate and run a detector of generated video"),
-    "all": ("pipeline.run_all", "prepare, train all models, benchmark and report"),
+    "prepare": ("stages.prepare", "download, crop and shard a dataset from its manifest"),
+    "train": ("stages.train", "train FOMM or a baseline from prepared data"),
+    "reconstruct": ("stages.reconstruct", "reconstruct test clips (first frame drives the rest)"),
+    "animate": ("stages.animate", "animate a photo with the motion of a driving video"),
+    "benchmark": ("stages.benchmark", "reconstruct with each model and score L1, AKD, MKR, AED"),
+    "evaluate": ("stages.evaluate", "score generated frames or videos against real ones"),
+    "report": ("stages.report", "write the HTML and Markdown report of a run"),
+    "export": ("stages.export", "export a model's networks as ONNX graphs"),
+    "verify": ("stages.verify", "check that videos or images carry the generated-content marks"),
+    "fakes": ("stages.fakes", "build a real-vs-generated video dataset with the project's generators"),
+    "detect": ("stages.detect", "train, evaluate and run a detector of generated video"),
+    "all": ("stages.run_all", "prepare, train all models, benchmark and report"),
 }
 
 

@@ -123,7 +123,7 @@ class Timings:
 def run_stage(stage: str, argv: list[str]) -> None:
     """`pipeline run <stage> <argv>` in this process; UserError if it does not return 0."""
     import importlib
-    from pipeline.cli import STAGES, build_parser
+    from stages.cli import STAGES, build_parser
     args = build_parser(stage).parse_args(["run", stage, *argv])
     code = int(importlib.import_module(STAGES[stage][0]).main(args) or 0)
     if code != 0:
