@@ -244,7 +244,7 @@ def test_ted_from_mraa_manifest(tmp_path, mirror, shared_data, ray_local):
     """`prepare --dataset ted`: 384 px, frames [5, 8) of the file itself, the bbox rescaled
     from 1280x720 to the file's 512x512, the original's resize; a gone video is unavailable
     (exit 0 with the rest done); a rerun does nothing; a second writer is refused."""
-    from core.writer_lock import writer_lock
+    from core.writer_lock import LOCK_NAME
     manifest, out = _ted_manifest(tmp_path), tmp_path / "ted"
     assert _prepare(out, manifest, mirror, dataset="ted") == 0
     table = pd.read_parquet(out / "clips.parquet").set_index("clip")
@@ -264,7 +264,11 @@ def test_ted_from_mraa_manifest(tmp_path, mirror, shared_data, ray_local):
     assert _prepare(out, manifest, mirror, dataset="ted") == 0
     assert json.loads((out / "summary.json").read_text())["processed_this_run"] == 1  # the 404
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
-    with writer_lock(out):
+    # another writer holds the folder (its own open of the lock file: the lock is re-entrant
+    # only within the process that holds it through writer_lock)
+    import fcntl
+    with open(out / LOCK_NAME, "a+") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert _prepare(out, manifest, mirror, dataset="ted") == 2
 
 
