@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _path(value: str | None) -> Path | None:
-    return None if value is None else Path(value)
+    """A path flag as a Path; None when absent or empty (an empty flag means its default)."""
+    return Path(value) if value else None
 
 
 def options(args: argparse.Namespace) -> PrepareOptions:
