@@ -79,3 +79,12 @@ def leave_one_family_out(data: str | Path, out: str | Path, options: TrainOption
     with atomic_path(out / FILE) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def detectability_into(data: str | Path, out: str | Path, options: TrainOptions,
+                       frames_per_clip: int | None = 16, resamples: int = 1000, seed: int = 0) -> dict:
+    """leave_one_family_out into the folder `out`, claimed for the `detectability` stage."""
+    from core import outputs
+    with outputs.claim(out, "detectability", {"--data": data, "--weights": options.weights},
+                       earlier=(FILE,)) as folder:
+        return leave_one_family_out(data, folder, options, frames_per_clip, resamples, seed)

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "motion-transfer-detector/1"
 ARCHITECTURES = ("xception",)
+MODEL_FILE = "detector.pt"   # in a detector folder (`pipeline run detect train --out`)
 
 
 @dataclass
@@ -90,3 +91,22 @@ def initial_weights(net: Xception, path: str | Path) -> None:
             break
     kept = load_weights(net, state)
     log.info("initial weights from %s%s", path, f" (new head: {kept})" if kept else "")
+
+
+def model_path(path: str | Path) -> Path:
+    """The detector file: `path` itself, or `path/detector.pt` when it is a folder."""
+    path = Path(path)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def score_files(model: str | Path, files, frames: int | None = 32, device: str = "cpu") -> dict:
+    """The probability that each video, image or frame folder is generated and its label at
+    the detector's threshold: {"threshold", "results": [{file, probability, label}]}, files
+    named as given."""
+    detector = load_detector(model_path(model), device)
+    results = []
+    for name in files:
+        probability, _ = detector.video_probability(Path(name), frames)
+        results.append({"file": str(name), "probability": round(probability, 6),
+                        "label": "generated" if probability >= detector.threshold else "real"})
+    return {"threshold": detector.threshold, "results": results}

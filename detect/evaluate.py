@@ -131,3 +131,31 @@ def markdown(result: dict, matrix: dict | None = None) -> str:
             lines.append(f"| {', '.join(row['trained_on'])} | "
                          + " | ".join(_cell(row["auc"][c], row["auc_ci"][c]) for c in matrix["columns"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def evaluate_into(models, data: str | Path, out: str | Path, frames_per_clip: int | None = 16,
+                  resamples: int = 1000, seed: int = 0, threshold: float | None = None,
+                  device: str = "cpu") -> dict:
+    """Each detector (a folder or file, detector.model_path) evaluated on `data`'s test split,
+    with the cross-family matrix when there are several; writes `out/eval.json`, `eval.md` and
+    `per_clip.parquet`, returns eval.json's content with the Markdown as `markdown`."""
+    import json
+    from core.media import atomic_path
+    from detect.detector import load_detector, model_path
+    detectors = [load_detector(model_path(m), device) for m in models]
+    results = [evaluate(d, data, frames_per_clip, resamples, seed, threshold) for d in detectors]
+    matrix = cross_family(results) if len(results) > 1 else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(markdown(result, matrix if index == len(results) - 1 else None)
+                     for index, result in enumerate(results))
+    record = {"models": [str(m) for m in models], "results": results, "cross_family": matrix}
+    with atomic_path(out / "eval.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+    with atomic_path(out / "eval.md") as tmp:
+        tmp.write_text(text)
+    table = pd.DataFrame([{**row, "model": str(model)} for model, result in zip(models, results)
+                          for row in result["per_clip"]])
+    with atomic_path(out / "per_clip.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    return {**record, "markdown": text}

@@ -1,5 +1,6 @@
-"""`pipeline run fakes`: a real-vs-generated video dataset from a prepared dataset and the
-project's own generators, for training and testing detectors.
+"""A real-vs-generated video dataset from a prepared dataset and the project's own
+generators, for training and testing detectors (`pipeline run fakes`, whose flags
+stages/fakes.py turns into the `FakesOptions` that `run` takes).
 
     pipeline run fakes --data data/vox --models fomm=K1,monkey-net=K2,x2face=K3 --out fakes/vox
         [--split test|train|all] [--frames 64] [--animations 1] [--transforms crf23,scale75+crf28]
@@ -39,7 +40,6 @@ Exit 1 when a clip failed.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -61,30 +61,6 @@ ROW_FIELDS = ("id", "split", "label", "family", "kind", "marked", "transform", "
               "driving_identity", "source_clip", "driving_clip", "data_split", "checkpoint",
               "checkpoint_sha256", "config_hash", "frames", "height", "width", "fps", "path",
               "status", "error", "settings_key")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, help="a prepared dataset (pipeline run prepare)")
-    parser.add_argument("--models", required=True,
-                        help="NAME=CHECKPOINT[@CONFIG],...; names from the model registry")
-    parser.add_argument("--out", required=True, type=Path, help="output folder of the fakes dataset")
-    parser.add_argument("--split", default="test", choices=CHOICES,
-                        help="the data's clips to use (default: test, the generators' held-out clips)")
-    parser.add_argument("--frames", type=int, default=64, help="first N frames of each clip (default 64)")
-    parser.add_argument("--animations", type=int, default=1,
-                        help="cross-identity animations per clip and model (default 1; 0: none)")
-    parser.add_argument("--transforms", default="",
-                        help="re-encodings, comma-separated: crf23,crf35,scale75+crf28,fps15+crf23 ...")
-    parser.add_argument("--no-marked", dest="marked", action="store_false",
-                        help="no watermarked variant of the generated clips")
-    parser.add_argument("--test-fraction", type=float, default=0.5,
-                        help="share of the clips in the test split, whole identities (default 0.5)")
-    parser.add_argument("--seed", type=int, default=0, help="split and animation-source seed")
-    parser.add_argument("--max-clips", type=int, default=None, help="first N clips of the data only")
-    parser.add_argument("--batch-size", type=int, default=8, help="frames per model call")
-    parser.add_argument("--chunk", type=int, default=8, help="clips per Ray task")
-    parser.add_argument("--workers", type=int, default=None, help="parallel tasks (default: CPUs)")
-    parser.add_argument("--ray-address", help="join this Ray cluster instead of starting one")
 
 
 # --------------------------------------------------------------------------- the plan
@@ -143,37 +119,34 @@ class Settings:
     driver: tuple[int, str] = (0, "")
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    """Every number and name before any work: UserError on the first bad one."""
-    import math
-    from detect.reencode import parse_transforms
-    for option in ("frames", "batch_size", "chunk"):
-        if getattr(args, option) < 1:
-            raise UserError(f"--{option.replace('_', '-')} {getattr(args, option)}: expected 1 or more")
-    if args.animations < 0:
-        raise UserError(f"--animations {args.animations}: expected 0 or more")
-    if args.max_clips is not None and args.max_clips < 1:
-        raise UserError(f"--max-clips {args.max_clips}: expected 1 or more")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers {args.workers}: expected 1 or more")
-    if not (math.isfinite(args.test_fraction) and 0 < args.test_fraction < 1):
-        raise UserError(f"--test-fraction {args.test_fraction}: expected a share between 0 and 1")
-    if not Path(args.data).is_dir():
-        raise UserError(f"--data {str(args.data)!r} is not a folder; expected a prepared dataset")
-    data, out = Path(args.data).resolve(), Path(args.out).resolve()
-    if out == data or data in out.parents:
-        raise UserError(f"--out {str(args.out)!r} is inside --data {str(args.data)!r}; expected a folder of its own")
-    parse_transforms(args.transforms)
+@dataclass(frozen=True)
+class FakesOptions:
+    """Everything a fakes run needs, checked (stages.fakes.options builds it from the flags)."""
+    data: Path                                  # a prepared dataset (a folder)
+    models: tuple                               # metrics.clip_scores.ModelSpec, checkpoints checked
+    out: Path                                   # not the data nor inside it
+    split: str = "test"                         # CHOICES: the data's clips to use
+    frames: int = 64                            # first N frames of each clip
+    animations: int = 1                         # cross-identity animations per clip and model
+    transforms: tuple[str, ...] = ("none",)     # detect.reencode names, "none" first
+    marked: bool = True                         # a watermarked variant of each generated clip
+    test_fraction: float = 0.5
+    seed: int = 0
+    max_clips: int | None = None
+    batch_size: int = 8                         # frames per model call
+    chunk: int = 8                              # clips per Ray task
+    workers: int | None = None
+    ray_address: str | None = None
 
 
-def model_entries(text: str) -> list[ModelEntry]:
-    """`--models` as entries with their checkpoint's sha256 and config hash (the benchmark's
-    syntax, metrics.benchmark.parse_models; families from the registry)."""
+def model_entries(specs) -> list[ModelEntry]:
+    """The models (metrics.clip_scores.ModelSpec, as `--models` parses them: the benchmark's
+    syntax) as entries with their checkpoint's sha256 and config hash."""
     from core.config import config_hash
     from core.media import sha256_of
-    from metrics.clip_scores import model_config, parse_models
+    from metrics.clip_scores import model_config
     return [ModelEntry(spec.name, str(spec.checkpoint.resolve()), spec.config, sha256_of(spec.checkpoint),
-                       config_hash(model_config(spec))) for spec in parse_models(text)]
+                       config_hash(model_config(spec))) for spec in specs]
 
 
 def identity_splits(clips_per_identity: dict[str, int], test_fraction: float, seed: int) -> dict[str, str]:
@@ -525,29 +498,28 @@ def write_outputs(out: Path, variants: list[Variant], settings_record: dict, sec
     return summary
 
 
-def run(args: argparse.Namespace) -> dict:
-    """The stage as a function; returns summary.json's content."""
+def run(options: FakesOptions) -> dict:
+    """The stage as a function; returns summary.json's content (`out` added)."""
     import socket
     from core.media import atomic_path
     from core.ray_runner import init_ray, shutdown_ray
-    from detect.reencode import parse_transforms
     from core import outputs
     began = time.perf_counter()
-    check_arguments(args)
-    transforms = [t.name for t in parse_transforms(args.transforms)]
-    models = model_entries(args.models)
-    sources = data_sources(args.data, args.split, args.max_clips, args.test_fraction, args.seed)
-    jobs = plan(sources, models, args.animations, args.marked, transforms, args.seed)
+    transforms = list(options.transforms)
+    models = model_entries(options.models)
+    sources = data_sources(options.data, options.split, options.max_clips, options.test_fraction, options.seed)
+    jobs = plan(sources, models, options.animations, options.marked, transforms, options.seed)
     variants = [v for _, chosen in jobs for v in chosen]
-    record = {"format": FORMAT, "data": str(Path(args.data).resolve()), "split": args.split,
-              "frames": args.frames, "animations": args.animations, "marked": args.marked,
-              "transforms": transforms, "test_fraction": args.test_fraction, "seed": args.seed,
-              "max_clips": args.max_clips, "models": [asdict(m) for m in models],
+    data = options.data.resolve()
+    record = {"format": FORMAT, "data": str(data), "split": options.split,
+              "frames": options.frames, "animations": options.animations, "marked": options.marked,
+              "transforms": transforms, "test_fraction": options.test_fraction, "seed": options.seed,
+              "max_clips": options.max_clips, "models": [asdict(m) for m in models],
               "splits": {s.identity: s.split for s in sources}}
-    inputs = {"--data": args.data, **{f"--models {m.name}": m.checkpoint for m in models}}
-    with outputs.claim(args.out, "fakes", inputs, earlier=("settings.json",)) as out:
-        settings = Settings(str(out), str(Path(args.data).resolve()), args.frames, tuple(transforms),
-                            args.batch_size, (os.getpid(), socket.gethostname()))
+    inputs = {"--data": options.data, **{f"--models {m.name}": m.checkpoint for m in models}}
+    with outputs.claim(options.out, "fakes", inputs, earlier=("settings.json",)) as out:
+        settings = Settings(str(out), str(data), options.frames, tuple(transforms),
+                            options.batch_size, (os.getpid(), socket.gethostname()))
         with atomic_path(out / "settings.json") as tmp:
             tmp.write_text(json.dumps(record, indent=2) + "\n")
         remove_stale(out, {v.id for v in variants})
@@ -559,24 +531,12 @@ def run(args: argparse.Namespace) -> dict:
         if todo:
             import ray
             started_here = not ray.is_initialized()
-            init_ray(args.ray_address, num_cpus=args.workers)
+            init_ray(options.ray_address, num_cpus=options.workers)
             try:
-                execute(todo, settings, args.chunk, args.workers)
+                execute(todo, settings, options.chunk, options.workers)
             finally:
                 if started_here:
                     shutdown_ray()
         summary = write_outputs(out, variants, record, time.perf_counter() - began)
     summary["out"] = str(out)
     return summary
-
-
-def main(args: argparse.Namespace) -> int:
-    summary = run(args)
-    split = summary["by_split"]
-    print(f"fakes: {summary['done']} of {summary['clips']} clips done ({summary['failed']} failed); "
-          f"train {split['train']['real']} real / {split['train']['generated']} generated, "
-          f"test {split['test']['real']} real / {split['test']['generated']} generated; "
-          f"families {', '.join(summary['families'])}; {summary['out']}/manifest.parquet")
-    for line in summary["errors"][:10]:
-        print(f"  failed {line}")
-    return 1 if summary["failed"] else 0

@@ -24,7 +24,7 @@ import torch
 
 from core.errors import UserError
 from detect.dataset import clip_frames, families_of, read_manifest, select
-from detect.detector import Detector, initial_weights
+from detect.detector import MODEL_FILE, Detector, initial_weights
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +157,14 @@ def train_detector(data: str | Path, options: TrainOptions, log_path: Path | Non
         "transforms": list(options.transforms), "seconds": round(time.perf_counter() - began, 2)}
     detector.settings = asdict(options)
     return detector
+
+
+def train_into(data: str | Path, out: str | Path, options: TrainOptions) -> tuple[Detector, Path]:
+    """A detector trained on the fakes dataset `data`, written into the folder `out` (claimed
+    for the `detect` stage: `detector.pt` and `train.jsonl`); the detector and its file."""
+    from core import outputs
+    with outputs.claim(out, "detect", {"--data": data, "--weights": options.weights},
+                       earlier=(MODEL_FILE, "train.jsonl")) as folder:
+        detector = train_detector(data, options, folder / "train.jsonl")
+        path = detector.save(folder / MODEL_FILE)
+    return detector, path

@@ -1,9 +1,10 @@
-"""`pipeline run prepare`: a dataset from its definition to PNG folders and Parquet shards.
+"""A dataset from its definition to PNG folders and Parquet shards (`pipeline run prepare`,
+whose flags stages/prepare.py turns into the `PrepareOptions` that `prepare` takes).
 
     pipeline run prepare --dataset taichi --manifest taichi-metadata.csv --out data/taichi
     pipeline run prepare --dataset sample --out data/sample
 
-Reads top to bottom: check every flag, take the writer lock of `--out` (one prepare at a
+Reads top to bottom: take the writer lock of `--out` (one prepare at a
 time), resolve the dataset's jobs (one per video, or one per clip for `sample`; ids must be
 plain names), skip clips already done with the same settings (row says done, its settings
 digest matches, every frame is on disk at the recorded size), run the rest as Ray tasks
@@ -15,55 +16,20 @@ Exit status 1 when any clip failed (unless --allow-failures) or none is done.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import UserError
 from pipeline import clips as clips_mod
 
+if TYPE_CHECKING:
+    from pipeline.datasets import DatasetDef
+
 log = logging.getLogger(__name__)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True,
-                        help="a definition in manifests/ (vox, taichi, fashion, mgif, nemo, bair, "
-                             "custom, sample) or a path to a definition yaml")
-    parser.add_argument("--out", required=True, help="output folder (png/, shards/, clips.parquet)")
-    parser.add_argument("--manifest", help="local copy of the upstream manifest (else downloaded "
-                                           "once and checked against its sha256)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--url-template", help="mirror, e.g. 'http://host/{video_id}.mp4'")
-    source.add_argument("--source-dir", help="folder of videos already downloaded, named by id "
-                                             "(custom, mgif, nemo, bair: the dataset's files)")
-    parser.add_argument("--limit", type=int, help="first N videos only (N clips for sample)")
-    parser.add_argument("--split", choices=clips_mod.SPLITS, help="one split only")
-    parser.add_argument("--size", type=int, help="output frame size (default: the dataset's)")
-    parser.add_argument("--workers", type=int, default=None, help="parallel tasks (default: CPUs)")
-    parser.add_argument("--ray-address", help="join this Ray cluster instead of starting one")
-    parser.add_argument("--cache-dir", help="download cache keyed by video id "
-                                            "(default: <out>/downloads)")
-    parser.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MiB")
-    parser.add_argument("--stall-timeout", type=float, default=60.0,
-                        help="give a download up when it gains less than 16 KiB in this many "
-                             "seconds (default 60)")
-    parser.add_argument("--split-conflicts", choices=clips_mod.SPLIT_POLICIES, default=None,
-                        help="a video whose manifest rows name both splits: 'first' gives all "
-                             "its clips its first row's split (as load_videos.py; upstream "
-                             "vox's 3 clips listed in both go to train), 'test' keeps a clip "
-                             "listed in both in test only, 'error' refuses (default: the "
-                             "dataset's, 'first' unless its yaml says otherwise)")
-    parser.add_argument("--resize", choices=("original", "ffmpeg"), default=None,
-                        help="'original': load_videos.py's scikit-image 0.14 resize (Gaussian "
-                             "anti-aliasing with zero padding, then bilinear, in RGB); "
-                             "'ffmpeg': ffmpeg's area filter in YUV, about 3x cheaper, about 1/255 off "
-                             "(default: the dataset's; original for vox, taichi and ted)")
-    parser.add_argument("--allow-failures", action="store_true",
-                        help="exit 0 even when some clips failed (as long as one is done)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 # The smallest shard target: a shard holds at least one group of frames, so a smaller target
@@ -73,26 +39,29 @@ MIN_SHARD_BYTES = 1024
 PREPARE_EARLIER = (".rows", "clips.parquet", "summary.json", "shards", "png")
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    """Every numeric flag and the URL template, before any work: UserError on the first bad one."""
-    import math
-    from pipeline import download
-    if args.size is not None and not 8 <= args.size <= 4096:
-        raise UserError(f"--size must be between 8 and 4096 pixels, got {args.size}")
-    if not (math.isfinite(args.shard_mb) and args.shard_mb > 0):
-        raise UserError(f"--shard-mb must be a positive number of MiB, got {args.shard_mb}")
-    if args.shard_mb * 2**20 < MIN_SHARD_BYTES:  # a shard target of no bytes cannot be cut
-        raise UserError(f"--shard-mb {args.shard_mb:g} is below {MIN_SHARD_BYTES / 2**20:g} MiB "
-                        f"({MIN_SHARD_BYTES} bytes); expected a shard size of at least that")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be a positive number of tasks, got {args.workers}")
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be a positive number of videos, got {args.limit}")
-    if not (math.isfinite(args.stall_timeout) and args.stall_timeout > 0):
-        raise UserError(f"--stall-timeout must be a positive number of seconds, "
-                        f"got {args.stall_timeout}")
-    if args.url_template is not None:
-        download.check_url_template(args.url_template)
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Everything a prepare run needs, resolved and checked (stages.prepare.options builds it
+    from the flags): the dataset's definition loaded, its defaults (size, split policy,
+    resize) applied, paths as Paths, counts checked."""
+    definition: DatasetDef
+    out: Path
+    size: int                            # output frame size (the dataset's unless --size)
+    split_conflicts: str                 # clips.SPLIT_POLICIES
+    resize: str                          # "original" | "ffmpeg"
+    definition_file: Path | None = None  # --dataset when it is a yaml path (an input of the claim)
+    manifest: Path | None = None         # local copy of the upstream manifest
+    url_template: str | None = None
+    source_dir: Path | None = None
+    limit: int | None = None             # first N videos (N clips for sample)
+    split: str | None = None             # one split only
+    workers: int | None = None           # parallel tasks (None: the CPUs)
+    ray_address: str | None = None
+    cache_dir: Path | None = None        # None: <out>/downloads
+    shard_bytes: int = 256 * 2**20
+    stall_timeout: float = 60.0
+    allow_failures: bool = False
+    progress: bool = True
 
 
 @dataclass
@@ -104,15 +73,16 @@ class Job:
 
 
 # --------------------------------------------------------------------------- jobs
-def _manifest_jobs(definition, args) -> list[Job]:
+def _manifest_jobs(options: PrepareOptions) -> list[Job]:
     from pipeline import datasets
-    if args.manifest:
-        path = datasets.check_local(Path(args.manifest), definition.manifest)
+    definition = options.definition
+    if options.manifest:
+        path = datasets.check_local(options.manifest, definition.manifest)
     else:
-        path = datasets.fetch(definition.manifest, Path(args.out) / "downloads" / "manifests")
-    clips = clips_mod.read_manifest(path, args.split_conflicts or definition.split_conflicts,
+        path = datasets.fetch(definition.manifest, options.out / "downloads" / "manifests")
+    clips = clips_mod.read_manifest(path, options.split_conflicts,
                                     definition.id_range_bbox_size)
-    _forget_other_split(Path(args.out), clips)
+    _forget_other_split(options.out, clips)
     return [Job(video_id, group) for video_id, group in clips_mod.group_by_video(clips).items()]
 
 
@@ -133,20 +103,21 @@ def _forget_other_split(out: Path, clips: list) -> None:
     _forget(out, stale)
 
 
-def _url_list_jobs(definition, args) -> list[Job]:
+def _url_list_jobs(options: PrepareOptions) -> list[Job]:
     """One whole-video clip per URL. With --manifest, the one local list's split comes from
     --split or from 'train'/'test' in its file name."""
     from pipeline import datasets, download
-    if args.manifest:
-        path = datasets.check_local(Path(args.manifest), None)
-        split = args.split or next((s for s in clips_mod.SPLITS if s in path.name), None)
+    if options.manifest:
+        path = datasets.check_local(options.manifest, None)
+        split = options.split or next((s for s in clips_mod.SPLITS if s in path.name), None)
         if split is None:
             raise UserError(f"cannot tell the split of URL list {str(path)!r}: pass --split "
                             f"train|test or name the file *train* / *test*")
         lists = [(split, path)]
     else:
-        cache = Path(args.out) / "downloads" / "manifests"
-        lists = [(split, datasets.fetch(remote, cache)) for split, remote in definition.url_lists.items()]
+        cache = options.out / "downloads" / "manifests"
+        lists = [(split, datasets.fetch(remote, cache))
+                 for split, remote in options.definition.url_lists.items()]
     jobs, seen = [], {}
     for split, path in lists:
         for url in _read_url_list(Path(path)):
@@ -177,13 +148,13 @@ def _read_url_list(path: Path) -> list[str]:
     return urls
 
 
-def _source_dir_jobs(definition, args) -> list[Job]:
+def _source_dir_jobs(options: PrepareOptions) -> list[Job]:
     from pipeline import download
-    if not args.source_dir:
-        raise UserError(f"dataset {definition.name!r} is not downloadable: pass --source-dir DIR "
+    if not options.source_dir:
+        raise UserError(f"dataset {options.definition.name!r} is not downloadable: pass --source-dir DIR "
                         f"holding {{train,test}}/<name>.(mp4|gif|...) or frame folders")
     jobs, seen = [], {}
-    for split, path in download.list_source_files(Path(args.source_dir)):
+    for split, path in download.list_source_files(options.source_dir):
         name = clips_mod.check_name(path.stem if path.is_file() else path.name,
                                     f"--source-dir entry {str(path)!r}: clip name")
         if name in seen:
@@ -194,13 +165,13 @@ def _source_dir_jobs(definition, args) -> list[Job]:
     return jobs
 
 
-def _custom_jobs(definition, args) -> list[Job]:
+def _custom_jobs(options: PrepareOptions) -> list[Job]:
     from pipeline import download
     from pipeline.custom import video_id_of
-    if not args.source_dir:
+    if not options.source_dir:
         raise UserError("dataset 'custom' needs --source-dir DIR: a folder of your videos")
     jobs, seen = [], {}
-    for path in download.list_videos(Path(args.source_dir)):
+    for path in download.list_videos(options.source_dir):
         video_id = video_id_of(path)
         if video_id in seen:
             raise UserError(f"--source-dir: {seen[video_id].name!r} and {path.name!r} both "
@@ -210,12 +181,12 @@ def _custom_jobs(definition, args) -> list[Job]:
     return jobs
 
 
-def _sample_jobs(definition, args) -> list[Job]:
+def _sample_jobs(options: PrepareOptions) -> list[Job]:
     from pipeline import sample
-    policy = definition.sample
+    policy = options.definition.sample
     return [Job(clip.name, [clip]) for clip in
             sample.sample_clips(policy.num_train, policy.num_test, policy.num_frames,
-                                args.size or definition.size)]
+                                options.size)]
 
 
 JOB_BUILDERS = {"manifest": _manifest_jobs, "url_list": _url_list_jobs,
@@ -516,75 +487,54 @@ def summarize(rows: list[dict], this_run: list[dict], seconds: float, jobs: list
     }
 
 
-def _print_summary(summary: dict) -> None:
-    print(f"clips: {summary['done']} done, {summary['failed']} failed, "
-          f"{summary['unavailable']} unavailable ({summary['videos_unavailable']} video(s) "
-          f"unavailable this run); frames: {summary['frames']}; "
-          f"bytes: {summary['bytes'] / 2**20:.1f} MiB; time: {summary['time_s']:.1f} s")
-    for line in summary["errors"][:10]:
-        print(f"  {line}")
-
-
-def exit_status(summary: dict, allow_failures: bool) -> int:
-    """1 when no clip is done, or when some clip failed and failures were not allowed
-    (unavailable videos, common in YouTube datasets, do not count as failures)."""
-    if summary["done"] == 0:
-        return 1
-    if summary["failed"] and not allow_failures:
-        print(f"{summary['failed']} clip(s) failed: exit status 1 (--allow-failures accepts "
-              f"a partial dataset)")
-        return 1
-    return 0
-
-
-def main(args: argparse.Namespace) -> int:
+def prepare(options: PrepareOptions) -> dict:
+    """The stage: take the writer lock of `options.out`, resolve the jobs, do what is not done
+    yet, write shards, clips.parquet and summary.json; returns the summary (`out` added)."""
     import os
     import socket
     from core import outputs
-    from pipeline import datasets
     began = time.perf_counter()
-    check_arguments(args)
-    definition = datasets.load_dataset(args.dataset)
-    inputs = {"--source-dir": args.source_dir, "--manifest": args.manifest, "--dataset": args.dataset}
-    with outputs.claim(args.out, "prepare", inputs, earlier=PREPARE_EARLIER) as out:
+    definition = options.definition
+    inputs = {"--source-dir": options.source_dir, "--manifest": options.manifest,
+              "--dataset": options.definition_file}
+    with outputs.claim(options.out, "prepare", inputs, earlier=PREPARE_EARLIER) as out:
         clips_mod.adopt_legacy_folders(out)  # earlier versions' <clip>/ -> <clip>.mp4/
-        settings = Settings(str(out), definition.kind, args.size or definition.size,
-                            args.cache_dir or str(out / "downloads"), args.url_template,
-                            args.source_dir, definition.custom, definition.pad_square,
-                            args.stall_timeout, (os.getpid(), socket.gethostname()),
-                            args.resize or definition.resize)
-        jobs = _select(JOB_BUILDERS[definition.kind](definition, args), args.split, args.limit)
+        settings = Settings(str(out), definition.kind, options.size,
+                            str(options.cache_dir or out / "downloads"), options.url_template,
+                            None if options.source_dir is None else str(options.source_dir),
+                            definition.custom, definition.pad_square, options.stall_timeout,
+                            (os.getpid(), socket.gethostname()), options.resize)
+        jobs = _select(JOB_BUILDERS[definition.kind](options), options.split, options.limit)
         if not jobs:
             raise UserError(f"dataset {definition.name!r} has no video to prepare"
-                            f"{' in split ' + args.split if args.split else ''}")
-        summary = _run(definition, args, settings, jobs, began)
+                            f"{' in split ' + options.split if options.split else ''}")
+        summary = _run(options, settings, jobs, began)
     summary["out"] = str(out)
-    _print_summary(summary)
-    return exit_status(summary, args.allow_failures)
+    return summary
 
 
-def _run(definition, args, settings: Settings, jobs: list[Job], began: float) -> dict:
+def _run(options: PrepareOptions, settings: Settings, jobs: list[Job], began: float) -> dict:
     """Everything after the checks, with the writer lock held."""
     from core.media import atomic_path
     from core.ray_runner import init_ray, shutdown_ray
-    out = Path(settings.out)
+    out, definition = Path(settings.out), options.definition
     _remove_stale_staging(out)
     pending = _pending(jobs, out, settings)
     log.info("%s: %d job(s), %d with work to do", definition.name, len(jobs), len(pending))
     this_run: list[dict] = []
-    if pending and definition.kind in ("manifest", "url_list") and not args.source_dir:
-        pending, this_run = _mark_unreachable(pending, args.url_template, definition.kind, out)
+    if pending and definition.kind in ("manifest", "url_list") and not options.source_dir:
+        pending, this_run = _mark_unreachable(pending, options.url_template, definition.kind, out)
     if pending:
         import ray
         started_here = not ray.is_initialized()  # a caller's Ray (tests, run-all) stays up
-        init_ray(args.ray_address, num_cpus=args.workers)
+        init_ray(options.ray_address, num_cpus=options.workers)
         try:
-            this_run = _execute(pending, settings, args.workers, not args.no_progress)
+            this_run = _execute(pending, settings, options.workers, options.progress)
         finally:
             if started_here:
                 shutdown_ray()
     rows = clips_mod.all_rows(out)
-    _write_shards(out, rows, int(args.shard_mb * 2**20))
+    _write_shards(out, rows, options.shard_bytes)
     _write_clips_table(out, rows)
     summary = summarize(rows, this_run, time.perf_counter() - began, jobs)
     summary.update(dataset=definition.name, settings=settings.shaping, out=str(out))

@@ -1,4 +1,5 @@
-"""`pipeline run verify FILE... [--json]`: does each video or image say it is generated?
+"""Does each video or image say it is generated? (`pipeline run verify FILE... [--json]`,
+whose flags stages/verify.py reads.)
 
 For each file: the C2PA manifest (valid, tampered or absent; valid also says whether it
 declares trainedAlgorithmicMedia and whether its signer is on a trust list), the metadata tag
@@ -18,8 +19,6 @@ all of them; that scheme marks a file when at least half of its frames carry its
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -279,23 +278,6 @@ def verify_file(path: str | Path, max_frames: int | None = None) -> Verdict:
     return Verdict(str(path), kind, read_c2pa(path), tag, read_watermark(path, kind, max_frames))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="videos (mp4, gif, ...) or images")
-    parser.add_argument("--json", action="store_true", help="also print a JSON report on stdout")
-    parser.add_argument("--max-frames", type=int, default=None,
-                        help="read the watermark in the first N frames only (default: all)")
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.max_frames is not None and args.max_frames < 1:
-        raise UserError(f"--max-frames {args.max_frames}: expected 1 or more")
-    for name in args.files:  # every file checked before any is read: bad input is exit 2
-        if not Path(name).is_file():
-            raise UserError(f"{name!r} does not exist (expected a video or image file)")
-    verdicts = [verify_file(name, args.max_frames) for name in args.files]
-    for verdict in verdicts:
-        print(verdict.line())
-    if args.json:
-        print(json.dumps({"files": [v.to_dict() for v in verdicts],
-                          "all_marked": all(v.marked for v in verdicts)}, indent=2))
-    return 0 if all(v.marked for v in verdicts) else 1
+def verify_files(paths, max_frames: int | None = None) -> list[Verdict]:
+    """The verdict of every file, in order (verify_file on each)."""
+    return [verify_file(path, max_frames) for path in paths]

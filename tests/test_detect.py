@@ -334,3 +334,67 @@ def test_transforms_parse_and_reencode(tmp_path):
     for bad in ("crf", "scale5", "crf23+crf28", "gif"):
         with pytest.raises(UserError, match=re.escape(repr(bad))):
             parse_transforms(bad)
+
+
+# --------------------------------------------------------------------------- the typed front doors
+def _stage_args(stage: str, *argv: str):
+    from stages.cli import build_parser
+    return build_parser(stage).parse_args(["run", stage, *argv])
+
+
+def test_fakes_options_parse_the_models_and_transforms(tmp_path):
+    """`stages.fakes.options`: Paths, the models as specs (checkpoints checked), the transforms
+    by name with `none` first; a bad value is one UserError before any file is written."""
+    from detect.fakes import FakesOptions
+    from metrics.clip_scores import ModelSpec
+    from stages import fakes
+    data, checkpoint = tmp_path / "data", tmp_path / "k.pt"
+    data.mkdir()
+    checkpoint.write_bytes(b"not read by options")
+    base = ["--data", str(data), "--models", f"fomm={checkpoint}", "--out", str(tmp_path / "out")]
+    chosen = fakes.options(_stage_args("fakes", *base, "--transforms", "crf23", "--frames", "8", "--no-marked"))
+    assert isinstance(chosen, FakesOptions) and chosen.data == data and chosen.out == tmp_path / "out"
+    assert chosen.models == (ModelSpec("fomm", checkpoint, None),)
+    assert chosen.transforms == ("none", "crf23") and chosen.frames == 8 and chosen.marked is False
+    for flags, expect in [(["--test-fraction", "1.5"], "--test-fraction 1.5"), (["--frames", "0"], "--frames 0"),
+                          (["--transforms", "crf23,crf23"], "names a transform twice"),
+                          (["--models", f"nobody={checkpoint}"], "unknown model 'nobody'"),
+                          (["--out", str(data / "inside")], "is inside --data")]:
+        with pytest.raises(UserError, match=re.escape(expect)):
+            fakes.options(_stage_args("fakes", *base, *flags))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "k.pt"] and not any(data.iterdir())
+
+
+def test_detect_options_are_one_typed_object_per_command(tmp_path):
+    """`stages.detect.options`: the command's options class, training flags as checked
+    TrainOptions; bad values are UserErrors before any folder is made."""
+    from detect.train import TrainOptions
+    from stages import detect
+    fakes_dir, video = tmp_path / "fakes", tmp_path / "v.mp4"
+    fakes_dir.mkdir()
+    video.write_bytes(b"not read by options")
+    train = detect.options(_stage_args("detect", "train", "--data", str(fakes_dir), "--out", str(tmp_path / "m"),
+                                       "--families", "fomm,x2face", "--width", "0.25", "--size", "64"))
+    assert isinstance(train, detect.DetectTrainOptions) and train.out == tmp_path / "m"
+    assert isinstance(train.training, TrainOptions)
+    assert (train.training.families, train.training.width, train.training.size) == (("fomm", "x2face"), 0.25, 64)
+    evaluation = detect.options(_stage_args("detect", "eval", "--model", str(tmp_path / "m"), str(tmp_path / "n"),
+                                            "--data", str(fakes_dir), "--out", str(tmp_path / "e")))
+    assert isinstance(evaluation, detect.DetectEvalOptions)
+    assert evaluation.models == (tmp_path / "m", tmp_path / "n") and evaluation.bootstrap == 1000
+    score = detect.options(_stage_args("detect", "score", "--model", str(tmp_path / "m"), str(video), "--json"))
+    assert score == detect.DetectScoreOptions(tmp_path / "m", (str(video),), 32, True, "cpu")
+    lofo = detect.options(_stage_args("detect", "detectability", "--data", str(fakes_dir), "--out",
+                                      str(tmp_path / "d"), "--seed", "3"))
+    assert isinstance(lofo, detect.DetectabilityOptions) and lofo.training.seed == 3
+    for argv, expect in [
+        (["train", "--data", str(fakes_dir), "--out", str(tmp_path / "m"), "--width", "2"], "--width 2.0"),
+        (["eval", "--model", str(tmp_path / "m"), "--data", str(fakes_dir), "--out", str(tmp_path / "e"),
+          "--bootstrap", "0"], "--bootstrap and --frames-per-clip"),
+        (["score", "--model", str(tmp_path / "m"), str(tmp_path / "none.mp4")], "does not exist"),
+        (["detectability", "--data", str(fakes_dir), "--out", str(tmp_path / "d"), "--frames-per-clip-scored", "0"],
+         "--frames-per-clip-scored"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(expect)):
+            detect.options(_stage_args("detect", *argv))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fakes", "v.mp4"]

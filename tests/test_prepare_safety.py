@@ -3,9 +3,11 @@ served by a local HTTP mirror: traversal ids, reruns with other settings, two wr
 truncated media, a trickling server, bad flags, file modes, and the shard layout's reads."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -20,6 +22,7 @@ import pytest
 from PIL import Image
 from test_prepare import HEADER, MIRROR, REPO, _QuietHandler, _QuietServer
 
+from core.errors import UserError
 from stages import cli
 from pipeline.clips import clip_dir
 
@@ -518,3 +521,50 @@ def test_run_all_logs_the_traceback_of_a_failing_stage(tmp_path, monkeypatch, ca
         run_all.run(args)
     failed = [r for r in caplog.records if "train-x2face failed" in r.getMessage()]
     assert failed and failed[0].exc_info is not None and "Traceback" in caplog.text
+
+
+def _prepare_args(*argv: str):
+    return cli.build_parser("prepare").parse_args(["run", "prepare", *argv])
+
+
+def test_options_resolve_the_definition_and_its_defaults(tmp_path):
+    """`stages.prepare.options`: the definition loaded, its size, split policy and resize
+    applied where no flag says otherwise, paths as Paths, the shard target in bytes; the
+    flags win where given."""
+    from pipeline.datasets import DatasetDef
+    from pipeline.prepare import PrepareOptions
+    from stages import prepare
+    chosen = prepare.options(_prepare_args("--dataset", "vox", "--out", str(tmp_path / "out"),
+                                           "--manifest", str(tmp_path / "m.csv"), "--shard-mb", "2",
+                                           "--no-progress", "--limit", "3"))
+    assert isinstance(chosen, PrepareOptions) and isinstance(chosen.definition, DatasetDef)
+    assert chosen.definition.name == "vox" and chosen.size == chosen.definition.size == 256
+    assert chosen.resize == chosen.definition.resize == "original"
+    assert chosen.split_conflicts == chosen.definition.split_conflicts
+    assert chosen.out == tmp_path / "out" and chosen.manifest == tmp_path / "m.csv"
+    assert chosen.source_dir is None and chosen.cache_dir is None and chosen.definition_file is None
+    assert chosen.shard_bytes == 2 * 2**20 and chosen.limit == 3 and chosen.progress is False
+    definition = tmp_path / "mine.yaml"
+    definition.write_text("name: mine\nkind: sample\nsize: 32\n")
+    chosen = prepare.options(_prepare_args("--dataset", str(definition), "--out", str(tmp_path / "o"),
+                                           "--size", "64", "--resize", "ffmpeg", "--split-conflicts", "error"))
+    assert chosen.definition.name == "mine" and chosen.definition_file == definition
+    assert (chosen.size, chosen.resize, chosen.split_conflicts, chosen.progress) == (64, "ffmpeg", "error", True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        chosen.size = 8
+
+
+@pytest.mark.parametrize("flags,expect", [
+    (["--size", "4"], "--size must be between 8 and 4096"),
+    (["--shard-mb", "nan"], "--shard-mb must be a positive"),
+    (["--workers", "0"], "--workers must be a positive"),
+    (["--stall-timeout", "-1"], "--stall-timeout must be a positive"),
+    (["--url-template", "http://host/video.mp4"], "{video_id}"),
+    (["--dataset", "no-such-dataset"], "unknown dataset 'no-such-dataset'"),
+])
+def test_options_refuse_a_bad_value_before_any_file_is_written(tmp_path, flags, expect):
+    from stages import prepare
+    argv = ["--dataset", "sample", "--out", str(tmp_path / "out"), *flags]
+    with pytest.raises(UserError, match=re.escape(expect)):
+        prepare.options(_prepare_args(*argv))
+    assert list(tmp_path.iterdir()) == []

@@ -268,3 +268,23 @@ def test_reconstruction_video_is_marked_and_l1_unchanged(shared_data, tmp_path):
     assert csvs["marked"] == csvs["plain"]
     assert verify_file(tmp_path / "marked" / "taichi2.mp4").c2pa.state == "valid"
     assert verify_file(tmp_path / "plain" / "taichi2.mp4").c2pa.state == "absent"
+
+
+def test_verify_options_are_typed_and_refuse_bad_values_before_reading(tmp_path):
+    """`stages.verify.options`: the files as Paths, --max-frames an int; --max-frames 0 or a
+    missing file is one UserError before any file is read."""
+    from core.errors import UserError
+    from stages import verify
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not read by options")
+
+    def parse(*argv: str):
+        return verify.options(cli.build_parser("verify").parse_args(["run", "verify", *argv]))
+    chosen = parse(str(image), str(image), "--max-frames", "3", "--json")
+    assert chosen == verify.VerifyOptions((image, image), True, 3)
+    assert parse(str(image)).max_frames is None and parse(str(image)).json is False
+    with pytest.raises(UserError, match="--max-frames 0: expected 1 or more"):
+        parse(str(image), "--max-frames", "0")
+    with pytest.raises(UserError, match="does not exist"):
+        parse(str(image), str(tmp_path / "none.mp4"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
