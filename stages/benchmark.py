@@ -85,7 +85,9 @@ def options(args: argparse.Namespace) -> BenchmarkOptions:
     try:
         device_type = torch.device(device).type
     except (RuntimeError, ValueError):
-        raise UserError(f"--device {device!r}: expected cpu or cuda (cuda:N for one GPU)") from None
+        device_type = None
+    if device_type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device!r}: expected cpu or cuda (cuda:N for one GPU)")
     workers = args.workers or (torch.cuda.device_count() if device_type == "cuda" else 1) or 1
     precision = devices.resolve(getattr(args, "precision", "fp32"), device, calibrates=False)
     specs = tuple(clip_scores.parse_models(args.models))

@@ -106,8 +106,45 @@ def test_bad_counts_are_named_before_any_work(sample_data, tmp_path):
         name = "--" + flag.replace("_", "-")
         with pytest.raises(UserError, match=f"{name} {value}: expected a positive number"):
             _benchmark(_args(dataset="sample", data=sample_data, models="fomm=x.pt", out=tmp_path / "o",
-                                **{flag: value}))
+                             **{flag: value}))
     assert not (tmp_path / "o").exists()
+
+
+def test_options_are_typed_and_resolved(sample_data, tmp_path):
+    """`options(args)`: Paths, parsed model specs, a core.devices.Precision, the device,
+    workers and protocol resolved, and the argument list that repeats the run."""
+    from core.devices import Precision
+    checkpoint = tmp_path / "a.pt"
+    checkpoint.write_bytes(b"x")
+    chosen = benchmark_stage.options(_args(dataset="sample", data=str(sample_data), models=f"fomm={checkpoint}",
+                                           out=str(tmp_path / "o"), device="cpu", no_provenance=True))
+    assert isinstance(chosen, benchmark.BenchmarkOptions)
+    assert chosen.data == sample_data and isinstance(chosen.out, Path)
+    assert chosen.models == (clip_scores.ModelSpec("fomm", checkpoint, None),)
+    assert isinstance(chosen.precision, Precision) and (chosen.precision.name, chosen.precision.device_type) == \
+        ("fp32", "cpu")
+    assert (chosen.device, chosen.workers, chosen.protocol, chosen.provenance) == ("cpu", 1, "project", False)
+    assert chosen.argv[0] == "--no-provenance"
+    for flag, value in (("--device", "cpu"), ("--workers", "1"), ("--protocol", "project"), ("--precision", "fp32")):
+        assert chosen.argv[chosen.argv.index(flag) + 1] == value
+    vox = benchmark_stage.options(_args(dataset="vox", data=sample_data, models=f"fomm={checkpoint}",
+                                        out=tmp_path / "o", device="cpu"))
+    assert vox.protocol == "paper"  # a dataset of the paper's tables
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("precision", "fp16", "--precision 'fp16': expected one of"),
+    ("precision", "int8", "--precision int8 is animate's path"),
+    ("device", "toaster", "--device 'toaster': expected cpu or cuda"),
+    ("bootstrap", 0, "--bootstrap 0: expected a positive number"),
+])
+def test_a_bad_option_is_named_before_any_file_is_written(sample_data, tmp_path, flag, value, words):
+    checkpoint = tmp_path / "a.pt"
+    checkpoint.write_bytes(b"x")
+    with pytest.raises(UserError, match=words):
+        benchmark_stage.options(_args(dataset="sample", data=sample_data, models=f"fomm={checkpoint}",
+                                      out=tmp_path / "o", **{flag: value}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
 
 
 def test_checkpoint_without_config_asks_for_one(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -86,6 +87,19 @@ def test_bad_inputs_are_named_and_nothing_is_written(clips, tmp_path, offline):
     with pytest.raises(UserError, match=rf"{FRAMES} real and {FRAMES - 2} generated frames"):
         _run(_args(clips / "real" / "04", short, out, "--pose", "none", "--identity", "none"))
     assert not out.exists()
+
+
+def test_options_pair_the_clips_before_any_work(clips, tmp_path):
+    """`options(args)`: Paths, the clips paired by name; a side that is not there is named
+    before anything is written."""
+    chosen = evaluate_stage.options(_args(clips / "real", clips / "gen", tmp_path / "o", "--kind", "bodies"))
+    assert isinstance(chosen, evaluate.EvaluateOptions) and isinstance(chosen.out, Path)
+    assert (chosen.kind, chosen.protocol, chosen.pose, chosen.identity) == ("bodies", "paper", None, None)
+    assert chosen.pairs == (("04", clips / "real" / "04", clips / "gen" / "04.mp4"),
+                            ("08", clips / "real" / "08", clips / "gen" / "08.mp4"))
+    with pytest.raises(UserError, match=r"--real .*absent.* does not exist"):
+        evaluate_stage.options(_args(tmp_path / "absent", clips / "gen", tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
 
 
 def _run(args) -> dict:
