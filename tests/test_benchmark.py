@@ -18,8 +18,8 @@ from core.config import config_to_dict
 from core.errors import UserError
 from fomm.config import config_from_dict, load_config
 from metrics import benchmark, clip_scores
-from stages import benchmark as benchmark_stage
 from pipeline.clips import clip_dir
+from stages import benchmark as benchmark_stage
 
 
 # --------------------------------------------------------------------------- fixtures
