@@ -290,14 +290,17 @@ class EvaluateOptions:
     identity: str | None = None    # likewise for the identity backend
     protocol: str = "paper"        # metrics.protocol.PROTOCOLS
     kind: str = "faces"            # faces | bodies | other: picks the default backends
-    pairs: tuple[tuple[str, Path, Path], ...] = ()  # (name, real, generated), match_clips
+    pairs: tuple[tuple[str, Path, Path], ...] = ()  # (name, real, generated): match_clips; () pairs them here
 
 
 def evaluate(options: EvaluateOptions) -> dict:
-    """Score every pair of `options.pairs` into `options.out` (claimed by the output policy,
-    core.outputs); returns what summary.json holds."""
+    """Score every pair of `options.pairs` (when empty, the clips of both sides paired by name)
+    into `options.out`, claimed by the output policy (core.outputs); returns what summary.json
+    holds."""
     from core import outputs
     from core.media import atomic_path
+    pairs = options.pairs or tuple(match_clips(find_clips(options.real, "real"),
+                                               find_clips(options.generated, "generated")))
     with outputs.claim(options.out, "evaluate", {"--real": options.real, "--generated": options.generated},
                        earlier=("summary.json", "per_frame.parquet")) as out:
         default_pose, default_identity = (None, None)
@@ -306,7 +309,7 @@ def evaluate(options: EvaluateOptions) -> dict:
         pose = _backend("pose", options.pose, default_pose)
         identity = _backend("identity", options.identity, default_identity)
         parts = []
-        for name, real_path, fake_path in options.pairs:
+        for name, real_path, fake_path in pairs:
             real, fake = read_clip(real_path), read_clip(fake_path)
             if len(real) != len(fake):
                 raise UserError(f"clip {name!r}: {len(real)} real and {len(fake)} generated frames; "
@@ -321,7 +324,7 @@ def evaluate(options: EvaluateOptions) -> dict:
         summary = summarise(per_frame, {"pose": backend_record(pose), "identity": backend_record(identity)},
                             options.protocol)
         summary.update(real=str(options.real.resolve()), generated=str(options.generated.resolve()),
-                       clips=[name for name, _, _ in options.pairs], size=SIZE)
+                       clips=[name for name, _, _ in pairs], size=SIZE)
         with atomic_path(out / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
     return summary
