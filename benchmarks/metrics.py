@@ -46,7 +46,7 @@ def body_frames(count: int) -> np.ndarray:
 
 
 def measure(frames_count: int, repeats: int) -> list[dict]:
-    from metrics import backends, reconstruction
+    from metrics import backends, frame_metrics
     from metrics.evaluate import score_clip
     faces, bodies = face_frames(frames_count), body_frames(frames_count)
     shifted = np.roll(faces, 4, axis=(1, 2))
@@ -57,13 +57,13 @@ def measure(frames_count: int, repeats: int) -> list[dict]:
         rows.append(dict(metric=name, scheme=scheme, frames=len(frames), fps_cpu=len(frames) / cpu,
                          fps_wall=len(frames) / wall, cpu_ms_per_frame=1000 * cpu / len(frames), note=note))
 
-    add("L1", "-", faces, lambda: reconstruction.l1(faces, shifted))
-    add("SSIM (7x7 uniform)", "skimage", faces, lambda: reconstruction.ssim(faces, shifted))
-    add("SSIM (11x11 Gaussian)", "skimage", faces, lambda: reconstruction.ssim(faces, shifted, gaussian_weights=True))
-    add("PSNR", "skimage", faces, lambda: reconstruction.psnr(faces, shifted))
-    status = reconstruction.lpips_status()
+    add("L1", "-", faces, lambda: frame_metrics.l1(faces, shifted))
+    add("SSIM (7x7 uniform)", "skimage", faces, lambda: frame_metrics.ssim(faces, shifted))
+    add("SSIM (11x11 Gaussian)", "skimage", faces, lambda: frame_metrics.ssim(faces, shifted, gaussian_weights=True))
+    add("PSNR", "skimage", faces, lambda: frame_metrics.psnr(faces, shifted))
+    status = frame_metrics.lpips_status()
     if status == "available":
-        add("LPIPS (alex)", "lpips", faces, lambda: reconstruction.get_lpips()(faces, shifted))
+        add("LPIPS (alex)", "lpips", faces, lambda: frame_metrics.get_lpips()(faces, shifted))
     else:
         rows.append(dict(metric="LPIPS (alex)", scheme="lpips", note=status))
     for row in backends.available_backends():

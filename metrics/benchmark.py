@@ -9,8 +9,10 @@ given) under `--protocol` (paper: pose-evaluation's arithmetic, the default wher
 published table reports the dataset; see metrics.protocol). On the `sample` dataset, whose
 true motion is known, each model's 'deformation' output is also compared with the truth.
 
-Reads top to bottom: check every flag, take the writer lock of `--out` (one benchmark at a
-time), remove what a killed run left half-written, then for each model in `--models` order
+`run(options)` takes a `BenchmarkOptions`, every flag already checked and resolved
+(stages/benchmark.py builds it from the command line). It reads top to bottom: claim `--out`
+(core.outputs: apart from the inputs, ours, the writer lock held: one benchmark at a time),
+remove what a killed run left half-written, then for each model in `--models` order
 score the clips it has no result for (metrics.clip_scores: one worker per GPU or CPU slot,
 in this process or as Ray actors, each holding the loaded model; every (model, clip) result
 is written as its own file the moment it arrives), then build every output from those files
@@ -35,11 +37,12 @@ Writes to `--out`:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -49,15 +52,46 @@ from core.errors import UserError
 from metrics import clip_scores
 from metrics.clip_scores import ClipItem, ClipResults, ModelSpec, ScoringSettings
 
+if TYPE_CHECKING:
+    from core.devices import Precision
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """A benchmark, every flag checked and resolved (stages/benchmark.py: `options(args)`)."""
+    dataset: str
+    data: Path
+    models: tuple[ModelSpec, ...]       # metrics.clip_scores.parse_models, files checked
+    out: Path
+    protocol: str                       # paper | project, resolved from the dataset when not given
+    device: str                         # cpu, cuda, cuda:N
+    workers: int                        # models loaded at once
+    precision: Precision                # core.devices.resolve(..., calibrates=False): a float path
+    pose: str | None = None             # a backend's name, 'none', or None for the dataset's
+    identity: str | None = None
+    lpips: bool = False
+    split: str = "test"
+    max_clips: int | None = None
+    max_frames: int | None = None
+    batch_size: int = 16
+    bootstrap: int = 1000
+    seed: int = 0
+    ray_address: str | None = None
+    provenance: bool = True
+    detectability: dict | None = None   # the detectability.json read (metrics.detectability)
+    detectability_source: Path | None = None
+    argv: tuple[str, ...] = ()          # the `pipeline run benchmark` arguments that repeat this run
+
 
 SCORE_COLUMNS = ["l1", "ssim", "psnr", "akd", "mkr", "aed", "lpips", "motion_epe"]
 NO_MOTION = "no motion (identity grid)"
 
 
 # --------------------------------------------------------------------------- scoring
-def score_model(spec: ModelSpec, config, clips: list[str], settings: ScoringSettings, out: Path, args,
-                detections: dict) -> tuple[ClipResults, dict]:
+def score_model(spec: ModelSpec, config, clips: list[str], settings: ScoringSettings, out: Path,
+                options: BenchmarkOptions, detections: dict) -> tuple[ClipResults, dict]:
     """Score every clip of `clips` that `spec` has no result for in `out`; returns its result
     files and what benchmark.json records of this run. `detections`: (clip, frame size) -> the real clip's
     (keypoints, embeddings), filled by every model and passed to the next at the same size."""
@@ -77,7 +111,8 @@ def score_model(spec: ModelSpec, config, clips: list[str], settings: ScoringSett
 
     started = time.perf_counter()
     gpus = 1 if settings.device.startswith("cuda") else 0
-    map_items(clip_scores.ClipScorer, (spec, settings), items, keep, args.workers, args.ray_address, gpus)
+    map_items(clip_scores.ClipScorer, (spec, settings), items, keep, options.workers, options.ray_address,
+              gpus)
     seconds = time.perf_counter() - started
     record = {"checkpoint": str(spec.checkpoint.resolve()), "config": spec.config,
               "config_hash": config_hash(config), "results": str(results.folder),
@@ -105,13 +140,13 @@ def collect(results: dict[str, ClipResults], clips: list[str],
     return pd.concat(parts, ignore_index=True), clip_frames, samples
 
 
-def no_motion_rows(clips: list[str], args, frame_shape: tuple[int, int]) -> pd.DataFrame:
+def no_motion_rows(clips: list[str], options: BenchmarkOptions, frame_shape: tuple[int, int]) -> pd.DataFrame:
     """Motion error of the identity grid (no motion at all): the floor a model must beat."""
     rows = []
     for clip in clips:
-        truth = clip_scores.truth_grid(args.data, args.split, clip)
+        truth = clip_scores.truth_grid(options.data, options.split, clip)
         if truth is not None:
-            truth = truth[:args.max_frames] if args.max_frames else truth
+            truth = truth[:options.max_frames] if options.max_frames else truth
             still = np.broadcast_to(clip_scores.identity_grid(truth.shape[1]), truth.shape)
             rows.append(pd.DataFrame({"model": NO_MOTION, "clip": clip,
                                       "frame": np.arange(len(truth)),
@@ -197,31 +232,30 @@ def extra_columns(detectability: dict | None) -> tuple:
     return (column(detectability),)
 
 
-def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict,
+def write_tables(per_frame: pd.DataFrame, out: Path, options: BenchmarkOptions, backends: dict,
                  comparable: dict[str, bool] | None = None, clip_list: dict | None = None,
                  detectability: dict | None = None) -> dict:
     from metrics import tables
     models = per_frame[per_frame["model"] != NO_MOTION]
     metrics = ["l1", "ssim", "psnr"] + (["akd", "mkr"] if backends["pose"] != "none" else [])
-    metrics += (["aed"] if backends["identity"] != "none" else []) + (["lpips"] if args.lpips else [])
+    metrics += (["aed"] if backends["identity"] != "none" else []) + (["lpips"] if options.lpips else [])
     from metrics.evaluate import FACES_HAVE_NO_MKR
     if "mkr" in metrics and models["mkr_skip"].eq(FACES_HAVE_NO_MKR).all():
         metrics.remove("mkr")  # the paper protocol has no MKR for faces: no empty column
-    summary = tables.summarise(models, metrics, args.bootstrap, args.seed)
-    protocol = getattr(args, "protocol", None)
-    comparison = tables.comparison_table(summary, args.dataset, metrics, backends, comparable=comparable,
-                                         protocol=protocol,
+    summary = tables.summarise(models, metrics, options.bootstrap, options.seed)
+    comparison = tables.comparison_table(summary, options.dataset, metrics, backends, comparable=comparable,
+                                         protocol=options.protocol,
                                          extra=extra_columns(detectability))
     clip_notes = [clip_list_note(clip_list)] if clip_list else []
     comparison.notes += skipped_notes(frame_counts(per_frame), metrics) + clip_notes
     written = {"comparison": tables.write_table(comparison, out, "comparison")}
     if per_frame["motion_epe"].notna().any():
         motion = per_frame[per_frame["motion_epe"].notna()]
-        summary = tables.summarise(motion, ["motion_epe"], args.bootstrap, args.seed)
+        summary = tables.summarise(motion, ["motion_epe"], options.bootstrap, options.seed)
         table = tables.comparison_table(summary, "sample", ["motion_epe"],
                                         {"truth": "the sample dataset's backward grids (64x64)"},
                                         references=(NO_MOTION,))
-        table.title = f"Motion error against the true motion on {args.dataset}"
+        table.title = f"Motion error against the true motion on {options.dataset}"
         table.notes = [f"mean end-point error, in pixels of the scored frames, between each model's "
                        f"'deformation' (resized to 64x64) and the true backward grid; "
                        f"'{NO_MOTION}' is the error of predicting no motion at all.",
@@ -230,102 +264,47 @@ def write_tables(per_frame: pd.DataFrame, out: Path, args, backends: dict,
     return {k: {ext: str(p) for ext, p in v.items()} for k, v in written.items()}
 
 
-# --------------------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="dataset name (vox, taichi, sample, ...)")
-    parser.add_argument("--data", required=True, type=Path, help="prepared dataset folder")
-    parser.add_argument("--models", required=True,
-                        help="NAME=CHECKPOINT[@CONFIG],...; names from fomm/families.py")
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--pose", default=None, help="pose backend (default: the dataset's; 'none')")
-    parser.add_argument("--identity", default=None, help="identity backend (default: the dataset's; 'none')")
-    parser.add_argument("--protocol", default=None, choices=["paper", "project"],
-                        help="paper: pose-evaluation's arithmetic (squared-L2 AED; the default for "
-                             "datasets of the paper's Table 3); project: L2 AED (default otherwise)")
-    parser.add_argument("--lpips", action="store_true", help="also LPIPS (needs the lpips package)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--max-clips", type=int, default=None)
-    parser.add_argument("--max-frames", type=int, default=None, help="first N frames of each clip")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="models loaded at once, each scoring its share of the clips: one per GPU "
-                             "(the default: every GPU when --device is cuda, else 1); 1 without "
-                             "--ray-address runs in this process, more run as Ray actors")
-    parser.add_argument("--ray-address", default=None, help="score on this Ray cluster (its workers "
-                        "must read --data at the same path) instead of here")
-    from core.provenance import add_argument
-    add_argument(parser)
-    parser.add_argument("--precision", default="fp32", help="fp32 (default: scores comparable across "
-                        "machines), bf16 or auto (core/devices.py)")
-    parser.add_argument("--detectability", type=Path, default=None,
-                        help="a detectability.json (pipeline run detect detectability): adds each model's "
-                             "held-out-family detector AUC to the table")
-
-
-def command_line(args: argparse.Namespace) -> list[str]:
-    """The `pipeline run benchmark` arguments that repeat this run."""
-    argv = [] if getattr(args, "provenance", True) else ["--no-provenance"]
-    for key, value in vars(args).items():
-        if key in ("command", "stage", "verbose", "provenance") or value is None or value is False:
-            continue
-        argv += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
-    return argv
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """Every count, before anything is written: UserError on the first bad one."""
-    for option in ("max_clips", "max_frames", "batch_size", "bootstrap", "workers"):
-        value = getattr(args, option, None)
-        if value is not None and value < 1:
-            raise UserError(f"--{option.replace('_', '-')} {value}: expected a positive number")
-
-
-def run(args: argparse.Namespace) -> dict:
+# --------------------------------------------------------------------------- the run
+def run(options: BenchmarkOptions) -> dict:
     """The benchmark as a function; returns what benchmark.json records."""
-    import torch
-
+    from core import outputs
     from core.media import remove_partial_files
-    from core.writer_lock import writer_lock
-    from metrics import paper
-    check_arguments(args)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.workers = args.workers or (torch.cuda.device_count() if args.device.startswith("cuda") else 1) or 1
-    args.ray_address = getattr(args, "ray_address", None)
-    args.protocol = getattr(args, "protocol", None) or ("paper" if paper.paper_dataset(args.dataset)
-                                                        else "project")
-    specs = clip_scores.parse_models(args.models)
-    detectability = None
-    if getattr(args, "detectability", None) is not None:
-        from metrics.detectability import read_detectability
-        detectability = read_detectability(args.detectability)  # checked before any work
-    with writer_lock(Path(args.out)) as out:
-        remove_partial_files(out)
+    with outputs.claim(options.out, "benchmark", inputs_of(options),
+                       earlier=("benchmark.json", "per_frame.parquet"), partial_dirs=("samples",)) as out:
         for folder in sorted((out / "clips").glob("*")):
             remove_partial_files(folder)
-        return _run(args, specs, out, detectability)
+        return _run(options, out)
 
 
-def _run(args: argparse.Namespace, specs: list[ModelSpec], out: Path, detectability: dict | None) -> dict:
-    """Everything after the checks, with the writer lock held."""
-    store, clips = clip_scores.open_test_clips(args.data, args.split, args.max_clips)
-    pose, identity = clip_scores.resolve_backends(args.dataset, args.pose, args.identity)
+def inputs_of(options: BenchmarkOptions) -> dict[str, Path | str | None]:
+    """The paths a benchmark reads (--data, every checkpoint and @CONFIG file), for the
+    output policy (core.outputs): `--out` must lie apart from all of them."""
+    inputs: dict[str, Path | str | None] = {"--data": options.data}
+    for spec in options.models:
+        inputs[f"--models {spec.name} checkpoint"] = spec.checkpoint
+        inputs[f"--models {spec.name} config"] = spec.config
+    return inputs
+
+
+def _run(options: BenchmarkOptions, out: Path) -> dict:
+    """Everything after the checks, with `out` claimed."""
+    specs, detectability = options.models, options.detectability
+    store, clips = clip_scores.open_test_clips(options.data, options.split, options.max_clips)
+    pose, identity = clip_scores.resolve_backends(options.dataset, options.pose, options.identity)
     backends = {"pose": clip_scores.backend_label(pose), "identity": clip_scores.backend_label(identity)}
-    log.info("benchmark %s: %d %s clips, %s", args.dataset, len(clips), args.split, backends)
-    settings = ScoringSettings(str(Path(args.data).resolve()), args.split, args.max_frames, args.batch_size,
-                               args.device, getattr(args, "precision", "fp32"), args.protocol,
+    log.info("benchmark %s: %d %s clips, %s", options.dataset, len(clips), options.split, backends)
+    settings = ScoringSettings(str(options.data.resolve()), options.split, options.max_frames, options.batch_size,
+                               options.device, options.precision.name, options.protocol,
                                pose.name if pose else "none", identity.name if identity else "none",
-                               bool(args.lpips), clips[0])
+                               bool(options.lpips), clips[0])
     configs = {spec.name: clip_scores.model_config(spec) for spec in specs}
     results, record, detections = {}, {"models": {}}, {}
     for spec in specs:
         results[spec.name], record["models"][spec.name] = score_model(spec, configs[spec.name], clips, settings,
-                                                                      out, args, detections)
+                                                                      out, options, detections)
     per_frame, clip_frames, samples = collect(results, clips, out)
     frame_shape = clip_scores.frame_size(configs[specs[0].name])
-    per_frame = pd.concat([per_frame, no_motion_rows(clips, args, frame_shape)], ignore_index=True)
+    per_frame = pd.concat([per_frame, no_motion_rows(clips, options, frame_shape)], ignore_index=True)
     for column in SCORE_COLUMNS:
         if column not in per_frame:
             per_frame[column] = np.nan
@@ -340,50 +319,27 @@ def _run(args: argparse.Namespace, specs: list[ModelSpec], out: Path, detectabil
     _write_parquet(per_clip, out / "per_clip.parquet")
     clip_list = {"sha256": clip_scores.clip_list_sha256(clip_frames), "clips": len(clip_frames),
                  "frames": int(sum(clip_frames.values()))}
-    comparable = comparable_metrics(args.protocol, pose, identity)
-    record.update(dataset=args.dataset, data=str(Path(args.data).resolve()), split=args.split,
+    comparable = comparable_metrics(options.protocol, pose, identity)
+    record.update(dataset=options.dataset, data=str(options.data.resolve()), split=options.split,
                   clips=clips, clip_frames=clip_frames, clip_list=clip_list, backends=backends,
-                  device=args.device, workers=args.workers, bootstrap=args.bootstrap, seed=args.seed,
-                  samples=write_samples(samples, out, generations=_generations(configs, args)),
-                  protocol=args.protocol, comparable=comparable, frame_counts=frame_counts(per_frame),
-                  tables=write_tables(per_frame, out, args, backends, comparable, clip_list, detectability))
+                  device=options.device, workers=options.workers, bootstrap=options.bootstrap, seed=options.seed,
+                  samples=write_samples(samples, out, generations=_generations(configs, options)),
+                  protocol=options.protocol, comparable=comparable, frame_counts=frame_counts(per_frame),
+                  tables=write_tables(per_frame, out, options, backends, comparable, clip_list, detectability))
     if detectability:
         from metrics.detectability import FILE
         (out / FILE).write_text(json.dumps(detectability, indent=2) + "\n")
-        record["detectability"] = {"source": str(Path(args.detectability).resolve()), "file": FILE}
-    record["argv"] = command_line(args)
+        record["detectability"] = {"source": str(Path(options.detectability_source).resolve()), "file": FILE}
+    record["argv"] = list(options.argv)
     from core.media import atomic_path
     with atomic_path(out / "benchmark.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     return record
 
 
-def _generations(configs: dict, args) -> dict:
+def _generations(configs: dict, options: BenchmarkOptions) -> dict:
     from core.provenance import Generation, warn_opt_out
-    if not getattr(args, "provenance", True):
+    if not options.provenance:
         warn_opt_out()
         return {}
     return {name: Generation.of(config, name) for name, config in configs.items()}
-
-
-def inputs_of(args: argparse.Namespace) -> dict[str, str]:
-    """The paths a benchmark reads (--data, every checkpoint and @CONFIG file), for the
-    output policy (core.outputs): `--out` must lie apart from all of them."""
-    inputs = {"--data": args.data}
-    for item in filter(None, (part.strip() for part in str(args.models).split(","))):
-        name, _, rest = item.partition("=")
-        checkpoint, _, config = rest.partition("@")
-        inputs[f"--models {name} checkpoint"] = checkpoint or None
-        inputs[f"--models {name} config"] = config or None
-    return inputs
-
-
-def main(args: argparse.Namespace) -> int:
-    from core import outputs
-    with outputs.claim(args.out, "benchmark", inputs_of(args), earlier=("benchmark.json", "per_frame.parquet"),
-                       partial_dirs=("samples",)):
-        record = run(args)
-    print((Path(args.out) / "comparison.md").read_text())
-    if "motion" in record["tables"]:
-        print(Path(record["tables"]["motion"]["md"]).read_text())
-    return 0

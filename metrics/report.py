@@ -1,5 +1,6 @@
-"""`pipeline run report --run DIR`: one self-contained HTML page (and its Markdown twin)
-describing a run well enough to reproduce it and judge its numbers.
+"""The report of a run (`pipeline run report --run DIR`, stages/report.py): one self-contained
+HTML page (and its Markdown twin) describing a run well enough to reproduce it and judge its
+numbers.
 
 Sections: environment (packages, CPU, GPU), git commit, config and manifest hashes, data
 summary (clips done / failed / unavailable), training curves, the metric tables with the
@@ -18,7 +19,6 @@ nothing beside it; the Markdown points at `report_samples.png` for the frames.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import io
 import json
@@ -567,14 +567,3 @@ def _write_pages(info: RunInfo) -> tuple[Path, Path]:
     with atomic_path(md_path) as tmp:
         tmp.write_text(render("report.md.j2", report=report))
     return html_path, md_path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, type=Path,
-                        help="a `pipeline run all` folder or a benchmark output folder")
-
-
-def main(args: argparse.Namespace) -> int:
-    html_path, md_path = write_report(args.run)
-    print(f"report: {html_path}\nmarkdown: {md_path}")
-    return 0

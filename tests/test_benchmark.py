@@ -19,6 +19,7 @@ from core.errors import UserError
 from fomm.config import config_from_dict, load_config
 from metrics import benchmark, clip_scores
 from pipeline.clips import clip_dir
+from stages import benchmark as benchmark_stage
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -54,12 +55,17 @@ def _checkpoint(tmp_path: Path, name: str, size: int = 64) -> Path:
 
 def _args(**given) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    benchmark.add_arguments(parser)
+    benchmark_stage.add_arguments(parser)
     argv = []
     for key, value in given.items():
         flag = "--" + key.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
     return parser.parse_args(argv)
+
+
+def _benchmark(args) -> dict:
+    """`pipeline run benchmark` as the command line runs it: typed options, then the run."""
+    return benchmark_stage.run(benchmark_stage.options(args))
 
 
 # --------------------------------------------------------------------------- units
@@ -99,9 +105,46 @@ def test_bad_counts_are_named_before_any_work(sample_data, tmp_path):
     for flag, value in (("max_clips", 0), ("workers", 0), ("batch_size", -1)):
         name = "--" + flag.replace("_", "-")
         with pytest.raises(UserError, match=f"{name} {value}: expected a positive number"):
-            benchmark.run(_args(dataset="sample", data=sample_data, models="fomm=x.pt", out=tmp_path / "o",
-                                **{flag: value}))
+            _benchmark(_args(dataset="sample", data=sample_data, models="fomm=x.pt", out=tmp_path / "o",
+                             **{flag: value}))
     assert not (tmp_path / "o").exists()
+
+
+def test_options_are_typed_and_resolved(sample_data, tmp_path):
+    """`options(args)`: Paths, parsed model specs, a core.devices.Precision, the device,
+    workers and protocol resolved, and the argument list that repeats the run."""
+    from core.devices import Precision
+    checkpoint = tmp_path / "a.pt"
+    checkpoint.write_bytes(b"x")
+    chosen = benchmark_stage.options(_args(dataset="sample", data=str(sample_data), models=f"fomm={checkpoint}",
+                                           out=str(tmp_path / "o"), device="cpu", no_provenance=True))
+    assert isinstance(chosen, benchmark.BenchmarkOptions)
+    assert chosen.data == sample_data and isinstance(chosen.out, Path)
+    assert chosen.models == (clip_scores.ModelSpec("fomm", checkpoint, None),)
+    assert isinstance(chosen.precision, Precision) and (chosen.precision.name, chosen.precision.device_type) == \
+        ("fp32", "cpu")
+    assert (chosen.device, chosen.workers, chosen.protocol, chosen.provenance) == ("cpu", 1, "project", False)
+    assert chosen.argv[0] == "--no-provenance"
+    for flag, value in (("--device", "cpu"), ("--workers", "1"), ("--protocol", "project"), ("--precision", "fp32")):
+        assert chosen.argv[chosen.argv.index(flag) + 1] == value
+    vox = benchmark_stage.options(_args(dataset="vox", data=sample_data, models=f"fomm={checkpoint}",
+                                        out=tmp_path / "o", device="cpu"))
+    assert vox.protocol == "paper"  # a dataset of the paper's tables
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("precision", "fp16", "--precision 'fp16': expected one of"),
+    ("precision", "int8", "--precision int8 is animate's path"),
+    ("device", "toaster", "--device 'toaster': expected cpu or cuda"),
+    ("bootstrap", 0, "--bootstrap 0: expected a positive number"),
+])
+def test_a_bad_option_is_named_before_any_file_is_written(sample_data, tmp_path, flag, value, words):
+    checkpoint = tmp_path / "a.pt"
+    checkpoint.write_bytes(b"x")
+    with pytest.raises(UserError, match=words):
+        benchmark_stage.options(_args(dataset="sample", data=sample_data, models=f"fomm={checkpoint}",
+                                      out=tmp_path / "o", **{flag: value}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
 
 
 def test_checkpoint_without_config_asks_for_one(tmp_path):
@@ -117,7 +160,7 @@ def test_benchmark_of_three_models_on_sample_data(sample_data, tmp_path):
     models = ",".join(f"{name}={_checkpoint(tmp_path, name, sizes.get(name, 64))}"
                       for name in ("fomm", "monkey-net", "x2face"))
     out = tmp_path / "bench"
-    record = benchmark.run(_args(dataset="sample", data=sample_data, models=models, out=out,
+    record = _benchmark(_args(dataset="sample", data=sample_data, models=models, out=out,
                                  bootstrap=200))
     per_frame = pd.read_parquet(out / "per_frame.parquet")
     per_clip = pd.read_parquet(out / "per_clip.parquet")
@@ -168,7 +211,7 @@ def test_a_model_that_copies_the_source_scores_as_the_direct_computation(sample_
     path = tmp_path / "still.pt"
     torch.save({"config": config_to_dict(_tiny_config("fomm"))}, path)
     out = tmp_path / "still"
-    benchmark.run(_args(dataset="sample", data=sample_data, models=f"fomm={path}", out=out, bootstrap=50))
+    _benchmark(_args(dataset="sample", data=sample_data, models=f"fomm={path}", out=out, bootstrap=50))
     per_frame = pd.read_parquet(out / "per_frame.parquet")
     still = per_frame[per_frame["model"] == "fomm"].set_index(["clip", "frame"])
     for clip in still.index.unique("clip"):
@@ -194,7 +237,7 @@ def test_face_clip_is_scored_with_the_dlib_backends(shared_data, tmp_path, monke
     shutil.copy(shared_data / "faces" / "fomm-demo" / "04.mp4", data / "test" / "id04#04#000000#000211.mp4")
     models = f"fomm={_checkpoint(tmp_path, 'fomm', size=128)}"
     out = tmp_path / "bench"
-    benchmark.run(_args(dataset="vox", data=data, models=models, out=out, max_frames=6, bootstrap=50))
+    _benchmark(_args(dataset="vox", data=data, models=models, out=out, max_frames=6, bootstrap=50))
     per_frame = pd.read_parquet(out / "per_frame.parquet")
     assert len(per_frame) == 6
     # without face-alignment and OpenFace weights: the offline substitutes, labelled as such
@@ -266,7 +309,7 @@ def test_reconstruct_and_benchmark_report_one_l1_computation(shared_data, tmp_pa
     rows = reconstruct(load_model(config, path), config, root, tmp_path / "rec", batch_size=4, device="cpu")
     printed = float(capsys.readouterr().out.split("L1 ")[1].split()[0])
     by_reconstruct, computed[:] = np.concatenate(computed), []
-    benchmark.run(_args(dataset="sample", data=root, models=f"fomm={path}", out=tmp_path / "bench",
+    _benchmark(_args(dataset="sample", data=root, models=f"fomm={path}", out=tmp_path / "bench",
                         pose="none", identity="none", bootstrap=20, batch_size=4))
     by_benchmark = np.concatenate(computed)
     per_frame = pd.read_parquet(tmp_path / "bench" / "per_frame.parquet")

@@ -19,6 +19,7 @@ import torch
 from core.config import config_to_dict
 from fomm.config import config_from_dict, load_config
 from metrics import benchmark, clip_scores
+from stages import benchmark as benchmark_stage
 from stages.cli import main as cli_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def test_a_benchmark_killed_halfway_and_rerun_writes_the_unbroken_runs_tables(sa
     assert any(p.name.endswith(".part.parquet") for p in finished)  # the write it died in
     assert not (out / "comparison.md").exists()
 
-    record = benchmark.run(_args(sample_data, models, out))
+    record = _benchmark(_args(sample_data, models, out))
     assert [record["models"][m]["clips_scored_this_run"] for m in MODELS] == [0, 3]  # only what was missing
     for name in TABLE_FILES:
         assert (out / name).read_bytes() == (unbroken / name).read_bytes(), name
@@ -115,7 +116,7 @@ def test_a_benchmark_killed_halfway_and_rerun_writes_the_unbroken_runs_tables(sa
     pd.testing.assert_frame_equal(pd.read_parquet(out / "per_frame.parquet"),
                                   pd.read_parquet(unbroken / "per_frame.parquet"))
 
-    again = benchmark.run(_args(sample_data, models, out))  # a finished run rerun scores nothing
+    again = _benchmark(_args(sample_data, models, out))  # a finished run rerun scores nothing
     assert [again["models"][m]["clips_scored_this_run"] for m in MODELS] == [0, 0]
     assert _result_files(out) == left
 
@@ -125,10 +126,15 @@ def _args(data: Path, models: str, out: Path, *extra: str):
     return build_parser("benchmark").parse_args(_argv(data, models, out, *extra))
 
 
+def _benchmark(args) -> dict:
+    """`pipeline run benchmark` as the command line runs it: typed options, then the run."""
+    return benchmark_stage.run(benchmark_stage.options(args))
+
+
 def test_other_settings_score_again_and_keep_the_earlier_results(sample_data, models, unbroken, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(unbroken, out)
-    record = benchmark.run(_args(sample_data, models.split(",")[0], out, "--max-frames", "5"))
+    record = _benchmark(_args(sample_data, models.split(",")[0], out, "--max-frames", "5"))
     assert record["models"]["fomm"]["clips_scored_this_run"] == 3
     per_clip = pd.read_parquet(out / "per_clip.parquet")
     assert (per_clip[per_clip["model"] == "fomm"]["num_frames"] == 5).all()
@@ -137,7 +143,7 @@ def test_other_settings_score_again_and_keep_the_earlier_results(sample_data, mo
 
 def test_ray_actors_score_as_this_process_does(sample_data, models, unbroken, tmp_path, ray_local):
     out = tmp_path / "ray"
-    record = benchmark.run(_args(sample_data, models, out, "--workers", "2"))
+    record = _benchmark(_args(sample_data, models, out, "--workers", "2"))
     assert record["workers"] == 2 and [record["models"][m]["clips_scored_this_run"] for m in MODELS] == [3, 3]
     ours, theirs = (pd.read_parquet(folder / "per_frame.parquet") for folder in (out, unbroken))
     assert ours[["model", "clip", "frame"]].equals(theirs[["model", "clip", "frame"]])  # a fixed order
@@ -164,8 +170,8 @@ def test_a_missing_test_clip_changes_the_recorded_hash(sample_data, models, unbr
     shutil.rmtree(data / "png" / "test" / clips[1])
     out = tmp_path / "fewer"
     fomm_only = models.split(",")[0]
-    record = benchmark.run(_args(data, fomm_only, out))
-    full = benchmark.run(_args(sample_data, fomm_only, tmp_path / "all"))
+    record = _benchmark(_args(data, fomm_only, out))
+    full = _benchmark(_args(sample_data, fomm_only, tmp_path / "all"))
     assert record["clips"] == [clips[0], clips[2]] and full["clips"] == clips
     assert record["clip_list"]["sha256"] == clip_scores.clip_list_sha256({clips[0]: 8, clips[2]: 8})
     assert record["clip_list"]["sha256"] != full["clip_list"]["sha256"]

@@ -274,7 +274,8 @@ def test_detectability_column_in_the_benchmark_table_and_report(fakes, sample_da
     """Leave one family out (a few steps: this checks the plumbing, the test above the
     detector), then the benchmark and the report show each family's AUC with its interval and
     name the detector and the data."""
-    from metrics import benchmark, report
+    from metrics import report
+    from stages import benchmark as benchmark_stage
     assert cli_main(["run", "detect", "detectability", "--data", str(fakes), "--out", str(tmp_path / "lofo"),
                      "--width", str(TINY["width"]), "--size", "64", "--steps", "20", "--batch-size", "8",
                      "--frames-per-clip", "4", "--threads", "1", "--frames-per-clip-scored", "4",
@@ -302,15 +303,15 @@ def test_detectability_column_in_the_benchmark_table_and_report(fakes, sample_da
         assert all(f"{record['families'][f]['marked_video_auc']:.3f}" in page for f in FAMILIES)
     with pytest.raises(UserError, match="not a detectability file"):
         (tmp_path / "bogus.json").write_text("{}")
-        benchmark.run(benchmark_args(sample_data, models, tmp_path / "bench2", tmp_path / "bogus.json"))
+        benchmark_stage.options(benchmark_args(sample_data, models, tmp_path / "bench2", tmp_path / "bogus.json"))
 
 
 def benchmark_args(data: Path, models: str, out: Path, detectability: Path):
     import argparse
 
-    from metrics import benchmark
+    from stages import benchmark as benchmark_stage
     parser = argparse.ArgumentParser()
-    benchmark.add_arguments(parser)
+    benchmark_stage.add_arguments(parser)
     return parser.parse_args(["--dataset", "sample", "--data", str(data), "--models", models, "--out", str(out),
                               "--detectability", str(detectability)])
 

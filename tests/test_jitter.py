@@ -111,7 +111,8 @@ class _FakeFaces:
 
 def test_score_clip_columns_and_the_evaluate_summary(tmp_path, monkeypatch):
     from core.media import VideoWriter
-    from metrics import evaluate_stage
+    from metrics import evaluate
+    from stages import evaluate as evaluate_stage
     real = np.full((6, 256, 256, 3), 60, np.uint8)
     fake = real.copy()
     for t in range(6):
@@ -129,12 +130,12 @@ def test_score_clip_columns_and_the_evaluate_summary(tmp_path, monkeypatch):
     for name, video in (("real", real), ("fake", fake)):
         with VideoWriter(tmp_path / f"{name}.mp4", 25, crf=0) as writer:  # lossless
             writer.write_all(video)
-    monkeypatch.setattr(evaluate_stage, "_backend", lambda kind, name, default: _FakeFaces() if kind == "pose" else None)
+    monkeypatch.setattr(evaluate, "_backend", lambda kind, name, default: _FakeFaces() if kind == "pose" else None)
     from stages.cli import build_parser
     args = build_parser("evaluate").parse_args(["run", "evaluate", "--real", str(tmp_path / "real.mp4"), "--generated",
                                                 str(tmp_path / "fake.mp4"), "--out", str(tmp_path / "out"),
                                                 "--identity", "none"])
-    evaluate_stage.run(args)
+    evaluate_stage.run(evaluate_stage.options(args))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["jitter"] == pytest.approx(8.0, abs=0.5)  # yuv420p blurs the spot's colour, not its place
     assert summary["frames"]["jitter"] == {"frames": 6, "scored": 4, "skipped": {jitter.CLIP_EDGE: 2}}

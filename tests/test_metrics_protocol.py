@@ -143,8 +143,8 @@ def test_paper_protocol_scores_predictions_truncated_as_the_originals_pngs(tmp_p
     from core.config import config_to_dict
     from fomm.config import config_from_dict
     from fomm.api import MotionTransferModel
-    from metrics import benchmark
     from pipeline import sample
+    from stages import benchmark as benchmark_stage
 
     class HalfGrey(MotionTransferModel):
         name = "fomm"
@@ -178,9 +178,10 @@ def test_paper_protocol_scores_predictions_truncated_as_the_originals_pngs(tmp_p
     monkeypatch.setattr("metrics.evaluate.score_clip", recording)
     for chosen in protocol.PROTOCOLS:
         parser = argparse.ArgumentParser()
-        benchmark.add_arguments(parser)
-        benchmark.run(parser.parse_args(["--dataset", "sample", "--data", str(data), "--models", f"fomm={checkpoint}",
-                                         "--out", str(tmp_path / chosen), "--protocol", chosen, "--bootstrap", "10"]))
+        benchmark_stage.add_arguments(parser)
+        args = parser.parse_args(["--dataset", "sample", "--data", str(data), "--models", f"fomm={checkpoint}",
+                                  "--out", str(tmp_path / chosen), "--protocol", chosen, "--bootstrap", "10"])
+        benchmark_stage.run(benchmark_stage.options(args))
     real, truncated = seen["paper"]
     assert np.array_equal(seen["project"][0], real)
     source = torch.from_numpy(real[:1]).float().div(255)  # frame 0 drives nothing: it is the source

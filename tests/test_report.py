@@ -177,6 +177,22 @@ def _model(name: str) -> report.Report:
         total_seconds=12.34)
 
 
+def test_options_name_a_run_that_is_no_folder(tmp_path):
+    """`options(args)`: the run folder as a Path; a file given as --run is named and nothing is
+    written beside it."""
+    import argparse
+
+    from stages import report as report_stage
+    parser = argparse.ArgumentParser()
+    report_stage.add_arguments(parser)
+    chosen = report_stage.options(parser.parse_args(["--run", str(tmp_path)]))
+    assert chosen == report_stage.ReportOptions(run=tmp_path) and isinstance(chosen.run, Path)
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(UserError, match="--run .*run.json' is not a folder"):
+        report_stage.options(parser.parse_args(["--run", str(tmp_path / "run.json")]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
 def test_html_and_markdown_render_the_same_cells_from_one_model():
     model = _model("x2face | v2")  # a `|` that Markdown must escape
     page = _HtmlCells()

@@ -9,7 +9,7 @@ import pytest
 
 from core.errors import UserError
 from core.media import read_frames
-from metrics import reconstruction
+from metrics import frame_metrics
 from metrics.backends import BackendUnavailable
 from metrics.evaluate import score_clip
 
@@ -25,36 +25,36 @@ def clips(shared_data):
 def test_l1_is_identical_to_a_direct_computation(clips):
     real, fake = clips
     direct = np.array([np.mean(np.abs(r / 255.0 - f / 255.0)) for r, f in zip(real, fake)])
-    np.testing.assert_allclose(reconstruction.l1(real, fake), direct, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(frame_metrics.l1(real, fake), direct, rtol=1e-12, atol=0)
     assert np.all(direct > 0.02)  # different people: a real difference, not a degenerate zero
-    np.testing.assert_array_equal(reconstruction.l1(real, real), np.zeros(len(real)))
+    np.testing.assert_array_equal(frame_metrics.l1(real, real), np.zeros(len(real)))
 
 
 def test_l1_is_symmetric_and_in_unit_range():
     black = np.zeros((2, 8, 8, 3), np.uint8)
     white = np.full((2, 8, 8, 3), 255, np.uint8)
-    np.testing.assert_array_equal(reconstruction.l1(black, white), [1.0, 1.0])
+    np.testing.assert_array_equal(frame_metrics.l1(black, white), [1.0, 1.0])
     half = np.full((1, 8, 8, 3), 51, np.uint8)
-    np.testing.assert_allclose(reconstruction.l1(black[:1], half), [0.2])
-    np.testing.assert_allclose(reconstruction.l1(half, black[:1]), [0.2])
+    np.testing.assert_allclose(frame_metrics.l1(black[:1], half), [0.2])
+    np.testing.assert_allclose(frame_metrics.l1(half, black[:1]), [0.2])
 
 
 def test_psnr_matches_its_formula_and_is_inf_for_identical_frames(clips):
     real, fake = clips
     mse = ((real.astype(np.float64) - fake) ** 2).reshape(len(real), -1).mean(axis=1)
-    np.testing.assert_allclose(reconstruction.psnr(real, fake), 10 * np.log10(255.0 ** 2 / mse), rtol=1e-10)
-    assert np.all(np.isposinf(reconstruction.psnr(real, real)))
+    np.testing.assert_allclose(frame_metrics.psnr(real, fake), 10 * np.log10(255.0 ** 2 / mse), rtol=1e-10)
+    assert np.all(np.isposinf(frame_metrics.psnr(real, real)))
 
 
 def test_ssim_is_one_for_identical_frames_and_falls_with_noise(clips):
     real = clips[0][:2]
-    np.testing.assert_allclose(reconstruction.ssim(real, real), 1.0)
-    np.testing.assert_allclose(reconstruction.ssim(real, real, gaussian_weights=True), 1.0)
+    np.testing.assert_allclose(frame_metrics.ssim(real, real), 1.0)
+    np.testing.assert_allclose(frame_metrics.ssim(real, real, gaussian_weights=True), 1.0)
     rng = np.random.default_rng(0)
     previous = np.ones(len(real))
     for sigma in (5, 20, 60):
         noisy = np.clip(real + rng.normal(0, sigma, real.shape), 0, 255).astype(np.uint8)
-        score = reconstruction.ssim(real, noisy)
+        score = frame_metrics.ssim(real, noisy)
         assert np.all(score < previous), (sigma, score, previous)
         previous = score
 
@@ -62,17 +62,17 @@ def test_ssim_is_one_for_identical_frames_and_falls_with_noise(clips):
 def test_bad_inputs_name_the_shapes_and_dtypes(clips):
     real = clips[0]
     with pytest.raises(UserError, match=r"\(5, 256, 256, 3\).*\(6, 256, 256, 3\)"):
-        reconstruction.l1(real, real[:5])
+        frame_metrics.l1(real, real[:5])
     with pytest.raises(UserError, match="empty clips"):
-        reconstruction.l1(real[:0], real[:0])
+        frame_metrics.l1(real[:0], real[:0])
     with pytest.raises(UserError, match="float32"):
-        reconstruction.ssim(real.astype(np.float32), real.astype(np.float32))
+        frame_metrics.ssim(real.astype(np.float32), real.astype(np.float32))
 
 
 def test_lpips_absent_raises_install_hint_at_construction(monkeypatch):
     monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips -> ImportError, as when not installed
     with pytest.raises(BackendUnavailable, match=r"pip install 'motion-transfer\[lpips\]'"):
-        reconstruction.LPIPS()
+        frame_metrics.LPIPS()
 
 
 def test_score_clip_reports_lpips_status_instead_of_crashing(clips, monkeypatch):
@@ -80,14 +80,14 @@ def test_score_clip_reports_lpips_status_instead_of_crashing(clips, monkeypatch)
     and the status says what to install; nothing raises."""
     real, fake = clips
     monkeypatch.setitem(sys.modules, "lpips", None)
-    monkeypatch.setattr(reconstruction, "_LPIPS_FAILURES", {})
-    reconstruction._load_lpips.cache_clear()
+    monkeypatch.setattr(frame_metrics, "_LPIPS_FAILURES", {})
+    frame_metrics._load_lpips.cache_clear()
     table = score_clip(real, fake, lpips=True)
     status = table.attrs["lpips_status"]
     assert status.startswith("unavailable") and "pip install 'motion-transfer[lpips]'" in status
     assert table["lpips"].isna().all() and table["l1"].notna().all()
-    assert reconstruction.lpips_status() == status  # the failure is remembered, not retried
-    reconstruction._load_lpips.cache_clear()
+    assert frame_metrics.lpips_status() == status  # the failure is remembered, not retried
+    frame_metrics._load_lpips.cache_clear()
 
 
 def _ssim_by_hand(real: np.ndarray, fake: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,8 @@ from PIL import Image
 
 from core.errors import UserError
 from core.media import VideoWriter, read_frames
-from metrics import evaluate_stage
+from metrics import evaluate
+from stages import evaluate as evaluate_stage
 from stages.cli import main as cli
 
 FRAMES = 12
@@ -66,7 +68,7 @@ def test_reencoded_clip_scores_small_nonzero_l1_and_akd(clips, tmp_path, offline
 
 def test_folders_of_clips_match_by_name_and_pool_all_frames(clips, tmp_path, offline):
     out = tmp_path / "both"
-    summary = evaluate_stage.run(_args(clips / "real", clips / "gen", out, "--identity", "none",
+    summary = _run(_args(clips / "real", clips / "gen", out, "--identity", "none",
                                        "--protocol", "project"))
     assert summary["clips"] == ["04", "08"] and summary["protocol"] == "project"
     assert summary["aed"] is None and summary["backends"]["identity"] is None
@@ -78,13 +80,30 @@ def test_folders_of_clips_match_by_name_and_pool_all_frames(clips, tmp_path, off
 def test_bad_inputs_are_named_and_nothing_is_written(clips, tmp_path, offline):
     out = tmp_path / "bad"
     with pytest.raises(UserError, match=r"--generated .*does not exist"):
-        evaluate_stage.run(_args(clips / "real" / "04", tmp_path / "missing.mp4", out))
+        _run(_args(clips / "real" / "04", tmp_path / "missing.mp4", out))
     short = tmp_path / "short.mp4"
     with VideoWriter(short, 30) as writer:
         writer.write_all(read_frames(clips / "gen" / "04.mp4", 0, FRAMES - 2))
     with pytest.raises(UserError, match=rf"{FRAMES} real and {FRAMES - 2} generated frames"):
-        evaluate_stage.run(_args(clips / "real" / "04", short, out, "--pose", "none", "--identity", "none"))
+        _run(_args(clips / "real" / "04", short, out, "--pose", "none", "--identity", "none"))
     assert not out.exists()
+
+
+def test_options_pair_the_clips_before_any_work(clips, tmp_path):
+    """`options(args)`: Paths, the clips paired by name; a side that is not there is named
+    before anything is written."""
+    chosen = evaluate_stage.options(_args(clips / "real", clips / "gen", tmp_path / "o", "--kind", "bodies"))
+    assert isinstance(chosen, evaluate.EvaluateOptions) and isinstance(chosen.out, Path)
+    assert (chosen.kind, chosen.protocol, chosen.pose, chosen.identity) == ("bodies", "paper", None, None)
+    assert chosen.pairs == (("04", clips / "real" / "04", clips / "gen" / "04.mp4"),
+                            ("08", clips / "real" / "08", clips / "gen" / "08.mp4"))
+    with pytest.raises(UserError, match=r"--real .*absent.* does not exist"):
+        evaluate_stage.options(_args(tmp_path / "absent", clips / "gen", tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def _run(args) -> dict:
+    return evaluate_stage.run(evaluate_stage.options(args))
 
 
 def _args(real, generated, out, *extra):
@@ -97,4 +116,4 @@ def _args(real, generated, out, *extra):
 def test_frame_folders_read_in_natural_order(clips, shared_data):
     """frame10.png comes after frame9.png, not after frame1.png."""
     expected = read_frames(shared_data / "faces" / "fomm-demo" / "04.mp4", 0, FRAMES)
-    np.testing.assert_array_equal(evaluate_stage.read_clip(clips / "real" / "04"), expected)
+    np.testing.assert_array_equal(evaluate.read_clip(clips / "real" / "04"), expected)
