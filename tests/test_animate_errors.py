@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.errors import UserError
-from fomm.animate import animate
+from fomm.animation import animate
 from fomm.animation import AnimateOptions, Animator, load_animation_model
 from fomm.config import load_config
 from stages import cli
@@ -143,11 +143,11 @@ def test_failure_half_way_leaves_nothing(checkpoint, shared_data, out_dir, monke
     calls = {"n": 0}
     original = Animator.__call__
 
-    def failing(self, driving):
+    def failing(self, driving, valid=None):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("simulated failure")
-        return original(self, driving)
+        return original(self, driving, valid)
 
     monkeypatch.setattr(Animator, "__call__", failing)
     with pytest.raises(RuntimeError, match="simulated"):
@@ -186,7 +186,7 @@ def test_avd_mode_on_a_family_without_an_avd_network(checkpoint, shared_data, ou
 def test_mode_names_are_the_absolute_and_relative_switches():
     import argparse
 
-    from fomm.animate import add_arguments, options_from_args
+    from stages.animate import add_arguments, options_from_args
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     config = load_config("tiny")
