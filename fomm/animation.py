@@ -17,7 +17,8 @@ video's length. The output has the driving video's fps and frame count and, for 
 audio cut to the video's length; it appears at the output path only when complete
 (core/media.VideoWriter), whatever fails on the way. (GIF stores frame delays in 1/100 s,
 so a gif's rate is rounded: 30 fps plays at 33.3.) `--stream` is fomm/stream.py, which sits
-on this module, as do benchmarks/animate.py and benchmarks/gpu.py.
+on this module, as do fomm/jobs.py (one request, as the front door builds it),
+benchmarks/animate.py and benchmarks/gpu.py.
 
 `AnimateOptions.precision` is a `core.devices.Precision`, resolved once by the front door
 (stages/animate.py) for the device; library callers may give a name (auto, fp32, bf16,
@@ -525,53 +526,3 @@ def _best_frame(source_image, source_box, driving_path, driving_box, end, option
     frames = (source_crop.prepare(f, driving_box, side) if driving_box else f
               for f in media.iter_frames(driving_path, 0, end))
     return find_best_frame(source, frames, options.landmarks)
-
-
-# --------------------------------------------------------------------------- one request
-@dataclass(frozen=True)
-class LiveSettings:
-    """`--stream`'s settings (fomm/stream.py); checked by the front door."""
-    fps: float | None = None           # output fps (None: the input's, else 25)
-    queue: int = 2                     # frames waiting at most
-    drop: bool = True                  # drop the oldest waiting frame when the model falls behind
-    stall_timeout: float | None = None  # s without a new frame before the run ends (None: stream's)
-    realtime: bool = False             # read a file at its native rate, like a camera
-
-
-@dataclass(frozen=True)
-class AnimateRequest:
-    """One animation, fully resolved (stages/animate.py's `options` builds it from the command
-    line, the web app from its page): the config, where the weights come from (a checkpoint,
-    an ONNX export folder, or neither: random weights), the model family, the device, the
-    files and the options (its precision a resolved Precision). `live` is set for --stream,
-    where `driving` may be a camera or a pipe and `out` '-' or a URL."""
-    config: Config
-    source: Path
-    driving: Path | str
-    out: Path | str
-    options: AnimateOptions
-    device: torch.device
-    checkpoint: Path | None = None     # None with onnx_dir None: random weights
-    onnx_dir: Path | None = None       # --backend onnxruntime DIR
-    model_name: str | None = None      # --model (None: the config's)
-    live: LiveSettings | None = None   # --stream
-
-
-def request_model(request: AnimateRequest) -> MotionTransferModel:
-    """The request's model: the ONNX export's runner, or the config's model on the device
-    with the checkpoint's weights (random ones without a checkpoint)."""
-    precision.keep_freed_memory()
-    logger.info("animate: %s, batch %d%s", precision_of(request.options, request.device),
-                batch_size(request.options, request.device),
-                f", onnxruntime graphs from {request.onnx_dir}" if request.onnx_dir else "")
-    if request.onnx_dir is not None:
-        from fomm.export import open_export
-        return open_export(request.onnx_dir)
-    return load_animation_model(request.config, request.checkpoint, request.device, request.model_name)
-
-
-def animate_request(request: AnimateRequest, progress: Progress | None = None) -> AnimationResult:
-    """Write `request.out` from a file request (for --stream: fomm.stream.stream_request)."""
-    model = request_model(request)
-    return run_plan(prepare(model, request.config, request.source, request.driving, request.out,
-                            request.options), progress)

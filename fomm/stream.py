@@ -44,8 +44,8 @@ from core.errors import UserError
 from core.media import (FrameReader, LiveWriter, Stalled, VideoWriter, is_live_target, live_decoder_command,
                         probe)
 from fomm import source_crop
-from fomm.animation import (AnimateOptions, AnimateRequest, Animator, batch_size, check_options,
-                            check_out_is_not_an_input, model_device, request_model)
+from fomm.animation import (AnimateOptions, Animator, batch_size, check_options, check_out_is_not_an_input,
+                            model_device)
 from fomm.api import MotionTransferModel
 from fomm.config import Config
 
@@ -98,14 +98,6 @@ def stream_fps(spec: str, fps: float | None) -> float:
     if path.is_file():
         return probe(path).fps
     return 25.0
-
-
-def stream_request(request: AnimateRequest) -> StreamReport:
-    """A --stream request (`request.live` set): its model, then `run_stream`."""
-    live = request.live
-    return run_stream(request_model(request), request.config, request.source, str(request.driving), request.out,
-                      request.options, fps=live.fps, queue_size=live.queue, drop=live.drop, realtime=live.realtime,
-                      stall_timeout=STALL_TIMEOUT if live.stall_timeout is None else live.stall_timeout)
 
 
 def run_stream(model: MotionTransferModel, config: Config, source_path: str | Path, driving: str,

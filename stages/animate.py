@@ -3,10 +3,10 @@
     pipeline run animate --config vox-256 --checkpoint vox-cpk.pth.tar \\
         --source photo.jpg --driving video.mp4 --out result.mp4 [--crop auto] [--find-best-frame]
 
-`options(args)` turns the flags into one `fomm.animation.AnimateRequest` (the config loaded,
+`options(args)` turns the flags into one `fomm.jobs.AnimateRequest` (the config loaded,
 paths as Paths, the device and the precision resolved once, every value checked before any
-work); `run(request)` animates it: fomm.animation.animate_request from a file, or
-fomm.stream.stream_request with `--stream`. The web app (stages/app.py) builds the same
+work); `run(request)` animates it with `fomm.jobs.animate_request` (from a file,
+fomm/animation.py, or live with `--stream`, fomm/stream.py). The web app (stages/app.py) builds the same
 request through the same parser and calls the same `run`.
 """
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pathlib import Path
 from core import devices, media
 from core.errors import UserError
 from fomm import source_crop, stream
-from fomm.animation import (LAYOUTS, MODES, AnimateOptions, AnimateRequest, AnimationResult, LiveSettings,
-                            Progress, animate_request, check_options, resolve_device)
+from fomm.animation import (LAYOUTS, MODES, AnimateOptions, AnimationResult, Progress, check_options,
+                            resolve_device)
 from fomm.config import Config, load_config
 from fomm.families import NAMES
+from fomm.jobs import AnimateRequest, LiveSettings, animate_request
 from stages.common import add_provenance_flag
 
 
@@ -172,10 +173,8 @@ def options(args: argparse.Namespace) -> AnimateRequest:
 
 
 def run(request: AnimateRequest, progress: Progress | None = None) -> AnimationResult | stream.StreamReport:
-    """Animate the request: the file mode (`progress(done, total)` after each batch) or,
-    with `request.live`, the live one."""
-    if request.live is not None:
-        return stream.stream_request(request)
+    """Animate the request: from a file (`progress(done, total)` after each batch) or, with
+    `request.live`, live."""
     return animate_request(request, progress)
 
 

@@ -143,7 +143,8 @@ def animate_argv(source: Path, driving: Path, out: Path, settings: dict[str, Any
 
     config = app.config if given["config"] in (None, app.config) else choice("config", config_names())
     argv = ["--config", str(config), "--source", str(source), "--driving", str(driving), "--out", str(out),
-            "--device", app.device, "--precision", choice("precision", PRECISIONS) if given["precision"] else app.precision,
+            "--device", app.device,
+            "--precision", choice("precision", PRECISIONS) if given["precision"] else app.precision,
             "--layout", choice("layout", LAYOUTS)]
     if checkpoint is not None:
         argv += ["--checkpoint", str(checkpoint)]
