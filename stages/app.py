@@ -104,9 +104,17 @@ def options(args: argparse.Namespace) -> AppOptions:
 
 
 def run(app_options: AppOptions) -> None:
-    """Serve the page until interrupted; the temporary folder goes with it."""
-    with AnimateApp(app_options) as app:
-        app.launch(block=True)
+    """Serve the page until interrupted (Ctrl-C or SIGTERM); the temporary folder goes with it."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with AnimateApp(app_options) as app:
+            app.launch(block=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -204,7 +212,7 @@ class AnimateApp:
         print(f"app: {url} (files under {self.folder}, removed on exit; Ctrl-C stops)", flush=True)
         if block:
             try:
-                self.demo.block_thread()
+                self.demo.block_thread()  # returns on Ctrl-C
             except KeyboardInterrupt:
                 pass
         return url

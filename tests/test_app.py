@@ -159,3 +159,32 @@ def test_app_options_are_checked_before_serving():
         app_stage.options(parser.parse_args(["run", "app", "--config", "tiny", "--checkpoint", "missing.pth"]))
     with pytest.raises(UserError, match="--max-frames 0"):
         app_stage.options(parser.parse_args(["run", "app", "--config", "tiny", "--max-frames", "0"]))
+
+
+def test_the_command_serves_on_loopback_and_cleans_up_on_sigterm(tmp_path):
+    """`pipeline run app` as users start it: on 127.0.0.1, and its folder gone once stopped."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    port = free_port()
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "stages.cli", "run", "app", "--config", "tiny", "--port",
+                                    str(port)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "app: http://" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert f"app: http://127.0.0.1:{port}/" in log.read_text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert response.status == 200
+        folder = Path(re.search(r"files under (\S+),", log.read_text()).group(1))
+        assert folder.is_dir() and folder.name.startswith("motion-transfer-app-")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    assert not folder.exists()
