@@ -18,6 +18,7 @@ from stages import app as app_stage
 FRAMES = 6  # the app's --max-frames: the driving clip is cut to it
 PHOTO = "faces/sadtalker/happy.png"
 CLIP = "faces/fomm-demo/08.mp4"  # 150 frames at 35 fps
+SOUND_CLIP = "faces/liveportrait/d12.mp4"  # 183 frames at 25 fps, with audio
 
 
 def free_port() -> int:
@@ -107,13 +108,14 @@ def test_the_page_animates_a_photo_and_shows_bad_input(served, shared_data, tmp_
 def test_the_api_animates_like_the_page(served, shared_data, tmp_path):
     from gradio_client import Client, handle_file
     client = Client(served.url, verbose=False, download_files=str(tmp_path))
-    result = client.predict(handle_file(str(shared_data / PHOTO)), handle_file(str(shared_data / CLIP)),
+    result = client.predict(handle_file(str(shared_data / PHOTO)), handle_file(str(shared_data / SOUND_CLIP)),
                             {"random_weights": True, "layout": "side-by-side"}, api_name="/animate")
     result = Path(result)
     assert result.is_relative_to(tmp_path)
     check_video(result)
     info = probe(result)
     assert (info.width, info.height) == (3 * 64, 64)  # source | driving | result
+    assert info.has_audio and info.audio_duration == pytest.approx(FRAMES / 25, abs=0.1)  # cut to the video (AAC frames)
     from gradio_client.exceptions import AppError
     with pytest.raises(AppError, match=r"options \['shell'\]: unknown"):
         client.predict(handle_file(str(shared_data / PHOTO)), handle_file(str(shared_data / CLIP)),
