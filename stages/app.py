@@ -149,6 +149,13 @@ def animate_argv(source: Path, driving: Path, out: Path, settings: dict[str, Any
             raise UserError(f"{key} {given[key]!r}: expected one of {list(allowed)}")
         return given[key]
 
+    for key, default in DEFAULT_SETTINGS.items():
+        if isinstance(default, bool) and not isinstance(given[key], bool):
+            raise UserError(f"{key} {given[key]!r}: expected true or false")
+    strength = given["smooth_strength"]
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+        raise UserError(f"smooth_strength {strength!r}: expected a number")
+
     config = app.config if given["config"] in (None, app.config) else choice("config", config_names())
     argv = ["--config", str(config), "--source", str(source), "--driving", str(driving), "--out", str(out),
             "--device", app.device,
@@ -156,7 +163,7 @@ def animate_argv(source: Path, driving: Path, out: Path, settings: dict[str, Any
             "--layout", choice("layout", LAYOUTS)]
     if checkpoint is not None:
         argv += ["--checkpoint", str(checkpoint)]
-    elif given["random_weights"] is True:
+    elif given["random_weights"]:
         argv += ["--random-weights"]
     else:
         raise UserError("no checkpoint: start the app with --checkpoint, upload one, or tick "
@@ -168,16 +175,16 @@ def animate_argv(source: Path, driving: Path, out: Path, settings: dict[str, Any
         argv += ["--mode", mode]
     flags = {"adapt_scale": "--adapt-scale", "find_best_frame": "--find-best-frame", "smooth": "--smooth"}
     for key, flag in flags.items():
-        if given[key] is True:
+        if given[key]:
             argv.append(flag)
-    if given["auto_crop"] is True:
+    if given["auto_crop"]:
         argv += ["--crop", "auto"]
-    if given["paste_back"] is False:
+    if not given["paste_back"]:
         argv.append("--no-paste-back")
-    if given["smooth"] is True:
-        argv += ["--smooth-strength", str(float(given["smooth_strength"]))]
-    frames = given["max_frames"] or app.max_frames
-    if not isinstance(frames, int) or frames < 1:
+    if given["smooth"]:
+        argv += ["--smooth-strength", str(float(strength))]
+    frames = app.max_frames if given["max_frames"] is None else given["max_frames"]
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise UserError(f"max_frames {frames!r}: expected a whole number of 1 or more")
     argv += ["--max-frames", str(min(frames, app.max_frames))]
     return argv

@@ -145,6 +145,9 @@ def test_the_page_builds_the_cli_request(tmp_path, shared_data):
     with pytest.raises(UserError, match="precision 'fp64'"):
         app_stage.animate_argv(shared_data / PHOTO, shared_data / CLIP, out,
                                {"random_weights": True, "precision": "fp64"}, options, None)
+    with pytest.raises(UserError, match="smooth 'yes': expected true or false"):
+        app_stage.animate_argv(shared_data / PHOTO, shared_data / CLIP, out,
+                               {"random_weights": True, "smooth": "yes"}, options, None)
     with pytest.raises(UserError, match="config '../../etc/passwd'"):
         app_stage.animate_argv(shared_data / PHOTO, shared_data / CLIP, out,
                                {"random_weights": True, "config": "../../etc/passwd"}, options, None)
