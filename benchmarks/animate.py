@@ -195,7 +195,7 @@ def interleaved(runs: list[tuple[str, list[str], dict]], frames: int, repeats: i
 
 def chosen_path(log: str) -> str:
     """What the animate process said it ran (its `animate: <path>, batch N` line, and int8's verdict)."""
-    said = [line.split("animate: ", 1)[1] for line in log.splitlines() if "INFO fomm.animate: animate: " in line
+    said = [line.split("animate: ", 1)[1] for line in log.splitlines() if "INFO fomm.jobs: animate: " in line
             and ", batch " in line]
     fell_back = [line.split("WARNING ", 1)[1] for line in log.splitlines() if "instead" in line and "WARNING" in line]
     return "; ".join(said[:1] + fell_back[:1]) or "-"

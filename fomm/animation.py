@@ -1,28 +1,42 @@
-"""The animation pipeline as a library: a model, the transfer options, frames in and frames out.
+"""The animation pipeline as a library: a model, the transfer options, frames in and frames out,
+and a whole file animated (the library of `pipeline run animate`, whose front door is
+stages/animate.py).
 
     model = load_animation_model(config, "vox-cpk.pth.tar", resolve_device("auto"))
+    animate(model, config, "photo.jpg", "video.mp4", "result.mp4", AnimateOptions(crop="auto"))
+
     animator = Animator.from_frames(model, source, initial, AnimateOptions(layout="side-by-side"))
     for batch in batched(driving_frames, animator.batch_size):
         for frame in animator.animate(batch):   # (H, W', 3) uint8
             ...
 
 Motion transfer is the model family's `transfer()` (FOMM Eq. 8 for relative motion, with
-the adapt-scale factor of the original demo). This module sits on core/ and the model
-files; the stages that use it, `pipeline run animate` (fomm/animate.py, from a file) and
-`--stream` (fomm/stream.py, live), and benchmarks/animate.py and benchmarks/gpu.py sit on it.
+the adapt-scale factor of the original demo). Frames stream from the driving video through
+the model in batches and straight into the encoder, so memory does not grow with the
+video's length. The output has the driving video's fps and frame count and, for mp4, its
+audio cut to the video's length; it appears at the output path only when complete
+(core/media.VideoWriter), whatever fails on the way. (GIF stores frame delays in 1/100 s,
+so a gif's rate is rounded: 30 fps plays at 33.3.) `--stream` is fomm/stream.py, which sits
+on this module, as do fomm/jobs.py (one request, as the front door builds it),
+benchmarks/animate.py and benchmarks/gpu.py.
+
+`AnimateOptions.precision` is a `core.devices.Precision`, resolved once by the front door
+(stages/animate.py) for the device; library callers may give a name (auto, fp32, bf16,
+int8), which the Animator resolves once for the model's device.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from core import devices as precision
-from core import quantize
+from core import media, quantize
 from core.config import config_to_yaml
 from core.errors import UserError
 from core.frames import to_tensor, to_uint8
@@ -34,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 LAYOUTS = ("result", "side-by-side")
 OUTPUT_SUFFIXES = (".mp4", ".gif")
+# The animation modes of MRAA's and TPSMM's demos (standard = absolute motion).
+MODES = ("standard", "relative", "avd")
 
 
 @dataclass(frozen=True)
@@ -51,7 +67,9 @@ class AnimateOptions:
     audio: bool = True
     batch_size: int | None = None      # None: the measured default for the device (core/devices.py)
     max_frames: int | None = None
-    precision: str = "auto"            # auto | fp32 | bf16 | int8 (core/devices.py)
+    # the resolved path (core/devices.Precision; the front door resolves it once), or a name
+    # (auto | fp32 | bf16 | int8) the Animator resolves for the model's device
+    precision: precision.Precision | str = "auto"
     compile: bool = False              # torch.compile the float paths' inference copy (core/devices.py)
     provenance: bool = True            # watermark, C2PA manifest, AI-generated tag (core/provenance.py)
     # issue 22: the whole photo and steady motion
@@ -75,7 +93,7 @@ def check_options(options: AnimateOptions, out_path: Path | str, live_target: bo
         raise UserError(f"--batch-size {options.batch_size}: expected 1 or more")
     if options.max_frames is not None and options.max_frames < 1:
         raise UserError(f"--max-frames {options.max_frames}: expected 1 or more")
-    if options.precision not in precision.PRECISIONS:
+    if not isinstance(options.precision, precision.Precision) and options.precision not in precision.PRECISIONS:
         raise UserError(f"--precision {options.precision!r}: expected one of {list(precision.PRECISIONS)}")
     smoothing.check_strength(options.smooth_strength)
 
@@ -106,11 +124,21 @@ def model_device(model) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def batch_size(options: AnimateOptions, device: torch.device) -> int:
-    """`options.batch_size`, or the measured default for the device and precision."""
+def precision_of(options: AnimateOptions, device: torch.device) -> precision.Precision:
+    """The path `options.precision` names: a resolved Precision as it is (the front door's),
+    a name resolved for `device` (library callers)."""
+    if isinstance(options.precision, precision.Precision):
+        return options.precision
+    return precision.resolve(options.precision, device, options.compile)
+
+
+def batch_size(options: AnimateOptions, device: torch.device,
+               chosen: precision.Precision | None = None) -> int:
+    """`options.batch_size`, or the measured default for the device and precision (`chosen`,
+    else `precision_of`)."""
     if options.batch_size is not None:
         return options.batch_size
-    return precision.default_batch_size(precision.resolve(options.precision, device, options.compile))
+    return precision.default_batch_size(chosen or precision_of(options, device))
 
 
 def load_animation_model(config: Config, checkpoint: str | Path | None, device: torch.device,
@@ -178,7 +206,9 @@ class Animator:
         self.options, self.device = options, device
         self.kp_size, self.colormap = kp_size, colormap
         self.source_frame = to_uint8(source[:1])[0]              # (H, W, 3): the side-by-side panel
-        self.precision = precision.resolve(options.precision, device, options.compile)
+        self.precision = precision_of(options, device)
+        # frames per model call, from the path asked for (int8 falling back keeps it)
+        self.batch_size = batch_size(options, device, self.precision)
         self.weights_source = getattr(model, "weights_source", None)  # named if outputs are not finite
         # the path's inference model: a copy with BatchNorm folded (Precision.inference_model)
         self.model = model = self.precision.inference_model(model)
@@ -209,11 +239,6 @@ class Animator:
                        "colormap": config.visualizer_params.colormap}
         return cls(model, to_tensor(source, device), to_tensor(initial, device), options, device, **drawing,
                    **extra)
-
-    @property
-    def batch_size(self) -> int:
-        """Frames per model call: `options.batch_size` or the measured default."""
-        return batch_size(self.options, self.device)
 
     def motion(self, driving: torch.Tensor, valid: int | None = None) -> tuple[Motion, Motion]:
         """(detected driving motion, transferred motion) for a batch (B, 3, H, W); with
@@ -355,3 +380,149 @@ class Animator:
         """The output frames for a batch of driving frames (H, W, 3) uint8 (predict, compose)."""
         results, outputs = self.predict(driving)
         return self.compose(results, driving, outputs)
+
+
+# --------------------------------------------------------------------------- a whole file
+@dataclass
+class AnimationResult:
+    path: Path
+    num_frames: int
+    fps: float
+    best_frame: int
+    seconds: float
+    has_audio: bool
+    frame_size: tuple[int, int] = field(default=(0, 0))
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.num_frames / max(self.seconds, 1e-9)
+
+    def summary(self) -> str:
+        """The line `pipeline run animate` prints."""
+        return (f"{self.path}: {self.num_frames} frames at {self.fps:.3f} fps, "
+                f"{self.frame_size[1]}x{self.frame_size[0]}, audio={'yes' if self.has_audio else 'no'}, "
+                f"{self.frames_per_second:.1f} frames/s")
+
+
+@dataclass
+class AnimationPlan:
+    """Everything checked and loaded before the first frame is written (see `prepare`)."""
+    model: MotionTransferModel
+    config: Config
+    driving_path: Path
+    out_path: Path
+    options: AnimateOptions
+    fps: float
+    num_frames: int                     # frames to animate: [0, num_frames)
+    has_audio: bool
+    driving_box: source_crop.CropBox | None
+    best_frame: int
+    animator: Animator                  # holds the cropped source (animator.source_frame)
+
+
+# progress(done, total): frames written so far of the frames the run animates
+Progress = Callable[[int, int], None]
+
+
+def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
+            driving_path: str | Path, out_path: str | Path,
+            options: AnimateOptions = AnimateOptions()) -> AnimationPlan:
+    """Check every input, crop the source, fix the driving crop and the initial frame.
+
+    Everything that can be wrong with the inputs raises UserError here, before any file
+    is opened for writing.
+    """
+    from core.outputs import check_out_file
+    out_path, driving_path = Path(out_path), Path(driving_path)
+    check_options(options, out_path)
+    check_out_file(out_path, {"--source": source_path, "--driving": driving_path})
+    size = tuple(config.dataset_params.frame_shape[:2])
+    source_image = source_crop.load_source(source_path)
+    info = media.probe(driving_path)
+    end = info.num_frames if options.max_frames is None else min(info.num_frames, options.max_frames)
+    if end <= 0:
+        raise UserError(f"driving video {str(driving_path)!r} has zero frames")
+
+    source_box = source_crop.source_box(source_image, options.crop, options.crop_increase)
+    source = source_crop.prepare(source_image, source_box, size)  # (H, W, 3) uint8
+    driving_box = None
+    if options.crop != "none":
+        sampled = source_crop.sample_frames(driving_path, info.num_frames, end=end)
+        driving_box = source_crop.driving_box(sampled, options.crop, options.crop_increase)
+    best = 0
+    if options.find_best_frame:
+        best = _best_frame(source_image, source_box, driving_path, driving_box, end, options)
+    initial = source_crop.prepare(media.nth_frame(driving_path, best), driving_box, size)
+    paste_back = None
+    if source_crop.wants_paste_back(options.paste_back, options.crop, source_image.shape, size,
+                                    options.layout == "side-by-side"):
+        paste_back = source_crop.PasteBack(source_image, source_box, even=out_path.suffix.lower() == ".mp4")
+    animator = Animator.from_frames(model, source, initial, options, model_device(model), config,
+                                    paste_back=paste_back, fps=info.fps)
+    has_audio = options.audio and info.has_audio and out_path.suffix.lower() == ".mp4"
+    return AnimationPlan(model, config, driving_path, out_path, options, info.fps, end, has_audio,
+                         driving_box, best, animator)
+
+
+def run_plan(plan: AnimationPlan, progress: Progress | None = None) -> AnimationResult:
+    """Animate and write `plan.out_path`; it appears only when complete (video and audio).
+
+    An error on the way aborts the writer and removes every temporary file.
+    `progress(done, total)` is called after each batch.
+    """
+    from core import provenance
+    start = time.perf_counter()
+    size = tuple(plan.config.dataset_params.frame_shape[:2])
+    generation = provenance.generation_or_warn(plan.options.provenance, plan.config,
+                                               plan.driving_path.name, plan.out_path.name)
+    with media.atomic_path(plan.out_path) as final:
+        video_path = media.temp_file(plan.out_path.parent, f".{plan.out_path.stem}.", ".video.mp4") \
+            if plan.has_audio else final
+        try:
+            with media.VideoWriter(video_path, plan.fps) as writer:
+                done = _animate_frames(plan.animator, plan.driving_path, plan.driving_box, plan.num_frames,
+                                       size, provenance.marking(writer, generation), progress)
+            if plan.has_audio:
+                media.mux_audio(video_path, plan.driving_path, final, done / plan.fps)
+            provenance.finalize(final, generation)
+        finally:
+            if plan.has_audio:
+                video_path.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    logger.info("animate: %d frames at %.2f fps -> %s in %.1f s (%.1f frames/s)",
+                done, plan.fps, plan.out_path, seconds, done / max(seconds, 1e-9))
+    return AnimationResult(plan.out_path, done, plan.fps, plan.best_frame, seconds, plan.has_audio,
+                           plan.animator.frame_shape)
+
+
+def animate(model: MotionTransferModel, config: Config, source_path: str | Path,
+            driving_path: str | Path, out_path: str | Path,
+            options: AnimateOptions = AnimateOptions(),
+            progress: Progress | None = None) -> AnimationResult:
+    """Write `out_path` (mp4/gif): `source_path` moved like `driving_path` (prepare + run_plan)."""
+    return run_plan(prepare(model, config, source_path, driving_path, out_path, options), progress)
+
+
+def _animate_frames(animator: Animator, driving_path, driving_box, end, size, writer, progress) -> int:
+    """Stream driving frames [0, end) through the animator in batches into `writer`."""
+    done = 0
+    frames = (source_crop.prepare(f, driving_box, size) for f in media.iter_frames(driving_path, 0, end))
+    for batch in batched(frames, animator.batch_size):
+        for frame in animator.animate(batch):
+            writer.write(frame)
+        done += len(batch)
+        if progress is not None:
+            progress(done, end)
+    if done == 0:
+        raise UserError(f"driving video {str(driving_path)!r} has zero decodable frames")
+    return done
+
+
+def _best_frame(source_image, source_box, driving_path, driving_box, end, options) -> int:
+    """Best-frame search on crops at 256 px (dlib's detector needs faces of ~80 px)."""
+    from fomm.best_frame import find_best_frame
+    side = (256, 256)
+    source = source_crop.prepare(source_image, source_box, side) if source_box else source_image
+    frames = (source_crop.prepare(f, driving_box, side) if driving_box else f
+              for f in media.iter_frames(driving_path, 0, end))
+    return find_best_frame(source, frames, options.landmarks)

@@ -195,8 +195,8 @@ def _write_fomm(model, staging: Path, frames: torch.Tensor) -> dict[str, float]:
     return check_parity(staging, kp_detector, generator, frames)["max_abs_diff"]
 
 
-def open_export(folder: str | Path, threads: int | None = None) -> nn.Module:
-    """The onnxruntime runner of an export folder: the family its config.yaml names."""
+def export_config(folder: str | Path) -> Config:
+    """The config an export folder was written with (UserError where it is not an export)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"--backend onnxruntime {str(folder)!r} is not a folder; expected a folder "
@@ -205,8 +205,14 @@ def open_export(folder: str | Path, threads: int | None = None) -> nn.Module:
     if not config_path.is_file():
         raise UserError(f"--backend onnxruntime {str(folder)!r}: expected a folder written by `pipeline run "
                         f"export`; {CONFIG_FILE} missing")
+    return load_config(config_path)
+
+
+def open_export(folder: str | Path, threads: int | None = None) -> nn.Module:
+    """The onnxruntime runner of an export folder: the family its config.yaml names."""
+    folder = Path(folder)
     from fomm.registry import model_class
-    config = load_config(config_path)
+    config = export_config(folder)
     runner = getattr(model_class(config.model_params.name), "onnx_runner", None)
     if runner is None:
         return OnnxFomm(folder, threads)

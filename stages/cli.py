@@ -26,6 +26,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train": ("stages.train", "train FOMM or a baseline from prepared data"),
     "reconstruct": ("stages.reconstruct", "reconstruct test clips (first frame drives the rest)"),
     "animate": ("stages.animate", "animate a photo with the motion of a driving video"),
+    "app": ("stages.app", "a web page to animate a photo"),
     "benchmark": ("stages.benchmark", "reconstruct with each model and score L1, AKD, MKR, AED"),
     "evaluate": ("stages.evaluate", "score generated frames or videos against real ones"),
     "report": ("stages.report", "write the HTML and Markdown report of a run"),

@@ -16,7 +16,7 @@ import torch
 from core.frames import to_tensor, to_uint8
 from core.media import audio_offset, ffmpeg_exe, iter_frames, load_image, probe, read_frames
 from fomm import source_crop
-from fomm.animate import animate
+from fomm.animation import animate
 from fomm.animation import AnimateOptions, Animator
 from fomm.best_frame import find_best_frame
 from fomm.config import load_config
@@ -392,7 +392,7 @@ def test_audio_starting_after_the_video_is_delayed(model, config, shared_data, t
 
 # --------------------------------------------------------------------------- command line
 def test_cli_motion_flags_and_config_defaults(config):
-    from fomm.animate import options_from_args
+    from stages.animate import options_from_args
     base = ["run", "animate", "--config", "tiny", "--source", "s.png", "--driving", "d.mp4", "--out", "o.mp4"]
 
     def options(*extra):
@@ -406,7 +406,7 @@ def test_cli_motion_flags_and_config_defaults(config):
     chosen = options("--crop", "auto", "--find-best-frame", "--layout", "side-by-side", "--show-keypoints",
                      "--batch-size", "3", "--max-frames", "9", "--precision", "bf16")
     assert (chosen.crop, chosen.find_best_frame, chosen.layout, chosen.show_keypoints, chosen.batch_size,
-            chosen.max_frames, chosen.precision) == ("auto", True, "side-by-side", True, 3, 9, "bf16")
+            chosen.max_frames, chosen.precision.name) == ("auto", True, "side-by-side", True, 3, 9, "bf16")
     absolute_config = load_config("tiny", ["animate_params.normalization_params.use_relative_movement=false"])
     parsed = cli.build_parser("animate").parse_args(base)
     assert not options_from_args(parsed, absolute_config).relative  # the config's default

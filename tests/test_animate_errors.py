@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.errors import UserError
-from fomm.animate import animate
+from fomm.animation import animate
 from fomm.animation import AnimateOptions, Animator, load_animation_model
 from fomm.config import load_config
 from stages import cli
@@ -143,11 +143,11 @@ def test_failure_half_way_leaves_nothing(checkpoint, shared_data, out_dir, monke
     calls = {"n": 0}
     original = Animator.__call__
 
-    def failing(self, driving):
+    def failing(self, driving, valid=None):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("simulated failure")
-        return original(self, driving)
+        return original(self, driving, valid)
 
     monkeypatch.setattr(Animator, "__call__", failing)
     with pytest.raises(RuntimeError, match="simulated"):
@@ -186,7 +186,7 @@ def test_avd_mode_on_a_family_without_an_avd_network(checkpoint, shared_data, ou
 def test_mode_names_are_the_absolute_and_relative_switches():
     import argparse
 
-    from fomm.animate import add_arguments, options_from_args
+    from stages.animate import add_arguments, options_from_args
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     config = load_config("tiny")
@@ -198,3 +198,28 @@ def test_mode_names_are_the_absolute_and_relative_switches():
     assert options_from_args(parser.parse_args(base + ["--mode", "avd"]), config).avd
     with pytest.raises(SystemExit):  # one way to say it: --mode and --absolute exclude each other
         parser.parse_args(base + ["--mode", "avd", "--absolute"])
+
+
+def test_options_resolve_the_request_before_any_work(checkpoint, shared_data, tmp_path):
+    """stages.animate.options: one typed request (a Config, Paths, a Precision), and a bad
+    value refused with one line before anything is written."""
+    from core.devices import Precision
+    from fomm.config import Config
+    from stages import animate as stage
+    parser = cli.build_parser("animate")
+    base = ["run", "animate", "--config", "tiny", "--checkpoint", str(checkpoint), "--source",
+            str(shared_data / "faces/sadtalker/happy.png"), "--driving", str(shared_data / "faces/fomm-demo/08.mp4"),
+            "--device", "cpu"]
+    request = stage.options(parser.parse_args(base + ["--out", str(tmp_path / "o.mp4"), "--precision", "fp32"]))
+    assert isinstance(request.config, Config) and request.checkpoint == checkpoint
+    assert request.source == shared_data / "faces/sadtalker/happy.png" and request.out == tmp_path / "o.mp4"
+    chosen = request.options.precision
+    assert isinstance(chosen, Precision) and (chosen.name, chosen.device_type) == ("fp32", "cpu")
+    assert request.live is None and request.onnx_dir is None
+    with pytest.raises(UserError, match="--precision 'fp64'"):
+        stage.options(parser.parse_args(base + ["--out", str(tmp_path / "o.mp4"), "--precision", "fp64"]))
+    with pytest.raises(UserError, match="--batch-size 0"):
+        stage.options(parser.parse_args(base + ["--out", str(tmp_path / "o.mp4"), "--batch-size", "0"]))
+    with pytest.raises(UserError, match="--out .*expected a .mp4 or .gif"):
+        stage.options(parser.parse_args(base + ["--out", str(tmp_path / "o.avi")]))
+    assert list(tmp_path.iterdir()) == []

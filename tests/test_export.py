@@ -11,7 +11,7 @@ from core.outputs import MARKER
 from core.frames import to_tensor
 from core.media import iter_frames, probe
 from fomm import export
-from fomm.animate import animate
+from fomm.animation import animate
 from fomm.animation import AnimateOptions, Animator, load_animation_model
 from fomm.config import load_config
 from stages import cli

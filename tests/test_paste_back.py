@@ -22,7 +22,7 @@ from core.errors import UserError
 from core.frames import to_tensor
 from core.media import ffmpeg_exe, load_image, probe, read_frames
 from fomm import source_crop
-from fomm.animate import animate
+from fomm.animation import animate
 from fomm.animation import AnimateOptions, Animator
 from fomm.config import load_config
 from stages import cli
@@ -102,7 +102,7 @@ def test_the_default_rule():
         source_crop.wants_paste_back(True, "auto", huge, model)
     assert source_crop.wants_paste_back(True, "auto", (3024, 4032, 3), model)  # a 12 Mpx phone photo
     assert not source_crop.wants_paste_back(None, "auto", (4000, 6000, 3), model, side_by_side=True)  # 64 Mpx
-    from fomm.animate import options_from_args
+    from stages.animate import options_from_args
     base = ["run", "animate", "--config", "tiny", "--source", "s.png", "--driving", "d.mp4", "--out", "o.mp4"]
     config = load_config("tiny")
 

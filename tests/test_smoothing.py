@@ -123,7 +123,7 @@ def test_smooth_on_a_family_without_keypoints_is_refused():
 
 
 def test_cli_flags(checkpoint, shared_data, tmp_path, capsys):
-    from fomm.animate import options_from_args
+    from stages.animate import options_from_args
     from fomm.config import load_config
     from stages import cli
     base = ["run", "animate", "--config", "tiny", "--source", "s.png", "--driving", "d.mp4", "--out", "o.mp4"]

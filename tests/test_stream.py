@@ -14,7 +14,7 @@ from core.errors import UserError
 from core.media import (ffmpeg_exe, is_live_target, iter_frames, live_input_arguments, probe, read_frames,
                         realtime_input_arguments)
 from fomm import stream
-from fomm.animate import animate
+from fomm.animation import animate
 from fomm.animation import AnimateOptions, Animator
 from stages import cli
 
