@@ -166,8 +166,9 @@ def test_the_clip_list_hash_names_the_clips_and_their_frame_counts():
 def test_a_missing_test_clip_changes_the_recorded_hash(sample_data, models, unbroken, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(sample_data, data)
-    clips = sorted(p.name for p in (data / "png" / "test").iterdir())
-    shutil.rmtree(data / "png" / "test" / clips[1])
+    folders = sorted((data / "png" / "test").iterdir())  # <clip>.mp4/ frame folders
+    clips = [folder.name.removesuffix(".mp4") for folder in folders]
+    shutil.rmtree(folders[1])
     out = tmp_path / "fewer"
     fomm_only = models.split(",")[0]
     record = _benchmark(_args(data, fomm_only, out))
@@ -183,10 +184,15 @@ def test_a_missing_test_clip_changes_the_recorded_hash(sample_data, models, unbr
 
 def test_a_second_benchmark_into_a_folder_in_use_is_refused(sample_data, models, unbroken, capsys):
     """One writer per output folder (core.writer_lock, as prepare): the second names the first."""
-    from core.writer_lock import writer_lock
+    import fcntl
+
+    from core.writer_lock import LOCK_NAME
     before = _result_files(unbroken)
     tables = {name: (unbroken / name).read_bytes() for name in TABLE_FILES}
-    with writer_lock(unbroken):  # flock: a second open file of the same process conflicts too
+    # another writer: its own open of the lock file (writer_lock is re-entrant within the
+    # process that holds it, so holding it through writer_lock here would let the stage in)
+    with open(unbroken / LOCK_NAME, "a+") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert cli_main(_argv(sample_data, models, unbroken)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is being written by pid" in err
