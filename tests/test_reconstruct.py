@@ -122,10 +122,10 @@ def sample_root(tmp_path) -> Path:
 KILLED_RECONSTRUCT = textwrap.dedent("""
     import os, signal, sys
     import torch
-    from fomm import reconstruct
+    from fomm import reconstruction
     from stages.cli import main
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # as tests/conftest.py: the same arithmetic
-    save, calls = reconstruct.save_frame, []
+    save, calls = reconstruction.save_frame, []
 
     def save_then_die(path, frame):
         calls.append(path)
@@ -133,7 +133,7 @@ KILLED_RECONSTRUCT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         save(path, frame)
 
-    reconstruct.save_frame = save_then_die
+    reconstruction.save_frame = save_then_die
     sys.exit(main(sys.argv[1:]))
 """)
 
