@@ -1,4 +1,6 @@
 """`pipeline run export`: a model's networks as ONNX graphs (FOMM here; MRAA and TPSMM by their hooks).
+Its command line is stages/export.py; this module is the library (export_checkpoint, export_onnx,
+open_export, OnnxFomm, check_frames).
 
     pipeline run export --config vox-256 --checkpoint vox-cpk.pth.tar --format onnx --out vox-onnx/ \\
         [--check-frames driving.mp4]
@@ -32,7 +34,6 @@ elimination while tracing). Monkey-Net and X2Face are not exported yet.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -366,36 +367,14 @@ def check_frames(path: str | Path | None, size: tuple[int, int], count: int = 5)
     return np.stack(frames)
 
 
-# --------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config name (vox-256) or yaml path")
-    parser.add_argument("--checkpoint", help="checkpoint file (ours or a released FOMM one)")
-    parser.add_argument("--random-weights", action="store_true", help="no checkpoint (benchmarks, tests)")
-    parser.add_argument("--format", default="onnx", help="onnx (the only format so far)")
-    parser.add_argument("--out", required=True, help="output folder (replaced when the check passes)")
-    parser.add_argument("--check-frames", help="video or image whose frames the parity check runs on")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override")
-
-
-def main(args: argparse.Namespace) -> int:
+# --------------------------------------------------------------------------- the stage
+def export_checkpoint(config: Config, checkpoint: str | Path | None, out: str | Path,
+                      frames_path: str | Path | None = None, inputs: dict | None = None) -> dict:
+    """`pipeline run export` (stages/export.py): the model of `config` with the weights of
+    `checkpoint` (None: random weights, for benchmarks and tests) exported to `out` by
+    export_onnx, its parity checked on `frames_path`'s frames (check_frames); returns the
+    report. `inputs` (flag -> path) must lie outside `out`."""
     from fomm.animation import load_animation_model
-    if args.format != "onnx":
-        raise UserError(f"--format {args.format!r}: expected onnx")
-    if args.checkpoint is None and not args.random_weights:
-        raise UserError("--checkpoint is required (or --random-weights for a smoke test)")
-    from core import outputs
-    out = Path(args.out)
-    inputs = {"--checkpoint": args.checkpoint, "--check-frames": args.check_frames, "--config": args.config}
-    outputs.check_out_folder(out, "export", inputs, earlier=EARLIER)  # before any work
-    if out.is_dir():
-        outputs.check_only_own_files(out, EXPORT_FILES)
-    config = load_config(args.config, args.overrides)
-    model = load_animation_model(config, args.checkpoint, torch.device("cpu"))
-    frames = check_frames(args.check_frames, tuple(config.dataset_params.frame_shape[:2]))
-    report = export_onnx(model, config, out, frames, inputs)
-    diffs = ", ".join(f"{k} {v:.1e}" for k, v in report["max_abs_diff"].items())
-    graphs = ", ".join(sorted(path.name for path in out.glob("*.onnx")))
-    print(f"{out}: {graphs}; onnxruntime vs torch max abs diff {diffs} "
-          f"(tolerance {TOLERANCE:g})")
-    return 0
+    model = load_animation_model(config, None if checkpoint is None else str(checkpoint), torch.device("cpu"))
+    frames = check_frames(frames_path, tuple(config.dataset_params.frame_shape[:2]))
+    return export_onnx(model, config, out, frames, inputs)

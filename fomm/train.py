@@ -1,4 +1,5 @@
-"""The `pipeline run train` stage: one plain training loop for every model family.
+"""The `pipeline run train` stage's library: one plain training loop for every model family
+(its command line is stages/train.py, which builds a `TrainOptions` and calls `train_run`).
 
     pipeline run train --config tiny --data data/sample --out runs/tiny [--model fomm]
                        [--workers N] [--ray-address ADDR] [--resume | --overwrite] [key=value ...]
@@ -30,7 +31,6 @@ wraps without searching for unused ones.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -38,6 +38,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,6 @@ from fomm.config import Config, load_config
 from fomm.data import EpochSampler, FramePairs, collate_pairs, open_clips
 from fomm.distributed import (DistContext, average_gradients, mean_over_workers, synchronize_batch_norm,
                               train_distributed)
-from fomm.families import NAMES
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +62,34 @@ CHECKPOINT_DIR = "checkpoints"
 ADAM_BETAS = (0.5, 0.999)
 
 
-# --------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="configs/<name>.yaml name or a yaml path (ours or the original's)")
-    parser.add_argument("--data", help="prepared dataset or original layout (default: dataset_params.root_dir)")
-    parser.add_argument("--out", required=True, help="run directory: config, metrics, images, checkpoints")
-    parser.add_argument("--model", choices=list(NAMES), help="model family (default: the config's)")
-    parser.add_argument("--stage", dest="train_stage", default="reconstruction",
-                        help="training stage: reconstruction (default), or avd for MRAA's and TPSMM's "
-                             "animation-via-disentanglement network, started from --checkpoint")
-    parser.add_argument("--checkpoint", help="with --stage avd: the trained reconstruction checkpoint to start from")
-    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP); 1 trains in this process")
-    parser.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="--out holds another run: delete its config, metrics, images and checkpoints "
-                             "and start afresh (without this or --resume such a folder is refused)")
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train_params.max_steps=100")
+# --------------------------------------------------------------------------- the stage
+@dataclass(frozen=True)
+class TrainOptions:
+    """What `pipeline run train` runs, resolved (stages/train.py builds it from the command
+    line; `run all` and Python callers build the same): the config with its overrides, model
+    family and stage applied (`resolve_run_config`), the data and run folders, the checkpoint
+    a later stage starts from (checked to be a file), `workers` (checked against this
+    machine's slots; a Ray cluster's are checked by `train_run`, which joins it), and how a
+    folder holding a run is treated (`resume` xor `overwrite`). `config_source` is the
+    --config name or file, kept apart from the run folder."""
+    config: Config
+    data: Path
+    out: Path
+    init_checkpoint: Path | None = None
+    workers: int = 1
+    ray_address: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    config_source: str | None = None
+
+    @property
+    def stage(self) -> str:
+        """reconstruction (the first stage) or avd (MRAA's and TPSMM's second)."""
+        return self.config.train_params.stage
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers > 1 or self.ray_address is not None
 
 
 def resolve_run_config(config_name: str, overrides: list[str], model: str | None,
@@ -95,32 +106,29 @@ def resolve_run_config(config_name: str, overrides: list[str], model: str | None
     return resolve_align_corners(config, None)
 
 
-def main(args: argparse.Namespace) -> int:
+def train_run(options: TrainOptions) -> dict[str, Any] | Path:
+    """Run `options`: in this process (returns the last step's losses) or, with several
+    workers or a Ray address, on Ray Train workers under DDP (returns the run folder). The
+    run folder is claimed (claim_run_folder) and another run in it refused (check_run_folder)
+    before anything is written; an --overwrite'd run is deleted only once the inputs passed."""
     from fomm.distributed import check_workers
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite contradict each other: continue the run in --out, or replace it")
-    config = resolve_run_config(args.config, args.overrides, args.model, args.train_stage)
-    data = args.data or config.dataset_params.root_dir
-    if not data:
-        raise UserError("no data: pass --data or set dataset_params.root_dir")
-    init = check_initial_checkpoint(config, args.checkpoint, args.resume)
-    run_folder = claim_run_folder(args.out, data, init, args.config)  # checked: usable, apart, ours
+    out = Path(options.out)
+    run_folder = claim_run_folder(out, options.data, options.init_checkpoint, options.config_source)
     # refused early, before the lock: a run that is refused touches nothing of the run there
-    check_run_folder(Path(args.out), args.resume, args.overwrite, delete=False)
-    distributed = args.workers > 1 or args.ray_address
-    if distributed:
-        check_workers(args.workers, args.ray_address)
+    check_run_folder(out, options.resume, options.overwrite, delete=False)
+    if options.ray_address is not None:  # the cluster's slots (this machine's were checked with the options)
+        check_workers(options.workers, options.ray_address)
     with run_folder:
-        if distributed:
+        if options.distributed:
             # Checked (and an --overwrite'd run deleted) before any worker starts: one line, not a worker's traceback.
-            check_run_folder(Path(args.out), args.resume, args.overwrite)
-            train_distributed(train, config, data, args.out, num_workers=args.workers,
-                              ray_address=args.ray_address, resume=args.resume, init_checkpoint=init)
-        else:  # an --overwrite deletes only once the loop has checked its inputs
-            train(config, data, args.out, resume=args.resume, overwrite=args.overwrite, init_checkpoint=init)
-    return 0
+            check_run_folder(out, options.resume, options.overwrite)
+            # the workers get the config as a dict and plain paths (fomm/distributed.py), never these options
+            return train_distributed(train, options.config, options.data, out, num_workers=options.workers,
+                                     ray_address=options.ray_address, resume=options.resume,
+                                     init_checkpoint=options.init_checkpoint)
+        # an --overwrite deletes only once the loop has checked its inputs
+        return train(options.config, options.data, out, resume=options.resume, overwrite=options.overwrite,
+                     init_checkpoint=options.init_checkpoint)
 
 
 def claim_run_folder(out: str | Path, data: str | Path, init_checkpoint: str | Path | None = None,

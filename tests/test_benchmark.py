@@ -293,7 +293,7 @@ def test_reconstruct_and_benchmark_report_one_l1_computation(shared_data, tmp_pa
     clip they agree exactly, and `reconstruct` prints the mean over all 16 frames."""
     from fomm import reconstruction
     from fomm.checkpoint import load_model
-    from fomm.reconstruct import reconstruct
+    from fomm.reconstruction import reconstruct
     root = tmp_path / "two"
     source = shared_data / "bodies" / "dwnet-taichi" / "1"
     for clip, count in (("a", 5), ("b", 11)):

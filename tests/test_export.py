@@ -2,6 +2,8 @@
 graphs agree with torch on real frames at batch sizes other than the traced one."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,32 @@ def test_export_refuses_other_families_and_bad_folders(tmp_path):
     with pytest.raises(UserError, match="pipeline run export"):
         export.OnnxFomm(tmp_path)
     assert not (tmp_path / "x").exists()
+
+
+def test_options_resolve_the_export_and_refuse_a_bad_value_before_writing(shared_data, tmp_path):
+    """stages.export.options: a loaded Config with its --set overrides, Paths, random weights
+    as no checkpoint; a bad value is one UserError and nothing appears under --out."""
+    from pathlib import Path
+
+    from fomm.config import Config
+    from stages import export as stage
+    out = tmp_path / "onnx"
+    frames = shared_data / "faces/fomm-demo/04.mp4"
+
+    def parse(*extra):
+        return cli.build_parser("export").parse_args(["run", "export", "--config", "tiny", "--out", str(out), *extra])
+
+    opts = stage.options(parse("--random-weights", "--check-frames", str(frames),
+                               "--set", "model_params.common_params.num_kp=5"))
+    assert isinstance(opts, stage.ExportOptions) and isinstance(opts.config, Config)
+    assert opts.config.model_params.common_params.num_kp == 5 and opts.checkpoint is None
+    assert (opts.out, opts.check_frames, opts.format) == (out, frames, "onnx") and isinstance(opts.out, Path)
+    assert opts.inputs == {"--checkpoint": None, "--check-frames": str(frames), "--config": "tiny"}
+    with_weights = stage.options(parse("--checkpoint", str(tmp_path / "k.pth")))
+    assert with_weights.checkpoint == tmp_path / "k.pth" and with_weights.check_frames is None
+    for bad, message in ((["--random-weights", "--format", "tflite"], "--format 'tflite': expected onnx"),
+                         ([], "--checkpoint is required (or --random-weights for a smoke test)"),
+                         (["--random-weights", "--set", "model_params.common_params.num_kp=x"], "num_kp")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            stage.options(parse(*bad))
+        assert not out.exists()

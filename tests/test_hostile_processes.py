@@ -112,7 +112,7 @@ def peak_mb():  # this process's own high-water mark: ru_maxrss keeps the forkin
 
 
 from stages import cli
-import fomm.train, fomm.reconstruct  # imported before the clock starts
+import fomm.train, fomm.reconstruction  # imported before the clock starts
 before_mb = peak_mb()
 began = time.perf_counter()
 code = cli.main(json.loads(sys.argv[1]))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,10 +123,10 @@ def sample_root(tmp_path) -> Path:
 KILLED_RECONSTRUCT = textwrap.dedent("""
     import os, signal, sys
     import torch
-    from fomm import reconstruct
+    from fomm import reconstruction
     from stages.cli import main
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # as tests/conftest.py: the same arithmetic
-    save, calls = reconstruct.save_frame, []
+    save, calls = reconstruction.save_frame, []
 
     def save_then_die(path, frame):
         calls.append(path)
@@ -133,7 +134,7 @@ KILLED_RECONSTRUCT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         save(path, frame)
 
-    reconstruct.save_frame = save_then_die
+    reconstruction.save_frame = save_then_die
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -168,3 +169,42 @@ def test_a_killed_reconstruct_rerun_does_the_missing_clips_and_leaves_no_part(sa
     assert cli_main(["run", "reconstruct", "--checkpoint", str(other), *argv[4:], "--out", str(out)]) == 0
     assert (out / "l1.csv").read_text() != (tmp_path / "unbroken" / "l1.csv").read_text()
     assert all(p.stat().st_mtime_ns != stamp for p, stamp in kept.items())
+
+
+def test_options_resolve_the_run_and_refuse_a_bad_value_before_writing(test_root, checkpoint, tmp_path):
+    """stages.reconstruct.options: the checkpoint's own config (or --config's), Paths, a
+    resolved core.devices.Precision, checked counts; a bad value is one UserError and nothing
+    appears under --out."""
+    from core.devices import Precision
+    from core.errors import UserError
+    from fomm.config import Config
+    from fomm.reconstruction import ReconstructOptions
+    from stages import cli
+    from stages import reconstruct as stage
+    out = tmp_path / "rec"
+
+    def parse(*extra):
+        return cli.build_parser("reconstruct").parse_args(["run", "reconstruct", "--checkpoint", str(checkpoint),
+                                                           "--data", str(test_root), "--out", str(out), *extra])
+
+    opts = stage.options(parse("--batch-size", "3", "--num-videos", "1", "--no-provenance",
+                               "dataset_params.frame_shape=[32,32,3]"))
+    assert isinstance(opts, ReconstructOptions) and isinstance(opts.config, Config)
+    assert tuple(opts.config.dataset_params.frame_shape) == (32, 32, 3)  # the checkpoint's config, overridden
+    assert opts.config.model_params == load_config("tiny").model_params
+    assert isinstance(opts.precision, Precision) and opts.precision.name == "fp32"
+    assert opts.precision.device_type == opts.device
+    assert (opts.checkpoint, opts.data, opts.out) == (checkpoint, test_root, out)
+    assert all(isinstance(p, Path) for p in (opts.checkpoint, opts.data, opts.out))
+    assert (opts.split, opts.batch_size, opts.num_videos, opts.provenance, opts.ray_address) == ("test", 3, 1,
+                                                                                                  False, None)
+    assert opts.workers >= 1 and opts.config_source is None
+    assert stage.options(parse("--config", "tiny")).config == load_config("tiny")
+    for bad, message in ((["--precision", "int8"], "--precision int8 is animate's path"),
+                         (["--precision", "fp16"], "--precision 'fp16': expected one of"),
+                         (["--batch-size", "0"], "--batch-size 0: expected an integer >= 1"),
+                         (["--num-videos", "0"], "--num-videos must be a positive number of clips, got 0"),
+                         (["--workers", "-1"], "--workers must be a positive number, got -1")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            stage.options(parse(*bad))
+        assert not out.exists()

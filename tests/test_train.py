@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -188,3 +189,44 @@ def test_checkpoint_freq_and_losses_synced_only_at_log_steps(taichi_root, tmp_pa
         assert {k: record[k] for k in values} == values and record["loss"] == pytest.approx(sum(values.values()))
     assert len({r["reconstruction_l1"] for r in records}) == 4  # per-step values, not one repeated
     assert {"lr_generator", "lr_kp_detector"} <= set(records[0]) and "lr_discriminator" not in records[0]
+
+
+def test_options_resolve_the_run_and_refuse_a_bad_value_before_writing(taichi_root, tmp_path):
+    """stages.train.options: a resolved Config (overrides, family, stage applied), Paths, the
+    checked worker count; a bad value is one UserError and nothing appears under --out."""
+    from core.errors import UserError
+    from fomm.config import Config
+    from fomm.train import TrainOptions
+    from stages import cli
+    from stages import train as stage
+    out = tmp_path / "run"
+
+    def parse(*extra):
+        return cli.build_parser("train").parse_args(["run", "train", "--config", "tiny", "--data", str(taichi_root),
+                                                     "--out", str(out), *extra])
+
+    opts = stage.options(parse("train_params.max_steps=3", "--resume"))
+    assert isinstance(opts, TrainOptions) and isinstance(opts.config, Config)
+    assert opts.config.train_params.max_steps == 3 and opts.stage == "reconstruction"
+    assert opts.config == resolve_run_config("tiny", ["train_params.max_steps=3"], None)
+    assert opts.data == taichi_root and opts.out == out and isinstance(opts.out, Path)
+    assert (opts.init_checkpoint, opts.workers, opts.ray_address, opts.resume, opts.overwrite) == (None, 1, None,
+                                                                                                  True, False)
+    assert not opts.distributed and opts.config_source == "tiny"
+    with pytest.raises(AttributeError):  # frozen: what `run` gets is what `options` checked
+        opts.workers = 2
+    start = tmp_path / "reconstruction.pt"
+    start.write_bytes(b"")  # only checked to be a file here; the loop reads it
+    avd = stage.options(cli.build_parser("train").parse_args(
+        ["run", "train", "--config", "tpsmm-tiny", "--data", str(taichi_root), "--out", str(out), "--stage", "avd",
+         "--checkpoint", str(start)]))
+    assert avd.stage == "avd" == avd.config.train_params.stage and avd.init_checkpoint == start
+    assert avd.config.model_params.name == "tpsmm"
+    machine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for bad, message in ((["--workers", "0"], "--workers must be at least 1, got 0"),
+                         (["--workers", str(10 * machine + 8)], "expected at most"),
+                         (["--resume", "--overwrite"], "--resume and --overwrite contradict"),
+                         (["train_params.max_steps=oops"], "max_steps")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            stage.options(parse(*bad))
+        assert not out.exists()
