@@ -47,13 +47,13 @@ def stage(*argv: str) -> None:
 def train_generators(work: Path, steps: int) -> str:
     """Every registered family's tiny config trained `steps` steps on the sample data, as `run all` does."""
     from fomm.families import NAMES
-    from stages.run_all import MODEL_CONFIGS
+    from stages.run_all import train_config
     items = []
     for family in sorted(NAMES):
         folder = work / "train" / family
         checkpoint = folder / "checkpoints" / f"step-{steps:07d}.pt"
         if not checkpoint.is_file():
-            stage("train", "--config", MODEL_CONFIGS.get(family, f"{family}-tiny"), "--model", family,
+            stage("train", "--config", train_config(family), "--model", family,
                   "--data", str(work / "data"), "--out", str(folder), "--overwrite",
                   f"train_params.max_steps={steps}", f"train_params.num_epochs={steps}",
                   "train_params.batch_size=8", f"train_params.checkpoint_every={steps}",

@@ -15,7 +15,6 @@ original first-order-model, Monkey-Net and X2Face code marks nothing.)
 """
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import logging
 import os
@@ -205,12 +204,7 @@ def save_marked_png(path: str | Path, frame: np.ndarray, generation: Generation 
     return finalize(path, generation)
 
 
-# --------------------------------------------------------------------------- command line
-def add_argument(parser: argparse.ArgumentParser) -> None:
-    """The opt-out flag, the same on every stage that writes generated media."""
-    parser.add_argument("--no-provenance", dest="provenance", action="store_false", help=OPT_OUT_HELP)
-
-
+# --------------------------------------------------------------------------- opting out
 def warn_opt_out() -> None:
     """The warning line of --no-provenance, on stderr (stdout may carry the video)."""
     print(OPT_OUT_WARNING, file=sys.stderr)

@@ -121,7 +121,9 @@ class Timings:
 
 
 def run_stage(stage: str, argv: list[str]) -> None:
-    """`pipeline run <stage> <argv>` in this process; UserError if it does not return 0."""
+    """`pipeline run <stage> <argv>` in this process, through the stage's own parser and
+    `main` (its typed `options(args)` and `run`, as the command line); UserError if it does
+    not return 0."""
     import importlib
     from stages.cli import STAGES, build_parser
     args = build_parser(stage).parse_args(["run", stage, *argv])
@@ -131,15 +133,11 @@ def run_stage(stage: str, argv: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------- the plan
-def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str], Path]]:
+def plan(args: "RunAllOptions") -> list[tuple[str, str, list[str], Path]]:
     """(name, stage, argv, output that must exist) for every stage, in order."""
     budget = BUDGETS[args.budget]
     out = Path(args.out)
-    known = families()
-    models = [m for m in args.models.split(",") if m] if args.models is not None else known
-    unknown = [m for m in models if m not in known]
-    if unknown or not models:
-        raise UserError(f"--models {args.models!r}: expected names from {known}")
+    models = args.models
     data = out / "data"
     steps = [("prepare", "prepare", ["--dataset", args.dataset, "--out", str(data), "--no-progress",
                                      *args.prepare_arg], data / "clips.parquet")]
@@ -161,7 +159,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str], Path]]:
     return steps
 
 
-def benchmark_stage(args: argparse.Namespace, models: list[str]) -> tuple[str, str, list[str], Path]:
+def benchmark_stage(args: "RunAllOptions", models: list[str]) -> tuple[str, str, list[str], Path]:
     """The benchmark of the models that trained."""
     budget, out = BUDGETS[args.budget], Path(args.out)
     spec = ",".join(f"{m}={out / 'train' / m / 'checkpoints' / f'step-{budget.steps_for(m):07d}.pt'}"
@@ -173,7 +171,36 @@ def benchmark_stage(args: argparse.Namespace, models: list[str]) -> tuple[str, s
     return "benchmark", "benchmark", bench, out / "benchmark" / "benchmark.json"
 
 
-def run(args: argparse.Namespace) -> dict:
+@dataclass(frozen=True)
+class RunAllOptions:
+    """`run all`'s options, resolved: the families checked against the registry."""
+    dataset: str
+    out: Path
+    budget: str
+    models: tuple[str, ...]
+    prepare_arg: tuple[str, ...] = ()
+    force: bool = False
+
+
+def options(args: argparse.Namespace) -> RunAllOptions:
+    """The typed options of `run all` (UserError on an unknown family, before any work)."""
+    known = families()
+    models = [m for m in args.models.split(",") if m] if args.models is not None else known
+    unknown = [m for m in models if m not in known]
+    if unknown or not models:
+        raise UserError(f"--models {args.models!r}: expected names from {known}")
+    return RunAllOptions(args.dataset, Path(args.out), args.budget, tuple(models), tuple(args.prepare_arg),
+                         bool(args.force))
+
+
+def run(options: RunAllOptions) -> dict:
+    """Every stage not yet done, with `--out` claimed; returns timings.json's content."""
+    from core import outputs
+    with outputs.claim(options.out, "all", {}, earlier=("timings.json",)):
+        return run_stages(options)
+
+
+def run_stages(args: RunAllOptions) -> dict:
     """Run every stage not yet done; returns timings.json's content."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,9 +253,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """0 when every stage is done; 1 when a model failed to train (the rest still ran)."""
-    from core import outputs
-    with outputs.claim(args.out, "all", {}, earlier=("timings.json",)):
-        data = run(args)
+    data = run(options(args))
     print(f"done in {data['total_seconds']:.0f} s; report: {Path(args.out) / 'report.html'}")
     for stage, entry in data["stages"].items():
         print(f"  {stage:<18} {entry['seconds']:8.1f} s wall {entry.get('cpu_seconds', 0):8.1f} s CPU  "

@@ -518,7 +518,7 @@ def test_run_all_logs_the_traceback_of_a_failing_stage(tmp_path, monkeypatch, ca
     args = cli.build_parser("all").parse_args(["run", "all", "--out", str(tmp_path),
                                                "--budget", "tiny", "--models", "x2face"])
     with pytest.raises(UserError, match="no model trained"):
-        run_all.run(args)
+        run_all.run(run_all.options(args))
     failed = [r for r in caplog.records if "train-x2face failed" in r.getMessage()]
     assert failed and failed[0].exc_info is not None and "Traceback" in caplog.text
 
