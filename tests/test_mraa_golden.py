@@ -6,11 +6,11 @@ The file's layout is in reference/README.md (`mraa-golden.pt`)."""
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import math
 
 import pytest
 import torch
+from golden_recipe import state_sha256
 
 from fomm.config import config_from_dict
 from fomm.mraa.model import MRAA
@@ -125,22 +125,13 @@ def rebuild(recipe: dict, layout: list, kept: dict) -> dict[str, dict[str, torch
     return out
 
 
-def digest(state: dict[str, torch.Tensor]) -> str:
-    sha = hashlib.sha256()
-    for key, tensor in state.items():
-        sha.update(key.encode())
-        sha.update(str(tuple(tensor.shape)).encode())
-        sha.update(tensor.contiguous().numpy().tobytes())
-    return sha.hexdigest()
-
-
 def test_recipe_rebuild_matches_the_stored_weights_and_digests(golden, model):
     """The weights rebuilt from recipe + layout (the AntiAlias kernels kept) have the file's
     sha256 per module and equal the stored state dict, whose names, order and shapes are
     those our modules build."""
     rebuilt = rebuild(golden["recipe"], golden["layout"], kept=golden["state_dict"])
     for name, state in rebuilt.items():
-        assert digest(state) == golden["state_dict_sha256"][name], name
+        assert state_sha256(state) == golden["state_dict_sha256"][name], name
         stored = golden["state_dict"][name]
         assert list(state) == list(stored)
         assert all(torch.equal(state[k], stored[k]) for k in state), name

@@ -10,11 +10,11 @@ everywhere as TPSMM does.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import math
 
 import pytest
 import torch
+from golden_recipe import state_sha256
 
 from fomm.tpsmm.tps import KeypointTPS, RandomTPS, traceable_solve
 
@@ -57,15 +57,6 @@ def rebuild(recipe: dict, layout: list, kept: dict) -> dict[str, dict[str, torch
             raise AssertionError(f"rule kind {kind!r} is not used by tpsmm-golden.pt")
         out[module][key] = tensor
     return out
-
-
-def state_sha256(state: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for key, tensor in state.items():
-        digest.update(key.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def golden_tree(golden: dict) -> dict:
