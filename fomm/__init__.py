@@ -1,3 +1,5 @@
-"""FOMM and its baselines: modules, losses, the training loop, the reconstruction protocol,
-the animation library and its stages (animate, stream, export); on core/, never on pipeline/.
+"""The model library: FOMM and the families around it (fomm/families.py: Monkey-Net, X2Face,
+MRAA, TPSMM, one package each), their modules and losses, the training loop, the
+reconstruction protocol, animation (file, stream, ONNX export); on core/, never on pipeline/
+or stages/.
 """

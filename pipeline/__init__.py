@@ -1,4 +1,4 @@
-"""Data stages: dataset manifests, download, crop, shards, `prepare` and `verify`; on core/.
+"""The data library: dataset manifests, download, crop, shards, `prepare` and `verify`; on core/.
 
-The command line (`cli`) and `run all` (`run_all`) sit on top of every layer.
+Their command lines are stages/prepare.py and stages/verify.py, on top of every layer.
 """
