@@ -67,6 +67,9 @@ def _sync_bn_worker(rank: int, world: int, init_file: str, batch: torch.Tensor, 
         torch.save({"out": out.detach(), "x_grad": x.grad, "weight_grad": norm.weight.grad,
                     "bias_grad": norm.bias.grad, "running_mean": norm.running_mean,
                     "running_var": norm.running_var}, f"{result_dir}/{rank}.pt")
+        # both ranks done before either tears its group down: gloo aborts a process whose peer
+        # leaves while its threads still wait ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
