@@ -619,7 +619,11 @@ def train_loop(config: Config, data_root: str | Path, out_dir: str | Path, resum
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_pairs,
                         num_workers=tp.dataloader_workers, persistent_workers=tp.dataloader_workers > 0,
                         drop_last=True, generator=torch.Generator().manual_seed(tp.seed),  # off torch's global RNG
-                        pin_memory=device.startswith("cuda"))
+                        pin_memory=device.startswith("cuda"),
+                        # workers from a clean server process, not forked from this one: a fork
+                        # of a process whose other threads (Ray, onnxruntime, pyarrow, a web app)
+                        # hold the allocator's locks can crash the child (seen: double free)
+                        multiprocessing_context="forkserver" if tp.dataloader_workers > 0 else None)
     window_start, window_steps, last = time.perf_counter(), 0, {}
     pending: list[dict[str, Any]] = []  # steps whose losses are still on the device
 
