@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from builders import write_sample
 from PIL import Image
 
 from core.config import config_to_dict
@@ -26,11 +27,7 @@ from stages import benchmark as benchmark_stage
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory) -> Path:
     """Two test clips of the built-in sample dataset (8 frames, 64 px) with their truth."""
-    from pipeline import sample
-    root = tmp_path_factory.mktemp("sample")
-    for clip in sample.sample_clips(num_train=0, num_test=2, num_frames=8, size=64):
-        assert sample.prepare_clip(clip, root)["status"] == "done"
-    return root
+    return write_sample(tmp_path_factory.mktemp("sample"), num_train=0, num_test=2)
 
 
 def _tiny_config(name: str = "fomm", size: int = 64):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from builders import random_checkpoints, write_sample
 
 from core.config import config_to_dict
 from fomm.config import config_from_dict, load_config
@@ -30,27 +30,15 @@ MODELS = ("fomm", "monkey-net")
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory) -> Path:
     """Three test clips of the built-in sample dataset (8 frames, 64 px) with their truth."""
-    from pipeline import sample
-    root = tmp_path_factory.mktemp("sample")
-    for clip in sample.sample_clips(num_train=0, num_test=3, num_frames=8, size=64):
-        assert sample.prepare_clip(clip, root)["status"] == "done"
-    return root
+    return write_sample(tmp_path_factory.mktemp("sample"), num_train=0, num_test=3)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> str:
     """`--models` of randomly initialised tiny FOMM and Monkey-Net, configs embedded."""
-    from fomm.registry import build_model
-    folder = tmp_path_factory.mktemp("checkpoints")
-    specs = []
-    for name in MODELS:
-        torch.manual_seed(0)
-        config = load_config({"fomm": "tiny"}.get(name, f"{name}-tiny"))
-        config = config_from_dict(config_to_dict(config), ["dataset_params.frame_shape=[64,64,3]"])
-        path = folder / f"{name}.pt"
-        torch.save({**build_model(config).checkpoint_state(), "config": config_to_dict(config)}, path)
-        specs.append(f"{name}={path}")
-    return ",".join(specs)
+    configs = {name: config_from_dict(config_to_dict(load_config({"fomm": "tiny"}.get(name, f"{name}-tiny"))),
+                                      ["dataset_params.frame_shape=[64,64,3]"]) for name in MODELS}
+    return random_checkpoints(tmp_path_factory.mktemp("checkpoints"), configs)
 
 
 def _argv(data: Path, models: str, out: Path, *extra: str) -> list[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from builders import random_checkpoints, write_sample
 
-from core.config import config_to_dict
 from core.errors import UserError
 from detect import scores
 from detect.xception import Xception, load_weights, reference_state
@@ -43,26 +43,13 @@ def _tiny_config(name: str):
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory) -> Path:
     """Eight clips of the sample dataset (4 identities, 8 frames at 64 px), written as prepare does."""
-    from pipeline import sample
-    root = tmp_path_factory.mktemp("sample")
-    for clip in sample.sample_clips(num_train=4, num_test=4, num_frames=8, size=64):
-        assert sample.prepare_clip(clip, root)["status"] == "done"
-    return root
+    return write_sample(tmp_path_factory.mktemp("sample"), num_train=4, num_test=4)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> str:
     """`--models` with a randomly initialised tiny model of every family, its config embedded."""
-    from fomm.registry import build_model
-    folder = tmp_path_factory.mktemp("models")
-    items = []
-    for name in FAMILIES:
-        torch.manual_seed(0)
-        config = _tiny_config(name)
-        path = folder / f"{name}.pt"
-        torch.save({**build_model(config, name).checkpoint_state(), "config": config_to_dict(config)}, path)
-        items.append(f"{name}={path}")
-    return ",".join(items)
+    return random_checkpoints(tmp_path_factory.mktemp("models"), {name: _tiny_config(name) for name in FAMILIES})
 
 
 def _fakes_argv(data: Path, models: str, out: Path, *extra: str) -> list[str]:

@@ -5,12 +5,10 @@ reconstruct), with the stored weights and with the weights rebuilt from the seed
 The file's layout is in reference/README.md (`mraa-golden.pt`)."""
 from __future__ import annotations
 
-import fnmatch
-import math
 
 import pytest
 import torch
-from golden_recipe import state_sha256
+from golden_recipe import rebuild, state_sha256
 
 from fomm.config import config_from_dict
 from fomm.mraa.model import MRAA
@@ -93,38 +91,6 @@ def close(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
 
 
 # --------------------------------------------------------------------------- weights
-def rebuild(recipe: dict, layout: list, kept: dict) -> dict[str, dict[str, torch.Tensor]]:
-    """reference/README.md's weight recipe: for module m and key i, a generator seeded with
-    seed * 100003 + 10007 m + i draws the tensor the first matching rule describes."""
-    modules = recipe["modules"]
-    out = {name: {} for name in modules}
-    for module, key, shape, dtype in layout:
-        m, i, shape = modules.index(module), len(out[module]), tuple(shape)
-        rule = next(r for r in recipe["rules"] if fnmatch.fnmatchcase(f"{module}.{key}", r["pattern"])
-                    and (r.get("ndim") is None or (len(shape) >= 2 if r["ndim"] == ">=2" else len(shape) == int(r["ndim"]))))
-        gen = torch.Generator().manual_seed(recipe["seed"] * 100003 + 10007 * m + i)
-        kind = rule["kind"]
-        if kind == "keep":
-            tensor = torch.zeros(shape, dtype=torch.int64) if dtype == "int64" else kept[module][key]
-        elif kind == "normal":
-            tensor = rule["mean"] + rule["std"] * torch.randn(shape, generator=gen, dtype=torch.float64)
-        elif kind == "uniform":
-            tensor = rule["low"] + (rule["high"] - rule["low"]) * torch.rand(shape, generator=gen, dtype=torch.float64)
-        elif kind == "unit_normal":
-            draw = torch.randn(shape, generator=gen, dtype=torch.float64)
-            tensor = draw / draw.norm()
-        elif kind == "tile_normal":
-            tile = torch.tensor(rule["tile"], dtype=torch.float64).repeat(math.prod(shape) // len(rule["tile"]))
-            tensor = tile.view(shape) + rule["std"] * torch.randn(shape, generator=gen, dtype=torch.float64)
-        elif kind == "fan_in_normal":
-            scaled = torch.randn(shape, generator=gen, dtype=torch.float64) / math.sqrt(math.prod(shape[1:]))
-            tensor = float(rule["gain"]) * scaled
-        else:
-            raise AssertionError(f"unknown rule kind {kind}")
-        out[module][key] = tensor
-    return out
-
-
 def test_recipe_rebuild_matches_the_stored_weights_and_digests(golden, model):
     """The weights rebuilt from recipe + layout (the AntiAlias kernels kept) have the file's
     sha256 per module and equal the stored state dict, whose names, order and shapes are

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import write_sample
 
 from core.config import config_to_dict
 from core.media import probe
@@ -111,11 +112,7 @@ def test_reconstruct_rejects_missing_checkpoint_and_data(test_root, checkpoint, 
 @pytest.fixture
 def sample_root(tmp_path) -> Path:
     """Three test clips of the built-in sample dataset (8 frames, 64 px)."""
-    from pipeline import sample
-    root = tmp_path / "sample"
-    for clip in sample.sample_clips(num_train=0, num_test=3, num_frames=8, size=64):
-        assert sample.prepare_clip(clip, root)["status"] == "done"
-    return root
+    return write_sample(tmp_path / "sample", num_train=0, num_test=3)
 
 
 # `reconstruct` in a child process that SIGKILLs itself while writing the 4th frame of the

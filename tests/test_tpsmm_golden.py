@@ -9,12 +9,10 @@ everywhere as TPSMM does.
 """
 from __future__ import annotations
 
-import fnmatch
-import math
 
 import pytest
 import torch
-from golden_recipe import state_sha256
+from golden_recipe import rebuild, state_sha256
 
 from fomm.tpsmm.tps import KeypointTPS, RandomTPS, traceable_solve
 
@@ -25,40 +23,6 @@ MODES = ("absolute_bg", "absolute", "relative", "avd")
 
 
 # --------------------------------------------------------------------------- the recipe
-def rebuild(recipe: dict, layout: list, kept: dict) -> dict[str, dict[str, torch.Tensor]]:
-    """The reference README's weight recipe: tensor i of module m drawn from a generator
-    seeded seed * 100003 + 10007 m + i by the first rule that matches '<module>.<key>'."""
-    def applies(rule, name, shape):
-        ndim = rule.get("ndim")
-        ok = ndim is None or (len(shape) >= 2 if ndim == ">=2" else len(shape) == int(ndim))
-        return ok and fnmatch.fnmatchcase(name, rule["pattern"])
-
-    out = {module: {} for module in recipe["modules"]}
-    for module, key, shape, dtype in layout:
-        m, i, shape = recipe["modules"].index(module), len(out[module]), tuple(shape)
-        rule = next(r for r in recipe["rules"] if applies(r, f"{module}.{key}", shape))
-        g = torch.Generator().manual_seed(recipe["seed"] * 100003 + 10007 * m + i)
-        kind = rule["kind"]
-        if kind == "keep":
-            tensor = torch.zeros(shape, dtype=torch.int64) if dtype == "int64" else kept[module][key]
-        elif kind == "normal":
-            tensor = rule["mean"] + rule["std"] * torch.randn(shape, generator=g, dtype=torch.float64)
-        elif kind == "uniform":
-            tensor = rule["low"] + (rule["high"] - rule["low"]) * torch.rand(shape, generator=g, dtype=torch.float64)
-        elif kind == "tile_normal":
-            tile = torch.tensor(rule["tile"], dtype=torch.float64)
-            base = tile.repeat(math.prod(shape) // len(rule["tile"])).view(shape)
-            tensor = base + rule["std"] * torch.randn(shape, generator=g, dtype=torch.float64)
-        elif kind == "fan_in_normal":
-            gain = torch.full((shape[0],) + (1,) * (len(shape) - 1), float(rule["gain"]), dtype=torch.float64)
-            # gain * (randn / sqrt(fan_in)), in this order: the digest sees every rounding
-            tensor = gain * (torch.randn(shape, generator=g, dtype=torch.float64) / math.sqrt(math.prod(shape[1:])))
-        else:
-            raise AssertionError(f"rule kind {kind!r} is not used by tpsmm-golden.pt")
-        out[module][key] = tensor
-    return out
-
-
 def golden_tree(golden: dict) -> dict:
     """The reduced vox-256.yaml the golden file ran, as an original TPSMM yaml tree."""
     sections = ("dataset_params", "model_params", "train_params", "train_avd_params", "visualizer_params")
