@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Union
 
 from core.errors import UserError
-from core.writer_lock import FORBIDDEN_ROOTS, LOCK_NAME, MIN_FREE_BYTES, check_out_dir, free_bytes, writer_lock
+from core.writer_lock import FORBIDDEN_ROOTS, LOCK_NAME, check_out_dir, check_room, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +106,9 @@ def check_out_file(out: str | os.PathLike, inputs: Inputs = {}, flag: str = "--o
                         "file path, not a link")
     if path.is_dir():
         raise UserError(f"{flag} {str(out)!r} is a folder; expected a file name")
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UserError(f"{flag} {str(out)!r}: {str(folder)!r} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UserError(f"{flag} {str(out)!r}: {str(path if path.exists() else folder)!r} is not writable")
-    free = free_bytes(folder)
-    if free < MIN_FREE_BYTES:
-        raise UserError(f"{flag} {str(out)!r}: its file system has {free / 2**20:.1f} MiB free; "
-                        f"expected at least {MIN_FREE_BYTES // 2**20} MiB")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {str(out)!r}: {str(path)!r} is not writable")
+    check_room(out, flag, path.parent)
     return path
 
 

@@ -59,7 +59,14 @@ def check_out_dir(out: Path, flag: str = "--out") -> Path:
                             f"normal file system")
     if resolved.exists() and not resolved.is_dir():
         raise UserError(f"{flag} {str(out)!r} is a file; expected a folder (new or existing)")
-    ancestor = resolved
+    check_room(out, flag, resolved)
+    return resolved
+
+
+def check_room(out, flag: str, place: Path) -> None:
+    """UserError unless the nearest existing path at or above `place` is a writable folder on a
+    file system with MIN_FREE_BYTES free (what a stage writing at `place` needs)."""
+    ancestor = place
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
@@ -70,7 +77,6 @@ def check_out_dir(out: Path, flag: str = "--out") -> Path:
     if free < MIN_FREE_BYTES:
         raise UserError(f"{flag} {str(out)!r}: its file system has {free / 2**20:.1f} MiB free; "
                         f"expected at least {MIN_FREE_BYTES // 2**20} MiB")
-    return resolved
 
 
 def _holder(path: Path) -> str:

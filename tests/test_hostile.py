@@ -185,10 +185,8 @@ class Ctx:
     _undo: list
 
     def full_disk(self) -> None:
-        import core.outputs
-        import core.writer_lock
+        import core.writer_lock  # every stage's free-space check (check_room) reads it there
         self.monkeypatch.setattr(core.writer_lock, "free_bytes", lambda folder: 4096)
-        self.monkeypatch.setattr(core.outputs, "free_bytes", lambda folder: 4096)
 
     def checkpoint(self, name: str, change: Callable[[dict], None], config: bool = False) -> Path:
         """The tiny model's checkpoint (released layout, or with its config) after `change`."""
