@@ -390,23 +390,33 @@ def fp32_only_note(alone: list[dict]) -> str:
 # --------------------------------------------------------------------------- error budget
 def error_budget(model, frames: np.ndarray, label: str, paths: tuple[str, ...] | None = None) -> list[dict]:
     """Per frame |path - fp32| of the animated frames (prediction in [0, 1]) for each fast
-    path (default: auto and every path this CPU runs natively): the worst frame's mean and
-    99th percentile, in 1/255 units, and whether the budget holds."""
+    path (default: auto and every path this CPU runs natively, and int8 calibrated on the
+    first batch alone, as it was before calibrations sampled the clip): the worst frame's
+    mean and 99th percentile, in 1/255 units, and whether the budget holds. int8 paths
+    calibrate as `pipeline run animate` does, on CALIBRATION_FRAMES frames spread over the
+    clip; auto's batches beyond the calibrated ranges run its float path (counted)."""
     from core.devices import cpu_has_native_bf16, resolve
     from core.frames import to_tensor
-    from core.quantize import BUDGET_MEAN, BUDGET_P99, frame_errors
-    from fomm.animation import AnimateOptions, Animator
+    from core.quantize import BUDGET_MEAN, BUDGET_P99, forget_calibrations, frame_errors
+    from fomm.animation import CALIBRATION_FRAMES, AnimateOptions, Animator
+    int8 = resolve("auto", "cpu").int8
     if paths is None:
-        paths = ("auto",) + (("bf16",) if cpu_has_native_bf16() else ()) + (("int8",) if resolve("auto", "cpu").int8
-                                                                             else ())
+        paths = ("auto",) + (("bf16",) if cpu_has_native_bf16() else ()) + (("int8", "int8 first batch") if int8 else ())
     images = to_tensor(frames, CPU)
     source, driving = images[:1], images[1:]
+    spread = np.linspace(0, len(driving) - 1, min(CALIBRATION_FRAMES, len(driving))).round().astype(int)
     outputs, ran = {}, {}
+    model.calibration_store = None  # each int8 path calibrates afresh, as asked, not from a stored one
     for name in ("fp32",) + tuple(paths):
-        animator = Animator(model, source, driving[:1], AnimateOptions(precision=name, adapt_scale=True), CPU)
+        asked = name.split()[0]
+        forget_calibrations()
+        animator = Animator(model, source, driving[:1], AnimateOptions(precision=asked, adapt_scale=True), CPU)
+        if name == asked:
+            animator.calibrate([frames[1 + i] for i in spread])
         size = animator.batch_size
         outputs[name] = torch.cat([animator(driving[i:i + size])["prediction"] for i in range(0, len(driving), size)])
-        ran[name] = str(animator.precision)
+        ran[name] = str(animator.precision) + (f" ({animator.frames_outside} frames beyond the calibrated ranges ran "
+                                               f"{animator.precision.fallback})" if animator.frames_outside else "")
     rows = []
     for name in paths:
         means, p99 = frame_errors(outputs[name], outputs["fp32"])

@@ -21,7 +21,20 @@ region is traced to ONNX with a dynamic batch axis and quantised statically: int
 with a scale per output channel (symmetric), uint8 activations with a scale and zero point
 per tensor from the min / max seen on real frames (the calibration); the ReLUs, pools,
 upsamplings, concatenations and additions between its convolutions stay in int8 (QDQ
-pairs that onnxruntime fuses into its integer kernels).
+pairs that onnxruntime fuses into its integer kernels). A region's 4-D inputs and outputs
+are NHWC in its graph (a transpose at each end): onnxruntime runs its integer convolutions
+NHWC and cancels those transposes against its own, and torch's channels_last tensors are
+NHWC in memory, so a region boundary copies nothing (NCHW boundaries cost four copies of
+every tensor crossing them: 1.6x the time of the widest region, benchmarks/RESULTS.md).
+
+The calibration frames should be spread over the driving clip (fomm.animation does that
+for a file): activation ranges from the first frames alone clip the later ones when the
+head moves further (on a tiny FOMM trained on real faces, p99 4.9/255 on later frames with
+ranges from the first four, 2.4/255 with ranges from eight spread over the clip). The
+ranges of each region's inputs are stored with the calibration; while `range_guard` is
+on (auto's int8), a region whose input leaves its range by more than GUARD of the range's
+width raises OutOfRange before running, and the caller runs that batch on its float path
+(a driving clip the calibration never saw, a stream's later frames).
 
 The calibration is stored as a folder of ONNX graphs (protobuf: tensors and operator names,
 parsed by onnxruntime, nothing in it is executed as Python code, unlike a pickle) and a
@@ -32,6 +45,7 @@ place, so a reader sees all of it or none.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import json
@@ -52,7 +66,8 @@ from core.devices import CACHE_DIR, cpu_has_native_int8, module_copy
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+# 2: NHWC region boundaries and the calibrated input ranges (a format-1 calibration is redone)
+FORMAT = 2
 MANIFEST = "manifest.json"
 SHA_MEMO = "checkpoint.sha256.json"
 OPSET = 17
@@ -67,6 +82,11 @@ MIN_INT8_CHANNELS = 16
 # The error budget of a fast path against fp32 (issue 12): per frame, mean and 99th
 # percentile of |fast - fp32| over the predicted pixels in [0, 1].
 BUDGET_MEAN, BUDGET_P99 = 1 / 255, 4 / 255
+# How far (a fraction of the calibrated range's width) a region's input may leave the range
+# its calibration saw before the batch runs on the float path instead (`range_guard`). On
+# the tiny trained FOMM of the docstring, batches whose bottleneck input left its first-batch
+# range by 9 % stayed within the budget (p99 <= 1.6/255) and those that left it by 32 % broke it.
+GUARD = 0.1
 
 
 # --------------------------------------------------------------------------- the budget
@@ -379,8 +399,55 @@ def _quantise_region(module: nn.Module, name: str, seen: _Calls, folder: Path, i
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     finally:
         float_file.unlink(missing_ok=True)
+    nhwc_in = [a.ndim == 4 for a in first]
+    nhwc_out = [o.dim() == 4 for o in ([outputs] if seen.output_kind == "tensor" else outputs)]
+    _nhwc_boundaries(int8_file, nhwc_in, nhwc_out)
+    ranges = [[float(min(call[i].min() for call in seen.inputs)), float(max(call[i].max() for call in seen.inputs))]
+              for i in range(len(first))]
     return {"module": name, "file": int8_file.name, "outputs": seen.output_kind, "count": count,
+            "nhwc_inputs": nhwc_in, "nhwc_outputs": nhwc_out, "input_ranges": ranges,
             "sha256": file_sha256(int8_file)}
+
+
+def _nhwc_boundaries(path: Path, inputs: Sequence[bool], outputs: Sequence[bool]) -> None:
+    """Rewrite the graph at `path` so that its flagged (4-D) inputs and outputs are NHWC: a
+    transpose to NCHW after each such input, one to NHWC before each such output; the
+    tensors keep their names (onnxruntime's optimiser cancels these transposes against the
+    ones it puts around its NHWC integer convolutions)."""
+    import onnx
+    from onnx import helper
+    model = onnx.load(str(path))
+    graph = model.graph
+
+    def rename_uses(old: str, new: str) -> None:
+        for node in graph.node:
+            node.input[:] = [new if name == old else name for name in node.input]
+
+    for flag, value in zip(inputs, graph.input):
+        if flag:
+            inner = f"{value.name}.nchw"
+            rename_uses(value.name, inner)
+            graph.node.insert(0, helper.make_node("Transpose", [value.name], [inner], perm=[0, 3, 1, 2]))
+            _permute_shape(value, (0, 2, 3, 1))
+    for flag, value in zip(outputs, graph.output):
+        if flag:
+            inner = f"{value.name}.nchw"
+            rename_uses(value.name, inner)
+            for node in graph.node:
+                node.output[:] = [inner if name == value.name else name for name in node.output]
+            graph.node.append(helper.make_node("Transpose", [inner], [value.name], perm=[0, 2, 3, 1]))
+            _permute_shape(value, (0, 2, 3, 1))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _permute_shape(value, order: tuple[int, ...]) -> None:
+    """Reorder the dimensions of a graph input's or output's declared shape."""
+    dims = [type(d)() for d in value.type.tensor_type.shape.dim]
+    for new, d in zip(dims, value.type.tensor_type.shape.dim):
+        new.CopyFrom(d)
+    del value.type.tensor_type.shape.dim[:]
+    value.type.tensor_type.shape.dim.extend([dims[i] for i in order])
 
 
 @contextlib.contextmanager
@@ -409,17 +476,59 @@ class _Listed(nn.Module):
 
 
 # --------------------------------------------------------------------------- running a calibration
-class OnnxRegion(nn.Module):
-    """A region of the model run by onnxruntime: tensors in, a tensor or a list out (fp32, on CPU)."""
+class OutOfRange(Exception):
+    """A region's input left the range its calibration saw (under `range_guard`)."""
 
-    def __init__(self, session, outputs: str, name: str):
+    def __init__(self, region: str, beyond: float):
+        super().__init__(f"an input of {region} leaves its calibrated range by {beyond:.0%} of its width")
+        self.region, self.beyond = region, beyond
+
+
+_GUARDED = contextvars.ContextVar("int8_range_guard", default=False)
+
+
+@contextlib.contextmanager
+def range_guard(on: bool = True):
+    """While on, regions raise OutOfRange for inputs beyond their calibrated ranges (GUARD)."""
+    token = _GUARDED.set(on)
+    try:
+        yield
+    finally:
+        _GUARDED.reset(token)
+
+
+def beyond_range(tensor: torch.Tensor, low: float, high: float) -> float:
+    """How far `tensor`'s values leave [low, high], as a fraction of its width (0 inside).
+    `tensor` should be contiguous: torch's aminmax over a channels_last layout is 20x slower
+    than over the same memory flat."""
+    smallest, largest = torch.aminmax(tensor.detach().reshape(-1))
+    width = max(high - low, 1e-12)
+    return max(0.0, (low - float(smallest)) / width, (float(largest) - high) / width)
+
+
+class OnnxRegion(nn.Module):
+    """A region of the model run by onnxruntime: tensors in, a tensor or a list out (fp32, on
+    CPU); 4-D tensors cross as NHWC (channels_last tensors without a copy)."""
+
+    def __init__(self, session, entry: dict):
         super().__init__()
-        self.session, self.outputs, self.region = session, outputs, name
+        self.session, self.outputs, self.region = session, entry["outputs"], entry["module"]
         self.input_names = [i.name for i in session.get_inputs()]
+        self.nhwc_inputs, self.nhwc_outputs = entry["nhwc_inputs"], entry["nhwc_outputs"]
+        self.input_ranges = entry["input_ranges"]
 
     def forward(self, *inputs: torch.Tensor):
-        results = self.session.run(None, {n: _numpy(t) for n, t in zip(self.input_names, inputs)})
-        tensors = [torch.from_numpy(r) for r in results]
+        # the graph's layout (a channels_last tensor's NHWC view is contiguous: no copy)
+        inputs = [(t.permute(0, 2, 3, 1) if nhwc else t).detach().float().contiguous()
+                  for t, nhwc in zip(inputs, self.nhwc_inputs)]
+        if _GUARDED.get():
+            beyond = max(beyond_range(t, *r) for t, r in zip(inputs, self.input_ranges))
+            if beyond > GUARD:
+                raise OutOfRange(self.region, beyond)
+        feed = {name: t.cpu().numpy() for name, t in zip(self.input_names, inputs)}
+        results = self.session.run(None, feed)
+        tensors = [torch.from_numpy(r).permute(0, 3, 1, 2) if nhwc else torch.from_numpy(r)
+                   for r, nhwc in zip(results, self.nhwc_outputs)]
         return tensors[0] if self.outputs == "tensor" else tensors
 
     def __deepcopy__(self, memo):  # sessions cannot be copied; the graph is read-only
@@ -449,6 +558,12 @@ class Calibration:
             path = folder / entry["file"]
             if Path(entry["file"]).name != entry["file"] or file_sha256(path) != entry["sha256"]:
                 raise ValueError(f"{path}: not the graph the manifest names (sha256 differs)")
+            ranges, flags = entry["input_ranges"], entry["nhwc_inputs"] + entry["nhwc_outputs"]
+            if not (all(isinstance(flag, bool) for flag in flags) and len(ranges) == len(entry["nhwc_inputs"])
+                    and all(len(pair) == 2 and all(isinstance(v, float) and np.isfinite(v) for v in pair)
+                            for pair in ranges)):
+                raise ValueError(f"{folder / MANIFEST}: region {entry['module']!r} has no valid layout and "
+                                 "input ranges (expected booleans and finite [low, high] pairs)")
         return cls(folder, manifest)
 
     def apply(self, model: nn.Module, threads: int | None = None) -> nn.Module:
@@ -463,7 +578,7 @@ class Calibration:
         for entry in self.manifest["regions"]:
             session = ort.InferenceSession(str(self.folder / entry["file"]), options,
                                            providers=["CPUExecutionProvider"])
-            _set_submodule(model, entry["module"], OnnxRegion(session, entry["outputs"], entry["module"]))
+            _set_submodule(model, entry["module"], OnnxRegion(session, entry))
         return model
 
 
@@ -474,11 +589,12 @@ def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable
 
     `detect()` runs motion detection and transfer for the calibration frames (what it calls
     stays float), `generate(model, frames)` the generation of the frames `frames` (a slice
-    of the `frames` calibration frames) with `model`, returning the predictions. The first
-    half of the frames (at least one) calibrates the activation ranges; the budget is
-    measured on the other half (on the one frame when there is only one), frames the
-    ranges did not see. With a `store` the calibration is written there for later runs.
-    None when the model has no region to run in int8.
+    of the `frames` calibration frames) with `model`, returning the predictions. Every
+    other frame (0, 2, 4, ...) calibrates the activation ranges; the budget is measured on
+    the frames between them (1, 3, ...; the one frame when there is only one), frames the
+    ranges did not see: with calibration frames spread over a clip, both halves span it.
+    With a `store` the calibration is written there for later runs. None when the model
+    has no region to run in int8.
     """
     fingerprint = weights_fingerprint(model) if store is None else None
     if fingerprint in _REMEMBERED:  # the same weights calibrated before in this process
@@ -487,8 +603,8 @@ def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable
         for name, region in regions:
             _set_submodule(quantised, name, region)
         return quantised, budget
-    split = max(1, frames // 2)
-    seen, check = slice(0, split), slice(split if frames > 1 else 0, frames)
+    seen, check = slice(0, frames, 2), slice(1 if frames > 1 else 0, frames, 2)
+    split = len(range(*seen.indices(frames)))
     recorder = Recorder(model)
     try:
         with torch.inference_mode():
@@ -530,6 +646,11 @@ def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable
 # code), by `weights_fingerprint`, for the rest of the process: a second Animator on the same
 # model (a stream's warm-up and live loop, a test's several) reuses the first one's graphs.
 _REMEMBERED: dict[str, tuple[list[tuple[str, nn.Module]], Budget]] = {}
+
+
+def forget_calibrations() -> None:
+    """Drop the process's remembered calibrations (a benchmark comparing ways of calibrating)."""
+    _REMEMBERED.clear()
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -50,6 +50,11 @@ LAYOUTS = ("result", "side-by-side")
 OUTPUT_SUFFIXES = (".mp4", ".gif")
 # The animation modes of MRAA's and TPSMM's demos (standard = absolute motion).
 MODES = ("standard", "relative", "avd")
+# Driving frames an int8 calibration sees, spread over the clip (every other one sets the
+# activation ranges, the frames between them measure the error budget); as many as a batch
+# saw before, so the first run costs what it did (a 1.6x larger sample moved the tiny
+# trained model's worst p99 from 2.4 to 2.3/255: core/quantize.py).
+CALIBRATION_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -221,8 +226,11 @@ class Animator:
         self.paste_back = paste_back
         self.smoother = smoothing.for_model(model, self.motion_initial, fps, options.smooth_strength) \
             if options.smooth else None
-        # int8: the stored calibration of the weights, else one from the first driving batch
+        # int8: the stored calibration of the weights, else one on driving frames (`calibrate`:
+        # frames spread over the clip; else the first driving batch)
         self.calibration = getattr(model, "calibration_store", None)  # set by load_animation_model
+        self.float_model = model  # what a batch outside the calibrated ranges runs (auto's int8)
+        self.frames_outside = 0   # frames that did
         self.calibrating = self.precision.int8 and not self._stored_int8()
 
     @classmethod
@@ -267,7 +275,7 @@ class Animator:
             return False
         try:
             stored = quantize.Calibration.read(found)
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, TypeError) as err:
             logger.warning("int8: calibration %s unreadable (%s); calibrating again", found, err)
             return False
         self._use_int8(stored.budget, lambda: stored.apply(precision.module_copy(self.model)))
@@ -278,8 +286,22 @@ class Animator:
         if self.precision.int8:
             self.model = quantised()
 
+    @property
+    def guarded(self) -> bool:
+        """Whether batches outside the calibration's ranges run on the float path: auto's
+        int8 (int8 asked for by name runs every batch in int8)."""
+        return self.precision.int8 and self.precision.budget_decides
+
+    def calibrate(self, frames: Sequence[np.ndarray]) -> None:
+        """Calibrate int8 on these driving frames ((H, W, 3) uint8 at the model's size) before
+        the first batch, when the path is int8 without a stored calibration: frames spread
+        over the clip (`prepare` samples them) see the motion's whole range, where the first
+        batch sees its start only."""
+        if self.calibrating:
+            self._calibrate(self.precision.prepare_input(to_tensor(np.stack(frames), self.device)))
+
     def _calibrate(self, driving: torch.Tensor) -> None:
-        """The int8 calibration on this driving batch (core/quantize.calibrate), stored for
+        """The int8 calibration on these driving frames (core/quantize.calibrate), stored for
         the next run when the weights came from a checkpoint."""
         batch, motions = driving.shape[0], {}
 
@@ -312,14 +334,32 @@ class Animator:
             self._calibrate(driving)
         with self.precision.context():
             motion_driving, transferred = self.motion(driving, valid)
-            batch = driving.shape[0]
-            out = self.model.generate(self.source.expand(batch, -1, -1, -1),
-                                      expand_motion(self.motion_source, batch), transferred)
+            out = self._generate(transferred)
         from fomm.checkpoint import check_finite_output
         prediction = out["prediction"].float()
-        check_finite_output(prediction, self, f"a batch of {batch} driving frames")
+        check_finite_output(prediction, self, f"a batch of {driving.shape[0]} driving frames")
         return {"prediction": prediction, "motion_driving": motion_driving,
                 "motion_transferred": transferred}
+
+    def _generate(self, transferred: Motion) -> dict[str, torch.Tensor]:
+        """The generator's outputs for a batch's transferred motion; under auto's int8 a batch
+        whose int8 regions would see inputs beyond their calibrated ranges runs on the float
+        path (quantize.range_guard), with a warning the first time."""
+        batch = next(iter(transferred.values())).shape[0]
+        inputs = (self.source.expand(batch, -1, -1, -1), expand_motion(self.motion_source, batch), transferred)
+        if not self.guarded:
+            return self.model.generate(*inputs)
+        try:
+            with quantize.range_guard():
+                return self.model.generate(*inputs)
+        except quantize.OutOfRange as err:
+            fallback = self.precision.fallback
+            if not self.frames_outside:
+                logger.warning("int8: %s (driving frames unlike the calibration's); such batches run %s",
+                               err, fallback)
+            self.frames_outside += batch
+            with fallback.autocast():
+                return self.float_model.generate(*inputs)
 
     def predict(self, driving: Sequence[np.ndarray], valid: int | None = None) -> tuple[np.ndarray, dict]:
         """(B, H, W, 3) uint8 predictions for driving frames (H, W, 3) uint8, and the model's
@@ -445,7 +485,7 @@ def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
 
     source_box = source_crop.source_box(source_image, options.crop, options.crop_increase)
     source = source_crop.prepare(source_image, source_box, size)  # (H, W, 3) uint8
-    driving_box = None
+    driving_box, sampled = None, None
     if options.crop != "none":
         sampled = source_crop.sample_frames(driving_path, info.num_frames, end=end)
         driving_box = source_crop.driving_box(sampled, options.crop, options.crop_increase)
@@ -459,6 +499,12 @@ def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
         paste_back = source_crop.PasteBack(source_image, source_box, even=out_path.suffix.lower() == ".mp4")
     animator = Animator.from_frames(model, source, initial, options, model_device(model), config,
                                     paste_back=paste_back, fps=info.fps)
+    if animator.calibrating:  # int8 without a stored calibration: on frames spread over the clip
+        if sampled is None or len(sampled) < min(CALIBRATION_FRAMES, end):
+            sampled = source_crop.sample_frames(driving_path, info.num_frames, CALIBRATION_FRAMES, end=end)
+        chosen = np.linspace(0, len(sampled) - 1, min(CALIBRATION_FRAMES, len(sampled))).round().astype(int)
+        if len(chosen):  # none decodable: the loop says so (or calibrates on what it reads)
+            animator.calibrate([source_crop.prepare(sampled[i], driving_box, size) for i in chosen])
     has_audio = options.audio and info.has_audio and out_path.suffix.lower() == ".mp4"
     return AnimationPlan(model, config, driving_path, out_path, options, info.fps, end, has_audio,
                          driving_box, best, animator)
@@ -489,6 +535,9 @@ def run_plan(plan: AnimationPlan, progress: Progress | None = None) -> Animation
             if plan.has_audio:
                 video_path.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
+    if plan.animator.frames_outside:
+        logger.info("int8: %d of %d frames ran %s, outside the calibrated ranges", plan.animator.frames_outside,
+                    done, plan.animator.precision.fallback)
     logger.info("animate: %d frames at %.2f fps -> %s in %.1f s (%.1f frames/s)",
                 done, plan.fps, plan.out_path, seconds, done / max(seconds, 1e-9))
     return AnimationResult(plan.out_path, done, plan.fps, plan.best_frame, seconds, plan.has_audio,

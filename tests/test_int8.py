@@ -175,3 +175,105 @@ def test_auto_falls_back_to_float_when_the_budget_breaks(trained, frames, vnni, 
     asked, _ = animate(model, frames, "int8")  # asked for: int8 stays, with a warning
     assert asked.precision.int8 and regions_of(asked.model)
     assert "running int8 as asked" in caplog.text
+
+
+# --------------------------------------------------------------------------- a whole clip
+def clip_plan(model, config, shared_data, tmp_path, precision: str, frames: int = 48):
+    """fomm.animation.prepare on the real clip d12.mp4 (its first `frames` frames), the real
+    portrait fomm-demo/02.png as the source: what `pipeline run animate` builds."""
+    from fomm.animation import prepare
+    options = AnimateOptions(precision=precision, adapt_scale=True, max_frames=frames)
+    return prepare(model, config, shared_data / "faces/fomm-demo/02.png", shared_data / "faces/liveportrait/d12.mp4",
+                   tmp_path / f"{precision}.mp4", options)
+
+
+def clip_outputs(plan) -> torch.Tensor:
+    """The plan's predictions for every frame it animates, batch after batch, as run_plan feeds them."""
+    size = tuple(plan.config.dataset_params.frame_shape[:2])
+    frames = [source_crop.prepare(f, None, size) for f in iter_frames(plan.driving_path, 0, plan.num_frames)]
+    step = plan.animator.batch_size
+    return torch.cat([plan.animator(to_tensor(np.stack(frames[i:i + step]), CPU))["prediction"]
+                      for i in range(0, len(frames), step)])
+
+
+def test_auto_calibrates_on_frames_spread_over_the_clip_within_the_budget(checkpoint, shared_data, vnni, tmp_path,
+                                                                          monkeypatch):
+    """The default path on a model trained on real faces, over a whole real clip: int8
+    calibrated on frames spread over it (not its first batch), every frame within the budget."""
+    from fomm import animation
+    config, path = checkpoint
+    model = load_animation_model(config, path, CPU)
+    seen = []
+    real = animation.Animator.calibrate
+    monkeypatch.setattr(animation.Animator, "calibrate", lambda self, frames: seen.append(frames) or real(self, frames))
+    plan = clip_plan(model, config, shared_data, tmp_path, "auto")
+    assert plan.animator.precision.int8 and regions_of(plan.animator.model)
+    size = tuple(config.dataset_params.frame_shape[:2])
+    clip = [source_crop.prepare(f, None, size) for f in iter_frames(plan.driving_path, 0, plan.num_frames)]
+    spread = np.linspace(0, plan.num_frames - 1, animation.CALIBRATION_FRAMES).round().astype(int)
+    assert len(seen) == 1 and len(seen[0]) == animation.CALIBRATION_FRAMES
+    assert all(np.array_equal(frame, clip[i]) for frame, i in zip(seen[0], spread)), "not the clip's spread frames"
+    manifest = json.loads(next(path.with_name(path.name + ".int8").glob("*/manifest.json")).read_text())
+    assert manifest["calibration_frames"] == animation.CALIBRATION_FRAMES // 2
+
+    default = clip_outputs(plan)
+    fp32 = clip_outputs(clip_plan(load_animation_model(config, path, CPU), config, shared_data, tmp_path, "fp32"))
+    means, p99 = quantize.frame_errors(default, fp32)
+    assert len(means) == 48
+    assert means.max() <= 1 / 255 and p99.max() <= 4 / 255, (means.max() * 255, p99.max() * 255)
+    assert (default - fp32).abs().max() > 1e-4  # the int8 kernels did run
+
+
+def test_a_batch_beyond_the_calibrated_ranges_runs_on_the_float_path(checkpoint, frames, vnni, monkeypatch, caplog):
+    config, path = checkpoint
+    model = load_animation_model(config, path, CPU)
+    animator, inside = animate(model, frames, "auto")
+    assert animator.guarded and animator.frames_outside == 0
+    _, bf16 = animate(model, frames, "bf16")
+    assert (inside - bf16).abs().max() > 1e-4  # int8 ran
+    # every input counts as outside its range: the batch runs on auto's float path, bf16
+    monkeypatch.setattr(quantize, "GUARD", -1.0)
+    with caplog.at_level(logging.WARNING, logger="fomm.animation"):
+        outside = animator(frames[1:])["prediction"]
+        animator(frames[1:])
+    torch.testing.assert_close(outside, bf16, atol=1e-6, rtol=0)
+    assert animator.frames_outside == 2 * (len(frames) - 1) and animator.precision.int8
+    warned = [r.message for r in caplog.records if "calibrated range" in r.message]
+    assert len(warned) == 1 and "run bf16" in warned[0], warned
+    # int8 asked for by name runs int8 whatever the inputs
+    asked, forced = animate(load_animation_model(config, path, CPU), frames, "int8")
+    assert not asked.guarded and asked.frames_outside == 0
+    torch.testing.assert_close(forced, inside, atol=1e-6, rtol=0)
+
+
+def test_region_boundaries_are_nhwc_and_take_channels_last_tensors_without_a_copy(checkpoint, frames, vnni):
+    config, path = checkpoint
+    animator, _ = animate(load_animation_model(config, path, CPU), frames, "int8")
+    region = animator.model.get_submodule("generator.bottleneck")
+    width = animator.float_model.generator.bottleneck[0].conv1.in_channels
+    folder = next(path.with_name(path.name + ".int8").glob("*/"))
+    entry = next(e for e in json.loads((folder / "manifest.json").read_text())["regions"]
+                 if e["module"] == "generator.bottleneck")
+    declared = [d.dim_value or d.dim_param for d in onnx.load(folder / entry["file"]).graph.input[0].type.tensor_type.shape.dim]
+    assert len(declared) == 4 and declared[3] == width and entry["nhwc_inputs"] == [True]  # N H W C
+    x = torch.rand(2, width, 16, 16).contiguous(memory_format=torch.channels_last)
+    fed = {}
+    session = region.session
+
+    class Spy:
+        def run(self, names, feed):
+            fed.update(feed)
+            return session.run(names, feed)
+    region.session = Spy()
+    out = region(x)
+    (array,) = fed.values()
+    assert array.shape == (2, 16, 16, width) and array.ctypes.data == x.data_ptr()  # the same memory
+    assert out.shape == (2, width, 16, 16) and out.is_contiguous(memory_format=torch.channels_last)
+    region.session = session
+
+
+def test_beyond_range_is_the_fraction_of_the_width_outside():
+    values = torch.tensor([[-1.0, 0.5], [2.0, 3.0]])
+    assert quantize.beyond_range(values, -1.0, 3.0) == 0.0
+    assert quantize.beyond_range(values, 0.0, 2.0) == pytest.approx(0.5)  # 1 below, 1 above a width of 2
+    assert quantize.beyond_range(values, -2.0, 2.0) == pytest.approx(0.25)
