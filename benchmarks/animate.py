@@ -17,8 +17,10 @@ calibration can be stored beside it; speed does not depend on the values).
      time through the keypoint detector, `normalize_kp` and the generator, the frames
      collected in memory and written at the end (`python -m benchmarks.animate --demo-loop`);
    - `pipeline run animate` with its defaults (`--precision auto`), first on a checkpoint
-     without a stored int8 calibration (it calibrates and stores it), then with it stored
-     (every later run); then each forced path, and `--compile` on the best float path
+     without a stored int8 calibration (it calibrates and stores it), then with it stored on
+     inputs new to it (auto checks it against fp32 on two of their frames, fomm.animation
+     .Animator.verify), then on the same inputs again (every later run: the check's verdict
+     is kept); then each forced path, and `--compile` on the best float path
      (inductor's cache warmed by an uncounted run first; the cold compile is a row of its own).
    Every variant runs once per round, rounds repeat `--repeats` times (interleaved, so a load
    that comes and goes hits every row alike); `x demo loop` is the median over rounds of the
@@ -201,6 +203,9 @@ def chosen_path(log: str) -> str:
     return "; ".join(said[:1] + fell_back[:1]) or "-"
 
 
+VERIFYING = "animate, defaults, inputs new to the stored calibration (checks it on 2 of their frames)"
+
+
 def process_rows(checkpoint: Path, clip: Path, frames: int, repeats: int, tmp: Path, compile_rows: bool = True
                  ) -> list[dict]:
     from core.devices import cpu_has_native_bf16, resolve
@@ -212,6 +217,7 @@ def process_rows(checkpoint: Path, clip: Path, frames: int, repeats: int, tmp: P
     if auto.int8:
         runs.append(("animate, defaults, first run on the checkpoint (calibrates int8)",
                      animate_command("fomm", checkpoint, clip, tmp / "first.mp4"), {}))
+        runs.append((VERIFYING, animate_command("fomm", checkpoint, clip, tmp / "verify.mp4"), {}))
     runs.append(("animate, defaults (--precision auto)", animate_command("fomm", checkpoint, clip, tmp / "auto.mp4"), {}))
     runs.append(("animate --precision fp32", animate_command("fomm", checkpoint, clip, tmp / "fp32.mp4",
                                                            "--precision", "fp32"), {}))
@@ -235,9 +241,14 @@ def process_rows(checkpoint: Path, clip: Path, frames: int, repeats: int, tmp: P
         print(f"{cold[-1][0]}: {cold[-1][1]['wall s']:.1f} s", flush=True)
     for name, command, env in compiled:  # both warm now
         timed(command, env)
-    # the first-run row measures a calibration each round
+    # the first-run row measures a calibration each round, the next one its check on inputs
+    # new to it (its verdicts are removed; it keeps one for the defaults row after it)
+    def forget_verdicts():
+        for verdicts in calibration.glob("*/verified.json"):
+            verdicts.unlink()
     rows = interleaved(runs + compiled, frames, repeats,
-                       {runs[1][0]: lambda: shutil.rmtree(calibration, ignore_errors=True)} if auto.int8 else None)
+                       {runs[1][0]: lambda: shutil.rmtree(calibration, ignore_errors=True),
+                        VERIFYING: forget_verdicts} if auto.int8 else None)
     demo_wall = rows[0]["wall s"]
     for name, sample in cold:  # measured once, against the demo loop's median
         rows.append({"run": name, "wall s": sample["wall s"], "user s": sample["user s"], "sys s": sample["sys s"],
@@ -428,6 +439,60 @@ def error_budget(model, frames: np.ndarray, label: str, paths: tuple[str, ...] |
     return rows
 
 
+# (source photo, driving clip) pairs under ../shared/data/faces for the stored-calibration rows
+CROSS_INPUTS = (("fomm-demo/02.png", "liveportrait/d12.mp4"), ("fomm-demo/05.png", "liveportrait/d12.mp4"),
+                ("liveportrait/s1.jpg", "liveportrait/d12.mp4"), ("fomm-demo/02.png", "fomm-demo/04.mp4"),
+                ("sadtalker/people_0.png", "liveportrait/d0.mp4"), ("fomm-demo/09.png", "fomm-demo/10.mp4"))
+
+
+def cross_input_rows(checkpoint: Path, tmp: Path, frames: int = 40) -> list[dict]:
+    """A calibration stored by a first run (the first pair of CROSS_INPUTS, 16 frames), then
+    every pair animated from it as `pipeline run animate` does (fomm.animation.prepare:
+    auto's range guard and its check on each run's inputs), against fp32 over `frames`
+    frames; and the same with int8 asked for and a calibration on the first run's photo
+    alone (no stock photographs): no guard, no check, what a stored calibration did before."""
+    from core.frames import to_tensor
+    from core.media import iter_frames
+    from core.quantize import BUDGET_MEAN, BUDGET_P99, forget_calibrations, frame_errors
+    from fomm import animation, source_crop
+    from fomm.config import load_config
+    config, faces, rows = load_config("tiny"), SHARED / "faces", []
+    size = tuple(config.dataset_params.frame_shape[:2])
+
+    def outputs(precision, copy, source, driving, count):
+        plan = animation.prepare(animation.load_animation_model(config, copy, CPU), config, faces / source,
+                                 faces / driving, tmp / "cross.mp4",
+                                 animation.AnimateOptions(precision=precision, adapt_scale=True, max_frames=count))
+        clip = [source_crop.prepare(f, None, size) for f in iter_frames(plan.driving_path, 0, plan.num_frames)]
+        step = plan.animator.batch_size
+        return plan.animator, torch.cat([plan.animator(to_tensor(np.stack(clip[i:i + step]), CPU))["prediction"]
+                                         for i in range(0, len(clip), step)])
+    for label, photos, precision in (("auto", animation.CALIBRATION_PHOTOS, "auto"),
+                                     ("int8 asked, calibrated on one photo", (), "int8")):
+        copy = tmp / f"cross-{precision}.pt"
+        shutil.copy(checkpoint, copy)
+        saved, animation.CALIBRATION_PHOTOS = animation.CALIBRATION_PHOTOS, photos
+        animation.calibration_photos.cache_clear()
+        forget_calibrations()
+        try:
+            outputs(precision, copy, *CROSS_INPUTS[0], 16)  # the first run: calibrates, stores
+            for source, driving in CROSS_INPUTS:
+                animator, fast = outputs(precision, copy, source, driving, frames)
+                _, reference = outputs("fp32", copy, source, driving, frames)
+                means, p99 = frame_errors(fast, reference)
+                rows.append({"path": label, "source": source, "driving": driving, "frames": len(fast),
+                             "ran": str(animator.precision) + (f", {animator.frames_outside} frames beyond the ranges "
+                                                               f"ran {animator.precision.fallback}"
+                                                               if animator.frames_outside else ""),
+                             "worst mean (/255)": float(means.max() * 255), "worst p99 (/255)": float(p99.max() * 255),
+                             "within budget": bool(means.max() <= BUDGET_MEAN and p99.max() <= BUDGET_P99)})
+                print(markdown_table(rows[-1:]), flush=True)
+        finally:
+            animation.CALIBRATION_PHOTOS = saved
+            animation.calibration_photos.cache_clear()
+    return rows
+
+
 def train_error_checkpoint(steps: int, tmp: Path) -> Path:
     """The tiny FOMM trained `steps` steps on real face frames (three fomm-demo clips)."""
     from core.media import ffmpeg_exe
@@ -546,6 +611,7 @@ def main() -> None:
         errors = (error_budget(tiny, clip_frames(ERROR_CLIP, 41, (64, 64)), f"tiny, trained ({error_checkpoint.name})")
                   + error_budget(model, clip_frames(ERROR_CLIP, 17, (256, 256)), "vox-256, random weights"))
         print(markdown_table(errors), flush=True)
+        cross = cross_input_rows(error_checkpoint, tmp)
         del model
         family_speed, family_budget = family_rows(names, clip, args.frames, tmp) if names else ([], [])
     load_end = load_text()
@@ -581,6 +647,15 @@ def main() -> None:
         "weights exaggerate. `auto` is the default path (on an int8 machine: the int8 calibration, or its float "
         "fallback where the budget broke).",
         markdown_table(errors),
+        "",
+        "### A stored calibration on other photos and clips (tiny FOMM trained on real faces)",
+        f"A first run calibrates on {CROSS_INPUTS[0][0]} and {CROSS_INPUTS[0][1]} and stores it; each pair is then "
+        "animated from the stored calibration the way `pipeline run animate` does, and compared with fp32 over every "
+        "frame. `auto`: the calibration's ranges also set by three stock photographs, its range guard, and its "
+        "check on two frames of each run's inputs (both fall back to bf16 where they must). `int8 asked, "
+        "calibrated on one photo`: the ranges from the first run's photo alone and none of the checks (how a "
+        "stored calibration ran before).",
+        markdown_table(cross),
     ]
     if family_speed:
         body += ["", "### Every registered family: whole process (one pair, same inputs) and budget against fp32",

@@ -69,6 +69,8 @@ logger = logging.getLogger(__name__)
 # 2: NHWC region boundaries and the calibrated input ranges (a format-1 calibration is redone)
 FORMAT = 2
 MANIFEST = "manifest.json"
+VERDICTS = "verified.json"  # budgets measured on later runs' inputs (`remembered_budget`)
+MAX_VERDICTS = 256
 SHA_MEMO = "checkpoint.sha256.json"
 OPSET = 17
 # onnxruntime ops quantised inside a region: the convolutions and what lies between them.
@@ -582,17 +584,49 @@ class Calibration:
         return model
 
 
-def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable[[nn.Module, slice], torch.Tensor],
-              frames: int, store: CalibrationStore | None) -> tuple[nn.Module, Budget] | None:
+RANGES, BUDGET = "ranges", "budget"
+
+
+def remembered_budget(folder: Path, key: str) -> Budget | None:
+    """The budget measured before on the inputs `key` names with the calibration in
+    `folder` (`remember_budget`), or None (never measured, or the file is unreadable)."""
+    try:
+        entry = json.loads((folder / VERDICTS).read_text())[key]
+        return Budget(int(entry["frames"]), float(entry["worst_mean"]), float(entry["worst_p99"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember_budget(folder: Path, key: str, budget: Budget) -> None:
+    """Keep `budget` for the inputs `key` names beside the calibration (the MAX_VERDICTS
+    latest); nothing when the folder cannot be written."""
+    try:
+        verdicts = json.loads((folder / VERDICTS).read_text())
+        verdicts = verdicts if isinstance(verdicts, dict) else {}
+    except (OSError, ValueError):
+        verdicts = {}
+    verdicts.pop(key, None)
+    verdicts[key] = {"frames": budget.frames, "worst_mean": budget.worst_mean, "worst_p99": budget.worst_p99}
+    kept = dict(list(verdicts.items())[-MAX_VERDICTS:])
+    try:
+        partial = folder / f".{VERDICTS}.{os.getpid()}"
+        partial.write_text(json.dumps(kept))
+        partial.replace(folder / VERDICTS)
+    except OSError:
+        pass  # a read-only calibration: measured again next run
+
+
+def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable[[nn.Module, str], torch.Tensor],
+              store: CalibrationStore | None) -> tuple[nn.Module, Budget] | None:
     """Calibrate the int8 regions of `model` (an fp32 inference copy, left as it is) on real
     frames; returns the int8 copy and its measured error against fp32.
 
     `detect()` runs motion detection and transfer for the calibration frames (what it calls
-    stays float), `generate(model, frames)` the generation of the frames `frames` (a slice
-    of the `frames` calibration frames) with `model`, returning the predictions. Every
-    other frame (0, 2, 4, ...) calibrates the activation ranges; the budget is measured on
-    the frames between them (1, 3, ...; the one frame when there is only one), frames the
-    ranges did not see: with calibration frames spread over a clip, both halves span it.
+    stays float); `generate(model, RANGES)` generates, with `model`, the frames whose
+    activations set the ranges, and `generate(model, BUDGET)` the frames the budget is
+    measured on (frames the ranges did not see, where there are any), returning the
+    predictions (fomm.animation.Animator: frames spread over the driving clip, every other
+    one for each part, and a few stock photographs as further sources for the ranges).
     With a `store` the calibration is written there for later runs. None when the model
     has no region to run in int8.
     """
@@ -603,18 +637,16 @@ def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable
         for name, region in regions:
             _set_submodule(quantised, name, region)
         return quantised, budget
-    seen, check = slice(0, frames, 2), slice(1 if frames > 1 else 0, frames, 2)
-    split = len(range(*seen.indices(frames)))
     recorder = Recorder(model)
     try:
         with torch.inference_mode():
             detect()
             recorder.phase = "generate"
-            generate(model, seen)
+            seen = int(generate(model, RANGES).shape[0])
     finally:
         recorder.close()
     with torch.inference_mode():
-        reference = generate(model, check)
+        reference = generate(model, BUDGET)
     keep_float = getattr(model, "float_modules", ())
     regions = find_regions(model, recorder.calls, keep_float)
     if not regions:
@@ -625,10 +657,10 @@ def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable
         if not entries:
             return None
         regions = [entry["module"] for entry in entries]
-        manifest = manifest_for(store.key if store else None, entries, split)
+        manifest = manifest_for(store.key if store else None, entries, seen)
         quantised = Calibration(staging, manifest).apply(module_copy(model))  # graphs read into memory
         with torch.inference_mode():
-            budget = Budget.measure(generate(quantised, check), reference)
+            budget = Budget.measure(generate(quantised, BUDGET), reference)
         manifest["budget"] = {"frames": budget.frames, "worst_mean": budget.worst_mean,
                               "worst_p99": budget.worst_p99}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -638,7 +670,7 @@ def calibrate(model: nn.Module, detect: Callable[[], object], generate: Callable
     if fingerprint is not None:
         _REMEMBERED[fingerprint] = ([(name, quantised.get_submodule(name)) for name in regions], budget)
     where = f"stored in {stored}" if stored else "not stored" + (": no checkpoint file" if store is None else "")
-    logger.info("int8: %d regions calibrated on %d frames (%s): %s", len(regions), split, where, budget)
+    logger.info("int8: %d regions calibrated on %d frames (%s): %s", len(regions), seen, where, budget)
     return quantised, budget
 
 

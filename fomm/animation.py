@@ -26,6 +26,8 @@ int8), which the Animator resolves once for the model's device.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -55,6 +57,8 @@ MODES = ("standard", "relative", "avd")
 # saw before, so the first run costs what it did (a 1.6x larger sample moved the tiny
 # trained model's worst p99 from 2.4 to 2.3/255: core/quantize.py).
 CALIBRATION_FRAMES = 8
+# Driving frames a stored calibration is checked on in each run (Animator.verify), from those.
+VERIFY_FRAMES = 2
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,28 @@ def load_animation_model(config: Config, checkpoint: str | Path | None, device: 
     return model
 
 
+# --------------------------------------------------------------------------- int8 calibration
+# scikit-image's stock photographs (shipped in its wheel) that join each run's source in
+# setting the int8 activation ranges (Animator._calibrate): a portrait, a still life, an
+# animal, centre-cropped to the model's aspect.
+CALIBRATION_PHOTOS = ("astronaut", "coffee", "chelsea")
+
+
+@functools.lru_cache(maxsize=4)
+def calibration_photos(size: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """CALIBRATION_PHOTOS as (H, W, 3) uint8 frames of `size` (H, W)."""
+    from skimage import data
+    photos = []
+    for name in CALIBRATION_PHOTOS:
+        photo = getattr(data, name)()[..., :3]
+        height, width = photo.shape[:2]
+        keep_h, keep_w = (height, round(height * size[1] / size[0])) if width * size[0] > height * size[1] \
+            else (round(width * size[0] / size[1]), width)
+        top, left = (height - keep_h) // 2, (width - keep_w) // 2
+        photos.append(source_crop.resize(np.ascontiguousarray(photo[top:top + keep_h, left:left + keep_w]), size))
+    return tuple(photos)
+
+
 # --------------------------------------------------------------------------- batches
 def expand_motion(motion: Motion, batch: int) -> Motion:
     """Repeat a batch-1 motion dict along the batch axis (views, no copies)."""
@@ -231,6 +257,7 @@ class Animator:
         self.calibration = getattr(model, "calibration_store", None)  # set by load_animation_model
         self.float_model = model  # what a batch outside the calibrated ranges runs (auto's int8)
         self.frames_outside = 0   # frames that did
+        self.stored: Path | None = None  # the stored calibration int8 runs (made on another run's inputs)
         self.calibrating = self.precision.int8 and not self._stored_int8()
 
     @classmethod
@@ -258,11 +285,12 @@ class Animator:
             motion_driving = self.smoother(motion_driving, valid)
         return motion_driving, self._transfer(motion_driving)
 
-    def _transfer(self, motion_driving: Motion) -> Motion:
-        """The family's transfer (the options' mode) of a driving batch's motion."""
+    def _transfer(self, motion_driving: Motion, motion_source: Motion | None = None) -> Motion:
+        """The family's transfer (the options' mode) of a driving batch's motion onto the
+        source's (or onto `motion_source`, one per frame: the int8 calibration's photographs)."""
         batch = next(iter(motion_driving.values())).shape[0]
         return self.model.transfer(
-            expand_motion(self.motion_source, batch), motion_driving,
+            expand_motion(self.motion_source, batch) if motion_source is None else motion_source, motion_driving,
             expand_motion(self.motion_initial, batch), relative=self.options.relative,
             relative_jacobian=self.options.relative_jacobian,
             adapt_movement_scale=self.options.adapt_scale, avd=self.options.avd)
@@ -279,6 +307,7 @@ class Animator:
             logger.warning("int8: calibration %s unreadable (%s); calibrating again", found, err)
             return False
         self._use_int8(stored.budget, lambda: stored.apply(precision.module_copy(self.model)))
+        self.stored = found
         return True
 
     def _use_int8(self, budget: quantize.Budget, quantised) -> None:
@@ -300,24 +329,81 @@ class Animator:
         if self.calibrating:
             self._calibrate(self.precision.prepare_input(to_tensor(np.stack(frames), self.device)))
 
+    def verify(self, frames: Sequence[np.ndarray]) -> None:
+        """Under auto with a stored calibration (measured on another run's source and clip):
+        the int8 path's error against fp32 on this run's source and these driving frames
+        ((H, W, 3) uint8 at the model's size); the float path for the run where it breaks the
+        budget (a tiny FOMM trained on real faces, ranges inside their calibration, reached
+        p99 4.2/255 on one portrait and clip of six tried). Costs the frames once in int8 and
+        once in fp32 (`prepare`: VERIFY_FRAMES frames), the first time only: the verdict is
+        kept beside the calibration, keyed by the source, the frames and the motion options."""
+        if not (self.guarded and self.stored):
+            return
+        key = hashlib.sha256(np.ascontiguousarray(self.source_frame).tobytes() + np.stack(frames).tobytes() + repr(
+            (self.options.relative, self.options.relative_jacobian, self.options.adapt_scale, self.options.avd,
+             self.options.smooth, self.options.smooth_strength)).encode()).hexdigest()
+        budget = quantize.remembered_budget(self.stored, key) or self._measure_budget(frames)
+        if budget is None:
+            return  # batches like these run the float path anyway
+        quantize.remember_budget(self.stored, key, budget)
+        self.precision = self.precision.within_budget(budget.holds, f"this run's source and {budget.frames} of its "
+                                                                   f"driving frames: {budget}")
+        if not self.precision.int8:
+            self.model = self.float_model
+
+    def _measure_budget(self, frames: Sequence[np.ndarray]) -> quantize.Budget | None:
+        """int8 against fp32 on these driving frames with this source; None where the frames
+        leave the calibrated ranges."""
+        driving = self.precision.prepare_input(to_tensor(np.stack(frames), self.device))
+        with self.precision.context():  # int8's: inference mode, no autocast (fp32 reference)
+            transferred = self.motion(driving, valid=0)[1]
+            batch = driving.shape[0]
+            inputs = (self.source.expand(batch, -1, -1, -1), expand_motion(self.motion_source, batch), transferred)
+            try:
+                with quantize.range_guard():
+                    fast = self.model.generate(*inputs)["prediction"]
+            except quantize.OutOfRange:
+                return None
+            reference = self.float_model.generate(*inputs)["prediction"]
+        return quantize.Budget.measure(fast, reference)
+
     def _calibrate(self, driving: torch.Tensor) -> None:
         """The int8 calibration on these driving frames (core/quantize.calibrate), stored for
-        the next run when the weights came from a checkpoint."""
-        batch, motions = driving.shape[0], {}
+        the next run when the weights came from a checkpoint.
+
+        Every other frame (0, 2, ...) animates this run's source to set the activation
+        ranges, and so does each stock photograph (`calibration_photos`) as the source of one
+        of those frames: a stored calibration serves the next run's photo too (ranges from
+        one portrait alone clipped others': p99 up to 49/255 on a tiny FOMM trained on real
+        faces). The frames between them (1, 3, ...; frame 0 when it is the only one) measure
+        the error budget with this run's source."""
+        batch = driving.shape[0]
+        photos = [self.precision.prepare_input(to_tensor(photo, self.device))
+                  for photo in calibration_photos(tuple(self.source.shape[-2:]))]
+        sources = [self.source] + photos
+        shown = list(range(0, batch, 2))
+        parts = {quantize.RANGES: [(0, j) for j in shown] + [(1 + k, shown[k % len(shown)]) for k in range(len(photos))],
+                 quantize.BUDGET: [(0, j) for j in range(1, batch, 2)] or [(0, 0)]}
+        inputs = {}
 
         def detect():
-            motions["transferred"] = self.motion(driving, valid=0)[1]  # valid=0: --smooth's state stays
+            detected = self.motion(driving, valid=0)[0]  # valid=0: --smooth's state stays
+            with self.precision.keypoint_context():
+                source_motions = [self.motion_source] + [self.model.detect(photo) for photo in photos]
+            for part, pairs in parts.items():
+                frames = torch.tensor([j for _, j in pairs])
+                source_motion = {key: torch.cat([source_motions[i][key] for i, _ in pairs])
+                                 for key in self.motion_source}
+                inputs[part] = (torch.cat([sources[i] for i, _ in pairs]), source_motion,
+                                self._transfer({key: value[frames] for key, value in detected.items()}, source_motion))
 
-        def generate(model, frames: slice):
+        def generate(model, part: str):
             from fomm.checkpoint import check_finite_output
-            count = len(range(*frames.indices(batch)))
-            transferred = {key: value[frames] for key, value in motions["transferred"].items()}
-            prediction = model.generate(self.source.expand(count, -1, -1, -1), expand_motion(self.motion_source, count),
-                                        transferred)["prediction"]
+            prediction = model.generate(*inputs[part])["prediction"]
             # broken weights stop before a calibration of them is stored beside the checkpoint
-            check_finite_output(prediction, self, f"the int8 calibration's {count} driving frames")
+            check_finite_output(prediction, self, f"the int8 calibration's {prediction.shape[0]} frames")
             return prediction
-        calibrated = quantize.calibrate(self.model, detect, generate, batch, self.calibration)
+        calibrated = quantize.calibrate(self.model, detect, generate, self.calibration)
         self.calibrating = False
         if calibrated is None:
             self.precision = self.precision.without_int8(f"{type(self.model).__name__} has no convolution block "
@@ -499,12 +585,17 @@ def prepare(model: MotionTransferModel, config: Config, source_path: str | Path,
         paste_back = source_crop.PasteBack(source_image, source_box, even=out_path.suffix.lower() == ".mp4")
     animator = Animator.from_frames(model, source, initial, options, model_device(model), config,
                                     paste_back=paste_back, fps=info.fps)
-    if animator.calibrating:  # int8 without a stored calibration: on frames spread over the clip
+    if animator.calibrating or (animator.guarded and animator.stored):
+        # int8: calibrated on frames spread over the clip, or a stored calibration verified on a few of them
         if sampled is None or len(sampled) < min(CALIBRATION_FRAMES, end):
             sampled = source_crop.sample_frames(driving_path, info.num_frames, CALIBRATION_FRAMES, end=end)
         chosen = np.linspace(0, len(sampled) - 1, min(CALIBRATION_FRAMES, len(sampled))).round().astype(int)
-        if len(chosen):  # none decodable: the loop says so (or calibrates on what it reads)
-            animator.calibrate([source_crop.prepare(sampled[i], driving_box, size) for i in chosen])
+        spread = [source_crop.prepare(sampled[i], driving_box, size) for i in chosen]
+        if spread and animator.calibrating:  # none decodable: the loop says so (or calibrates on what it reads)
+            animator.calibrate(spread)
+        elif spread:
+            inner = sorted({round(i) for i in np.linspace(0, len(spread) - 1, VERIFY_FRAMES + 2)[1:-1]})
+            animator.verify([spread[i] for i in inner])
     has_audio = options.audio and info.has_audio and out_path.suffix.lower() == ".mp4"
     return AnimationPlan(model, config, driving_path, out_path, options, info.fps, end, has_audio,
                          driving_box, best, animator)

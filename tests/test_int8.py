@@ -24,7 +24,7 @@ from core.config import config_to_yaml
 from core.frames import to_tensor
 from core.media import ffmpeg_exe, iter_frames
 from fomm import source_crop
-from fomm.animation import AnimateOptions, Animator, load_animation_model
+from fomm.animation import CALIBRATION_PHOTOS, AnimateOptions, Animator, load_animation_model
 from fomm.train import resolve_run_config, train
 
 CPU = torch.device("cpu")
@@ -109,7 +109,9 @@ def test_int8_calibrates_on_real_frames_within_the_budget(checkpoint, frames, vn
     assert manifest["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert [entry["module"] for entry in manifest["regions"]] == regions
     assert {p.suffix for p in folder.iterdir()} == {".json", ".onnx"}
-    assert manifest["budget"]["worst_mean"] <= 1 / 255 and manifest["calibration_frames"] == 6
+    # six of the twelve frames and each stock photograph as a source set the ranges
+    assert manifest["budget"]["worst_mean"] <= 1 / 255
+    assert manifest["calibration_frames"] == 6 + len(CALIBRATION_PHOTOS) and manifest["budget"]["frames"] == 6
 
     # per output channel weight scales, one scale per activation tensor
     graph = onnx.load(folder / manifest["regions"][regions.index("generator.bottleneck")]["file"]).graph
@@ -178,12 +180,13 @@ def test_auto_falls_back_to_float_when_the_budget_breaks(trained, frames, vnni, 
 
 
 # --------------------------------------------------------------------------- a whole clip
-def clip_plan(model, config, shared_data, tmp_path, precision: str, frames: int = 48):
-    """fomm.animation.prepare on the real clip d12.mp4 (its first `frames` frames), the real
-    portrait fomm-demo/02.png as the source: what `pipeline run animate` builds."""
+def clip_plan(model, config, shared_data, tmp_path, precision: str, frames: int = 48, source: str = "fomm-demo/02.png",
+              driving: str = "liveportrait/d12.mp4"):
+    """fomm.animation.prepare on a real clip (its first `frames` frames) and a real portrait
+    (default d12.mp4 and fomm-demo/02.png): what `pipeline run animate` builds."""
     from fomm.animation import prepare
     options = AnimateOptions(precision=precision, adapt_scale=True, max_frames=frames)
-    return prepare(model, config, shared_data / "faces/fomm-demo/02.png", shared_data / "faces/liveportrait/d12.mp4",
+    return prepare(model, config, shared_data / "faces" / source, shared_data / "faces" / driving,
                    tmp_path / f"{precision}.mp4", options)
 
 
@@ -214,7 +217,7 @@ def test_auto_calibrates_on_frames_spread_over_the_clip_within_the_budget(checkp
     assert len(seen) == 1 and len(seen[0]) == animation.CALIBRATION_FRAMES
     assert all(np.array_equal(frame, clip[i]) for frame, i in zip(seen[0], spread)), "not the clip's spread frames"
     manifest = json.loads(next(path.with_name(path.name + ".int8").glob("*/manifest.json")).read_text())
-    assert manifest["calibration_frames"] == animation.CALIBRATION_FRAMES // 2
+    assert manifest["calibration_frames"] == animation.CALIBRATION_FRAMES // 2 + len(CALIBRATION_PHOTOS)
 
     default = clip_outputs(plan)
     fp32 = clip_outputs(clip_plan(load_animation_model(config, path, CPU), config, shared_data, tmp_path, "fp32"))
@@ -277,3 +280,62 @@ def test_beyond_range_is_the_fraction_of_the_width_outside():
     assert quantize.beyond_range(values, -1.0, 3.0) == 0.0
     assert quantize.beyond_range(values, 0.0, 2.0) == pytest.approx(0.5)  # 1 below, 1 above a width of 2
     assert quantize.beyond_range(values, -2.0, 2.0) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("source, driving", [("fomm-demo/05.png", "liveportrait/d12.mp4"),
+                                             ("sadtalker/people_0.png", "liveportrait/d0.mp4"),
+                                             ("liveportrait/s1.jpg", "fomm-demo/04.mp4")])
+def test_a_stored_calibration_serves_another_photo_and_clip_within_the_budget(checkpoint, shared_data, vnni, tmp_path,
+                                                                             source, driving):
+    """Calibrated (and stored) with one portrait and clip; the next run animates another
+    portrait with another clip from the stored calibration: still within the budget."""
+    config, path = checkpoint
+    clip_outputs(clip_plan(load_animation_model(config, path, CPU), config, shared_data, tmp_path, "auto", 16))
+    plan = clip_plan(load_animation_model(config, path, CPU), config, shared_data, tmp_path, "auto", 40, source, driving)
+    assert not plan.animator.calibrating and plan.animator.precision.int8  # the stored one
+    default = clip_outputs(plan)
+    fp32 = clip_outputs(clip_plan(load_animation_model(config, path, CPU), config, shared_data, tmp_path, "fp32", 40,
+                                  source, driving))
+    means, p99 = quantize.frame_errors(default, fp32)
+    assert means.max() <= 1 / 255 and p99.max() <= 4 / 255, (means.max() * 255, p99.max() * 255,
+                                                                  plan.animator.frames_outside)
+    print(source, driving, "worst p99", float(p99.max() * 255), "frames outside", plan.animator.frames_outside)
+
+
+def test_a_stored_calibration_is_verified_on_each_runs_inputs(checkpoint, shared_data, vnni, tmp_path, monkeypatch,
+                                                             caplog):
+    """auto with a stored calibration checks int8 against fp32 on this run's source and two of
+    its driving frames, once per inputs (the verdict kept beside the calibration); where that
+    breaks the budget the run is float, with a warning."""
+    from fomm import animation
+    config, path = checkpoint
+
+    def plan(precision, source="liveportrait/s1.jpg", driving="fomm-demo/04.mp4", frames=40):
+        return clip_plan(load_animation_model(config, path, CPU), config, shared_data, tmp_path, precision, frames,
+                         source, driving)
+    first = plan("auto", "fomm-demo/02.png", "liveportrait/d12.mp4", 16)
+    assert first.animator.stored is None  # calibrated in this run: its budget was measured on this run's inputs
+    measured = []
+    real = animation.Animator._measure_budget
+    monkeypatch.setattr(animation.Animator, "_measure_budget",
+                        lambda self, frames: measured.append(len(frames)) or real(self, frames))
+    again = plan("auto")
+    assert measured == [animation.VERIFY_FRAMES] and again.animator.stored and again.animator.precision.int8
+    verdicts = json.loads((again.animator.stored / quantize.VERDICTS).read_text())
+    assert len(verdicts) == 1 and next(iter(verdicts.values()))["frames"] == animation.VERIFY_FRAMES
+    assert plan("auto").animator.precision.int8 and measured == [animation.VERIFY_FRAMES]  # the same inputs: kept
+
+    outside = quantize.Budget(2, 1.0, 1.0)  # as if these inputs broke the budget
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, logger="core.devices"):
+        patch.setattr(quantize.Budget, "measure", classmethod(lambda cls, fast, reference: outside))
+        broken = plan("auto", "fomm-demo/05.png")
+    assert broken.animator.precision == devices.resolve("bf16", "cpu") and not regions_of(broken.animator.model)
+    assert "this run's source" in caplog.text and "running bf16" in caplog.text
+    assert plan("auto", "fomm-demo/05.png").animator.precision.name == "bf16"  # the kept verdict, not measured again
+    assert len(measured) == 2
+    assert plan("int8", "fomm-demo/05.png").animator.precision.int8 and len(measured) == 2  # asked for: not checked
+
+    # a verdicts file that is not JSON is measured again, and replaced
+    (again.animator.stored / quantize.VERDICTS).write_text("{not json")
+    assert plan("auto").animator.precision.int8 and len(measured) == 3
+    assert len(json.loads((again.animator.stored / quantize.VERDICTS).read_text())) == 1
