@@ -36,10 +36,10 @@ BATCH = 4
 
 def setup():
     from benchmarks.animate import ERROR_CLIP, clip_frames
-    from fomm.config import load_config
     from core.devices import resolve
     from core.frames import to_tensor
     from fomm.animation import load_animation_model
+    from fomm.config import load_config
     torch.manual_seed(0)
     model = load_animation_model(load_config("vox-256"), None, torch.device("cpu"))
     folded = resolve("fp32", "cpu").inference_model(model)
