@@ -333,10 +333,12 @@ def test_baselines_animate_through_the_same_contract(config_name, d12_short, tmp
 def test_frames_stream_through_with_bounded_memory(model, config, d12_short, tmp_path, shared_data,
                                                    monkeypatch):
     """Decoded driving frames are released batch by batch: at no time are more than about
-    two batches alive, however long the video (here 14 frames, batch 2)."""
+    two batches alive, however long the video (here 14 frames, batch 2); before the loop,
+    the frames sampled for an int8 calibration are a fixed number (CALIBRATION_FRAMES)."""
     import weakref
 
     import core.media as media
+    from fomm.animation import CALIBRATION_FRAMES, prepare, run_plan
     alive, peak = set(), [0]
     original = media.iter_frames
 
@@ -349,8 +351,11 @@ def test_frames_stream_through_with_bounded_memory(model, config, d12_short, tmp
             yield frame
 
     monkeypatch.setattr(media, "iter_frames", tracked)
-    result = animate(model, config, shared_data / "faces/sadtalker/happy.png", d12_short,
-                     tmp_path / "out.mp4", AnimateOptions(batch_size=2, max_frames=14))
+    plan = prepare(model, config, shared_data / "faces/sadtalker/happy.png", d12_short, tmp_path / "out.mp4",
+                   AnimateOptions(batch_size=2, max_frames=14))
+    assert peak[0] <= CALIBRATION_FRAMES + 1, peak[0]
+    peak[0] = len(alive)
+    result = run_plan(plan)
     assert result.num_frames == 14
     assert peak[0] <= 2 * 2 + 2, peak[0]
 
