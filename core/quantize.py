@@ -89,9 +89,10 @@ MIN_INT8_CHANNELS = 16
 BUDGET_MEAN, BUDGET_P99 = 1 / 255, 4 / 255
 # How far (a fraction of the calibrated range's width) a region's input may leave the range
 # its calibration saw before the batch runs on the float path instead (`range_guard`). On
-# the tiny trained FOMM of the docstring, batches whose bottleneck input left its first-batch
-# range by 9 % stayed within the budget (p99 <= 1.6/255) and those that left it by 32 % broke it.
-GUARD = 0.1
+# the tiny trained FOMM of the docstring, batches whose bottleneck input left its range by
+# 9-20 % stayed within the budget (p99 <= 1.7/255) and those that left it by 32 % or more
+# broke it (p99 4.6/255 and, on another photo, 46/255).
+GUARD = 0.25
 
 
 # --------------------------------------------------------------------------- the budget

@@ -342,10 +342,12 @@ class Animator:
         key = hashlib.sha256(np.ascontiguousarray(self.source_frame).tobytes() + np.stack(frames).tobytes() + repr(
             (self.options.relative, self.options.relative_jacobian, self.options.adapt_scale, self.options.avd,
              self.options.smooth, self.options.smooth_strength)).encode()).hexdigest()
-        budget = quantize.remembered_budget(self.stored, key) or self._measure_budget(frames)
+        budget = quantize.remembered_budget(self.stored, key)
         if budget is None:
-            return  # batches like these run the float path anyway
-        quantize.remember_budget(self.stored, key, budget)
+            budget = self._measure_budget(frames)
+            if budget is None:
+                return  # batches like these run the float path anyway
+            quantize.remember_budget(self.stored, key, budget)
         self.precision = self.precision.within_budget(budget.holds, f"this run's source and {budget.frames} of its "
                                                                    f"driving frames: {budget}")
         if not self.precision.int8:
