@@ -339,3 +339,27 @@ def test_a_stored_calibration_is_verified_on_each_runs_inputs(checkpoint, shared
     (again.animator.stored / quantize.VERDICTS).write_text("{not json")
     assert plan("auto").animator.precision.int8 and len(measured) == 3
     assert len(json.loads((again.animator.stored / quantize.VERDICTS).read_text())) == 1
+
+
+@pytest.mark.parametrize("change", ["format 1", "no ranges", "ranges not numbers", "layout not booleans"])
+def test_an_old_or_malformed_manifest_is_calibrated_again(checkpoint, frames, vnni, caplog, change):
+    """A format-1 calibration (NCHW boundaries, no ranges) or a manifest whose layout or
+    ranges are missing or malformed is not run: calibrated again (one warning) and replaced."""
+    config, path = checkpoint
+    animate(load_animation_model(config, path, CPU), frames, "auto")
+    manifest_path = next(path.with_name(path.name + ".int8").glob("*/manifest.json"))
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["regions"][0]
+    if change == "format 1":
+        manifest["format"] = 1
+    elif change == "no ranges":
+        del entry["input_ranges"]
+    elif change == "ranges not numbers":
+        entry["input_ranges"] = [["0", "1"]] * len(entry["nhwc_inputs"])
+    else:
+        entry["nhwc_inputs"] = ["yes"] * len(entry["nhwc_inputs"])
+    manifest_path.write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        again, _ = animate(load_animation_model(config, path, CPU), frames, "auto")
+    assert "unreadable" in caplog.text and again.precision.int8 and again.stored is None  # calibrated in this run
+    assert quantize.Calibration.read(manifest_path.parent).manifest["format"] == quantize.FORMAT
